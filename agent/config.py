@@ -1,0 +1,449 @@
+"""Loading and validating hostwatch's TOML configuration.
+
+Lookup order: ``--config PATH``, then ``$HOSTWATCH_CONFIG``, then
+``/etc/hostwatch/hostwatch.toml``; ``*.toml`` files in a ``conf.d/`` directory
+beside the main file are merged into it in name order (tables merge key by
+key, plugin arrays are concatenated). With no file at all the embedded default
+runs. ``${VAR}`` and ``${VAR:-default}`` are expanded in string values
+(``$${`` writes a literal ``${``).
+
+Validation walks the typed schema itself instead of stopping at msgspec's
+first error, so a user sees every problem at once, each with the path of the
+key (``outputs.loki[0].urll: unknown key; did you mean url?``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import msgspec
+
+from agent.plugin import Duration, PluginConfig, Size
+
+DEFAULT_PATH = Path("/etc/hostwatch/hostwatch.toml")
+Desc = msgspec.Meta
+
+EMBEDDED_DEFAULT = """\
+# hostwatch's embedded default: host metrics every 10 s, served on /metrics.
+[agent]
+interval = "10s"
+
+[http]
+listen = "127.0.0.1:9730"
+
+[[collectors.cpu]]
+[[collectors.memory]]
+[[collectors.disk]]
+[[collectors.network]]
+"""
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``errors`` holds one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+Struct = PluginConfig  # every section is frozen and rejects unknown keys
+
+class AgentSection(Struct):
+    interval: Annotated[Duration, Desc(description="Default collection interval.")] = Duration(10)
+    hostname: Annotated[str, Desc(description="The `instance` label and OTLP host.name; empty: the machine's host name.")] = ""
+    job: Annotated[str, Desc(description="The `job` label on pushed series and streams.")] = "hostwatch"
+    labels: Annotated[dict[str, str], Desc(description="Added to every sample and every log stream.")] = {}
+    state_dir: Annotated[str, Desc(description="Checkpoints and disk buffers; empty: /var/lib/hostwatch as root, else ~/.local/state/hostwatch.")] = ""
+    shutdown_timeout: Annotated[Duration, Desc(description="How long outputs may deliver after SIGTERM.")] = Duration(10)
+    proc_root: Annotated[str, Desc(description="Where /proc is mounted (a container sees the host's under /host/proc).")] = "/proc"
+    sys_root: Annotated[str, Desc(description="Where /sys is mounted.")] = "/sys"
+    rootfs: Annotated[str, Desc(description="Where the host's root file system is mounted.")] = "/"
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Desc(description="Agent log level.")] = "info"
+
+
+class HttpSection(Struct):
+    listen: Annotated[str, Desc(description="host:port of the health and /metrics server; empty disables it.")] = "127.0.0.1:9730"
+
+
+class RedactionRule(Struct):
+    name: str
+    pattern: Annotated[str, Desc(description="RE2 syntax.")]
+    replace: str = ""
+
+
+class RedactionSection(Struct):
+    sets: Annotated[list[str], Desc(description="Built-in rule sets: secrets, pii, network.")] = msgspec.field(default_factory=lambda: ["secrets", "pii"])
+    mode: Literal["replace", "hash"] = "replace"
+    rules: list[RedactionRule] = []
+
+
+class CollectorCommon(Struct):
+    """Options every collector instance takes; split off before the plugin's own."""
+
+    interval: Annotated[Duration | None, Desc(description="Collection interval; default [agent] interval.")] = None
+    timeout: Annotated[Duration | None, Desc(description="A run taking longer is abandoned and counted; default the interval.")] = None
+    labels: Annotated[dict[str, str], Desc(description="Added to this instance's samples and streams.")] = {}
+    alias: Annotated[str, Desc(description="Instance name in logs and self-metrics.")] = ""
+
+
+class OutputCommon(Struct):
+    """Options every output instance takes; split off before the plugin's own."""
+
+    alias: str = ""
+    flush_interval: Annotated[Duration, Desc(description="Send a partial batch after this long.")] = Duration(1)
+    batch_max_items: Annotated[int, Desc(description="Items per request at most.", ge=1)] = 2000
+    batch_max_bytes: Annotated[Size, Desc(description="Approximate bytes per request at most.")] = Size(4 * 1024 * 1024)
+    buffer: Annotated[Literal["disk", "memory", ""], Desc(description="Queue kind; empty: disk when state_dir is writable.")] = ""
+    buffer_max_bytes: Annotated[Size, Desc(description="Bound of the output's queue.")] = Size(256 * 1024 * 1024)
+    when_full: Annotated[Literal["block", "drop_oldest", ""], Desc(description="Empty: drop_oldest for metrics, block for logs.")] = ""
+    fsync: Literal["batch", "interval", "never"] = "batch"
+    retry_initial: Annotated[Duration, Desc(description="First backoff.")] = Duration(1)
+    retry_max: Annotated[Duration, Desc(description="Longest backoff; also caps Retry-After.")] = Duration(30)
+    retry_max_elapsed: Annotated[Duration, Desc(description="Give a batch up after retrying this long; 0: never (keep it buffered).")] = Duration(0)
+    ready_failure_threshold: Annotated[int, Desc(description="Consecutive failed attempts before /ready reports the output.", ge=1)] = 3
+    ready_buffer_ratio: Annotated[float, Desc(description="/ready fails when the buffer is fuller than this.", ge=0, le=1)] = 0.9
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One configured plugin instance."""
+
+    kind: str  # "collectors" | "outputs"
+    type: str  # the plugin's registered name
+    index: int
+    common: Any  # CollectorCommon | OutputCommon
+    config: Any  # the plugin's own Config
+    plugin: type
+
+    @property
+    def name(self) -> str:
+        return self.common.alias or (self.type if self.index == 0 else f"{self.type}[{self.index}]")
+
+    @property
+    def path(self) -> str:
+        return f"{self.kind}.{self.type}[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentSection
+    http: HttpSection
+    redaction: RedactionSection
+    collectors: tuple[PluginSpec, ...]
+    outputs: tuple[PluginSpec, ...]
+    sources: tuple[str, ...]  # files read, or ("<embedded default>",)
+
+    @property
+    def hostname(self) -> str:
+        return self.agent.hostname or socket.gethostname()
+
+    @property
+    def state_dir(self) -> Path:
+        if self.agent.state_dir:
+            return Path(self.agent.state_dir)
+        if os.geteuid() == 0:
+            return Path("/var/lib/hostwatch")
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        return Path(base) / "hostwatch"
+
+
+_TOP = {"agent": AgentSection, "http": HttpSection, "redaction": RedactionSection}
+_PLUGIN_KINDS = ("collectors", "outputs")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def find_config_files(path: str | None, environ: Mapping[str, str]) -> list[Path]:
+    """The files to read, in merge order; empty for the embedded default."""
+    main = Path(path) if path else Path(environ["HOSTWATCH_CONFIG"]) if environ.get("HOSTWATCH_CONFIG") else None
+    if main is None:
+        if not DEFAULT_PATH.exists():
+            return []
+        main = DEFAULT_PATH
+    if not main.is_file():
+        raise ConfigError([f"{main}: no such config file"])
+    conf_d = main.parent / "conf.d"
+    extra = sorted(conf_d.glob("*.toml")) if conf_d.is_dir() else []
+    return [main, *extra]
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    registry: Mapping[str, Mapping[str, type]] | None = None,
+) -> Config:
+    """Find, read, merge, interpolate and validate. Raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    files = find_config_files(path, environ)
+    errors: list[str] = []
+    if not files:
+        raw, sources = tomllib.loads(EMBEDDED_DEFAULT), ("<embedded default>",)
+    else:
+        raw = {}
+        for file in files:
+            try:
+                merge_tables(raw, tomllib.loads(file.read_text(encoding="utf-8")))
+            except tomllib.TOMLDecodeError as exc:
+                errors.append(f"{file}: invalid TOML: {exc}")
+            except (OSError, UnicodeDecodeError) as exc:
+                errors.append(f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) else exc}")
+        sources = tuple(str(f) for f in files)
+    if errors:
+        raise ConfigError(errors)
+    return parse_config(raw, environ=environ, registry=registry, sources=sources)
+
+
+def loads_config(text: str, **kwargs: Any) -> Config:
+    """Validate a TOML document (tests, ``hostwatch check`` on stdin)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"invalid TOML: {exc}"]) from None
+    return parse_config(raw, sources=("<string>",), **kwargs)
+
+
+def merge_tables(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Deep-merge ``extra`` into ``base``: tables merge, arrays of plugin tables concatenate."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_tables(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list) and all(isinstance(v, dict) for v in value):
+            base[key].extend(value)
+        else:
+            base[key] = value
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    registry: Mapping[str, Mapping[str, type]] | None = None,
+    sources: tuple[str, ...] = (),
+) -> Config:
+    environ = os.environ if environ is None else environ
+    if registry is None:
+        from agent.registry import load_registry
+
+        registry = load_registry()
+    errors: list[str] = []
+    raw = interpolate(raw, environ, "", errors)
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _TOP:
+            sections[key] = validate(value, _TOP[key], key, errors)
+        elif key not in _PLUGIN_KINDS:
+            errors.append(_unknown(key, [*_TOP, *_PLUGIN_KINDS]))
+    specs: dict[str, list[PluginSpec]] = {kind: [] for kind in _PLUGIN_KINDS}
+    for kind in _PLUGIN_KINDS:
+        table = raw.get(kind, {})
+        if not isinstance(table, dict):
+            errors.append(f"{kind}: expected a table of plugin arrays like [[{kind}.NAME]]")
+            continue
+        common_type = CollectorCommon if kind == "collectors" else OutputCommon
+        known = registry.get(kind, {})
+        for type_name, instances in table.items():
+            path = f"{kind}.{type_name}"
+            if type_name not in known:
+                errors.append(_unknown(path, list(known), what=kind[:-1]))
+                continue
+            if isinstance(instances, dict):
+                instances = [instances]
+            if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+                errors.append(f"{path}: expected an array of tables ([[{path}]])")
+                continue
+            try:
+                plugin = known[type_name]
+            except Exception as exc:  # PluginLoadError: a broken install names the plugin
+                errors.append(f"{path}: {exc}")
+                continue
+            for index, table_ in enumerate(instances):
+                spec = _plugin_spec(kind, type_name, index, table_, plugin, common_type, errors)
+                if spec is not None:
+                    specs[kind].append(spec)
+    _check_unique_names(specs, errors)
+    if errors:
+        raise ConfigError(errors)
+    return Config(
+        agent=sections.get("agent") or AgentSection(),
+        http=sections.get("http") or HttpSection(),
+        redaction=sections.get("redaction") or RedactionSection(),
+        collectors=tuple(specs["collectors"]),
+        outputs=tuple(specs["outputs"]),
+        sources=sources,
+    )
+
+
+def _plugin_spec(
+    kind: str, type_name: str, index: int, table: dict[str, Any], plugin: type, common_type: type, errors: list[str]
+) -> PluginSpec | None:
+    path = f"{kind}.{type_name}[{index}]"
+    config_type = plugin.Config
+    common_names = {f.name for f in msgspec.structs.fields(common_type)}
+    plugin_names = {f.encode_name for f in msgspec.structs.fields(config_type)}
+    common_part = {k: v for k, v in table.items() if k in common_names and k not in plugin_names}
+    own_part = {k: v for k, v in table.items() if k not in common_part}
+    before = len(errors)
+    common = validate(common_part, common_type, path, errors)
+    config = validate(own_part, config_type, path, errors, extra_known=common_names)
+    if len(errors) != before:
+        return None
+    return PluginSpec(kind, type_name, index, common, config, plugin)
+
+
+def _check_unique_names(specs: dict[str, list[PluginSpec]], errors: list[str]) -> None:
+    for kind, items in specs.items():
+        seen: dict[str, str] = {}
+        for spec in items:
+            if spec.name in seen:
+                errors.append(f"{spec.path}: instance name {spec.name!r} is already used by {seen[spec.name]}; set a distinct alias")
+            seen[spec.name] = spec.path
+
+
+# ------------------------------------------------------------ interpolation
+
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?")
+
+
+def interpolate(value: Any, environ: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string, recording errors by path."""
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+
+        def expand(match: re.Match[str]) -> str:
+            text = match.group(0)
+            if text == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            if name is None:
+                errors.append(f"{path or '<root>'}: invalid variable reference {text!r}; use ${{NAME}} or ${{NAME:-default}}")
+                return text
+            if name in environ and (environ[name] != "" or default is None):
+                return environ[name]
+            if default is not None:
+                return default
+            errors.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a fallback)")
+            return text
+
+        return _VAR.sub(expand, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ, f"{path}.{k}" if path else k, errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    return value
+
+
+# --------------------------------------------------------------- validation
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Duration:
+        return Duration.parse(obj)
+    if type_ is Size:
+        return Size.parse(obj)
+    raise NotImplementedError(f"unsupported type {type_!r}")
+
+
+def convert(value: Any, type_: Any) -> Any:
+    return msgspec.convert(value, type_, dec_hook=_dec_hook)
+
+
+def _unknown(path: str, known: list[str], what: str = "key") -> str:
+    name = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else (f"; known: {', '.join(sorted(known))}" if what != "key" else "")
+    return f"{path}: unknown {what}{hint}"
+
+
+def _struct_type(type_: Any) -> type | None:
+    if get_origin(type_) is Annotated:
+        type_ = get_args(type_)[0]
+    if isinstance(type_, type) and issubclass(type_, msgspec.Struct):
+        return type_
+    return None
+
+
+def _list_item_struct(type_: Any) -> type | None:
+    if get_origin(type_) is Annotated:
+        type_ = get_args(type_)[0]
+    if get_origin(type_) is list:
+        return _struct_type(get_args(type_)[0])
+    return None
+
+
+def _describe(type_: Any) -> str:
+    if get_origin(type_) is Annotated:
+        type_ = get_args(type_)[0]
+    origin = get_origin(type_)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(type_))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(type_) if a is not type(None))
+    if type_ is Duration:
+        return 'a duration like "10s"'
+    if type_ is Size:
+        return 'a size like "256MiB"'
+    if origin is not None:
+        return str(type_).replace("typing.", "")
+    return getattr(type_, "__name__", str(type_))
+
+
+def validate(
+    data: Any, type_: type, path: str, errors: list[str], extra_known: set[str] | frozenset[str] = frozenset()
+) -> Any:
+    """Convert ``data`` to the Struct ``type_``, appending every problem to ``errors``."""
+    if not isinstance(data, dict):
+        errors.append(f"{path}: expected a table, got {type(data).__name__}")
+        return None
+    fields = {f.encode_name: f for f in msgspec.structs.fields(type_)}
+    before = len(errors)
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        field = fields.get(key)
+        if field is None:
+            errors.append(_unknown(key_path, [*fields, *extra_known]))
+            continue
+        nested = _struct_type(field.type)
+        items = _list_item_struct(field.type)
+        if nested is not None:
+            validate(value, nested, key_path, errors)
+        elif items is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                validate(item, items, f"{key_path}[{i}]", errors)
+        else:
+            try:
+                convert(value, field.type)
+            except msgspec.ValidationError as exc:
+                errors.append(_type_error(key_path, field.type, value, exc))
+    for name, field in fields.items():
+        if name not in data and field.required:
+            errors.append(f"{path}.{name}: missing required key ({_describe(field.type)})")
+    if len(errors) != before:
+        return None
+    try:
+        return convert(data, type_)
+    except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
+        errors.append(f"{path}: {exc}")
+        return None
+
+
+def _type_error(path: str, type_: Any, value: Any, exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    inner = re.search(r" - at `\$(.*)`$", message)
+    if inner:
+        message = message[: inner.start()]
+        path += inner.group(1)
+    if isinstance(exc.__cause__, ValueError) or "duration" in message or "size" in message:
+        return f"{path}: {message}"
+    return f"{path}: {message[0].lower() + message[1:]} (expected {_describe(type_)}, got {value!r})"

@@ -1,0 +1,57 @@
+"""The emitter one periodic collection run writes to."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from agent.model import Labels, LogRecord, Sample, merge_labels
+
+LogSink = Callable[[Sequence[LogRecord], Callable[[], None] | None], Awaitable[None]]
+
+
+class RunEmitter:
+    """Collects the samples of one run; the runtime hands them on when the run ends.
+
+    ``static_labels`` (``[agent] labels`` plus the instance's ``labels``) are
+    merged into every sample; the collector's own labels win on a clash, as
+    node_exporter's do over target labels.
+    """
+
+    __slots__ = ("_log_sink", "errors", "samples", "static_labels", "time_ns")
+
+    def __init__(self, time_ns: int, static_labels: Labels = (), log_sink: LogSink | None = None) -> None:
+        self.time_ns = time_ns
+        self.static_labels = static_labels
+        self.samples: list[Sample] = []
+        self.errors: list[BaseException | str] = []
+        self._log_sink = log_sink
+
+    def gauge(self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None) -> None:
+        if self.static_labels:
+            labels = merge_labels(self.static_labels, labels)
+        self.samples.append(Sample(name, float(value), "gauge", labels, time_ns or self.time_ns, unit))
+
+    def counter(
+        self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None
+    ) -> None:
+        if self.static_labels:
+            labels = merge_labels(self.static_labels, labels)
+        self.samples.append(Sample(name, float(value), "counter", labels, time_ns or self.time_ns, unit))
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        if self.static_labels:
+            static = self.static_labels
+            samples = [s.__replace__(labels=merge_labels(static, s.labels)) if hasattr(s, "__replace__")
+                       else Sample(s.name, s.value, s.kind, merge_labels(static, s.labels), s.time_ns, s.unit)
+                       for s in samples]
+        self.samples.extend(samples)
+
+    async def logs(self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None) -> None:
+        if self._log_sink is None:
+            if on_durable is not None:
+                on_durable()
+            return
+        await self._log_sink(records, on_durable)
+
+    def error(self, error: BaseException | str) -> None:
+        self.errors.append(error)

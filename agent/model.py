@@ -1,0 +1,109 @@
+"""The data hostwatch moves: immutable samples and log records.
+
+Everything a collector produces and an output consumes is one of the two value
+types below. They are msgspec Structs: frozen (a value can be shared by every
+output's queue without copying), cheap to build, serialisable to msgpack for the
+disk buffer, and created with ``gc=False`` because they hold only strings,
+numbers and tuples of strings, so they can never be part of a reference cycle.
+
+Conventions every producer and consumer relies on:
+
+* ``labels`` and ``attributes`` are tuples of ``(name, value)`` string pairs,
+  **sorted by name, names unique**. Use :func:`labels_from` to build them from a
+  mapping; equality and hashing of label sets then work without normalising.
+* Times are integer nanoseconds since the Unix epoch (``time.time_ns()``).
+* Metric names and units follow Prometheus/node_exporter conventions: base units
+  (seconds, bytes), counters end in ``_total``.
+
+This module imports nothing from the project.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import msgspec
+
+Labels = tuple[tuple[str, str], ...]
+"""A sorted tuple of unique ``(name, value)`` pairs."""
+
+NO_LABELS: Labels = ()
+
+
+class Signal(str, enum.Enum):
+    """The kinds of telemetry the pipeline routes to outputs."""
+
+    METRICS = "metrics"
+    LOGS = "logs"
+
+
+MetricKind = Literal["gauge", "counter"]
+
+
+class Sample(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One measurement of one time series.
+
+    ``kind`` is ``"counter"`` for monotonically increasing cumulative values
+    (they reset only when their source restarts) and ``"gauge"`` otherwise.
+    ``unit`` is informative (OTLP carries it, Prometheus ignores it): ``"s"``,
+    ``"By"``, ``"1"`` ... in UCUM as OpenTelemetry expects; empty when unknown.
+    """
+
+    name: str
+    value: float
+    kind: MetricKind
+    labels: Labels
+    time_ns: int
+    unit: str = ""
+
+    @property
+    def series_key(self) -> tuple[str, Labels]:
+        """Identity of the time series this sample belongs to."""
+        return (self.name, self.labels)
+
+
+class LogRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One log record (a line, or several lines joined by multiline framing).
+
+    ``labels`` identify the stream (Loki stream labels, OTLP resource
+    attributes) and must stay low-cardinality: file name, job, host labels.
+    ``attributes`` carry per-record fields (parsed JSON keys, trace ids ...):
+    Loki structured metadata, OTLP log attributes; never stream labels.
+    ``severity`` is the OpenTelemetry severity text (``"INFO"``, ``"ERROR"``
+    ...) or empty; ``severity_number`` the OpenTelemetry number (0 = unset).
+    """
+
+    time_ns: int
+    body: str
+    labels: Labels = NO_LABELS
+    severity: str = ""
+    attributes: Labels = NO_LABELS
+    severity_number: int = 0
+
+
+Item = Sample | LogRecord
+
+
+def labels_from(mapping: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Labels:
+    """Build a canonical label tuple: values as strings, sorted, last name wins."""
+    if not mapping:
+        return NO_LABELS
+    items = mapping.items() if isinstance(mapping, Mapping) else mapping
+    return tuple(sorted({str(k): str(v) for k, v in items}.items()))
+
+
+def merge_labels(base: Labels, extra: Labels) -> Labels:
+    """Combine two canonical label tuples; ``extra`` wins on a name clash."""
+    if not extra:
+        return base
+    if not base:
+        return extra
+    merged = dict(base)
+    merged.update(extra)
+    return tuple(sorted(merged.items()))
+
+
+def signal_of(item: Item) -> Signal:
+    return Signal.METRICS if type(item) is Sample else Signal.LOGS

@@ -1,0 +1,327 @@
+"""The contract between hostwatch's engine and its plugins.
+
+A plugin is a class registered under an entry point:
+
+* ``hostwatch.collectors``: a :class:`PeriodicCollector` (the engine calls
+  :meth:`PeriodicCollector.collect` every ``interval``) or a
+  :class:`StreamingCollector` (the engine calls :meth:`StreamingCollector.run`
+  once and cancels it on shutdown).
+* ``hostwatch.outputs``: an :class:`Output`, which turns immutable batches into
+  requests to one backend and reports an :class:`ExportResult`.
+
+Every plugin class declares ``Config``: a frozen ``msgspec.Struct`` with
+``forbid_unknown_fields=True`` whose fields are its options (documented with
+``Annotated[..., msgspec.Meta(description=...)]``). The engine validates the
+user's table against it (naming the path of every bad key) after splitting off
+the options every plugin shares (``interval``, ``timeout``, ``labels``,
+``alias`` for collectors; batching, buffering and retry for outputs), so plugin
+configs stay small.
+
+Rules a plugin keeps:
+
+* Importing its module has no side effects; work starts in ``start``/``run``.
+* Collectors never see queues, outputs or the pipeline: they write to an
+  :class:`Emitter`. Outputs never sleep, retry or buffer: they answer
+  ``ok`` / ``retry`` / ``drop`` / ``too_large`` and the engine does the rest.
+* Nothing blocking runs on the event loop: file reads, psutil, ``statvfs`` go
+  through :attr:`CollectorContext.run_blocking`, which runs them on the
+  instance's own worker thread, so a hung NFS mount stalls only that instance.
+* ``close()`` is idempotent and may be called without ``start()``.
+
+This module imports nothing from the project except :mod:`agent.model`.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import msgspec
+
+from agent.model import Labels, LogRecord, Sample, Signal
+
+T = TypeVar("T")
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "k": 1024, "m": 1024**2, "g": 1024**3,
+}
+
+
+class Duration(float):
+    """A config duration in seconds: ``"500ms"``, ``"10s"``, ``"1m30s"``, ``"1h"``, or a number of seconds."""
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError("expected a duration like \"10s\"")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = _parse_duration(value.strip())
+        else:
+            raise ValueError(f"expected a duration like \"10s\", got {type(value).__name__}")
+        if seconds < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
+        return cls(seconds)
+
+
+def _parse_duration(text: str) -> float:
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", text)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", "", text).strip():
+        raise ValueError(f"invalid duration {text!r}; use e.g. \"500ms\", \"10s\", \"1m30s\"")
+    return sum(float(num) * _DURATION_UNITS[unit] for num, unit in parts)
+
+
+class Size(int):
+    """A config size in bytes: ``"256MiB"``, ``"10MB"``, ``"64KiB"``, or a number of bytes."""
+
+    @classmethod
+    def parse(cls, value: object) -> Size:
+        if isinstance(value, bool):
+            raise ValueError("expected a size like \"256MiB\"")
+        if isinstance(value, int):
+            number = value
+        elif isinstance(value, str):
+            match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+            unit = match.group(2).lower() if match else ""
+            if not match or unit not in _SIZE_UNITS:
+                raise ValueError(f"invalid size {value!r}; use e.g. \"256MiB\", \"10MB\", \"4096\"")
+            number = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        else:
+            raise ValueError(f"expected a size like \"256MiB\", got {type(value).__name__}")
+        if number < 0:
+            raise ValueError(f"size must not be negative: {value!r}")
+        return cls(number)
+
+
+class PluginConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every plugin's ``Config``: frozen, keyword-only, unknown keys rejected.
+
+    Document each field with ``Annotated[T, msgspec.Meta(description=...)]``;
+    use :class:`Duration` and :class:`Size` for durations and sizes.
+    """
+
+
+class Redactor(Protocol):
+    """Masks secrets and personal data in text (see ``agent.redact``)."""
+
+    def redact(self, text: str) -> str: ...
+
+
+class Emitter(Protocol):
+    """Where a collector writes what it produces.
+
+    Metric methods are synchronous and cheap (they append to the current
+    collection run) and may be called from the collector's worker thread while
+    ``collect`` awaits it. A sample without ``time_ns`` gets the time the run
+    started, so all samples of one run share a timestamp, as in a scrape.
+    Samples emitted by one ``collect`` call replace that instance's previous
+    ones in ``/metrics``: a series not emitted again disappears.
+    """
+
+    def gauge(
+        self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None
+    ) -> None: ...
+
+    def counter(
+        self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None
+    ) -> None: ...
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        """Emit ready-made samples (labels must already be canonical)."""
+
+    async def logs(
+        self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None
+    ) -> None:
+        """Hand log records to the pipeline.
+
+        Returns once the pipeline has accepted them; while an output whose
+        buffer is full applies backpressure (``when_full = "block"``) this
+        waits, which is how a tailer pauses. ``on_durable`` is called on the
+        event loop, exactly once, when every log output has durably taken
+        all of ``records`` (written to its disk buffer with the fsync policy
+        met, or delivered), or has counted them as dropped. A log collector
+        advances its checkpoints only from this callback.
+        """
+
+    def error(self, error: BaseException | str) -> None:
+        """Report a problem that did not stop the run (counted, logged once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorContext:
+    """What the engine gives a collector instance besides its config."""
+
+    instance: str
+    """Instance name for logs and self-metrics: the alias, or ``type`` / ``type[N]``."""
+    logger: logging.Logger
+    clock: Callable[[], int]
+    """Current time in integer nanoseconds (injectable for tests)."""
+    proc_root: Path
+    sys_root: Path
+    rootfs: Path
+    """Root of the host file system (``/``, or ``/host`` in a container)."""
+    state_dir: Path
+    """A directory this instance owns for checkpoints; created by the engine."""
+    run_blocking: Callable[..., Awaitable[Any]]
+    """``await run_blocking(fn, *args)`` runs ``fn`` on this instance's worker thread."""
+    redactor: Redactor | None = None
+    telemetry: Any = None
+    """The agent's self-metrics (``agent.telemetry.Telemetry``); None in unit tests."""
+    static_labels: Labels = ()
+    """``[agent] labels`` plus the instance's ``labels``; the engine adds them to
+    samples, log collectors also put them on their streams."""
+
+
+class PeriodicCollector(abc.ABC):
+    """A collector the engine runs every ``interval``.
+
+    ``collect`` should do its blocking work in one ``run_blocking`` call. It
+    is bounded by the instance's ``timeout``: when that passes the run is
+    abandoned, counted as an error, and the next run happens on schedule.
+    """
+
+    Config: ClassVar[type]
+    streaming: ClassVar[bool] = False
+
+    def __init__(self, config: Any, context: CollectorContext) -> None:
+        self.config = config
+        self.context = context
+
+    async def start(self) -> None:
+        """Open connections or resources. Failing here is a collector error, retried next run."""
+
+    @abc.abstractmethod
+    async def collect(self, emit: Emitter) -> None:
+        """Produce one round of samples."""
+
+    async def close(self) -> None:
+        """Release resources. Idempotent."""
+
+
+class StreamingCollector(abc.ABC):
+    """A collector that runs until cancelled (log tailing)."""
+
+    Config: ClassVar[type]
+    streaming: ClassVar[bool] = True
+
+    def __init__(self, config: Any, context: CollectorContext) -> None:
+        self.config = config
+        self.context = context
+
+    @abc.abstractmethod
+    async def run(self, emit: Emitter) -> None:
+        """Produce until cancelled; save state on the way out (``finally``)."""
+
+    async def close(self) -> None:
+        """Release resources. Idempotent."""
+
+
+Collector = PeriodicCollector | StreamingCollector
+
+
+class ResultKind(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    DROP = "drop"
+    TOO_LARGE = "too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """What an output says about one batch.
+
+    * ``ok``: delivered. ``rejected`` > 0 reports a partial success (OTLP):
+      those items are counted as dropped, the rest as sent, nothing retried.
+    * ``retry``: may succeed later (connection error, timeout, 429, 5xx).
+      ``after`` is the server's ``Retry-After`` in seconds, if it sent one.
+    * ``drop``: can never succeed (a 4xx): the batch is counted and dropped.
+    * ``too_large``: the backend refused the size (413): the engine splits
+      the batch in halves and sends each.
+    ``reason`` is a short human text (status and the server's message).
+    """
+
+    kind: ResultKind
+    reason: str = ""
+    after: float | None = None
+    rejected: int = 0
+
+    @classmethod
+    def ok(cls, rejected: int = 0, reason: str = "") -> ExportResult:
+        return cls(ResultKind.OK, reason, None, rejected)
+
+    @classmethod
+    def retry(cls, reason: str, after: float | None = None) -> ExportResult:
+        return cls(ResultKind.RETRY, reason, after)
+
+    @classmethod
+    def drop(cls, reason: str) -> ExportResult:
+        return cls(ResultKind.DROP, reason)
+
+    @classmethod
+    def too_large(cls, reason: str) -> ExportResult:
+        return cls(ResultKind.TOO_LARGE, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Items of one signal, in the order they were produced."""
+
+    signal: Signal
+    items: Sequence[Sample] | Sequence[LogRecord]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputContext:
+    """What the engine gives an output instance besides its config."""
+
+    instance: str
+    logger: logging.Logger
+    clock: Callable[[], int]
+    hostname: str
+    """The ``instance`` label and OTLP ``host.name``."""
+    job: str = "hostwatch"
+    agent_labels: Labels = ()
+    """``[agent] labels``: added to every pushed series and stream."""
+    version: str = "0"
+    machine_id: str = ""
+    telemetry: Any = None
+    secrets: tuple[str, ...] = field(default=())
+    """Values read from secret files, for the engine to mask in logs."""
+
+
+class Output(abc.ABC):
+    """Sends batches to one backend.
+
+    ``signals`` lists what the output accepts; the pipeline routes only those.
+    ``export`` must not raise for expected failures (HTTP status, connection
+    errors, timeouts): it maps them to an :class:`ExportResult`. An exception
+    is treated as a bug: logged with its traceback, the batch dropped and counted.
+    """
+
+    Config: ClassVar[type]
+    signals: ClassVar[frozenset[Signal]]
+
+    def __init__(self, config: Any, context: OutputContext) -> None:
+        self.config = config
+        self.context = context
+
+    async def start(self) -> None:
+        """Create clients; no network I/O that can fail the agent's start."""
+
+    @abc.abstractmethod
+    async def export(self, batch: Batch) -> ExportResult: ...
+
+    async def close(self) -> None:
+        """Release clients. Idempotent."""

@@ -1,0 +1,71 @@
+"""Helpers for plugin tests: contexts on fixture trees and one-shot collection runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.emitter import RunEmitter
+from agent.model import Labels, Sample
+from agent.plugin import CollectorContext, OutputContext
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def collector_context(
+    tmp_path: Path,
+    *,
+    proc_root: str | Path = "/proc",
+    sys_root: str | Path = "/sys",
+    rootfs: str | Path = "/",
+    instance: str = "test",
+    clock=time.time_ns,
+    static_labels: Labels = (),
+    **extra: Any,
+) -> CollectorContext:
+    state = tmp_path / "state"
+    state.mkdir(parents=True, exist_ok=True)
+
+    async def run_blocking(fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    return CollectorContext(
+        instance=instance,
+        logger=logging.getLogger(f"hostwatch.test.{instance}"),
+        clock=clock,
+        proc_root=Path(proc_root),
+        sys_root=Path(sys_root),
+        rootfs=Path(rootfs),
+        state_dir=state,
+        run_blocking=run_blocking,
+        static_labels=static_labels,
+        **extra,
+    )
+
+
+def output_context(instance: str = "test", **extra: Any) -> OutputContext:
+    return OutputContext(
+        instance=instance,
+        logger=logging.getLogger(f"hostwatch.test.{instance}"),
+        clock=time.time_ns,
+        hostname=extra.pop("hostname", "testhost"),
+        **extra,
+    )
+
+
+async def collect_once(collector, time_ns: int | None = None) -> RunEmitter:
+    """start, one collect, close: the emitter holds samples and errors."""
+    emitter = RunEmitter(time_ns or time.time_ns(), collector.context.static_labels)
+    await collector.start()
+    try:
+        await collector.collect(emitter)
+    finally:
+        await collector.close()
+    return emitter
+
+
+def by_series(samples: list[Sample]) -> dict[tuple[str, Labels], float]:
+    return {(s.name, s.labels): s.value for s in samples}
