@@ -1,0 +1,42 @@
+# hostwatch: `make run` and `make test` set everything up on a fresh Debian 12 (as root) and run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test test-unit lint bench peers venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+		echo "installing python3-venv"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+run: venv
+	$(BIN)/hostwatch run
+
+peers:
+	bash tests/peers/install.sh
+
+test: venv peers
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check agent collectors outputs tests
+	$(BIN)/ruff format --check agent collectors outputs tests
+
+bench: venv peers
+	$(BIN)/python -m tests.bench.run_all
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""``hostwatch`` command line: run, check, once, version.
+
+Exit codes: 0 success, 2 configuration error (every error printed, one per
+line, with the key's path), 1 runtime failure. User mistakes never print a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from agent import __version__
+
+EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hostwatch", description="A lightweight host agent.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "config file (default: $HOSTWATCH_CONFIG, then /etc/hostwatch/hostwatch.toml, else embedded)"
+    run = commands.add_parser("run", help="run the agent in the foreground")
+    run.add_argument("--config", "-c", help=config_help)
+    check = commands.add_parser("check", help="validate the configuration and exit")
+    check.add_argument("--config", "-c", help=config_help)
+    once = commands.add_parser("once", help="run every collector once, print what it produced, exit")
+    once.add_argument("--config", "-c", help=config_help)
+    once.add_argument("--format", choices=("prometheus", "json"), default="prometheus")
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"hostwatch {__version__} (Python {sys.version.split()[0]})")
+        return EXIT_OK
+    from agent.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"config error: {line}", file=sys.stderr)
+        print(f"{len(exc.errors)} configuration error(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(
+            f"configuration OK: {len(config.collectors)} collector(s), {len(config.outputs)} output(s)"
+            f" from {', '.join(config.sources)}"
+        )
+        return EXIT_OK
+    if args.command == "once":
+        return _once(config, args.format)
+    return _run(args.config, config)
+
+
+def _run(config_path: str | None, config) -> int:
+    from agent.logsetup import setup_logging
+    from agent.runtime import install_event_loop_policy, run_agent
+    from agent.systemd import Notifier
+
+    setup_logging(config.agent.log_level)
+    install_event_loop_policy()
+    notifier = Notifier.from_environment()
+    try:
+        return asyncio.run(run_agent(config_path, config, notifier=notifier))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _once(config, fmt: str) -> int:
+    from agent.exposition import render_samples
+    from agent.logsetup import setup_logging
+    from agent.runtime import Agent
+
+    setup_logging("warning")
+
+    async def collect_all():
+        agent = Agent(config)
+        results = {}
+        failed = False
+        for spec in config.collectors:
+            runner = agent._build_runner(config, spec)
+            if getattr(runner.collector, "streaming", False):
+                continue  # log tailers have no single round to print
+            try:
+                emitter = await runner.run_once()
+            except Exception as exc:
+                print(f"{spec.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            finally:
+                await runner.stop()
+            for problem in emitter.errors:
+                print(f"{spec.name}: {problem}", file=sys.stderr)
+            results[spec.name] = emitter.samples
+        return results, failed
+
+    results, failed = asyncio.run(collect_all())
+    if fmt == "json":
+        out = [
+            {"collector": name, "name": s.name, "kind": s.kind, "labels": dict(s.labels), "value": s.value,
+             "unit": s.unit, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.time_ns / 1e9))}
+            for name, samples in results.items() for s in samples
+        ]
+        json.dump(out, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_samples([s for samples in results.values() for s in samples]))
+    return EXIT_RUNTIME if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Runs one collector instance: on its interval (periodic) or until stopped (streaming).
+
+A run is bounded by the instance's timeout. When it passes, the run is
+abandoned (its worker thread may still be stuck in the kernel; the next run
+queues behind it and times out too, which is reported each time) and other
+instances carry on untouched, since each has its own worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.emitter import LogSink, RunEmitter
+from agent.model import Labels, Sample
+from agent.workers import Worker
+
+Publish = Callable[[str, list[Sample]], None]
+
+
+@dataclass
+class RunState:
+    """What /health/detailed shows for an instance."""
+
+    runs: int = 0
+    errors: int = 0
+    last_run_ns: int = 0
+    last_duration_s: float = 0.0
+    last_success_ns: int = 0
+    last_error: str = ""
+    last_samples: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "errors": self.errors,
+            "last_run": _iso(self.last_run_ns),
+            "last_duration_seconds": round(self.last_duration_s, 6),
+            "last_success": _iso(self.last_success_ns),
+            "last_error": self.last_error or None,
+            "last_samples": self.last_samples,
+        }
+
+
+def _iso(ns: int) -> str | None:
+    if not ns:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+
+
+class CollectorRunner:
+    """Drives one collector instance and reports on it."""
+
+    def __init__(
+        self,
+        name: str,
+        collector: Any,
+        *,
+        worker: Worker,
+        interval: float,
+        timeout: float,
+        static_labels: Labels,
+        publish: Publish,
+        log_sink: LogSink | None,
+        telemetry: Any,
+        logger: logging.Logger,
+        clock: Callable[[], int] = time.time_ns,
+        jitter: float | None = None,
+    ) -> None:
+        self.name = name
+        self.collector = collector
+        self.worker = worker
+        self.interval = interval
+        self.timeout = timeout
+        self.static_labels = static_labels
+        self.publish = publish
+        self.log_sink = log_sink
+        self.telemetry = telemetry
+        self.logger = logger
+        self.clock = clock
+        # spread a fleet's (and one host's instances') runs; at most 10% of the interval, 1 s
+        self.jitter = min(interval * 0.1, 1.0) if jitter is None else jitter
+        self.state = RunState()
+        self._task: asyncio.Task | None = None
+        self._started = False
+        self._logged_errors: set[str] = set()
+        self._m_runs = telemetry.collector_runs.labels(name)
+        self._m_errors = telemetry.collector_errors.labels(name)
+        self._m_duration = telemetry.collector_duration.labels(name)
+
+    def start(self) -> None:
+        loop_fn = self._stream if getattr(self.collector, "streaming", False) else self._periodic
+        self._task = asyncio.create_task(loop_fn(), name=f"collector:{self.name}")
+
+    async def stop(self) -> None:
+        """Cancel the loop, then close the plugin. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.collector.close(), timeout=5)
+        self.worker.close()
+
+    async def run_once(self) -> RunEmitter:
+        """One bounded run; the emitter holds what it produced and reported."""
+        if not self._started:
+            await asyncio.wait_for(self.collector.start(), timeout=self.timeout)
+            self._started = True
+        emitter = RunEmitter(self.clock(), self.static_labels, self.log_sink)
+        await asyncio.wait_for(self.collector.collect(emitter), timeout=self.timeout)
+        return emitter
+
+    async def _periodic(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            await self._tick()
+            next_at += self.interval
+            now = loop.time()
+            if next_at < now:  # a run overran: skip the missed slots, keep the cadence
+                next_at += ((now - next_at) // self.interval + 1) * self.interval
+            await asyncio.sleep(next_at - now + random.uniform(0, self.jitter))
+
+    async def _tick(self) -> None:
+        state = self.state
+        state.runs += 1
+        state.last_run_ns = self.clock()
+        self._m_runs.inc()
+        started = time.perf_counter()
+        try:
+            emitter = await self.run_once()
+        except TimeoutError:
+            self._fail(f"run exceeded its timeout of {self.timeout:g}s", timed_out=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(f"{type(exc).__name__}: {exc}", exc=exc)
+        else:
+            for problem in emitter.errors:
+                self._report(problem)
+            self.publish(self.name, emitter.samples)
+            state.last_samples = len(emitter.samples)
+            if not emitter.errors:
+                state.last_success_ns = state.last_run_ns
+        finally:
+            state.last_duration_s = time.perf_counter() - started
+            self._m_duration.observe(state.last_duration_s)
+
+    def _report(self, problem: BaseException | str) -> None:
+        text = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
+        self._fail(text, partial=True)
+
+    def _fail(self, text: str, *, timed_out: bool = False, partial: bool = False, exc: Exception | None = None) -> None:
+        self.state.errors += 1
+        self.state.last_error = text
+        self._m_errors.inc()
+        if timed_out:
+            self.telemetry.collector_timeouts.labels(self.name).inc()
+        # the same problem every interval would flood the log: say it once, count it always
+        if text not in self._logged_errors and len(self._logged_errors) < 100:
+            self._logged_errors.add(text)
+            self.logger.warning(
+                "collector %s: %s%s", self.name, text, " (further occurrences are only counted)" if not partial else "",
+                extra={"collector": self.name}, exc_info=exc if exc and not isinstance(exc, OSError) else None,
+            )
+
+    async def _stream(self) -> None:
+        while True:
+            self.state.runs += 1
+            self.state.last_run_ns = self.clock()
+            self._m_runs.inc()
+            emitter = _StreamEmitter(self)
+            try:
+                await self.collector.run(emitter)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._fail(f"{type(exc).__name__}: {exc}", exc=exc)
+            await asyncio.sleep(self.interval)
+
+
+class _StreamEmitter(RunEmitter):
+    """A streaming collector's emitter: samples publish at once, errors count at once."""
+
+    def __init__(self, runner: CollectorRunner) -> None:
+        super().__init__(runner.clock(), runner.static_labels, runner.log_sink)
+        self._runner = runner
+
+    def error(self, error: BaseException | str) -> None:
+        self._runner._report(error)
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        super().add(samples)
+        self._runner.publish(self._runner.name, list(self.samples))
+

@@ -1,0 +1,149 @@
+"""Memory and paging statistics, named as node_exporter's meminfo and vmstat collectors name them.
+
+Each run reads ``/proc/meminfo`` and ``/proc/vmstat`` in one worker call.
+Every meminfo field becomes a gauge: ``Field: N kB`` is
+``node_memory_Field_bytes`` (N x 1024, unit ``By``), a field without a unit
+(``HugePages_Total``) is ``node_memory_Field`` (a count), and a parenthesised
+part turns into an underscore part (``Active(anon)`` is ``Active_anon``), the
+rule node_exporter 1.5 applies. The /proc/vmstat fields selected by
+``vmstat_fields`` (node_exporter's ``--collector.vmstat.fields``) become
+``node_vmstat_<field>``. node_exporter exports those as *untyped*; they are
+gauges here, which is how Prometheus and OpenTelemetry treat untyped series,
+and keeps Prometheus clients from appending ``_total`` to the names.
+
+Metric names are derived once per field name and cached, so the regex of
+``vmstat_fields`` runs once per distinct field, never per line per run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from agent.plugin import Emitter, PeriodicCollector, PluginConfig
+
+DEFAULT_VMSTAT_FIELDS = r"^(oom_kill|pgpg|pswp|pg.*fault).*"
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_INVALID: tuple[str, str] = ("", "")
+
+
+class MemoryCollector(PeriodicCollector):
+    class Config(PluginConfig):
+        vmstat_fields: Annotated[
+            str,
+            msgspec.Meta(
+                description="Regular expression searched in each /proc/vmstat field name; matching fields are "
+                "exported as node_vmstat_<field> (node_exporter's --collector.vmstat.fields). Empty: no vmstat."
+            ),
+        ] = DEFAULT_VMSTAT_FIELDS
+
+        def __post_init__(self) -> None:
+            try:
+                re.compile(self.vmstat_fields)
+            except re.error as exc:
+                raise ValueError(f"vmstat_fields: invalid regular expression: {exc}") from None
+
+    def __init__(self, config: MemoryCollector.Config, context) -> None:
+        super().__init__(config, context)
+        self._meminfo = context.proc_root / "meminfo"
+        self._vmstat = context.proc_root / "vmstat"
+        self._fields = re.compile(config.vmstat_fields) if config.vmstat_fields else None
+        self._mem_names: dict[bytes, tuple[str, str]] = {}
+        self._vm_names: dict[bytes, str | None] = {}
+
+    async def collect(self, emit: Emitter) -> None:
+        await self.context.run_blocking(self._collect, emit)
+
+    def _collect(self, emit: Emitter) -> None:
+        data = _read(self._meminfo, emit)
+        if data is not None:
+            self._parse_meminfo(data, emit)
+        if self._fields is not None:
+            data = _read(self._vmstat, emit)
+            if data is not None:
+                self._parse_vmstat(data, emit)
+
+    def _parse_meminfo(self, data: bytes, emit: Emitter) -> None:
+        names = self._mem_names
+        bad, first_bad = 0, b""
+        for line in data.splitlines():
+            fields = line.split()
+            if not fields:
+                continue  # some kernels print blank lines
+            pair = names.get(fields[0]) or self._mem_name(fields[0])
+            try:
+                if pair is _INVALID:
+                    raise ValueError(line)
+                value = float(fields[1])
+                if len(fields) == 3:  # node_exporter presumes the unit is kB, the only one the kernel uses
+                    emit.gauge(pair[1], value * 1024, unit="By")
+                elif len(fields) == 2:
+                    emit.gauge(pair[0], value, unit="1")
+                else:
+                    raise ValueError(line)
+            except (ValueError, IndexError):
+                bad += 1
+                first_bad = first_bad or line[:80]
+        if bad:
+            _report(emit, self._meminfo, bad, first_bad)
+
+    def _mem_name(self, key: bytes) -> tuple[str, str]:
+        """``b"Active(anon):"`` -> (``node_memory_Active_anon``, ``node_memory_Active_anon_bytes``)."""
+        text = key.decode(errors="replace")
+        pair = _INVALID
+        if text.endswith(":"):
+            text = text[:-1]
+            # node_exporter 1.5 rewrites `\((.*)\)` to `_$1`: the first "(" up to the last ")"
+            start, end = text.find("("), text.rfind(")")
+            if 0 <= start < end:
+                text = f"{text[:start]}_{text[start + 1 : end]}{text[end + 1 :]}"
+            if _METRIC_NAME.fullmatch(text):
+                pair = (f"node_memory_{text}", f"node_memory_{text}_bytes")
+        self._mem_names[key] = pair
+        return pair
+
+    def _parse_vmstat(self, data: bytes, emit: Emitter) -> None:
+        names = self._vm_names
+        bad, first_bad = 0, b""
+        for line in data.splitlines():
+            fields = line.split()
+            if not fields:
+                continue
+            key = fields[0]
+            name = names[key] if key in names else self._vm_name(key)
+            if name is None:
+                continue  # not selected by vmstat_fields
+            try:
+                if not name or len(fields) != 2:
+                    raise ValueError(line)
+                emit.gauge(name, float(fields[1]), unit="1")
+            except ValueError:
+                bad += 1
+                first_bad = first_bad or line[:80]
+        if bad:
+            _report(emit, self._vmstat, bad, first_bad)
+
+    def _vm_name(self, key: bytes) -> str | None:
+        """The metric name of a selected field, None when not selected, "" for a garbled name."""
+        text = key.decode(errors="replace")
+        name: str | None = None
+        if self._fields is not None and self._fields.search(text):
+            name = f"node_vmstat_{text}" if _METRIC_NAME.fullmatch(text) else ""
+        self._vm_names[key] = name
+        return name
+
+
+def _read(path: Path, emit: Emitter) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        emit.error(f"cannot read {path}: {exc}")
+        return None
+
+
+def _report(emit: Emitter, path: Path, bad: int, first: bytes) -> None:
+    emit.error(f"{path}: skipped {bad} malformed line(s), first: {first.decode(errors='replace')!r}")
