@@ -104,9 +104,17 @@ def _once(config, fmt: str) -> int:
     results, failed = asyncio.run(collect_all())
     if fmt == "json":
         out = [
-            {"collector": name, "name": s.name, "kind": s.kind, "labels": dict(s.labels), "value": s.value,
-             "unit": s.unit, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.time_ns / 1e9))}
-            for name, samples in results.items() for s in samples
+            {
+                "collector": name,
+                "name": s.name,
+                "kind": s.kind,
+                "labels": dict(s.labels),
+                "value": s.value,
+                "unit": s.unit,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.time_ns / 1e9)),
+            }
+            for name, samples in results.items()
+            for s in samples
         ]
         json.dump(out, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -57,21 +57,33 @@ class ConfigError(Exception):
 
 Struct = PluginConfig  # every section is frozen and rejects unknown keys
 
+
 class AgentSection(Struct):
     interval: Annotated[Duration, Desc(description="Default collection interval.")] = Duration(10)
-    hostname: Annotated[str, Desc(description="The `instance` label and OTLP host.name; empty: the machine's host name.")] = ""
+    hostname: Annotated[
+        str, Desc(description="The `instance` label and OTLP host.name; empty: the machine's host name.")
+    ] = ""
     job: Annotated[str, Desc(description="The `job` label on pushed series and streams.")] = "hostwatch"
     labels: Annotated[dict[str, str], Desc(description="Added to every sample and every log stream.")] = {}
-    state_dir: Annotated[str, Desc(description="Checkpoints and disk buffers; empty: /var/lib/hostwatch as root, else ~/.local/state/hostwatch.")] = ""
-    shutdown_timeout: Annotated[Duration, Desc(description="How long outputs may deliver after SIGTERM.")] = Duration(10)
-    proc_root: Annotated[str, Desc(description="Where /proc is mounted (a container sees the host's under /host/proc).")] = "/proc"
+    state_dir: Annotated[
+        str,
+        Desc(description="Checkpoints and disk buffers; empty: /var/lib/hostwatch as root, else a per-user state dir."),
+    ] = ""
+    shutdown_timeout: Annotated[Duration, Desc(description="How long outputs may deliver after SIGTERM.")] = Duration(
+        10
+    )
+    proc_root: Annotated[
+        str, Desc(description="Where /proc is mounted (a container sees the host's under /host/proc).")
+    ] = "/proc"
     sys_root: Annotated[str, Desc(description="Where /sys is mounted.")] = "/sys"
     rootfs: Annotated[str, Desc(description="Where the host's root file system is mounted.")] = "/"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Desc(description="Agent log level.")] = "info"
 
 
 class HttpSection(Struct):
-    listen: Annotated[str, Desc(description="host:port of the health and /metrics server; empty disables it.")] = "127.0.0.1:9730"
+    listen: Annotated[str, Desc(description="host:port of the health and /metrics server; empty disables it.")] = (
+        "127.0.0.1:9730"
+    )
 
 
 class RedactionRule(Struct):
@@ -81,7 +93,9 @@ class RedactionRule(Struct):
 
 
 class RedactionSection(Struct):
-    sets: Annotated[list[str], Desc(description="Built-in rule sets: secrets, pii, network.")] = msgspec.field(default_factory=lambda: ["secrets", "pii"])
+    sets: Annotated[list[str], Desc(description="Built-in rule sets: secrets, pii, network.")] = msgspec.field(
+        default_factory=lambda: ["secrets", "pii"]
+    )
     mode: Literal["replace", "hash"] = "replace"
     rules: list[RedactionRule] = []
 
@@ -90,7 +104,9 @@ class CollectorCommon(Struct):
     """Options every collector instance takes; split off before the plugin's own."""
 
     interval: Annotated[Duration | None, Desc(description="Collection interval; default [agent] interval.")] = None
-    timeout: Annotated[Duration | None, Desc(description="A run taking longer is abandoned and counted; default the interval.")] = None
+    timeout: Annotated[
+        Duration | None, Desc(description="A run taking longer is abandoned and counted; default the interval.")
+    ] = None
     labels: Annotated[dict[str, str], Desc(description="Added to this instance's samples and streams.")] = {}
     alias: Annotated[str, Desc(description="Instance name in logs and self-metrics.")] = ""
 
@@ -102,15 +118,25 @@ class OutputCommon(Struct):
     flush_interval: Annotated[Duration, Desc(description="Send a partial batch after this long.")] = Duration(1)
     batch_max_items: Annotated[int, Desc(description="Items per request at most.", ge=1)] = 2000
     batch_max_bytes: Annotated[Size, Desc(description="Approximate bytes per request at most.")] = Size(4 * 1024 * 1024)
-    buffer: Annotated[Literal["disk", "memory", ""], Desc(description="Queue kind; empty: disk when state_dir is writable.")] = ""
+    buffer: Annotated[
+        Literal["disk", "memory", ""], Desc(description="Queue kind; empty: disk when state_dir is writable.")
+    ] = ""
     buffer_max_bytes: Annotated[Size, Desc(description="Bound of the output's queue.")] = Size(256 * 1024 * 1024)
-    when_full: Annotated[Literal["block", "drop_oldest", ""], Desc(description="Empty: drop_oldest for metrics, block for logs.")] = ""
+    when_full: Annotated[
+        Literal["block", "drop_oldest", ""], Desc(description="Empty: drop_oldest for metrics, block for logs.")
+    ] = ""
     fsync: Literal["batch", "interval", "never"] = "batch"
     retry_initial: Annotated[Duration, Desc(description="First backoff.")] = Duration(1)
     retry_max: Annotated[Duration, Desc(description="Longest backoff; also caps Retry-After.")] = Duration(30)
-    retry_max_elapsed: Annotated[Duration, Desc(description="Give a batch up after retrying this long; 0: never (keep it buffered).")] = Duration(0)
-    ready_failure_threshold: Annotated[int, Desc(description="Consecutive failed attempts before /ready reports the output.", ge=1)] = 3
-    ready_buffer_ratio: Annotated[float, Desc(description="/ready fails when the buffer is fuller than this.", ge=0, le=1)] = 0.9
+    retry_max_elapsed: Annotated[
+        Duration, Desc(description="Give a batch up after retrying this long; 0: never (keep it buffered).")
+    ] = Duration(0)
+    ready_failure_threshold: Annotated[
+        int, Desc(description="Consecutive failed attempts before /ready reports the output.", ge=1)
+    ] = 3
+    ready_buffer_ratio: Annotated[
+        float, Desc(description="/ready fails when the buffer is fuller than this.", ge=0, le=1)
+    ] = 0.9
 
 
 @dataclass(frozen=True)
@@ -302,11 +328,13 @@ def _plugin_spec(
 
 
 def _check_unique_names(specs: dict[str, list[PluginSpec]], errors: list[str]) -> None:
-    for kind, items in specs.items():
+    for items in specs.values():
         seen: dict[str, str] = {}
         for spec in items:
             if spec.name in seen:
-                errors.append(f"{spec.path}: instance name {spec.name!r} is already used by {seen[spec.name]}; set a distinct alias")
+                errors.append(
+                    f"{spec.path}: instance name {spec.name!r} is already used by {seen[spec.name]}; set an alias"
+                )
             seen[spec.name] = spec.path
 
 
@@ -327,7 +355,9 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str, errors: list[
                 return "${"
             name, default = match.group(1), match.group(2)
             if name is None:
-                errors.append(f"{path or '<root>'}: invalid variable reference {text!r}; use ${{NAME}} or ${{NAME:-default}}")
+                errors.append(
+                    f"{path or '<root>'}: invalid variable reference {text!r}; use ${{NAME}} or ${{NAME:-default}}"
+                )
                 return text
             if name in environ and (environ[name] != "" or default is None):
                 return environ[name]
@@ -444,6 +474,9 @@ def _type_error(path: str, type_: Any, value: Any, exc: msgspec.ValidationError)
     if inner:
         message = message[: inner.start()]
         path += inner.group(1)
+    bare = get_args(type_)[0] if get_origin(type_) is Annotated else type_
+    if get_origin(bare) is Literal:
+        return f"{path}: expected one of {', '.join(repr(a) for a in get_args(bare))}; got {value!r}"
     if isinstance(exc.__cause__, ValueError) or "duration" in message or "size" in message:
         return f"{path}: {message}"
     return f"{path}: {message[0].lower() + message[1:]} (expected {_describe(type_)}, got {value!r})"

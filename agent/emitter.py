@@ -26,7 +26,9 @@ class RunEmitter:
         self.errors: list[BaseException | str] = []
         self._log_sink = log_sink
 
-    def gauge(self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None) -> None:
+    def gauge(
+        self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None
+    ) -> None:
         if self.static_labels:
             labels = merge_labels(self.static_labels, labels)
         self.samples.append(Sample(name, float(value), "gauge", labels, time_ns or self.time_ns, unit))
@@ -41,9 +43,12 @@ class RunEmitter:
     def add(self, samples: Sequence[Sample]) -> None:
         if self.static_labels:
             static = self.static_labels
-            samples = [s.__replace__(labels=merge_labels(static, s.labels)) if hasattr(s, "__replace__")
-                       else Sample(s.name, s.value, s.kind, merge_labels(static, s.labels), s.time_ns, s.unit)
-                       for s in samples]
+            samples = [
+                s.__replace__(labels=merge_labels(static, s.labels))
+                if hasattr(s, "__replace__")
+                else Sample(s.name, s.value, s.kind, merge_labels(static, s.labels), s.time_ns, s.unit)
+                for s in samples
+            ]
         self.samples.extend(samples)
 
     async def logs(self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None) -> None:

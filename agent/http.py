@@ -74,6 +74,7 @@ class HttpServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         # the process collector reads /proc/self: keep even that off the loop
+        self.agent.pipeline.refresh_gauges()
         own = await asyncio.to_thread(generate_latest, self.agent.telemetry.registry)
         body = own + self.agent.latest.page()
         return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TEXT})

@@ -32,7 +32,7 @@ Labels = tuple[tuple[str, str], ...]
 NO_LABELS: Labels = ()
 
 
-class Signal(str, enum.Enum):
+class Signal(enum.StrEnum):
     """The kinds of telemetry the pipeline routes to outputs."""
 
     METRICS = "metrics"

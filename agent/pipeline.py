@@ -1,13 +1,21 @@
-"""Fan-out from collectors to /metrics and to every output that accepts the signal."""
+"""Fan-out: each collector run goes to /metrics and to every output that accepts its signal."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from agent.delivery import AckToken, OutputRunner
 from agent.exposition import LatestSamples
-from agent.model import LogRecord, Sample
+from agent.model import LogRecord, Sample, Signal, labels_from
+from agent.plugin import OutputContext
+
+log = logging.getLogger("hostwatch.pipeline")
 
 
 class Pipeline:
@@ -15,22 +23,110 @@ class Pipeline:
         self.telemetry = telemetry
         self.latest = latest
         self.clock = clock
+        self.runners: dict[str, tuple[Any, OutputRunner]] = {}
+        self._metric_lanes: list[Any] = []
+        self._log_lanes: list[Any] = []
+
+    # ------------------------------------------------------------ outputs
 
     async def apply(self, config: Any) -> None:
-        pass
+        """Start outputs new in ``config``, stop removed or changed ones (they drain first)."""
+        wanted = {spec.name: spec for spec in config.outputs}
+        stopping = []
+        for name in list(self.runners):
+            key, runner = self.runners[name]
+            if name not in wanted or key != (wanted[name], config.agent):
+                del self.runners[name]
+                stopping.append(runner)
+        self._route()
+        await asyncio.gather(*(r.close(config.agent.shutdown_timeout) for r in stopping))
+        for name, spec in wanted.items():
+            if name in self.runners:
+                continue
+            runner = self._build(config, spec)
+            await runner.start()
+            self.runners[name] = ((spec, config.agent), runner)
+        self._route()
+
+    def _build(self, config: Any, spec: Any) -> OutputRunner:
+        agent = config.agent
+        context = OutputContext(
+            instance=spec.name,
+            logger=logging.getLogger(f"hostwatch.output.{spec.type}"),
+            clock=self.clock,
+            hostname=config.hostname,
+            job=agent.job,
+            agent_labels=labels_from(agent.labels),
+            version=_version(),
+            telemetry=self.telemetry,
+        )
+        output = spec.plugin(spec.config, context)
+        return OutputRunner(
+            spec,
+            output,
+            state_dir=config.state_dir,
+            telemetry=self.telemetry,
+            clock=self.clock,
+            buffer_kind=choose_buffer(spec.common.buffer, config.state_dir, spec.name),
+        )
+
+    def _route(self) -> None:
+        runners = [r for _, r in self.runners.values()]
+        self._metric_lanes = [r.lanes[Signal.METRICS] for r in runners if Signal.METRICS in r.lanes]
+        self._log_lanes = [r.lanes[Signal.LOGS] for r in runners if Signal.LOGS in r.lanes]
+
+    # ------------------------------------------------------------ intake
 
     def publish_samples(self, instance: str, samples: list[Sample]) -> None:
         self.latest.replace(instance, samples)
+        if samples:
+            for lane in self._metric_lanes:
+                lane.offer(samples)
 
     async def publish_logs(self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None) -> None:
-        if on_durable is not None:
-            on_durable()
+        lanes = self._log_lanes
+        if not lanes:
+            if on_durable is not None:
+                on_durable()
+            return
+        token = AckToken(len(lanes), on_durable) if on_durable is not None else None
+        for lane in lanes:
+            await lane.accept(records, token)
+
+    # ------------------------------------------------------------ shutdown, status
 
     async def close(self, timeout: float) -> None:
-        pass
+        runners = [r for _, r in self.runners.values()]
+        self.runners.clear()
+        self._route()
+        await asyncio.gather(*(r.close(timeout) for r in runners))
 
     def problems(self) -> list[str]:
-        return []
+        return [p for _, r in self.runners.values() for p in r.problems()]
 
     def status(self) -> dict[str, Any]:
-        return {}
+        return {name: r.status() for name, (_, r) in self.runners.items()}
+
+    def refresh_gauges(self) -> None:
+        for _, runner in self.runners.values():
+            runner.update_gauges()
+
+
+def choose_buffer(requested: str, state_dir: Path, name: str) -> str:
+    """``disk`` by default when the state directory is writable, else ``memory`` (said once)."""
+    if requested:
+        return requested
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if os.access(state_dir, os.W_OK):
+            return "disk"
+    except OSError:
+        pass
+    log.warning("output %s: state_dir %s is not writable; using a memory buffer (not durable)", name, state_dir)
+    return "memory"
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__

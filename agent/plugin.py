@@ -50,8 +50,19 @@ T = TypeVar("T")
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
-    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "k": 1024, "m": 1024**2, "g": 1024**3,
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+    "k": 1024,
+    "m": 1024**2,
+    "g": 1024**3,
 }
 
 
@@ -61,13 +72,13 @@ class Duration(float):
     @classmethod
     def parse(cls, value: object) -> Duration:
         if isinstance(value, bool):
-            raise ValueError("expected a duration like \"10s\"")
+            raise ValueError('expected a duration like "10s"')
         if isinstance(value, int | float):
             seconds = float(value)
         elif isinstance(value, str):
             seconds = _parse_duration(value.strip())
         else:
-            raise ValueError(f"expected a duration like \"10s\", got {type(value).__name__}")
+            raise ValueError(f'expected a duration like "10s", got {type(value).__name__}')
         if seconds < 0:
             raise ValueError(f"duration must not be negative: {value!r}")
         return cls(seconds)
@@ -76,7 +87,7 @@ class Duration(float):
 def _parse_duration(text: str) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", text)
     if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", "", text).strip():
-        raise ValueError(f"invalid duration {text!r}; use e.g. \"500ms\", \"10s\", \"1m30s\"")
+        raise ValueError(f'invalid duration {text!r}; use e.g. "500ms", "10s", "1m30s"')
     return sum(float(num) * _DURATION_UNITS[unit] for num, unit in parts)
 
 
@@ -86,17 +97,17 @@ class Size(int):
     @classmethod
     def parse(cls, value: object) -> Size:
         if isinstance(value, bool):
-            raise ValueError("expected a size like \"256MiB\"")
+            raise ValueError('expected a size like "256MiB"')
         if isinstance(value, int):
             number = value
         elif isinstance(value, str):
             match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
             unit = match.group(2).lower() if match else ""
             if not match or unit not in _SIZE_UNITS:
-                raise ValueError(f"invalid size {value!r}; use e.g. \"256MiB\", \"10MB\", \"4096\"")
+                raise ValueError(f'invalid size {value!r}; use e.g. "256MiB", "10MB", "4096"')
             number = int(float(match.group(1)) * _SIZE_UNITS[unit])
         else:
-            raise ValueError(f"expected a size like \"256MiB\", got {type(value).__name__}")
+            raise ValueError(f'expected a size like "256MiB", got {type(value).__name__}')
         if number < 0:
             raise ValueError(f"size must not be negative: {value!r}")
         return cls(number)
@@ -138,9 +149,7 @@ class Emitter(Protocol):
     def add(self, samples: Sequence[Sample]) -> None:
         """Emit ready-made samples (labels must already be canonical)."""
 
-    async def logs(
-        self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None
-    ) -> None:
+    async def logs(self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None) -> None:
         """Hand log records to the pipeline.
 
         Returns once the pipeline has accepted them; while an output whose

@@ -42,4 +42,6 @@ class _LazyPlugins(dict):
         return self._loaded[name]
 
     def get(self, name: str, default=None):
-        return self[name] if name in self else default
+        if name not in self:
+            return default
+        return self[name]

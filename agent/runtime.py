@@ -52,6 +52,7 @@ class Agent:
         self.started_monotonic = time.monotonic()
         self.ready = False
         self.stopping = False
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -61,8 +62,10 @@ class Agent:
         self._apply_collectors(self.config)
         self.ready = True
         log.info(
-            "hostwatch %s started: %d collectors, %d outputs", __version__,
-            len(self.config.collectors), len(self.config.outputs),
+            "hostwatch %s started: %d collectors, %d outputs",
+            __version__,
+            len(self.config.collectors),
+            len(self.config.outputs),
             extra={"sources": ",".join(self.config.sources)},
         )
 
@@ -100,7 +103,9 @@ class Agent:
             if name not in wanted or key != self._runner_key(config, wanted[name]):
                 del self.runners[name]
                 self.latest.forget(name)
-                asyncio.create_task(runner.stop())
+                task = asyncio.create_task(runner.stop())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         for name, spec in wanted.items():
             if name not in self.runners:
                 runner = self._build_runner(config, spec)

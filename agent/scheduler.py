@@ -40,15 +40,15 @@ class RunState:
         return {
             "runs": self.runs,
             "errors": self.errors,
-            "last_run": _iso(self.last_run_ns),
+            "last_run": iso_time(self.last_run_ns),
             "last_duration_seconds": round(self.last_duration_s, 6),
-            "last_success": _iso(self.last_success_ns),
+            "last_success": iso_time(self.last_success_ns),
             "last_error": self.last_error or None,
             "last_samples": self.last_samples,
         }
 
 
-def _iso(ns: int) -> str | None:
+def iso_time(ns: int) -> str | None:
     if not ns:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
@@ -168,8 +168,12 @@ class CollectorRunner:
         if text not in self._logged_errors and len(self._logged_errors) < 100:
             self._logged_errors.add(text)
             self.logger.warning(
-                "collector %s: %s%s", self.name, text, " (further occurrences are only counted)" if not partial else "",
-                extra={"collector": self.name}, exc_info=exc if exc and not isinstance(exc, OSError) else None,
+                "collector %s: %s%s",
+                self.name,
+                text,
+                " (further occurrences are only counted)" if not partial else "",
+                extra={"collector": self.name},
+                exc_info=exc if exc and not isinstance(exc, OSError) else None,
             )
 
     async def _stream(self) -> None:
@@ -201,4 +205,3 @@ class _StreamEmitter(RunEmitter):
     def add(self, samples: Sequence[Sample]) -> None:
         super().add(samples)
         self._runner.publish(self._runner.name, list(self.samples))
-

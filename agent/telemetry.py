@@ -21,8 +21,10 @@ class Telemetry:
         self.registry = registry = registry or CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         self.build_info = Gauge(
-            "hostwatch_build_info", "hostwatch version and Python runtime; always 1.",
-            ["version", "python"], registry=registry,
+            "hostwatch_build_info",
+            "hostwatch version and Python runtime; always 1.",
+            ["version", "python"],
+            registry=registry,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self.start_time = Gauge(
@@ -30,8 +32,10 @@ class Telemetry:
         )
         self.start_time.set_to_current_time()
         self.config_reloads = Counter(
-            "hostwatch_config_reloads", "Configuration reloads by result (success, failure).",
-            ["result"], registry=registry,
+            "hostwatch_config_reloads",
+            "Configuration reloads by result (success, failure).",
+            ["result"],
+            registry=registry,
         )
         self.config_last_reload_success = Gauge(
             "hostwatch_config_last_reload_successful", "1 if the last reload succeeded.", registry=registry
@@ -40,56 +44,74 @@ class Telemetry:
 
         # collectors
         self.collector_runs = Counter(
-            "hostwatch_collector_runs", "Collection runs started, by collector instance.", ["collector"],
+            "hostwatch_collector_runs",
+            "Collection runs started, by collector instance.",
+            ["collector"],
             registry=registry,
         )
         self.collector_errors = Counter(
-            "hostwatch_collector_errors", "Collection errors (failed or timed-out runs and reported problems).",
-            ["collector"], registry=registry,
+            "hostwatch_collector_errors",
+            "Collection errors (failed or timed-out runs and reported problems).",
+            ["collector"],
+            registry=registry,
         )
         self.collector_timeouts = Counter(
-            "hostwatch_collector_timeouts", "Runs abandoned because they exceeded the instance's timeout.",
-            ["collector"], registry=registry,
+            "hostwatch_collector_timeouts",
+            "Runs abandoned because they exceeded the instance's timeout.",
+            ["collector"],
+            registry=registry,
         )
         self.collector_duration = Summary(
             "hostwatch_collector_duration_seconds", "Duration of collection runs.", ["collector"], registry=registry
         )
         self.collector_samples = Gauge(
-            "hostwatch_collector_samples", "Samples produced by the instance's last run.", ["collector"],
+            "hostwatch_collector_samples",
+            "Samples produced by the instance's last run.",
+            ["collector"],
             registry=registry,
         )
 
         # logs
-        self.log_lines_read = Counter(
-            "hostwatch_log_lines_read", "Log lines read from files.", registry=registry
-        )
+        self.log_lines_read = Counter("hostwatch_log_lines_read", "Log lines read from files.", registry=registry)
         self.log_lines_redacted = Counter(
-            "hostwatch_log_lines_redacted", "Log lines changed by a redaction rule, by rule.", ["rule"],
+            "hostwatch_log_lines_redacted",
+            "Log lines changed by a redaction rule, by rule.",
+            ["rule"],
             registry=registry,
         )
 
         # outputs and buffers
         self.output_sent_items = Counter(
-            "hostwatch_output_sent_items", "Items delivered, by output and signal.", ["output", "signal"],
+            "hostwatch_output_sent_items",
+            "Items delivered, by output and signal.",
+            ["output", "signal"],
             registry=registry,
         )
         self.output_sent_bytes = Counter(
-            "hostwatch_output_sent_bytes", "Request payload bytes delivered (after compression).", ["output"],
+            "hostwatch_output_sent_bytes",
+            "Request payload bytes delivered (after compression).",
+            ["output"],
             registry=registry,
         )
         self.output_requests = Counter(
-            "hostwatch_output_requests", "Export attempts, by output and result (ok, retry, drop, too_large).",
-            ["output", "result"], registry=registry,
+            "hostwatch_output_requests",
+            "Export attempts, by output and result (ok, retry, drop, too_large).",
+            ["output", "result"],
+            registry=registry,
         )
         self.output_retries = Counter(
             "hostwatch_output_retries", "Export attempts that will be retried.", ["output"], registry=registry
         )
         self.output_dropped_items = Counter(
-            "hostwatch_output_dropped_items", "Items given up, by output and reason.", ["output", "reason"],
+            "hostwatch_output_dropped_items",
+            "Items given up, by output and reason.",
+            ["output", "reason"],
             registry=registry,
         )
         self.output_request_duration = Summary(
-            "hostwatch_output_request_duration_seconds", "Duration of export attempts.", ["output"],
+            "hostwatch_output_request_duration_seconds",
+            "Duration of export attempts.",
+            ["output"],
             registry=registry,
         )
         self.buffer_items = Gauge(
@@ -98,7 +120,15 @@ class Telemetry:
         self.buffer_bytes = Gauge(
             "hostwatch_buffer_bytes", "Bytes waiting in the output's buffer.", ["output"], registry=registry
         )
+        self.buffer_corrupt_records = Counter(
+            "hostwatch_buffer_corrupt_records",
+            "Damaged disk-buffer records skipped (torn writes, corruption).",
+            ["output"],
+            registry=registry,
+        )
         self.buffer_oldest_age = Gauge(
-            "hostwatch_buffer_oldest_age_seconds", "Age of the oldest item waiting in the output's buffer.",
-            ["output"], registry=registry,
+            "hostwatch_buffer_oldest_age_seconds",
+            "Age of the oldest item waiting in the output's buffer.",
+            ["output"],
+            registry=registry,
         )

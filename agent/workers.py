@@ -22,7 +22,9 @@ class Worker:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple, asyncio.Future, asyncio.AbstractEventLoop] | None]
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple, asyncio.Future, asyncio.AbstractEventLoop] | None
+        ]
         self._jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

@@ -1,0 +1,427 @@
+"""Per-output delivery: batching, the bounded queue, retries, and the drop ledger.
+
+An output gets one *lane* per signal it accepts. A lane gathers items into a
+pending batch, seals it when it reaches ``batch_max_items`` or
+``batch_max_bytes`` or has waited ``flush_interval``, puts it in the lane's
+queue (memory or disk), and a sender task exports queued batches one at a
+time, in order. Everything a lane gives up is counted in
+``hostwatch_output_dropped_items_total{output,reason}`` and logged once per
+distinct reason; nothing leaves silently.
+
+Drop reasons: ``buffer_full`` (drop_oldest), ``rejected`` (a 4xx), ``too_large``
+(one item over the backend's limit), ``partial_success`` (items the backend
+refused in an accepted request), ``retry_expired`` (``retry_max_elapsed``),
+``buffer_write_error`` (a metrics batch the disk refused), ``error`` (an
+output bug), ``shutdown`` (a memory buffer's leftovers at exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.buffer import Batch, DiskQueue, MemoryQueue
+from agent.model import LogRecord, Sample, Signal
+from agent.plugin import Batch as ExportBatch
+from agent.plugin import ExportResult, ResultKind
+from agent.retry import Backoff, sleep_or_stop
+from agent.scheduler import iso_time
+
+log = logging.getLogger("hostwatch.delivery")
+EXPORT_GUARD_SECONDS = 120.0  # outputs enforce their own timeout; this only catches a hung bug
+
+
+def item_size(item: Sample | LogRecord) -> int:
+    """Approximate encoded size, cheap enough to compute per item."""
+    labels = item.labels
+    size = 24 + sum(len(k) + len(v) for k, v in labels) if labels else 24
+    if type(item) is Sample:
+        return size + len(item.name)
+    return size + len(item.body) + (sum(len(k) + len(v) for k, v in item.attributes) if item.attributes else 0)
+
+
+class AckToken:
+    """Counts down the lanes that still have to take a source's records durably."""
+
+    __slots__ = ("callback", "remaining")
+
+    def __init__(self, remaining: int, callback: Callable[[], None]) -> None:
+        self.remaining = remaining
+        self.callback = callback
+
+    def done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            try:
+                self.callback()
+            except Exception:
+                log.exception("acknowledgement callback failed")
+
+
+class Lane:
+    def __init__(self, runner: OutputRunner, signal: Signal, queue: MemoryQueue | DiskQueue, when_full: str) -> None:
+        self.runner = runner
+        self.signal = signal
+        self.queue = queue
+        self.when_full = when_full
+        common = runner.common
+        self.max_items = common.batch_max_items
+        self.max_bytes = common.batch_max_bytes
+        self.flush_interval = common.flush_interval
+        self.pending: list[Any] = []
+        self.pending_bytes = 0
+        self.pending_tokens: list[AckToken] = []
+        self.pending_since = 0.0
+        self._seal_now = asyncio.Event()
+        self._has_pending = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._space = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self.queue.open()
+        if self.queue.items:
+            log.info(
+                "output %s: replaying %d buffered %s item(s) first",
+                self.runner.name,
+                self.queue.items,
+                self.signal.value,
+            )
+        name = f"{self.runner.name}:{self.signal.value}"
+        self._tasks = [
+            asyncio.create_task(self._batcher(), name=f"batcher:{name}"),
+            asyncio.create_task(self._sender(), name=f"sender:{name}"),
+        ]
+
+    # -------------------------------------------------------------- intake
+
+    def offer(self, items: Sequence[Any]) -> None:
+        """Metrics intake: never waits; an overfull pending batch sheds its oldest items."""
+        if not self.pending:
+            self.pending_since = time.monotonic()
+            self._has_pending.set()
+        self.pending.extend(items)
+        self.pending_bytes += sum(map(item_size, items))
+        if len(self.pending) >= self.max_items or self.pending_bytes >= self.max_bytes:
+            self._seal_now.set()
+        limit = 4 * self.max_bytes
+        if self.pending_bytes > limit:  # the queue is stalled (disk): keep memory bounded
+            shed = 0
+            while self.pending_bytes > limit // 2 and self.pending:
+                self.pending_bytes -= item_size(self.pending.pop(0))
+                shed += 1
+            self.runner.dropped(shed, "buffer_full", "pending batch over its bound while the buffer is stalled")
+
+    async def accept(self, items: Sequence[Any], token: AckToken | None) -> None:
+        """Logs intake: with ``when_full = "block"`` waits for room (the source pauses)."""
+        size = sum(map(item_size, items))
+        # a full pending batch waits for the batcher to queue it; with "block" and a full
+        # queue that wait lasts until the output makes room, which pauses the source
+        while self.pending_bytes >= self.max_bytes or len(self.pending) >= self.max_items:
+            self._drained.clear()
+            self._seal_now.set()
+            await self._drained.wait()
+        if not self.pending:
+            self.pending_since = time.monotonic()
+            self._has_pending.set()
+        self.pending.extend(items)
+        self.pending_bytes += size
+        if token is not None:
+            self.pending_tokens.append(token)
+        if len(self.pending) >= self.max_items or self.pending_bytes >= self.max_bytes:
+            self._seal_now.set()
+
+    # ------------------------------------------------------------- batcher
+
+    async def _batcher(self) -> None:
+        while True:
+            if not self.pending:
+                self._has_pending.clear()
+                await self._has_pending.wait()
+            timeout = max(0.0, self.pending_since + self.flush_interval - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._seal_now.wait(), timeout)
+            self._seal_now.clear()
+            if self.pending:
+                await self.seal()
+
+    async def seal(self) -> None:
+        """Move everything pending into the queue, in batches of at most max items / bytes."""
+        while self.pending:
+            count, size = 0, 0
+            for item in self.pending:
+                s = item_size(item)
+                if count and (count >= self.max_items or size + s > self.max_bytes):
+                    break
+                count += 1
+                size += s
+            items, self.pending = self.pending[:count], self.pending[count:]
+            self.pending_bytes -= size
+            tokens = self.pending_tokens if not self.pending else []
+            if not self.pending:
+                self.pending_tokens = []
+            self.pending_since = time.monotonic()
+            await self._enqueue(Batch(self.signal, items, size, self.runner.clock(), tokens))
+            self._drained.set()
+
+    async def _enqueue(self, batch: Batch) -> None:
+        queue = self.queue
+        while not queue.has_room(batch.nbytes):
+            if self.when_full == "block":
+                self._space.clear()
+                await self._space.wait()
+                continue
+            oldest = queue.drop_oldest()
+            if oldest is None:  # a single batch larger than the whole buffer
+                self._finish(batch, dropped="buffer_full", why="batch larger than buffer_max_bytes")
+                return
+            self._finish(oldest, dropped="buffer_full", why="buffer full (when_full = drop_oldest)")
+        while True:
+            try:
+                await queue.put(batch)
+                break
+            except OSError as exc:
+                self.runner.note_error(f"buffer write failed: {exc.strerror or exc}")
+                if self.when_full != "block" or self.runner.stopping:
+                    self._finish(batch, dropped="buffer_write_error", why=f"buffer write failed: {exc.strerror}")
+                    return
+                await asyncio.sleep(1.0)  # logs wait for the disk; their sources stay paused
+        if queue.durable:
+            for token in batch.tokens:
+                token.done()
+            batch.tokens = []
+        self.runner.update_gauges()
+
+    def _finish(self, batch: Batch, *, dropped: str | None = None, why: str = "") -> None:
+        """A batch leaves for good: its sources are released, drops counted."""
+        if dropped:
+            self.runner.dropped(len(batch.items), dropped, why)
+        for token in batch.tokens:
+            token.done()
+        batch.tokens = []
+        self._space.set()
+
+    # -------------------------------------------------------------- sender
+
+    async def _sender(self) -> None:
+        while True:
+            batch = await self.queue.take()
+            delivered = await self._deliver(batch.items)
+            if not delivered:  # shutdown cut the retries short: the batch stays queued
+                return
+            await self.queue.ack()
+            self._finish(batch)
+            self.runner.update_gauges()
+
+    async def _deliver(self, items: list[Any]) -> bool:
+        runner = self.runner
+        backoff = Backoff(runner.common.retry_initial, runner.common.retry_max)
+        first = time.monotonic()
+        while True:
+            result = await runner.attempt(ExportBatch(self.signal, items))
+            kind = result.kind
+            if kind is ResultKind.OK:
+                runner.succeeded(self.signal, len(items) - result.rejected)
+                if result.rejected:
+                    runner.dropped(result.rejected, "partial_success", result.reason)
+                return True
+            if kind is ResultKind.TOO_LARGE:
+                if len(items) == 1:
+                    runner.dropped(1, "too_large", result.reason)
+                    return True
+                half = len(items) // 2
+                return await self._deliver(items[:half]) and await self._deliver(items[half:])
+            if kind is ResultKind.DROP:
+                runner.dropped(len(items), "rejected" if result.reason != "error" else "error", result.reason)
+                return True
+            delay = backoff.next_delay(result.after)
+            limit = runner.common.retry_max_elapsed
+            if limit and time.monotonic() - first + delay > limit:
+                runner.dropped(len(items), "retry_expired", f"still failing after {limit:g}s: {result.reason}")
+                return True
+            runner.telemetry.output_retries.labels(runner.name).inc()
+            if await sleep_or_stop(delay, runner.stop_now):
+                return False
+
+    # ------------------------------------------------------------ shutdown
+
+    async def drain(self, deadline: float) -> None:
+        """Seal what is pending, deliver until the queue is empty or the deadline passes."""
+        self._tasks[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._tasks[0]
+        await self.seal()
+        while self.queue.items and time.monotonic() < deadline and not self._tasks[1].done():
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        leftovers = self.queue.pending()
+        if leftovers:  # memory queue: these items end with the process
+            for batch in leftovers:
+                self._finish(batch, dropped="shutdown", why="memory buffer not delivered before shutdown_timeout")
+        await self.queue.close()
+        if self.queue.items and self.queue.durable:
+            log.info(
+                "output %s: %d %s item(s) stay in the disk buffer for the next start",
+                self.runner.name,
+                self.queue.items,
+                self.signal.value,
+            )
+
+
+class OutputRunner:
+    """One output instance: its lanes, its attempts, and what /health/detailed says of it."""
+
+    def __init__(
+        self,
+        spec: Any,
+        output: Any,
+        *,
+        state_dir: Any,
+        telemetry: Any,
+        clock: Callable[[], int],
+        buffer_kind: str,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.common = spec.common
+        self.output = output
+        self.telemetry = telemetry
+        self.clock = clock
+        self.buffer_kind = buffer_kind
+        self.stop_now = asyncio.Event()
+        self.stopping = False
+        self.consecutive_failures = 0
+        self.last_success_ns = 0
+        self.last_error = ""
+        self.dropped_by_reason: dict[str, int] = {}
+        self._logged: set[str] = set()
+        self.lanes: dict[Signal, Lane] = {}
+        for signal in sorted(output.signals, key=lambda s: s.value):
+            when_full = self.common.when_full or ("drop_oldest" if signal is Signal.METRICS else "block")
+            if buffer_kind == "disk":
+                queue = DiskQueue(
+                    state_dir / "buffer" / _safe(self.name) / signal.value,
+                    self.common.buffer_max_bytes,
+                    signal=signal,
+                    fsync=self.common.fsync,
+                    on_corrupt=self._corrupt,
+                )
+            else:
+                queue = MemoryQueue(self.common.buffer_max_bytes)
+            self.lanes[signal] = Lane(self, signal, queue, when_full)
+        self._m_sent = {s: telemetry.output_sent_items.labels(self.name, s.value) for s in self.lanes}
+        self._m_duration = telemetry.output_request_duration.labels(self.name)
+
+    async def start(self) -> None:
+        await self.output.start()
+        for lane in self.lanes.values():
+            await lane.start()
+        self.update_gauges()
+
+    async def close(self, timeout: float) -> None:
+        """Drain within ``timeout``, then stop; what is left stays on disk (or is counted)."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout
+        await asyncio.gather(*(lane.drain(deadline) for lane in self.lanes.values()))
+        self.stop_now.set()
+        await asyncio.gather(*(lane.close() for lane in self.lanes.values()))
+        with contextlib.suppress(Exception):
+            await self.output.close()
+        self.update_gauges()
+
+    async def attempt(self, batch: ExportBatch) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self.output.export(batch), EXPORT_GUARD_SECONDS)
+        except TimeoutError:
+            result = ExportResult.retry(f"export did not finish within {EXPORT_GUARD_SECONDS:g}s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("output %s: export raised (a bug); the batch is dropped", self.name)
+            result = ExportResult.drop(f"error: {type(exc).__name__}: {exc}")
+        self._m_duration.observe(time.perf_counter() - started)
+        self.telemetry.output_requests.labels(self.name, result.kind.value).inc()
+        if result.kind is not ResultKind.OK:
+            self.note_error(result.reason or result.kind.value)
+        return result
+
+    def succeeded(self, signal: Signal, items: int) -> None:
+        self.consecutive_failures = 0
+        self.last_success_ns = self.clock()
+        self._m_sent[signal].inc(items)
+
+    def note_error(self, reason: str) -> None:
+        self.consecutive_failures += 1
+        self.last_error = reason
+        if reason not in self._logged and len(self._logged) < 100:
+            self._logged.add(reason)
+            log.warning("output %s: %s", self.name, reason, extra={"output": self.name})
+
+    def dropped(self, count: int, reason: str, why: str = "") -> None:
+        if count <= 0:
+            return
+        self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + count
+        self.telemetry.output_dropped_items.labels(self.name, reason).inc(count)
+        key = f"drop:{reason}:{why}"
+        if key not in self._logged and len(self._logged) < 100:
+            self._logged.add(key)
+            log.error(
+                "output %s: dropped %d item(s) (%s): %s; further drops of this kind are only counted",
+                self.name,
+                count,
+                reason,
+                why,
+                extra={"output": self.name},
+            )
+
+    def _corrupt(self, count: int) -> None:
+        self.telemetry.buffer_corrupt_records.labels(self.name).inc(count)
+
+    def update_gauges(self) -> None:
+        items = sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values())
+        size = sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values())
+        oldest = [t for lane in self.lanes.values() if (t := lane.queue.oldest_ns()) is not None]
+        self.telemetry.buffer_items.labels(self.name).set(items)
+        self.telemetry.buffer_bytes.labels(self.name).set(size)
+        age = (self.clock() - min(oldest)) / 1e9 if oldest else 0.0
+        self.telemetry.buffer_oldest_age.labels(self.name).set(max(0.0, age))
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.consecutive_failures >= self.common.ready_failure_threshold:
+            found.append(f"output {self.name} failing ({self.consecutive_failures} attempts): {self.last_error}")
+        for lane in self.lanes.values():
+            ratio = lane.queue.bytes / lane.queue.capacity if lane.queue.capacity else 0
+            if ratio > self.common.ready_buffer_ratio:
+                found.append(f"output {self.name} {lane.signal.value} buffer {ratio:.0%} full")
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "type": self.spec.type,
+            "signals": [s.value for s in self.lanes],
+            "buffer": self.buffer_kind,
+            "last_success": iso_time(self.last_success_ns),
+            "last_error": self.last_error or None,
+            "consecutive_failures": self.consecutive_failures,
+            "queued_items": sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values()),
+            "queued_bytes": sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values()),
+            "buffer_max_bytes": self.common.buffer_max_bytes,
+            "dropped_items": dict(self.dropped_by_reason),
+            "corrupt_records": sum(lane.queue.corrupt_records for lane in self.lanes.values()),
+        }
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,214 @@
+"""The engine's side of delivery, driven by a scripted output (no network here:
+the outputs' own status mapping is tested against real and fake servers elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.config import OutputCommon, PluginSpec
+from agent.delivery import OutputRunner
+from agent.exposition import LatestSamples
+from agent.model import LogRecord, Sample, Signal
+from agent.pipeline import Pipeline
+from agent.plugin import ExportResult, Output
+from agent.telemetry import Telemetry
+
+
+class ScriptedOutput(Output):
+    """Answers from a script; records what it was sent."""
+
+    Config = None
+    signals = frozenset({Signal.METRICS, Signal.LOGS})
+
+    def __init__(self, script=None, delay: float = 0.0) -> None:
+        self.script = list(script or [])
+        self.delay = delay
+        self.received: list[list] = []
+        self.attempts = 0
+
+    async def export(self, batch):
+        self.attempts += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        result = self.script.pop(0) if self.script else ExportResult.ok()
+        if result.kind.value == "ok":
+            self.received.append(list(batch.items))
+        return result
+
+
+def runner_for(output, tmp_path, *, buffer="memory", **common) -> OutputRunner:
+    defaults = dict(flush_interval=0.01, retry_initial=0.01, retry_max=0.05)
+    defaults.update(common)
+    spec = PluginSpec("outputs", "scripted", 0, OutputCommon(**defaults), None, ScriptedOutput)
+    return OutputRunner(spec, output, state_dir=tmp_path, telemetry=Telemetry(), clock=lambda: 1, buffer_kind=buffer)
+
+
+def samples(start: int, count: int) -> list[Sample]:
+    return [Sample("seq", float(i), "gauge", (), 1) for i in range(start, start + count)]
+
+
+def dropped(runner: OutputRunner, reason: str) -> float:
+    return (
+        runner.telemetry.registry.get_sample_value(
+            "hostwatch_output_dropped_items_total", {"output": "scripted", "reason": reason}
+        )
+        or 0.0
+    )
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def delivered(output: ScriptedOutput) -> list[float]:
+    return [item.value for batch in output.received for item in batch]
+
+
+@pytest.mark.parametrize("buffer", ["memory", "disk"])
+async def test_retryable_failures_are_retried_until_delivered(tmp_path, buffer) -> None:
+    output = ScriptedOutput([ExportResult.retry("503"), ExportResult.retry("429", after=0.01)])
+    runner = runner_for(output, tmp_path, buffer=buffer)
+    await runner.start()
+    runner.lanes[Signal.METRICS].offer(samples(0, 5))
+    await wait_for(lambda: delivered(output) == [0.0, 1.0, 2.0, 3.0, 4.0])
+    assert output.attempts == 3
+    assert runner.telemetry.registry.get_sample_value("hostwatch_output_retries_total", {"output": "scripted"}) == 2
+    await runner.close(1.0)
+
+
+async def test_rejected_batch_is_dropped_and_counted_not_retried(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.drop("400 bad sample")])
+    runner = runner_for(output, tmp_path)
+    await runner.start()
+    runner.lanes[Signal.METRICS].offer(samples(0, 3))
+    await wait_for(lambda: dropped(runner, "rejected") == 3)
+    runner.lanes[Signal.METRICS].offer(samples(3, 1))
+    await wait_for(lambda: delivered(output) == [3.0])
+    assert output.attempts == 2
+    await runner.close(1.0)
+
+
+async def test_too_large_splits_the_batch_in_halves(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.too_large("413"), ExportResult.too_large("413")])
+    runner = runner_for(output, tmp_path)
+    await runner.start()
+    runner.lanes[Signal.METRICS].offer(samples(0, 8))
+    await wait_for(lambda: sorted(delivered(output)) == [float(i) for i in range(8)])
+    assert [len(b) for b in output.received] == [2, 2, 4]
+    assert delivered(output) == [float(i) for i in range(8)]  # order kept
+    await runner.close(1.0)
+
+
+async def test_partial_success_counts_the_rejected_items(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.ok(rejected=2, reason="2 points rejected")])
+    runner = runner_for(output, tmp_path)
+    await runner.start()
+    runner.lanes[Signal.METRICS].offer(samples(0, 5))
+    await wait_for(lambda: dropped(runner, "partial_success") == 2)
+    sent = runner.telemetry.registry.get_sample_value(
+        "hostwatch_output_sent_items_total", {"output": "scripted", "signal": "metrics"}
+    )
+    assert sent == 3
+    await runner.close(1.0)
+
+
+async def test_drop_oldest_when_full_counts_exactly_and_keeps_the_newest(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.retry("down")] * 1000)
+    runner = runner_for(output, tmp_path, buffer_max_bytes=2000, batch_max_items=5, when_full="drop_oldest")
+    await runner.start()
+    lane = runner.lanes[Signal.METRICS]
+    for start in range(0, 200, 5):
+        lane.offer(samples(start, 5))
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: not lane.pending)
+    queued = lane.queue.items
+    gone = dropped(runner, "buffer_full")
+    assert gone > 0
+    output.script.clear()  # the backend recovers
+    await wait_for(lambda: lane.queue.items == 0)
+    got = delivered(output)
+    assert len(got) + gone == 200, (len(got), gone, queued)
+    assert got[-1] == 199.0  # the newest arrived
+    await runner.close(1.0)
+
+
+async def test_block_mode_pauses_the_source_and_drops_nothing(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.retry("down")] * 30)
+    runner = runner_for(output, tmp_path, buffer_max_bytes=600, batch_max_items=2, batch_max_bytes=200)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+    assert lane.when_full == "block"
+    sent = 0
+
+    async def source():
+        nonlocal sent
+        for i in range(40):
+            await lane.accept([LogRecord(i, f"line {i}")], None)
+            sent += 1
+
+    task = asyncio.create_task(source())
+    await asyncio.sleep(0.2)
+    assert not task.done() and sent < 40, "the source should be paused while the backend is down"
+    await asyncio.wait_for(task, 20)
+    await wait_for(lambda: lane.queue.items == 0 and not lane.pending, timeout=20)
+    bodies = [r.body for batch in output.received for r in batch]
+    assert bodies == [f"line {i}" for i in range(40)]
+    assert dropped(runner, "buffer_full") == 0
+    await runner.close(1.0)
+
+
+async def test_acknowledgement_waits_for_every_log_output(tmp_path) -> None:
+    telemetry = Telemetry()
+    pipeline = Pipeline(telemetry, LatestSamples())
+    fast = runner_for(ScriptedOutput(), tmp_path / "a", buffer="memory")
+    slow_output = ScriptedOutput([ExportResult.retry("down", after=0.1)] * 3)
+    slow = runner_for(slow_output, tmp_path / "b", buffer="memory", retry_max=1)
+    for runner in (fast, slow):
+        await runner.start()
+    pipeline.runners = {"a": (None, fast), "b": (None, slow)}
+    pipeline._route()
+    acked = asyncio.Event()
+    await pipeline.publish_logs([LogRecord(1, "x")], acked.set)
+    await asyncio.sleep(0.15)
+    assert not acked.is_set(), "the memory-buffered slow output has not delivered yet"
+    await asyncio.wait_for(acked.wait(), 5)
+    assert [r.body for b in slow_output.received for r in b] == ["x"]
+    await pipeline.close(1.0)
+
+
+async def test_disk_buffer_acknowledges_once_written(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.retry("down")] * 1000)
+    runner = runner_for(output, tmp_path, buffer="disk")
+    await runner.start()
+    acked = asyncio.Event()
+    from agent.delivery import AckToken
+
+    await runner.lanes[Signal.LOGS].accept([LogRecord(1, "durable")], AckToken(1, acked.set))
+    await asyncio.wait_for(acked.wait(), 5)
+    assert delivered(output) == []
+    await runner.close(0.1)
+    # the next start replays it first
+    output2 = ScriptedOutput()
+    runner2 = runner_for(output2, tmp_path, buffer="disk")
+    await runner2.start()
+    await wait_for(lambda: output2.received)
+    assert [r.body for r in output2.received[0]] == ["durable"]
+    await runner2.close(1.0)
+
+
+async def test_shutdown_cuts_a_long_retry_after_short(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.retry("429", after=3600)])
+    runner = runner_for(output, tmp_path, buffer="memory", retry_max=3600)
+    await runner.start()
+    runner.lanes[Signal.METRICS].offer(samples(0, 3))
+    await wait_for(lambda: output.attempts == 1)
+    started = asyncio.get_running_loop().time()
+    await runner.close(0.2)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert dropped(runner, "shutdown") == 3  # a memory buffer's leftovers are counted, not lost silently
