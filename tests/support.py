@@ -69,3 +69,24 @@ async def collect_once(collector, time_ns: int | None = None) -> RunEmitter:
 
 def by_series(samples: list[Sample]) -> dict[tuple[str, Labels], float]:
     return {(s.name, s.labels): s.value for s in samples}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def hostwatch_command() -> list[str]:
+    """The installed ``hostwatch`` entry point of the interpreter running the tests."""
+    import shutil
+    import sys
+
+    script = Path(sys.executable).with_name("hostwatch")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("hostwatch")
+    return [found] if found else [sys.executable, "-m", "agent.cli"]

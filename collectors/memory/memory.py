@@ -12,18 +12,23 @@ gauges here, which is how Prometheus and OpenTelemetry treat untyped series,
 and keeps Prometheus clients from appending ``_total`` to the names.
 
 Metric names are derived once per field name and cached, so the regex of
-``vmstat_fields`` runs once per distinct field, never per line per run.
+``vmstat_fields`` runs once per distinct field, never per line per run. The
+kernel's set of vmstat fields is fixed while it runs, so after the first run
+only the few selected lines are looked up (``bytes.find``) instead of splitting
+all ~200, while the file has as many lines as at the last full scan; a changed
+line count or a selected field not found sends the run back to the full scan.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 
-from agent.plugin import Emitter, PeriodicCollector, PluginConfig
+from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
 
 DEFAULT_VMSTAT_FIELDS = r"^(oom_kill|pgpg|pswp|pg.*fault).*"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -46,13 +51,15 @@ class MemoryCollector(PeriodicCollector):
             except re.error as exc:
                 raise ValueError(f"vmstat_fields: invalid regular expression: {exc}") from None
 
-    def __init__(self, config: MemoryCollector.Config, context) -> None:
+    def __init__(self, config: MemoryCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
         self._meminfo = context.proc_root / "meminfo"
         self._vmstat = context.proc_root / "vmstat"
         self._fields = re.compile(config.vmstat_fields) if config.vmstat_fields else None
         self._mem_names: dict[bytes, tuple[str, str]] = {}
         self._vm_names: dict[bytes, str | None] = {}
+        self._vm_lines: list[tuple[bytes, str]] | None = None  # (b"\nfield ", name) of the selected fields
+        self._vm_line_count = -1
 
     async def collect(self, emit: Emitter) -> None:
         await self.context.run_blocking(self._collect, emit)
@@ -106,7 +113,11 @@ class MemoryCollector(PeriodicCollector):
         return pair
 
     def _parse_vmstat(self, data: bytes, emit: Emitter) -> None:
+        line_count = data.count(b"\n")
+        if line_count == self._vm_line_count and self._find_vmstat(b"\n" + data, emit):
+            return
         names = self._vm_names
+        selected: list[tuple[bytes, str]] = []
         bad, first_bad = 0, b""
         for line in data.splitlines():
             fields = line.split()
@@ -120,11 +131,30 @@ class MemoryCollector(PeriodicCollector):
                 if not name or len(fields) != 2:
                     raise ValueError(line)
                 emit.gauge(name, float(fields[1]), unit="1")
+                selected.append((b"\n" + key + b" ", name))
             except ValueError:
                 bad += 1
                 first_bad = first_bad or line[:80]
+        self._vm_lines, self._vm_line_count = (selected, line_count) if not bad else (None, -1)
         if bad:
             _report(emit, self._vmstat, bad, first_bad)
+
+    def _find_vmstat(self, data: bytes, emit: Emitter) -> bool:
+        """Read the known selected fields; False (nothing emitted) when one is missing or malformed."""
+        values = []
+        for needle, name in self._vm_lines or ():
+            start = data.find(needle)
+            if start < 0:
+                return False
+            start += len(needle)
+            end = data.find(b"\n", start)
+            try:
+                values.append((name, float(data[start:end] if end >= 0 else data[start:])))
+            except ValueError:
+                return False
+        for name, value in values:
+            emit.gauge(name, value, unit="1")
+        return True
 
     def _vm_name(self, key: bytes) -> str | None:
         """The metric name of a selected field, None when not selected, "" for a garbled name."""
@@ -137,9 +167,16 @@ class MemoryCollector(PeriodicCollector):
 
 
 def _read(path: Path, emit: Emitter) -> bytes | None:
+    """The whole file, or None (reported); os.read skips the buffered-file layers, a third of the cost."""
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
     except OSError as exc:
         emit.error(f"cannot read {path}: {exc}")
         return None

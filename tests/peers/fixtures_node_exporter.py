@@ -21,7 +21,16 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 HOST_COLLECTORS = (
-    "cpu", "loadavg", "stat", "meminfo", "vmstat", "filesystem", "diskstats", "netdev", "netstat", "sockstat",
+    "cpu",
+    "loadavg",
+    "stat",
+    "meminfo",
+    "vmstat",
+    "filesystem",
+    "diskstats",
+    "netdev",
+    "netstat",
+    "sockstat",
 )
 BINARIES = ("prometheus-node-exporter", "node_exporter")
 START_TIMEOUT = 10.0
@@ -29,7 +38,7 @@ START_TIMEOUT = 10.0
 
 def _binary() -> str | None:
     for name in BINARIES:
-        path = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/local/bin:/usr/sbin")
+        path = shutil.which(name)
         if path:
             return path
     return None
@@ -46,27 +55,37 @@ def _start(binary: str, collectors: Sequence[str], extra: Sequence[str]) -> tupl
     problem = ""
     for _ in range(3):
         port = _free_port()
-        log = tempfile.TemporaryFile()
-        args = [binary, f"--web.listen-address=127.0.0.1:{port}", "--web.disable-exporter-metrics",
-                "--collector.disable-defaults", *(f"--collector.{name}" for name in collectors), *extra]
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    response.read()
-                log.close()
+        args = [
+            binary,
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.disable-exporter-metrics",
+            "--collector.disable-defaults",
+            *(f"--collector.{name}" for name in collectors),
+            *extra,
+        ]
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            if _wait_ready(proc, url):
                 return proc, url
-            except OSError:
-                time.sleep(0.05)
-        _stop(proc)
-        log.seek(0)
-        problem = log.read().decode(errors="replace")[-2000:]
-        log.close()
+            _stop(proc)
+            log.seek(0)
+            problem = log.read().decode(errors="replace")[-2000:]
         if "address already in use" not in problem:
             break
     raise RuntimeError(f"node_exporter did not start ({' '.join(args)}):\n{problem}")
+
+
+def _wait_ready(proc: subprocess.Popen, url: str) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                response.read()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -1,0 +1,180 @@
+"""hostwatch's host collectors against a real node_exporter on the same host.
+
+For each hostwatch collector a node_exporter runs with only its counterpart
+collectors. hostwatch's collector runs in-process twice, before and after the
+scrape, so for every series the two reads bracket node_exporter's moment:
+counters must fall inside the bracket (plus a hair of slack), gauges inside it
+plus a tolerance for what moves within the tens of milliseconds between reads.
+Families, types, label names and label values must match exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.emitter import RunEmitter
+from agent.registry import PluginLoadError, load_registry
+from tests.peers.fixtures_node_exporter import scrape
+from tests.support import collector_context
+
+pytestmark = pytest.mark.peers
+
+COUNTERPARTS = {
+    "cpu": ("cpu", "loadavg", "stat"),
+    "memory": ("meminfo", "vmstat"),
+    "disk": ("filesystem", "diskstats"),
+    "network": ("netdev", "netstat", "sockstat"),
+}
+FULL_COVERAGE = {"cpu", "memory"}
+IGNORED = ("node_scrape_collector_", "node_exporter_build_info", "go_", "process_", "promhttp_")
+# Values that do not move while the host runs: compared exactly.
+EXACT = {
+    "node_boot_time_seconds",
+    "node_memory_MemTotal_bytes",
+    "node_memory_SwapTotal_bytes",
+    "node_memory_HugePages_Total",
+    "node_memory_Hugepagesize_bytes",
+    "node_memory_VmallocTotal_bytes",
+    "node_filesystem_size_bytes",
+}
+# node_exporter's TYPE -> the Sample kind hostwatch uses for it. Untyped has no
+# counterpart: Prometheus and OpenTelemetry's Prometheus receiver treat it as a gauge.
+KIND_OF = {"counter": "counter", "gauge": "gauge", "unknown": "gauge"}
+MIB = 1024 * 1024
+
+
+@dataclass
+class Family:
+    kind: str
+    series: dict[frozenset, float] = field(default_factory=dict)
+
+
+def tolerance(name: str, kind: str, value: float) -> float:
+    """How far outside the [before, after] bracket node_exporter's value may be.
+
+    * static values: 0;
+    * counters: 0.1 %, plus two clock ticks for CPU seconds, which the kernel
+      lets step back a little on tickless CPUs;
+    * runnable/blocked process counts are instants: the scrape itself makes
+      node_exporter's threads runnable, so up to two per CPU plus two;
+    * byte gauges: 32 MiB or 2 %: page cache, slab and free memory move with
+      what pytest, node_exporter and the kernel allocate between the reads;
+      unit mistakes (x1000 vs x1024) are still caught by the exact totals;
+    * load averages: 0.01 (the kernel rounds to hundredths);
+    * other gauges (socket, inode counts ...): 2 units or 2 %, the scrape's own
+      connection shows up in them.
+    """
+    if name in EXACT:
+        return 0.0
+    if kind == "counter":
+        return 0.001 * abs(value) + (0.02 if name.startswith("node_cpu_") else 0.0)
+    if name in ("node_procs_running", "node_procs_blocked"):
+        return 2.0 * (os.cpu_count() or 1) + 2.0
+    if name.endswith("_bytes"):
+        return max(32.0 * MIB, 0.02 * abs(value))
+    if name.startswith("node_load"):
+        return 0.01
+    return max(2.0, 0.02 * abs(value))
+
+
+def parse_node_exporter(text: str) -> dict[str, Family]:
+    families: dict[str, Family] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(IGNORED):
+                continue
+            entry = families.setdefault(sample.name, Family(family.type))
+            entry.series[frozenset(sample.labels.items())] = sample.value
+    return families
+
+
+def from_samples(emitter: RunEmitter) -> dict[str, Family]:
+    families: dict[str, Family] = {}
+    for sample in emitter.samples:
+        entry = families.setdefault(sample.name, Family(sample.kind))
+        key = frozenset(sample.labels)
+        assert key not in entry.series, f"duplicate series {sample.name}{dict(sample.labels)}"
+        entry.series[key] = sample.value
+    return families
+
+
+def collector_class(name: str) -> type:
+    plugins = load_registry()["collectors"]
+    if name not in plugins:
+        pytest.skip(f"collector {name!r}: no entry point installed yet")
+    try:
+        return plugins[name]
+    except PluginLoadError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ModuleNotFoundError) and (cause.name or "").startswith(f"collectors.{name}"):
+            pytest.skip(f"collector {name!r}: module not written yet ({cause})")
+        raise
+
+
+def compare(ne: dict[str, Family], before: dict[str, Family], after: dict[str, Family]) -> list[str]:
+    """Problems in the families both sides export: kind, label names, label values, values."""
+    problems = []
+    for name in sorted(ne.keys() & before.keys() & after.keys()):
+        ref, one, two = ne[name], before[name], after[name]
+        if KIND_OF.get(ref.kind) != one.kind:
+            problems.append(f"{name}: kind {one.kind}, node_exporter TYPE {ref.kind}")
+        ref_names = {frozenset(k for k, _ in key) for key in ref.series}
+        our_names = {frozenset(k for k, _ in key) for key in one.series}
+        if ref_names != our_names:
+            problems.append(f"{name}: label names {sorted(map(sorted, our_names))} != {sorted(map(sorted, ref_names))}")
+            continue
+        if ref.series.keys() != one.series.keys() and ref.series.keys() != two.series.keys():
+            missing = [dict(k) for k in ref.series.keys() - one.series.keys()][:5]
+            extra = [dict(k) for k in one.series.keys() - ref.series.keys()][:5]
+            problems.append(f"{name}: series differ; missing {missing}, extra {extra}")
+            continue
+        for key, value in ref.series.items():
+            seen = [fam.series[key] for fam in (one, two) if key in fam.series]
+            slack = tolerance(name, one.kind, value)
+            if not min(seen) - slack <= value <= max(seen) + slack:
+                problems.append(f"{name}{dict(key)}: node_exporter {value!r}, hostwatch {seen} (slack {slack:g})")
+    return problems
+
+
+@pytest.mark.parametrize("name", list(COUNTERPARTS))
+async def test_matches_node_exporter(name, node_exporter_factory, tmp_path, capsys):
+    cls = collector_class(name)
+    url = node_exporter_factory(COUNTERPARTS[name])
+    collector = cls(cls.Config(), collector_context(tmp_path))
+    runs = []
+    await collector.start()
+    try:
+        for step in ("before", "scrape", "after"):
+            if step == "scrape":
+                text = await asyncio.to_thread(scrape, url)
+                continue
+            emitter = RunEmitter(time.time_ns())
+            await collector.collect(emitter)
+            assert not emitter.errors, f"{name}: collector errors on this host: {emitter.errors}"
+            runs.append(from_samples(emitter))
+    finally:
+        await collector.close()
+    ne = parse_node_exporter(text)
+    before, after = runs
+    matched = sorted(ne.keys() & before.keys())
+    missing = sorted(ne.keys() - before.keys())
+    extra = sorted(before.keys() - ne.keys())
+    with capsys.disabled():
+        print(
+            f"\n[parity] {name} ({', '.join(COUNTERPARTS[name])}): {len(matched)}/{len(ne)} node_exporter "
+            f"families matched ({100 * len(matched) / max(len(ne), 1):.0f}%)"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; not in node_exporter {extra}" if extra else "")
+        )
+    assert ne, "node_exporter exported nothing for these collectors"
+    problems = compare(ne, before, after)
+    assert not problems, "\n".join(problems)
+    assert not extra, f"{name} exports families node_exporter does not: {extra}"
+    if name in FULL_COVERAGE:
+        assert not missing, f"{name} lacks node_exporter families: {missing}"
