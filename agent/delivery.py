@@ -99,13 +99,15 @@ class Lane:
 
     # -------------------------------------------------------------- intake
 
-    def offer(self, items: Sequence[Any]) -> None:
+    def offer(self, items: Sequence[Any], token: AckToken | None = None) -> None:
         """Metrics intake: never waits; an overfull pending batch sheds its oldest items."""
         if not self.pending:
             self.pending_since = time.monotonic()
             self._has_pending.set()
         self.pending.extend(items)
         self.pending_bytes += sum(map(item_size, items))
+        if token is not None:
+            self.pending_tokens.append(token)
         if len(self.pending) >= self.max_items or self.pending_bytes >= self.max_bytes:
             self._seal_now.set()
         limit = 4 * self.max_bytes

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from agent.model import Labels, LogRecord, Sample, merge_labels
 
 LogSink = Callable[[Sequence[LogRecord], Callable[[], None] | None], Awaitable[None]]
+SampleSink = Callable[[Sequence[Sample], Callable[[], None] | None], None]
 
 
 class RunEmitter:
@@ -17,14 +18,21 @@ class RunEmitter:
     node_exporter's do over target labels.
     """
 
-    __slots__ = ("_log_sink", "errors", "samples", "static_labels", "time_ns")
+    __slots__ = ("_log_sink", "_sample_sink", "errors", "samples", "static_labels", "time_ns")
 
-    def __init__(self, time_ns: int, static_labels: Labels = (), log_sink: LogSink | None = None) -> None:
+    def __init__(
+        self,
+        time_ns: int,
+        static_labels: Labels = (),
+        log_sink: LogSink | None = None,
+        sample_sink: SampleSink | None = None,
+    ) -> None:
         self.time_ns = time_ns
         self.static_labels = static_labels
         self.samples: list[Sample] = []
         self.errors: list[BaseException | str] = []
         self._log_sink = log_sink
+        self._sample_sink = sample_sink
 
     def gauge(
         self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None
@@ -41,15 +49,13 @@ class RunEmitter:
         self.samples.append(Sample(name, float(value), "counter", labels, time_ns or self.time_ns, unit))
 
     def add(self, samples: Sequence[Sample]) -> None:
-        if self.static_labels:
-            static = self.static_labels
-            samples = [
-                s.__replace__(labels=merge_labels(static, s.labels))
-                if hasattr(s, "__replace__")
-                else Sample(s.name, s.value, s.kind, merge_labels(static, s.labels), s.time_ns, s.unit)
-                for s in samples
-            ]
-        self.samples.extend(samples)
+        self.samples.extend(self._with_static(samples))
+
+    def _with_static(self, samples: Sequence[Sample]) -> Sequence[Sample]:
+        static = self.static_labels
+        if not static:
+            return samples
+        return [Sample(s.name, s.value, s.kind, merge_labels(static, s.labels), s.time_ns, s.unit) for s in samples]
 
     async def logs(self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None) -> None:
         if self._log_sink is None:
@@ -57,6 +63,15 @@ class RunEmitter:
                 on_durable()
             return
         await self._log_sink(records, on_durable)
+
+    async def publish(self, samples: Sequence[Sample], *, on_durable: Callable[[], None] | None = None) -> None:
+        samples = self._with_static(samples)
+        if self._sample_sink is None:
+            self.samples.extend(samples)
+            if on_durable is not None:
+                on_durable()
+            return
+        self._sample_sink(samples, on_durable)
 
     def error(self, error: BaseException | str) -> None:
         self.errors.append(error)

@@ -77,11 +77,18 @@ class Pipeline:
 
     # ------------------------------------------------------------ intake
 
-    def publish_samples(self, instance: str, samples: list[Sample]) -> None:
+    def publish_samples(
+        self, instance: str, samples: list[Sample], on_durable: Callable[[], None] | None = None
+    ) -> None:
         self.latest.replace(instance, samples)
-        if samples:
-            for lane in self._metric_lanes:
-                lane.offer(samples)
+        lanes = self._metric_lanes
+        if not lanes or not samples:
+            if on_durable is not None:
+                on_durable()
+            return
+        token = AckToken(len(lanes), on_durable) if on_durable is not None else None
+        for lane in lanes:
+            lane.offer(samples, token)
 
     async def publish_logs(self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None) -> None:
         lanes = self._log_lanes

@@ -161,6 +161,14 @@ class Emitter(Protocol):
         advances its checkpoints only from this callback.
         """
 
+    async def publish(self, samples: Sequence[Sample], *, on_durable: Callable[[], None] | None = None) -> None:
+        """Hand samples straight to the pipeline, for streaming collectors.
+
+        Periodic collectors use ``gauge``/``counter``/``add`` instead. The
+        acknowledgement works as for :meth:`logs`; metrics never wait for room
+        (a full metrics buffer drops its oldest batch, counted), so neither does this.
+        """
+
     def error(self, error: BaseException | str) -> None:
         """Report a problem that did not stop the run (counted, logged once)."""
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.emitter import LogSink, RunEmitter
+from agent.emitter import LogSink, RunEmitter, SampleSink
 from agent.model import Labels, Sample
 from agent.workers import Worker
 
@@ -69,6 +69,7 @@ class CollectorRunner:
         publish: Publish,
         log_sink: LogSink | None,
         telemetry: Any,
+        sample_sink: SampleSink | None = None,
         logger: logging.Logger,
         clock: Callable[[], int] = time.time_ns,
         jitter: float | None = None,
@@ -81,6 +82,7 @@ class CollectorRunner:
         self.static_labels = static_labels
         self.publish = publish
         self.log_sink = log_sink
+        self.sample_sink = sample_sink
         self.telemetry = telemetry
         self.logger = logger
         self.clock = clock
@@ -196,12 +198,11 @@ class _StreamEmitter(RunEmitter):
     """A streaming collector's emitter: samples publish at once, errors count at once."""
 
     def __init__(self, runner: CollectorRunner) -> None:
-        super().__init__(runner.clock(), runner.static_labels, runner.log_sink)
+        super().__init__(runner.clock(), runner.static_labels, runner.log_sink, runner.sample_sink)
         self._runner = runner
 
     def error(self, error: BaseException | str) -> None:
         self._runner._report(error)
 
     def add(self, samples: Sequence[Sample]) -> None:
-        super().add(samples)
-        self._runner.publish(self._runner.name, list(self.samples))
+        self._runner.publish(self._runner.name, list(self._with_static(samples)))
