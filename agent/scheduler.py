@@ -95,6 +95,7 @@ class CollectorRunner:
         self._m_runs = telemetry.collector_runs.labels(name)
         self._m_errors = telemetry.collector_errors.labels(name)
         self._m_duration = telemetry.collector_duration.labels(name)
+        self._m_samples = telemetry.collector_samples.labels(name)
 
     def start(self) -> None:
         loop_fn = self._stream if getattr(self.collector, "streaming", False) else self._periodic
@@ -150,6 +151,7 @@ class CollectorRunner:
                 self._report(problem)
             self.publish(self.name, emitter.samples)
             state.last_samples = len(emitter.samples)
+            self._m_samples.set(state.last_samples)
             if not emitter.errors:
                 state.last_success_ns = state.last_run_ns
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary, disable_created_metrics
 from prometheus_client.process_collector import ProcessCollector
 
 from agent import __version__
@@ -18,6 +18,8 @@ from agent import __version__
 
 class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `_created` series double the page for no dashboard's benefit (process-wide switch)
+        disable_created_metrics()
         self.registry = registry = registry or CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         self.build_info = Gauge(
