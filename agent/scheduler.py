@@ -114,11 +114,13 @@ class CollectorRunner:
 
     async def run_once(self) -> RunEmitter:
         """One bounded run; the emitter holds what it produced and reported."""
-        if not self._started:
-            await asyncio.wait_for(self.collector.start(), timeout=self.timeout)
-            self._started = True
         emitter = RunEmitter(self.clock(), self.static_labels, self.log_sink)
-        await asyncio.wait_for(self.collector.collect(emitter), timeout=self.timeout)
+        # asyncio.timeout, not wait_for: no extra task per run
+        async with asyncio.timeout(self.timeout):
+            if not self._started:
+                await self.collector.start()
+                self._started = True
+            await self.collector.collect(emitter)
         return emitter
 
     async def _periodic(self) -> None:

@@ -1,0 +1,72 @@
+"""Scheduling: a hung collector is abandoned and reported while the others keep their cadence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from agent.config import CollectorCommon, PluginSpec, loads_config
+from agent.plugin import PeriodicCollector
+from agent.runtime import Agent
+from agent.telemetry import Telemetry
+
+
+class Hangs(PeriodicCollector):
+    """Blocks its worker thread like a statvfs on a dead NFS server."""
+
+    Config = None
+    release = threading.Event()
+
+    async def collect(self, emit) -> None:
+        await self.context.run_blocking(self.release.wait)
+
+
+class Ticks(PeriodicCollector):
+    Config = None
+
+    async def collect(self, emit) -> None:
+        emit.gauge("ticks", await self.context.run_blocking(lambda: 1.0))
+
+
+class Fails(PeriodicCollector):
+    Config = None
+
+    async def collect(self, emit) -> None:
+        emit.gauge("partial", 1)
+        emit.error("vmstat unreadable")
+        emit.error("vmstat unreadable")
+
+
+def spec(name: str, cls: type, interval: float, timeout: float | None = None) -> PluginSpec:
+    return PluginSpec("collectors", name, 0, CollectorCommon(interval=interval, timeout=timeout), None, cls)
+
+
+async def test_hung_collector_times_out_and_others_keep_running(tmp_path, caplog) -> None:
+    base = loads_config(f"[agent]\nstate_dir = '{tmp_path}'\n[http]\nlisten = ''\n",
+                        registry={"collectors": {}, "outputs": {}}, environ={})
+    telemetry = Telemetry()
+    agent = Agent(base, telemetry=telemetry)
+    config = type(base)(base.agent, base.http, base.redaction,
+                        (spec("hangs", Hangs, 0.1, 0.05), spec("ticks", Ticks, 0.05), spec("fails", Fails, 0.05)),
+                        (), base.sources)
+    agent.config = config
+    caplog.set_level(logging.WARNING, logger="hostwatch")
+    try:
+        await agent.start()
+        await asyncio.sleep(0.6)
+        details = agent.detailed()["collectors"]
+        assert details["ticks"]["runs"] >= 8, details["ticks"]
+        assert details["ticks"]["errors"] == 0
+        assert details["hangs"]["errors"] >= 2
+        assert "timeout" in details["hangs"]["last_error"]
+        value = telemetry.registry.get_sample_value
+        assert value("hostwatch_collector_timeouts_total", {"collector": "hangs"}) >= 2
+        assert value("hostwatch_collector_errors_total", {"collector": "fails"}) >= 2 * details["fails"]["runs"] - 2
+        # a repeated problem is logged once and counted every time
+        assert sum("vmstat unreadable" in r.getMessage() for r in caplog.records) == 1
+        assert sum("exceeded its timeout" in r.getMessage() for r in caplog.records) == 1
+        assert any(s.name == "partial" for s in agent.latest.samples()), "a partial run still publishes"
+    finally:
+        Hangs.release.set()
+        await agent.stop()
