@@ -395,6 +395,7 @@ class OutputRunner:
         size = sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values())
         oldest = [t for lane in self.lanes.values() if (t := lane.queue.oldest_ns()) is not None]
         self.telemetry.buffer_items.labels(self.name).set(items)
+        self.telemetry.buffer_max_bytes.labels(self.name).set(sum(lane.queue.capacity for lane in self.lanes.values()))
         self.telemetry.buffer_bytes.labels(self.name).set(size)
         age = (self.clock() - min(oldest)) / 1e9 if oldest else 0.0
         self.telemetry.buffer_oldest_age.labels(self.name).set(max(0.0, age))

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from agent.model import Labels, LogRecord, Sample, merge_labels
 
 LogSink = Callable[[Sequence[LogRecord], Callable[[], None] | None], Awaitable[None]]
-SampleSink = Callable[[Sequence[Sample], Callable[[], None] | None], None]
+SampleSink = Callable[[Sequence[Sample], Callable[[], None] | None], Awaitable[None]]
 
 
 class RunEmitter:
@@ -71,7 +71,7 @@ class RunEmitter:
             if on_durable is not None:
                 on_durable()
             return
-        self._sample_sink(samples, on_durable)
+        await self._sample_sink(samples, on_durable)
 
     def error(self, error: BaseException | str) -> None:
         self.errors.append(error)

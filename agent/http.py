@@ -27,8 +27,15 @@ JSON = "application/json"
 MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
-           500: "Internal Server Error", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 Response = tuple[int, str, bytes]
 
@@ -115,8 +122,9 @@ class HttpServer:
         if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
             await self._send(writer, (400, "text/plain", b"request bodies are not accepted\n"), keep_alive=False)
             return False
-        keep_alive = headers.get("connection") != "close" and (version == "HTTP/1.1" or "keep-alive" in headers.get(
-            "connection", ""))
+        keep_alive = headers.get("connection") != "close" and (
+            version == "HTTP/1.1" or "keep-alive" in headers.get("connection", "")
+        )
         handler = self.routes.get(target.split("?", 1)[0])
         if method not in ("GET", "HEAD"):
             response: Response = (405, "text/plain", b"only GET\n")
@@ -132,8 +140,9 @@ class HttpServer:
         return keep_alive
 
     @staticmethod
-    async def _send(writer: asyncio.StreamWriter, response: Response, *, keep_alive: bool,
-                    head_only: bool = False) -> None:
+    async def _send(
+        writer: asyncio.StreamWriter, response: Response, *, keep_alive: bool, head_only: bool = False
+    ) -> None:
         status, content_type, body = response
         head = (
             f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"

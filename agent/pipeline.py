@@ -90,6 +90,24 @@ class Pipeline:
         for lane in lanes:
             lane.offer(samples, token)
 
+    async def accept_samples(
+        self, instance: str, samples: list[Sample], on_durable: Callable[[], None] | None = None
+    ) -> None:
+        """Streaming sources' samples: like :meth:`publish_samples`, but an output with
+        ``when_full = "block"`` makes the source wait for room instead of shedding."""
+        self.latest.replace(instance, samples)
+        lanes = self._metric_lanes
+        if not lanes or not samples:
+            if on_durable is not None:
+                on_durable()
+            return
+        token = AckToken(len(lanes), on_durable) if on_durable is not None else None
+        for lane in lanes:
+            if lane.when_full == "block":
+                await lane.accept(samples, token)
+            else:
+                lane.offer(samples, token)
+
     async def publish_logs(self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None) -> None:
         lanes = self._log_lanes
         if not lanes:

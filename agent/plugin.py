@@ -165,8 +165,10 @@ class Emitter(Protocol):
         """Hand samples straight to the pipeline, for streaming collectors.
 
         Periodic collectors use ``gauge``/``counter``/``add`` instead. The
-        acknowledgement works as for :meth:`logs`; metrics never wait for room
-        (a full metrics buffer drops its oldest batch, counted), so neither does this.
+        acknowledgement works as for :meth:`logs`. With the default
+        ``when_full = "drop_oldest"`` of metrics outputs this never waits (a full
+        buffer drops its oldest batch, counted); an output set to ``"block"``
+        makes it wait for room, pausing the source.
         """
 
     def error(self, error: BaseException | str) -> None:

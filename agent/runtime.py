@@ -144,7 +144,7 @@ class Agent:
             static_labels=static,
             publish=self.pipeline.publish_samples,
             log_sink=self.pipeline.publish_logs,
-            sample_sink=lambda samples, on_durable, name=spec.name: self.pipeline.publish_samples(
+            sample_sink=lambda samples, on_durable, name=spec.name: self.pipeline.accept_samples(
                 name, list(samples), on_durable
             ),
             telemetry=self.telemetry,

@@ -122,6 +122,12 @@ class Telemetry:
         self.buffer_bytes = Gauge(
             "hostwatch_buffer_bytes", "Bytes waiting in the output's buffer.", ["output"], registry=registry
         )
+        self.buffer_max_bytes = Gauge(
+            "hostwatch_buffer_max_bytes",
+            "Capacity of the output's buffer (buffer_max_bytes, per signal lane).",
+            ["output"],
+            registry=registry,
+        )
         self.buffer_corrupt_records = Counter(
             "hostwatch_buffer_corrupt_records",
             "Damaged disk-buffer records skipped (torn writes, corruption).",

@@ -12,7 +12,7 @@ from tests.support import collector_context
 async def run_source(tmp_path, count: int, *, ack: bool, signal: str = "metrics") -> list:
     received, callbacks = [], []
 
-    def sample_sink(samples, on_durable):
+    async def sample_sink(samples, on_durable):
         received.extend(int(s.value) for s in samples)
         callbacks.append(on_durable)
         if ack:
