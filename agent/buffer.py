@@ -151,6 +151,9 @@ class DiskQueue:
         self._write_file: Any = None
         self._write_size = 0
         self._last_fsync = 0.0
+        self._retired_until = (0, 0)
+        self._cursor_fd: int | None = None
+        self._commit_failed = False
         self.items = 0
         self.bytes = 0
         self.corrupt_records = 0
@@ -171,6 +174,7 @@ class DiskQueue:
         self.directory.mkdir(parents=True, exist_ok=True)
         segments = sorted(int(p.stem) for p in self.directory.glob("*.seg") if p.stem.isdigit())
         cursor_segment, cursor_offset = self._read_cursor()
+        self._retired_until = (cursor_segment, cursor_offset)
         for number in segments:
             if number < cursor_segment:
                 self._segment_path(number).unlink(missing_ok=True)  # retired before a crash
@@ -185,11 +189,13 @@ class DiskQueue:
     def _read_cursor(self) -> tuple[int, int]:
         try:
             raw = (self.directory / "cursor").read_bytes()
-            segment, offset = struct.unpack("<QQ", raw)
+            segment, offset, crc = struct.unpack("<QQI", raw)
+            if zlib.crc32(raw[:16]) != crc:
+                raise ValueError("checksum mismatch")
             return segment, offset
         except FileNotFoundError:
             return 0, 0
-        except (OSError, struct.error) as exc:
+        except (OSError, struct.error, ValueError) as exc:
             log.error("buffer %s: unreadable cursor (%s): replaying from the oldest segment", self.directory, exc)
             return 0, 0
 
@@ -287,6 +293,7 @@ class DiskQueue:
         ref = self._index.popleft()
         self.items -= ref.items
         self.bytes -= ref.length
+        self._retire(ref)
         return Batch(self.signal, [None] * ref.items, ref.length, ref.created_ns)
 
     async def take(self) -> Batch:
@@ -302,6 +309,7 @@ class DiskQueue:
             self._index.popleft()
             self.items -= ref.items
             self.bytes -= ref.length
+            self._retire(ref)
             self.corrupt_records += 1
             self.on_corrupt(1)
             return await self.take()
@@ -324,14 +332,37 @@ class DiskQueue:
             return
         self.items -= ref.items
         self.bytes -= ref.length
+        self._retire(ref)
+        # the first record not yet retired; never the write end, which an append running
+        # on the worker thread right now may already have moved past a record not yet indexed
         head = self._index[0] if self._index else None
-        position = (head.segment, head.offset) if head else (self._write_segment, self._write_size)
-        await self._worker.run(self._commit_sync, position)
+        position = (head.segment, head.offset) if head else self._retired_until
+        try:
+            await self._worker.run(self._commit_sync, position)
+        except OSError as exc:
+            if not self._commit_failed:
+                log.error(
+                    "buffer %s: cannot save the read position (%s); delivered batches may be sent "
+                    "again after a restart",
+                    self.directory,
+                    exc.strerror or exc,
+                )
+            self._commit_failed = True
+        else:
+            self._commit_failed = False
+
+    def _retire(self, ref: _Ref) -> None:
+        end = (ref.segment, ref.offset + ref.length)
+        if end > self._retired_until:
+            self._retired_until = end
 
     def _commit_sync(self, position: tuple[int, int]) -> None:
-        tmp = self.directory / "cursor.tmp"
-        tmp.write_bytes(struct.pack("<QQ", *position))
-        os.replace(tmp, self.directory / "cursor")
+        # overwritten in place: 20 bytes in an existing block need no free space, so a full
+        # disk can still retire segments (a torn or stale cursor only replays, never skips)
+        if self._cursor_fd is None:
+            self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        body = struct.pack("<QQ", *position)
+        os.pwrite(self._cursor_fd, body + struct.pack("<I", zlib.crc32(body)), 0)
         for path in self.directory.glob("*.seg"):
             if path.stem.isdigit() and int(path.stem) < position[0]:
                 path.unlink(missing_ok=True)
@@ -351,6 +382,9 @@ class DiskQueue:
                     os.fsync(self._write_file.fileno())
                 self._write_file.close()
                 self._write_file = None
+            if self._cursor_fd is not None:
+                os.close(self._cursor_fd)
+                self._cursor_fd = None
 
         await self._worker.run(close_sync)
         self._worker.close()

@@ -211,13 +211,20 @@ class Lane:
 
     async def _sender(self) -> None:
         while True:
-            batch = await self.queue.take()
-            delivered = await self._deliver(batch.items)
-            if not delivered:  # shutdown cut the retries short: the batch stays queued
-                return
-            await self.queue.ack()
-            self._finish(batch)
-            self.runner.update_gauges()
+            try:
+                batch = await self.queue.take()
+                delivered = await self._deliver(batch.items)
+                if not delivered:  # shutdown cut the retries short: the batch stays queued
+                    return
+                await self.queue.ack()
+                self._finish(batch)
+                self.runner.update_gauges()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a sender must not die quietly: say it and carry on
+                log.exception("output %s: sender failed; retrying in 1s", self.runner.name)
+                self.runner.note_error(f"sender failed: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
 
     async def _deliver(self, items: list[Any]) -> bool:
         runner = self.runner

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 MESSAGES = "queue_messages"
 CONSUMERS = "queue_consumers"
 OLDEST_AGE = "queue_oldest_message_age_seconds"
+SKIPPED = "hostwatch_queue_skipped_total"
+"""Queues (keys) left unmeasured by a cap or an unsupported type: {system, reason}."""
 
 MESSAGE_UNIT = "{message}"
 CONSUMER_UNIT = "{consumer}"

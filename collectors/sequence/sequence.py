@@ -53,17 +53,21 @@ class SequenceCollector(StreamingCollector):
                     if config.count:
                         due = min(due, config.count - self.next_number)
                     first = self.next_number
-                    now_ms = max(time.time_ns() // 1_000_000, last_ms + 1)
+                    # one millisecond apart and ending now (not in the future, which queries
+                    # up to "now" would miss), so no two numbers share a remote-write timestamp
+                    first_ms = max(time.time_ns() // 1_000_000 - due + 1, last_ms + 1)
                     numbers = range(first, first + due)
-                    # one millisecond apart, so no two numbers share a remote-write timestamp
-                    times = [(now_ms + i) * 1_000_000 for i in range(due)]
-                    last_ms = now_ms + due - 1
+                    times = [(first_ms + i) * 1_000_000 for i in range(due)]
+                    last_ms = first_ms + due - 1
                     end = first + due
                     if config.signal == "metrics":
-                        batch = [Sample(config.name, float(n), "gauge", labels, t) for n, t in zip(numbers, times)]
+                        batch = [
+                            Sample(config.name, float(n), "gauge", labels, t)
+                            for n, t in zip(numbers, times, strict=True)
+                        ]
                         await emit.publish(batch, on_durable=lambda end=end: self._ack(end))
                     else:
-                        records = [LogRecord(t, f"seq {n}", labels) for n, t in zip(numbers, times)]
+                        records = [LogRecord(t, f"seq {n}", labels) for n, t in zip(numbers, times, strict=True)]
                         await emit.logs(records, on_durable=lambda end=end: self._ack(end))
                     self.next_number = end
                     emitted += due

@@ -134,8 +134,17 @@ def cycle_cost() -> tuple[float, float]:
 
     engine = statistics.median(asyncio.run(engine_cycles(300)))
     files = [
-        "/proc/stat", "/proc/loadavg", "/proc/meminfo", "/proc/vmstat", "/proc/self/mountinfo", "/proc/diskstats",
-        "/proc/net/dev", "/proc/net/netstat", "/proc/net/snmp", "/proc/net/snmp6", "/proc/net/sockstat",
+        "/proc/stat",
+        "/proc/loadavg",
+        "/proc/meminfo",
+        "/proc/vmstat",
+        "/proc/self/mountinfo",
+        "/proc/diskstats",
+        "/proc/net/dev",
+        "/proc/net/netstat",
+        "/proc/net/snmp",
+        "/proc/net/snmp6",
+        "/proc/net/sockstat",
         "/proc/net/sockstat6",
     ]
     files = [f for f in files if os.path.exists(f)]
@@ -179,8 +188,10 @@ def start_to_ready(runs: int = 5) -> float:
 def main() -> None:
     print(f"machine: {os.cpu_count()} cores; {SECONDS:.0f}s per run, median of {RUNS} runs")
     engine, bare = cycle_cost()
-    print(f"one cycle of cpu+memory+disk+network through the engine: {engine * 1e3:.3f} ms; "
-          f"bare read+split of their files: {bare * 1e3:.3f} ms; ratio {engine / bare:.2f} (target <= 1.3)")
+    print(
+        f"one cycle of cpu+memory+disk+network through the engine: {engine * 1e3:.3f} ms; "
+        f"bare read+split of their files: {bare * 1e3:.3f} ms; ratio {engine / bare:.2f} (target <= 1.3)"
+    )
     print(f"start to /ready (process spawn included): {start_to_ready():.3f}s (target <= 0.5 s)")
     for interval in (10.0, 1.0):
         runs = [footprint(interval) for _ in range(RUNS)]

@@ -85,8 +85,9 @@ def test_serves_every_endpoint_then_stops_cleanly_on_sigterm(agent) -> None:
     assert get(base + "/live")[0] == 200
     assert json.loads(get(base + "/ready")[1]) == {"status": "ready"}
 
-    detailed = wait_until(lambda: (d := json.loads(get(base + "/health/detailed")[1]))["collectors"]["cpu"]["runs"]
-                          and d)
+    detailed = wait_until(
+        lambda: (d := json.loads(get(base + "/health/detailed")[1]))["collectors"]["cpu"]["runs"] and d
+    )
     assert set(detailed["collectors"]) == {"cpu", "memory"}
     assert detailed["version"] and detailed["uptime_seconds"] > 0
     assert detailed["collectors"]["memory"]["last_error"] is None
@@ -95,7 +96,7 @@ def test_serves_every_endpoint_then_stops_cleanly_on_sigterm(agent) -> None:
     assert status == 200
     assert 'node_cpu_seconds_total{cpu="0",env="test",mode="idle"}' in text
     assert metric_value(text, 'node_memory_MemTotal_bytes{env="test"}') > 0
-    assert 'hostwatch_build_info{' in text
+    assert "hostwatch_build_info{" in text
     assert metric_value(text, 'hostwatch_collector_runs_total{collector="cpu"}') >= 1
     assert "process_resident_memory_bytes" in text
 
@@ -114,8 +115,13 @@ def test_sighup_applies_a_good_config_and_rejects_a_broken_one(agent) -> None:
 
     config.write_text(CONFIG.format(port=port, state=tmp_path / "state", env="broken") + "\n[agent2]\n")
     proc.send_signal(signal.SIGHUP)
-    text = wait_until(lambda: (t := get(base + "/metrics")[1])
-                      and metric_value(t, 'hostwatch_config_reloads_total{result="failure"}') == 1 and t)
+    text = wait_until(
+        lambda: (
+            (t := get(base + "/metrics")[1])
+            and metric_value(t, 'hostwatch_config_reloads_total{result="failure"}') == 1
+            and t
+        )
+    )
     assert metric_value(text, "hostwatch_config_last_reload_successful") == 0
     assert get(base + "/ready")[0] == 200, "the old configuration keeps running"
     time.sleep(1.2)
@@ -129,8 +135,9 @@ def test_sighup_applies_a_good_config_and_rejects_a_broken_one(agent) -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*hostwatch_command(), *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*hostwatch_command(), *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
 
 
 def test_check_exit_codes(tmp_path: Path) -> None:

@@ -1,0 +1,305 @@
+"""The HTTP client every push output shares (aiohttp).
+
+One :class:`HttpClient` per output instance: a keep-alive connection pool,
+a total timeout per request, TLS (CA, client certificate, server name,
+verification on unless ``tls_insecure_skip_verify``), basic auth or a bearer
+token read from files at :meth:`HttpClient.start`, a ``User-Agent`` with the
+version, and gzip/snappy request bodies.
+
+Outputs never sleep or retry. :meth:`HttpClient.post` returns the response,
+or an :class:`ExportResult` ``retry`` for what went wrong on the way
+(connection refused or reset, timeout); :func:`status_result` maps a status
+code to the result the engine acts on. Secret values are kept out of reprs
+and are masked in every reason text this module builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import gzip
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import aiohttp
+import cramjam
+import msgspec
+
+from agent.plugin import Duration, ExportResult, PluginConfig
+
+Desc = msgspec.Meta
+REASON_MAX = 200
+# Compressing a body this big would hold the event loop for milliseconds: do it on a thread.
+_THREAD_COMPRESS_BYTES = 256 * 1024
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class HttpClientConfig(PluginConfig):
+    """Connection options every push output takes."""
+
+    timeout: Annotated[Duration, Desc(description="Deadline of one request, connecting included.")] = Duration(10)
+    headers: Annotated[dict[str, str], Desc(description="Extra request headers.")] = msgspec.field(default_factory=dict)
+    tls_ca: Annotated[str, Desc(description="PEM file of the CAs to trust; empty: the system's.")] = ""
+    tls_cert: Annotated[str, Desc(description="PEM client certificate for mutual TLS (with tls_key).")] = ""
+    tls_key: Annotated[str, Desc(description="PEM private key of tls_cert.")] = ""
+    tls_server_name: Annotated[
+        str, Desc(description="Name the server's certificate must match (and SNI); empty: the URL's host.")
+    ] = ""
+    tls_insecure_skip_verify: Annotated[bool, Desc(description="Accept any server certificate (tests only).")] = False
+    basic_auth_user: Annotated[str, Desc(description="HTTP basic auth user (with basic_auth_password_file).")] = ""
+    basic_auth_password_file: Annotated[str, Desc(description="File holding the basic auth password.")] = ""
+    bearer_token_file: Annotated[str, Desc(description="File holding a token sent as Authorization: Bearer.")] = ""
+    compression: Annotated[
+        Literal["", "none", "gzip", "snappy"],
+        Desc(description="Request body compression; empty: the output's default."),
+    ] = ""
+
+    def __repr__(self) -> str:
+        # header values may carry API keys: show their names only
+        fields = ", ".join(
+            f"{name}={{{', '.join(f'{k!r}: ***' for k in self.headers)}}}"
+            if name == "headers"
+            else f"{name}={getattr(self, name)!r}"
+            for name in self.__struct_fields__
+        )
+        return f"{type(self).__name__}({fields})"
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_password_file):
+            raise ValueError("basic_auth_user and basic_auth_password_file go together")
+        if self.basic_auth_user and self.bearer_token_file:
+            raise ValueError("use basic auth or a bearer token, not both")
+
+
+def check_url(url: str, what: str = "url") -> None:
+    """Raise ValueError unless ``url`` is an http(s) URL with a host (for ``__post_init__``)."""
+    if not re.match(r"https?://[^/\s]+", url):
+        raise ValueError(f"{what} must be an http:// or https:// URL, got {url!r}")
+
+
+# ----------------------------------------------------------------- secrets and TLS
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The ``Authorization`` header built from secret files (never shown in a repr)."""
+
+    authorization: str = field(default="", repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+def read_secret(path: str) -> str:
+    """A secret file's content without its trailing newline (blocking: call on a thread)."""
+    return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def load_credentials(config: HttpClientConfig) -> Credentials:
+    """Read the auth files named in ``config`` (blocking). Errors name the file, not its content."""
+    if config.bearer_token_file:
+        token = read_secret(config.bearer_token_file).strip()
+        if not token:
+            raise ValueError(f"bearer_token_file {config.bearer_token_file} is empty")
+        return Credentials(f"Bearer {token}", (token,))
+    if config.basic_auth_user:
+        password = read_secret(config.basic_auth_password_file)
+        pair = base64.b64encode(f"{config.basic_auth_user}:{password}".encode()).decode()
+        return Credentials(f"Basic {pair}", tuple(s for s in (password, pair) if s))
+    return Credentials()
+
+
+def build_ssl_context(config: HttpClientConfig) -> ssl.SSLContext:
+    """A client TLS context from ``config`` (blocking: reads certificate files)."""
+    context = ssl.create_default_context(cafile=config.tls_ca or None)
+    if config.tls_cert:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# ------------------------------------------------------------ bodies and answers
+
+
+def compress(body: bytes, kind: str) -> bytes:
+    """``kind`` is ``gzip``, ``snappy`` (the block format remote-write and Loki use) or ``none``."""
+    if kind == "gzip":
+        return gzip.compress(body, compresslevel=1, mtime=0)
+    if kind == "snappy":
+        return bytes(cramjam.snappy.compress_raw(body))
+    return body
+
+
+async def compress_async(body: bytes, kind: str) -> bytes:
+    """:func:`compress`, on a thread when the body is big enough to stall the loop."""
+    if kind == "none" or len(body) < _THREAD_COMPRESS_BYTES:
+        return compress(body, kind)
+    return await asyncio.to_thread(compress, body, kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def shorten(text: str) -> str:
+    """``text`` on one line, at most ``REASON_MAX`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
+
+
+def _unmasked(text: str) -> str:
+    return text
+
+
+def server_message(body: bytes, mask: Callable[[str], str] = _unmasked) -> str:
+    """The start of a server's error text, on one line; masked before it is cut, so no secret is half shown."""
+    return shorten(mask(body[: REASON_MAX * 8].decode("utf-8", "replace")))
+
+
+def status_result(
+    response: Response,
+    *,
+    retry_5xx: bool,
+    message: str | None = None,
+    now: float | None = None,
+    mask: Callable[[str], str] = _unmasked,
+) -> ExportResult:
+    """Map an HTTP status to an :class:`ExportResult`.
+
+    2xx: ok. 413: too_large. 429, 502, 503, 504 (and every other 5xx when
+    ``retry_5xx``): retry, honouring ``Retry-After``. Other statuses: drop.
+    ``message`` replaces the body as the server's words in the reason.
+    """
+    status = response.status
+    if 200 <= status < 300:
+        return ExportResult.ok()
+    text = server_message(response.body, mask) if message is None else shorten(mask(message))
+    reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
+    if status == 413:
+        return ExportResult.too_large(reason)
+    if status in _RETRY_STATUSES or (retry_5xx and 500 <= status < 600):
+        return ExportResult.retry(reason, parse_retry_after(response.headers.get("Retry-After"), now))
+    return ExportResult.drop(reason)
+
+
+# --------------------------------------------------------------------- the client
+
+
+class HttpClient:
+    """POSTs bodies for one output instance; see the module docstring."""
+
+    def __init__(self, config: HttpClientConfig, *, version: str, max_response_bytes: int = 64 * 1024) -> None:
+        self.config = config
+        self.version = version
+        self.max_response_bytes = max_response_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._credentials = Credentials()
+        self._base_headers: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<HttpClient started={self._session is not None}>"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self._credentials.secrets
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret value replaced by ``***``."""
+        for secret in self._credentials.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def read_credentials(self) -> Credentials:
+        """Read the auth files (on a thread) and keep them for the headers and for masking."""
+        self._credentials = await asyncio.to_thread(load_credentials, self.config)
+        return self._credentials
+
+    async def start(self) -> None:
+        """Read secret files, build the TLS context and the session (no network I/O)."""
+        if self._session is not None:
+            return
+        config = self.config
+        await self.read_credentials()
+        tls = await asyncio.to_thread(build_ssl_context, config)
+        headers = {"User-Agent": f"hostwatch/{self.version}", **config.headers}
+        if self._credentials.authorization:
+            headers["Authorization"] = self._credentials.authorization
+        self._base_headers = headers
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls, limit=8, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=float(config.timeout)),
+            auto_decompress=True,
+            raise_for_status=False,
+        )
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Response | ExportResult:
+        """POST ``body`` (already compressed) with the base headers plus ``headers``.
+
+        Returns the response (status, headers, at most ``max_response_bytes``
+        of body), or ``ExportResult.retry`` when the request could not be
+        completed: connection refused or reset, TLS failure, timeout.
+        """
+        if self._session is None:
+            raise RuntimeError("HttpClient.post before start()")
+        all_headers = {**self._base_headers, **headers} if headers else self._base_headers
+        try:
+            async with self._session.post(
+                url,
+                data=body,
+                headers=all_headers,
+                server_hostname=self.config.tls_server_name or None,
+                allow_redirects=False,
+            ) as resp:
+                return Response(resp.status, resp.headers, await self._read(resp))
+        except TimeoutError:
+            return ExportResult.retry(f"timed out after {float(self.config.timeout):g}s")
+        except aiohttp.ClientError as exc:
+            return ExportResult.retry(shorten(self.mask(f"{type(exc).__name__}: {exc}")))
+        except OSError as exc:
+            return ExportResult.retry(shorten(self.mask(f"{type(exc).__name__}: {exc}")))
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(16384):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= self.max_response_bytes:
+                break
+        return b"".join(chunks)[: self.max_response_bytes]
+
+    def result(self, response: Response, *, retry_5xx: bool, message: str | None = None) -> ExportResult:
+        """:func:`status_result` with secrets masked in the reason."""
+        return status_result(response, retry_5xx=retry_5xx, message=message, mask=self.mask)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

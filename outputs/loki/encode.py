@@ -1,0 +1,227 @@
+"""Loki push request encoding (protobuf and JSON), by hand and with no I/O.
+
+The protobuf wire format (``pkg/push/push.proto``)::
+
+    PushRequest   { repeated StreamAdapter streams = 1; }
+    StreamAdapter { string labels = 1; repeated EntryAdapter entries = 2; }
+    EntryAdapter  { google.protobuf.Timestamp timestamp = 1; string line = 2;
+                    repeated LabelPairAdapter structuredMetadata = 3; }
+    LabelPairAdapter { string name = 1; string value = 2; }
+    Timestamp     { int64 seconds = 1; int32 nanos = 2; }
+
+The JSON form is ``{"streams": [{"stream": {name: value}, "values":
+[["<ns>", "line", {metadata}]]}]}``.
+
+Records are grouped into streams by their label set (the ``base`` labels
+plus the record's ``labels``, which win); within a stream entries are sent in
+time order. A record's ``attributes`` become structured metadata, never stream
+labels (they may be high-cardinality), and so does its severity, as ``level``. The encoded stream header of every
+label set is cached.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from agent.model import Labels, LogRecord
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_INVALID_LABEL_CHAR = re.compile(r"[^a-zA-Z0-9_]")
+_VARINT = [bytes((n,)) for n in range(0x80)]
+_LEN_12 = [b"\x12" + bytes((n,)) for n in range(0x80)]  # key of field 2 (length-delimited) + short length
+_NO_HEADS: tuple[bytes, ...] = ()
+_json_encode = msgspec.json.Encoder().encode
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint; negative numbers as 64-bit two's complement.
+
+    Unrolled up to five bytes (lengths, nanoseconds, seconds): a loop with a
+    bytearray costs twice as much per call, and this runs several times a line.
+    """
+    if n < 0x80:
+        if n >= 0:
+            return _VARINT[n]
+    elif n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    elif n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    elif n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
+    elif n < 0x800000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21 & 0x7F | 0x80, n >> 28))
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def sanitize_label_name(name: str) -> str:
+    if _LABEL_NAME.fullmatch(name):
+        return name
+    name = _INVALID_LABEL_CHAR.sub("_", name) or "_"
+    return "_" + name if name[0].isdigit() else name
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def stream_selector(labels: Labels) -> str:
+    """Loki's text form of a label set: ``{job="app", instance="h1"}`` (sorted)."""
+    return "{" + ", ".join(f"{name}={_quote(value)}" for name, value in labels) + "}"
+
+
+def stream_labels(base: Labels, labels: Labels) -> Labels:
+    """The stream's label set: names sanitised, empty values dropped, ``labels`` win."""
+    merged: dict[str, str] = {}
+    for source in (base, labels):
+        for name, value in source:
+            merged[sanitize_label_name(name)] = value
+    return tuple(sorted((k, v) for k, v in merged.items() if v != ""))
+
+
+@dataclass(slots=True)
+class Encoded:
+    payload: bytes
+    streams: int
+    entries: int
+
+
+class PushEncoder:
+    """Turns log records into a Loki ``PushRequest`` (protobuf) or its JSON form."""
+
+    def __init__(self, base: Labels = (), *, structured_metadata: bool = True, max_streams: int = 20_000) -> None:
+        self.base = base
+        self.structured_metadata = structured_metadata
+        self.max_streams = max_streams
+        self._selectors: dict[Labels, tuple[bytes, Labels]] = {}
+        # (attributes, severity) -> encoded fields; the severity alone when there are no attributes
+        self._metadata_cache: dict[tuple[Labels, str] | str, bytes] = {}
+
+    def _stream(self, labels: Labels) -> tuple[bytes, Labels]:
+        """(encoded ``labels`` field, final label set) of a record label set, cached."""
+        entry = self._selectors.get(labels)
+        if entry is None:
+            if len(self._selectors) >= self.max_streams:
+                self._selectors.clear()
+            final = stream_labels(self.base, labels)
+            text = stream_selector(final).encode("utf-8", "replace")
+            entry = self._selectors[labels] = (b"\x0a" + varint(len(text)) + text, final)
+        return entry
+
+    def _metadata(self, record: LogRecord, key: tuple[Labels, str] | str) -> bytes:
+        """Encoded structured metadata fields of a record, cached under ``key``."""
+        encoded = self._metadata_cache.get(key)
+        if encoded is None:
+            if len(self._metadata_cache) >= 50_000:
+                self._metadata_cache.clear()
+            out = []
+            for name, value in _metadata_of(record):
+                name_bytes = name.encode("utf-8", "replace")
+                value_bytes = value.encode("utf-8", "replace")
+                inner = (
+                    b"\x0a" + varint(len(name_bytes)) + name_bytes + b"\x12" + varint(len(value_bytes)) + value_bytes
+                )
+                out.append(b"\x1a" + varint(len(inner)) + inner)
+            encoded = self._metadata_cache[key] = b"".join(out)
+        return encoded
+
+    def _groups(self, records: Sequence[LogRecord]) -> dict[Labels, list[LogRecord]]:
+        groups: dict[Labels, list[LogRecord]] = {}
+        for record in records:
+            group = groups.get(record.labels)
+            if group is None:
+                groups[record.labels] = [record]
+            else:
+                group.append(record)
+        for labels, group in groups.items():
+            last = -1
+            for record in group:
+                if record.time_ns < last:
+                    groups[labels] = sorted(group, key=_time_of)
+                    break
+                last = record.time_ns
+        return groups
+
+    def encode_protobuf(self, records: Sequence[LogRecord]) -> Encoded:
+        """A ``PushRequest``, uncompressed (send it snappy-compressed).
+
+        The hot loop appends an entry's pieces to one list and keeps each
+        stream's size as it goes: per line that is one divmod, one encode and
+        a few table lookups, which is what keeps it above 500k lines/s.
+        """
+        parts: list[bytes] = []
+        metadata = self.structured_metadata
+        metadata_get = self._metadata_cache.get
+        last_sec, ts_heads = None, _NO_HEADS
+        groups = self._groups(records)
+        for labels, group in groups.items():
+            head_index = len(parts)
+            parts.append(b"")
+            total = 0
+            for record in group:
+                sec, nanos = divmod(record.time_ns, 1_000_000_000)
+                if sec != last_sec:
+                    last_sec, ts_heads = sec, _timestamp_heads(sec)
+                nanos_part = varint(nanos)
+                try:
+                    line = record.body.encode()
+                except UnicodeEncodeError:  # lone surrogates from undecodable input
+                    line = record.body.encode("utf-8", "replace")
+                n = len(line)
+                line_head = _LEN_12[n] if n < 0x80 else b"\x12" + varint(n)
+                if metadata and (record.attributes or record.severity):
+                    key = (record.attributes, record.severity) if record.attributes else record.severity
+                    meta = metadata_get(key) or self._metadata(record, key)
+                else:
+                    meta = b""
+                ts_head = ts_heads[len(nanos_part)]
+                size = len(ts_head) + len(nanos_part) + len(line_head) + n + len(meta)
+                entry_head = _LEN_12[size] if size < 0x80 else b"\x12" + varint(size)
+                # EntryAdapter (StreamAdapter.entries = 2): timestamp = 1, line = 2, structuredMetadata = 3
+                parts += (entry_head, ts_head, nanos_part, line_head, line, meta)
+                total += len(entry_head) + size
+            header = self._stream(labels)[0]
+            parts[head_index] = b"\x0a" + varint(len(header) + total) + header
+        return Encoded(b"".join(parts), len(groups), len(records))
+
+    def encode_json(self, records: Sequence[LogRecord]) -> Encoded:
+        """The JSON push body, uncompressed."""
+        streams = []
+        metadata = self.structured_metadata
+        groups = self._groups(records)
+        for labels, group in groups.items():
+            values = [
+                [str(r.time_ns), r.body, dict(_metadata_of(r))]
+                if metadata and (r.attributes or r.severity)
+                else [str(r.time_ns), r.body]
+                for r in group
+            ]
+            streams.append({"stream": dict(self._stream(labels)[1]), "values": values})
+        return Encoded(_json_encode({"streams": streams}), len(groups), len(records))
+
+
+def _timestamp_heads(sec: int) -> tuple[bytes, ...]:
+    """Start of the Timestamp field for each length (1-5 bytes) of the nanos varint that follows."""
+    seconds = b"\x08" + varint(sec) + b"\x10"
+    return tuple(b"\x0a" + bytes((len(seconds) + n,)) + seconds for n in range(6))
+
+
+def _time_of(record: LogRecord) -> int:
+    return record.time_ns
+
+
+def _metadata_of(record: LogRecord) -> Labels:
+    """Structured metadata: the attributes, plus ``level`` from the severity unless an attribute has that name."""
+    attributes = record.attributes
+    if not record.severity or any(name == "level" for name, _ in attributes):
+        return attributes
+    return (*attributes, ("level", record.severity))

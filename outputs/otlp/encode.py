@@ -1,0 +1,355 @@
+"""OTLP metrics and logs encoding (protobuf by hand, JSON), and response decoding. No I/O.
+
+Building ``opentelemetry-proto`` message objects costs microseconds per data
+point; this module writes the same wire format directly and caches what
+repeats (the encoded attributes of every label set, the resource, the
+scope), so a data point costs one dict lookup and one ``struct.pack``. The
+tests decode its output with ``opentelemetry-proto``'s own classes.
+
+Mapping: one ``ResourceMetrics`` per request, whose resource carries the
+host (``host.name``, ``host.id``, ``os.type``, ``service.name`` = job,
+``service.instance.id`` = instance, and the ``[agent] labels``); one metric
+per (name, kind, unit); counters become cumulative monotonic Sums whose start
+time is ``start_time_ns``, gauges become Gauges; sample labels become
+data point attributes. Logs: one ``ResourceLogs`` per label set, whose
+resource is the host resource plus the record's labels; record attributes
+become log record attributes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator, Sequence
+
+import msgspec
+
+from agent.model import Labels, LogRecord, Sample
+
+_VARINT = [bytes((n,)) for n in range(0x80)]
+_SUM_POINT = struct.Struct("<BQBQBd")  # 0x11 start, 0x19 time, 0x21 as_double: 27 bytes
+_GAUGE_POINT = struct.Struct("<BQBd")  # 0x19 time, 0x21 as_double: 18 bytes
+_FIXED64 = struct.Struct("<Q")
+_CUMULATIVE_MONOTONIC = b"\x10\x02\x18\x01"  # Sum.aggregation_temporality = 2, Sum.is_monotonic = true
+_json_encode = msgspec.json.Encoder().encode
+
+SEVERITY_NUMBERS = {
+    "TRACE": 1, "DEBUG": 5, "INFO": 9, "NOTICE": 10, "WARN": 13, "WARNING": 13,
+    "ERROR": 17, "ERR": 17, "CRITICAL": 18, "CRIT": 18, "ALERT": 19, "FATAL": 21, "EMERG": 21, "PANIC": 21,
+}  # fmt: skip
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint; negative numbers as 64-bit two's complement."""
+    if 0 <= n < 0x80:
+        return _VARINT[n]
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (``tag`` is the whole key byte)."""
+    return bytes((tag,)) + varint(len(payload)) + payload
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8", "replace")
+
+
+def key_values(pairs: Sequence[tuple[str, str]], tag: int) -> bytes:
+    """Repeated ``KeyValue`` fields with string values, under the key byte ``tag``."""
+    out = bytearray()
+    for key, value in pairs:
+        any_value = _field(0x0A, _text(value))  # AnyValue.string_value
+        out += _field(tag, _field(0x0A, _text(key)) + _field(0x12, any_value))
+    return bytes(out)
+
+
+def resource_attributes(*, hostname: str, job: str, machine_id: str, os_type: str, labels: Labels) -> Labels:
+    """The host's resource attributes (OpenTelemetry semantic conventions), ``labels`` last."""
+    attributes = {
+        "service.name": job,
+        "service.instance.id": hostname,
+        "host.name": hostname,
+        "os.type": os_type,
+    }
+    if machine_id:
+        attributes["host.id"] = machine_id
+    attributes.update(labels)
+    return tuple(sorted(attributes.items()))
+
+
+def _scope(name: str, version: str) -> bytes:
+    return _field(0x0A, _text(name)) + (_field(0x12, _text(version)) if version else b"")
+
+
+class MetricsEncoder:
+    """Samples to ``ExportMetricsServiceRequest`` bytes, or to OTLP/JSON."""
+
+    def __init__(
+        self, resource: Labels, *, scope_name: str = "hostwatch", scope_version: str = "", start_time_ns: int = 0
+    ) -> None:
+        self.resource = resource
+        self.scope = (scope_name, scope_version)
+        self.start_time_ns = start_time_ns
+        self._resource_field = _field(0x0A, key_values(resource, 0x0A))  # ResourceMetrics.resource
+        self._scope_field = _field(0x0A, _scope(scope_name, scope_version))  # ScopeMetrics.scope
+        self._points: dict[Labels, tuple[bytes, bytes]] = {}  # labels -> (gauge point head, sum point head)
+        self._metric_heads: dict[tuple[str, str, str], bytes] = {}
+
+    def _heads(self, labels: Labels) -> tuple[bytes, bytes]:
+        if len(self._points) >= 200_000:
+            self._points.clear()
+        attrs = key_values(labels, 0x3A)  # NumberDataPoint.attributes = 7
+        heads = (
+            b"\x0a" + varint(len(attrs) + _GAUGE_POINT.size) + attrs,
+            b"\x0a" + varint(len(attrs) + _SUM_POINT.size) + attrs,
+        )
+        self._points[labels] = heads
+        return heads
+
+    def encode(self, samples: Sequence[Sample]) -> bytes:
+        metrics: dict[tuple[str, str, str], list[bytes]] = {}
+        metrics_get = metrics.get
+        heads_get = self._points.get
+        pack_sum, pack_gauge = _SUM_POINT.pack, _GAUGE_POINT.pack
+        start = self.start_time_ns
+        for sample in samples:
+            key = (sample.name, sample.kind, sample.unit)
+            points = metrics_get(key)
+            if points is None:
+                points = metrics[key] = []
+            heads = heads_get(sample.labels) or self._heads(sample.labels)
+            time_ns = sample.time_ns
+            if sample.kind == "counter":
+                points.append(heads[1])
+                points.append(pack_sum(0x11, start if start <= time_ns else time_ns, 0x19, time_ns, 0x21, sample.value))
+            else:
+                points.append(heads[0])
+                points.append(pack_gauge(0x19, time_ns, 0x21, sample.value))
+        encoded_metrics = []
+        for key, points in metrics.items():
+            data = b"".join(points)
+            # Metric.sum = 7 (cumulative, monotonic) or Metric.gauge = 5
+            data = _field(0x3A, data + _CUMULATIVE_MONOTONIC) if key[1] == "counter" else _field(0x2A, data)
+            head = self._metric_heads.get(key)
+            if head is None:
+                head = _field(0x0A, _text(key[0])) + (_field(0x1A, _text(key[2])) if key[2] else b"")
+                if len(self._metric_heads) < 10_000:
+                    self._metric_heads[key] = head
+            encoded_metrics.append(_field(0x12, head + data))  # ScopeMetrics.metrics = 2
+        scope_metrics = _field(0x12, self._scope_field + b"".join(encoded_metrics))
+        return _field(0x0A, self._resource_field + scope_metrics) if samples else b""
+
+    def encode_json(self, samples: Sequence[Sample]) -> bytes:
+        metrics: dict[tuple[str, str, str], list[dict]] = {}
+        start = self.start_time_ns
+        for sample in samples:
+            point = {
+                "attributes": _json_attributes(sample.labels),
+                "timeUnixNano": str(sample.time_ns),
+                "asDouble": _json_double(sample.value),
+            }
+            if sample.kind == "counter":
+                point["startTimeUnixNano"] = str(min(start, sample.time_ns))
+            metrics.setdefault((sample.name, sample.kind, sample.unit), []).append(point)
+        out = []
+        for (name, kind, unit), points in metrics.items():
+            metric: dict = {"name": name, "unit": unit}
+            if kind == "counter":
+                metric["sum"] = {"dataPoints": points, "aggregationTemporality": 2, "isMonotonic": True}
+            else:
+                metric["gauge"] = {"dataPoints": points}
+            out.append(metric)
+        request = {
+            "resourceMetrics": [
+                {
+                    "resource": {"attributes": _json_attributes(self.resource)},
+                    "scopeMetrics": [{"scope": _json_scope(*self.scope), "metrics": out}],
+                }
+            ]
+        }
+        return _json_encode(request)
+
+
+class LogsEncoder:
+    """Log records to ``ExportLogsServiceRequest`` bytes, or to OTLP/JSON."""
+
+    def __init__(self, resource: Labels, *, scope_name: str = "hostwatch", scope_version: str = "") -> None:
+        self.resource = resource
+        self.scope = (scope_name, scope_version)
+        self._scope_field = _field(0x0A, _scope(scope_name, scope_version))  # ScopeLogs.scope
+        self._resources: dict[Labels, bytes] = {}
+
+    def resource_of(self, labels: Labels) -> Labels:
+        if not labels:
+            return self.resource
+        merged = dict(self.resource)
+        merged.update(labels)
+        return tuple(sorted(merged.items()))
+
+    def _resource_field(self, labels: Labels) -> bytes:
+        field = self._resources.get(labels)
+        if field is None:
+            if len(self._resources) >= 20_000:
+                self._resources.clear()
+            field = self._resources[labels] = _field(0x0A, key_values(self.resource_of(labels), 0x0A))
+        return field
+
+    def encode(self, records: Sequence[LogRecord], observed_ns: int) -> bytes:
+        groups: dict[Labels, list[bytes]] = {}
+        observed = b"\x59" + _FIXED64.pack(observed_ns)  # LogRecord.observed_time_unix_nano = 11
+        for record in records:
+            parts = [b"\x09", _FIXED64.pack(record.time_ns), observed]  # time_unix_nano = 1
+            number = record.severity_number or SEVERITY_NUMBERS.get(record.severity.upper(), 0)
+            if number:
+                parts.append(b"\x10" + varint(number))  # severity_number = 2
+            if record.severity:
+                parts.append(_field(0x1A, _text(record.severity)))  # severity_text = 3
+            parts.append(_field(0x2A, _field(0x0A, _text(record.body))))  # body = 5, AnyValue.string_value
+            if record.attributes:
+                parts.append(key_values(record.attributes, 0x32))  # attributes = 6
+            log_record = b"".join(parts)
+            groups.setdefault(record.labels, []).append(b"\x12" + varint(len(log_record)) + log_record)
+        out = []
+        for labels, encoded in groups.items():
+            scope_logs = _field(0x12, self._scope_field + b"".join(encoded))  # ResourceLogs.scope_logs = 2
+            out.append(_field(0x0A, self._resource_field(labels) + scope_logs))
+        return b"".join(out)
+
+    def encode_json(self, records: Sequence[LogRecord], observed_ns: int) -> bytes:
+        groups: dict[Labels, list[dict]] = {}
+        for record in records:
+            entry: dict = {
+                "timeUnixNano": str(record.time_ns),
+                "observedTimeUnixNano": str(observed_ns),
+                "body": {"stringValue": record.body},
+            }
+            number = record.severity_number or SEVERITY_NUMBERS.get(record.severity.upper(), 0)
+            if number:
+                entry["severityNumber"] = number
+            if record.severity:
+                entry["severityText"] = record.severity
+            if record.attributes:
+                entry["attributes"] = _json_attributes(record.attributes)
+            groups.setdefault(record.labels, []).append(entry)
+        resource_logs = [
+            {
+                "resource": {"attributes": _json_attributes(self.resource_of(labels))},
+                "scopeLogs": [{"scope": _json_scope(*self.scope), "logRecords": entries}],
+            }
+            for labels, entries in groups.items()
+        ]
+        return _json_encode({"resourceLogs": resource_logs})
+
+
+def _json_attributes(pairs: Sequence[tuple[str, str]]) -> list[dict]:
+    return [{"key": key, "value": {"stringValue": value}} for key, value in pairs]
+
+
+def _json_scope(name: str, version: str) -> dict:
+    return {"name": name, "version": version} if version else {"name": name}
+
+
+def _json_double(value: float) -> float | str:
+    """Protobuf's JSON mapping writes non-finite doubles as strings."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+# -------------------------------------------------------------- response decoding
+
+
+def read_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """Walk a protobuf message: ``(field number, wire type, int or bytes)``. Raises ValueError."""
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            value, pos = data[pos : pos + size], pos + size
+        elif wire == 5:
+            value, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated message")
+        yield number, wire, value
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("bad varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def partial_success(body: bytes, *, json: bool = False) -> tuple[int, str]:
+    """``(rejected items, error message)`` from an Export*ServiceResponse (metrics or logs)."""
+    if json:
+        answer = msgspec.json.decode(body) if body.strip() else {}
+        partial = answer.get("partialSuccess") or {} if isinstance(answer, dict) else {}
+        rejected = partial.get("rejectedDataPoints", partial.get("rejectedLogRecords", 0)) or 0
+        return int(rejected), str(partial.get("errorMessage", ""))
+    rejected, message = 0, ""
+    for number, _, value in read_fields(body):
+        if number == 1 and isinstance(value, bytes):
+            for inner, _, item in read_fields(value):
+                if inner == 1 and isinstance(item, int):
+                    rejected = item
+                elif inner == 2 and isinstance(item, bytes):
+                    message = item.decode("utf-8", "replace")
+    return rejected, message
+
+
+def status_message(body: bytes, *, json: bool = False) -> str:
+    """The message of a ``google.rpc.Status`` (the body of an OTLP/HTTP error); empty if none."""
+    try:
+        if json:
+            answer = msgspec.json.decode(body)
+            return str(answer.get("message", "")) if isinstance(answer, dict) else ""
+        for number, wire, value in read_fields(body):
+            if number == 2 and wire == 2 and isinstance(value, bytes):
+                return value.decode("utf-8", "replace")
+    except (ValueError, msgspec.DecodeError):
+        pass
+    return ""
+
+
+def retry_delay(status: bytes) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay in a serialized ``google.rpc.Status`` (gRPC's status details)."""
+    try:
+        for number, _, detail in read_fields(status):
+            if number != 3 or not isinstance(detail, bytes):  # Status.details: repeated Any
+                continue
+            fields = {n: v for n, _, v in read_fields(detail)}
+            type_url = fields.get(1, b"")
+            if not (isinstance(type_url, bytes) and type_url.endswith(b"google.rpc.RetryInfo")):
+                continue
+            seconds = nanos = 0
+            for n, _, duration in read_fields(fields.get(2, b"")):  # RetryInfo.retry_delay
+                if n == 1 and isinstance(duration, bytes):
+                    for k, _, v in read_fields(duration):
+                        seconds = v if k == 1 and isinstance(v, int) else seconds
+                        nanos = v if k == 2 and isinstance(v, int) else nanos
+            return seconds + nanos / 1e9
+    except ValueError:
+        return None
+    return None

@@ -1,0 +1,102 @@
+"""Run ``hostwatch run`` as a real process in tests: start, wait for /ready, read its state, kill it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support import free_port, hostwatch_command
+
+
+class AgentProcess:
+    """One agent configuration; ``start()`` may be called again after a kill (same port, same state)."""
+
+    def __init__(self, tmp_path: Path, body: str, *, name: str = "agent") -> None:
+        self.port = free_port()
+        self.dir = tmp_path / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = self.dir / "state"
+        self.config = self.dir / "hostwatch.toml"
+        self.config.write_text(
+            f'[agent]\nstate_dir = "{self.state_dir}"\n[http]\nlisten = "127.0.0.1:{self.port}"\n{body}'
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "stderr.log"
+        self.starts = 0
+
+    def start(self, wait_ready: bool = True, timeout: float = 15.0) -> AgentProcess:
+        self.starts += 1
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen([*hostwatch_command(), "run", "--config", str(self.config)], stderr=err)
+        if wait_ready:
+            self.wait(lambda: self.get("/ready")[0] == 200, timeout, "ready")
+        return self
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def detailed(self) -> dict:
+        return json.loads(self.get("/health/detailed")[1])
+
+    def metric(self, series: str) -> float:
+        """A series' value from /metrics (0 when absent), e.g. ``hostwatch_buffer_items{output="x"}``."""
+        for line in self.get("/metrics")[1].splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def wait(self, predicate, timeout: float = 15.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                last = predicate()
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                last = exc
+            if last and not isinstance(last, Exception):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"agent: {what} not reached in {timeout:g}s (last: {last!r})\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no checkpoint, as a crash or the OOM killer would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
