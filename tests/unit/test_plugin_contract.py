@@ -24,6 +24,7 @@ from agent.emitter import RunEmitter
 from agent.model import LogRecord, Sample, Signal
 from agent.plugin import Batch, ResultKind
 from agent.registry import load_registry
+from agent.telemetry import Telemetry
 from tests.support import collector_context, output_context
 
 REGISTRY = load_registry()
@@ -96,7 +97,7 @@ async def test_collector_emits_only_what_its_readme_lists(name: str, tmp_path) -
     cls = REGISTRY["collectors"][name]
     table = instance_table("collectors", name, uncommented(sample_text("collectors", name)))
     spec = parse_config({"collectors": {name: [table]}}, environ={}, registry=REGISTRY).collectors[0]
-    collector = cls(spec.config, collector_context(tmp_path))
+    collector = cls(spec.config, collector_context(tmp_path, telemetry=Telemetry()))
     emitter = RunEmitter(1)
     await collector.start()
     await collector.collect(emitter)
