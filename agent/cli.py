@@ -1,4 +1,4 @@
-"""``hostwatch`` command line: run, check, once, version.
+"""``hostwatch`` command line: run, check, once, redact, version.
 
 Exit codes: 0 success, 2 configuration error (every error printed, one per
 line, with the key's path), 1 runtime failure. User mistakes never print a
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     once = commands.add_parser("once", help="run every collector once, print what it produced, exit")
     once.add_argument("--config", "-c", help=config_help)
     once.add_argument("--format", choices=("prometheus", "json"), default="prometheus")
+    redact = commands.add_parser("redact", help="apply the configured redaction to standard input, print the result")
+    redact.add_argument("--config", "-c", help=config_help)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -56,21 +59,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "once":
         return _once(config, args.format)
+    if args.command == "redact":
+        return _redact(config)
     return _run(args.config, config)
 
 
 def _run(config_path: str | None, config) -> int:
     from agent.logsetup import setup_logging
+    from agent.secrets import config_secrets
     from agent.runtime import install_event_loop_policy, run_agent
     from agent.systemd import Notifier
 
-    setup_logging(config.agent.log_level)
+    mask = setup_logging(config.agent.log_level)
+    mask.add(config_secrets(config))  # passwords and tokens never reach the agent's own logs
     install_event_loop_policy()
     notifier = Notifier.from_environment()
     try:
         return asyncio.run(run_agent(config_path, config, notifier=notifier))
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _redact(config) -> int:
+    from agent.logsetup import setup_logging
+    from agent.redact import Redactor, redact_stream
+
+    setup_logging("warning")
+    redactor = Redactor.from_config(config.redaction, state_dir=config.state_dir)
+    try:
+        redact_stream(redactor, sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:  # `hostwatch redact < big.log | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 def _once(config, fmt: str) -> int:

@@ -87,17 +87,22 @@ class HttpSection(Struct):
 
 
 class RedactionRule(Struct):
-    name: str
-    pattern: Annotated[str, Desc(description="RE2 syntax.")]
-    replace: str = ""
+    name: Annotated[str, Desc(description="Rule name: the `rule` label and the [REDACTED:name] mark.")]
+    pattern: Annotated[
+        str, Desc(description="RE2 syntax; with a group named `value` only that part is replaced, else the match.")
+    ]
+    replace: Annotated[str, Desc(description="Replacement text; empty: [REDACTED:name] (or the hash).")] = ""
 
 
 class RedactionSection(Struct):
     sets: Annotated[list[str], Desc(description="Built-in rule sets: secrets, pii, network.")] = msgspec.field(
         default_factory=lambda: ["secrets", "pii"]
     )
-    mode: Literal["replace", "hash"] = "replace"
-    rules: list[RedactionRule] = []
+    mode: Annotated[
+        Literal["replace", "hash"],
+        Desc(description="replace: [REDACTED:rule]; hash: [HASH:rule:hex], a keyed hash that still correlates."),
+    ] = "replace"
+    rules: Annotated[list[RedactionRule], Desc(description="Custom rules, tried before the built-in ones.")] = []
 
 
 class CollectorCommon(Struct):
@@ -298,6 +303,10 @@ def parse_config(
                 if spec is not None:
                     specs[kind].append(spec)
     _check_unique_names(specs, errors)
+    if "redaction" in raw:  # compiling RE2 costs start-up time: only when configured
+        from agent.redact import check_rules
+
+        errors.extend(check_rules(sections.get("redaction") or RedactionSection()))
     if errors:
         raise ConfigError(errors)
     return Config(

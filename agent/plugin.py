@@ -210,6 +210,8 @@ class PeriodicCollector(abc.ABC):
 
     Config: ClassVar[type]
     streaming: ClassVar[bool] = False
+    needs_redactor: ClassVar[bool] = False
+    """True: the engine builds the configured redaction service and puts it in the context."""
 
     def __init__(self, config: Any, context: CollectorContext) -> None:
         self.config = config
@@ -231,6 +233,8 @@ class StreamingCollector(abc.ABC):
 
     Config: ClassVar[type]
     streaming: ClassVar[bool] = True
+    needs_redactor: ClassVar[bool] = False
+    """True: the engine builds the configured redaction service and puts it in the context."""
 
     def __init__(self, config: Any, context: CollectorContext) -> None:
         self.config = config

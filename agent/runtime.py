@@ -53,6 +53,7 @@ class Agent:
         self.ready = False
         self.stopping = False
         self._background: set[asyncio.Task] = set()
+        self._redactor: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,7 +115,19 @@ class Agent:
 
     @staticmethod
     def _runner_key(config: Config, spec: PluginSpec) -> tuple[Any, ...]:
-        return (spec, config.agent)
+        redaction = config.redaction if getattr(spec.plugin, "needs_redactor", False) else None
+        return (spec, config.agent, redaction)
+
+    def _redactor_for(self, config: Config, spec: PluginSpec) -> Any:
+        """The redaction service, built once per configuration and only for plugins that use it."""
+        if not getattr(spec.plugin, "needs_redactor", False):
+            return None
+        if self._redactor is None or self._redactor[0] is not config.redaction:
+            from agent.redact import Redactor
+
+            redactor = Redactor.from_config(config.redaction, state_dir=config.state_dir, telemetry=self.telemetry)
+            self._redactor = (config.redaction, redactor)
+        return self._redactor[1]
 
     def _build_runner(self, config: Config, spec: PluginSpec) -> CollectorRunner:
         agent = config.agent
@@ -130,7 +143,7 @@ class Agent:
             rootfs=Path(agent.rootfs),
             state_dir=config.state_dir / "collectors" / spec.name,
             run_blocking=worker.run,
-            redactor=None,
+            redactor=self._redactor_for(config, spec),
             telemetry=self.telemetry,
             static_labels=static,
         )

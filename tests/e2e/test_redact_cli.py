@@ -1,0 +1,88 @@
+"""``hostwatch redact`` as a process: standard input to standard output, config rules, errors."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import hostwatch_command
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """
+[agent]
+state_dir = "{state}"
+[http]
+listen = ""
+[redaction]
+sets = ["secrets", "pii", "network"]
+mode = "{mode}"
+[[redaction.rules]]
+name = "customer-id"
+pattern = 'CUST-\\d{{8}}'
+"""
+
+
+def run_redact(tmp_path: Path, stdin: bytes, *, mode: str = "replace", config: str | None = None):
+    path = tmp_path / "hostwatch.toml"
+    path.write_text(config if config is not None else CONFIG.format(state=tmp_path / "state", mode=mode))
+    return subprocess.run(
+        [*hostwatch_command(), "redact", "--config", str(path)],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_redacts_stdin_with_the_configured_rules(tmp_path: Path):
+    key_body = (
+        b"MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\nVTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u\n"
+    )
+    stdin = (
+        b"GET /login?user=bob&password=p%40ss HTTP/1.1 from 203.0.113.9\n"
+        b"order for CUST-12345678 by jane@example.org\r\n"
+        b"-----BEGIN RSA PRIVATE KEY-----\n" + key_body + b"-----END RSA PRIVATE KEY-----\n"
+        b"\xff\xfe not utf-8 but kept\n"
+        b"last line without newline, card 4111 1111 1111 1111"
+    )
+    result = run_redact(tmp_path, stdin)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(b"\n") == [
+        b"GET /login?user=bob&password=[REDACTED:password] HTTP/1.1 from [REDACTED:ipv4]",
+        b"order for [REDACTED:customer-id] by [REDACTED:email]\r",
+        b"-----BEGIN RSA PRIVATE KEY-----[REDACTED:private-key]-----END RSA PRIVATE KEY-----",
+        b"\xff\xfe not utf-8 but kept",
+        b"last line without newline, card [REDACTED:credit-card]",
+    ]
+
+
+def test_hash_mode_is_stable_across_runs(tmp_path: Path):
+    stdin = b"user jane@example.org\nuser jane@example.org again\nuser joe@example.org\n"
+    first = run_redact(tmp_path, stdin, mode="hash")
+    second = run_redact(tmp_path, stdin, mode="hash")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    lines = first.stdout.decode().splitlines()
+    tags = [line.split()[1] for line in lines]
+    assert tags[0] == tags[1] != tags[2] and tags[0].startswith("[HASH:email:")
+    assert b"example.org" not in first.stdout
+    assert (tmp_path / "state" / "redaction.key").stat().st_size == 32
+
+
+def test_a_bad_rule_is_a_config_error_naming_it(tmp_path: Path):
+    config = "[[redaction.rules]]\nname = 'broken'\npattern = '(unclosed'\n"
+    result = run_redact(tmp_path, b"x\n", config=config)
+    assert result.returncode == 2
+    assert "redaction.rules[0] (broken).pattern: missing ): (unclosed" in result.stderr.decode()
+    assert result.stdout == b""
+
+
+def test_large_input_streams_through(tmp_path: Path):
+    lines = [f"line {i} token=abc{i}def ok".encode() for i in range(200_000)]
+    result = run_redact(tmp_path, b"\n".join(lines) + b"\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert len(out) == len(lines)
+    assert out[12345] == b"line 12345 token=[REDACTED:token] ok"
