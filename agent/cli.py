@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(config_path: str | None, config) -> int:
     from agent.logsetup import setup_logging
-    from agent.secrets import config_secrets
     from agent.runtime import install_event_loop_policy, run_agent
+    from agent.secrets import config_secrets
     from agent.systemd import Notifier
 
     mask = setup_logging(config.agent.log_level)
