@@ -75,6 +75,38 @@ class Telemetry:
 
         # logs
         self.log_lines_read = Counter("hostwatch_log_lines_read", "Log lines read from files.", registry=registry)
+        self.log_bytes_read = Counter("hostwatch_log_bytes_read", "Bytes read from log files.", registry=registry)
+        self.log_rotations = Counter(
+            "hostwatch_log_rotations",
+            "Log file rotations recognised, by kind (rename, copytruncate, recreate).",
+            ["kind"],
+            registry=registry,
+        )
+        self.log_truncations = Counter(
+            "hostwatch_log_truncations", "Log files found truncated or rewritten in place.", registry=registry
+        )
+        self.log_lines_truncated = Counter(
+            "hostwatch_log_lines_truncated", "Log lines cut at max_line_bytes.", registry=registry
+        )
+        self.log_lines_invalid_encoding = Counter(
+            "hostwatch_log_lines_invalid_encoding",
+            "Log lines with bytes invalid in their encoding, replaced by U+FFFD.",
+            registry=registry,
+        )
+        self.log_parse_failures = Counter(
+            "hostwatch_log_parse_failures",
+            "json/logfmt log lines that did not parse (sent as raw lines).",
+            registry=registry,
+        )
+        self.log_file_errors = Counter(
+            "hostwatch_log_file_errors",
+            "Log files that could not be opened or read, and failed checkpoint writes, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.log_files = Gauge(
+            "hostwatch_log_files", "Log files open (tailed), by collector instance.", ["collector"], registry=registry
+        )
         self.log_lines_redacted = Counter(
             "hostwatch_log_lines_redacted",
             "Log lines changed by a redaction rule, by rule.",

@@ -1,0 +1,231 @@
+"""Checkpoints: how far each file has been durably delivered, kept across restarts.
+
+The :class:`Ledger` lives on the event loop. For every file (and every
+generation of a file: a truncated file starts a new one) it knows the offset
+handed to the pipeline (``emitted``) and the offset every log output has
+durably taken (``committed``): only the pipeline's acknowledgement moves
+``committed``, so a restart resumes at a point nothing before which can be
+lost, and at most the records between ``committed`` and the crash are sent
+twice.
+
+A file that continues another one (a rotated copy found by its fingerprint)
+names it as ``pred``: while the predecessor still has records in flight, the
+successor's saved offset is held at the predecessor's, since both offsets
+count the same bytes.
+
+The :class:`Store` writes the ledger to ``checkpoints.json`` in the instance's
+``state_dir`` atomically (temporary file, fsync, rename, fsync of the
+directory). A file that cannot be read as a checkpoint is renamed aside and
+reported, and the collector starts as if it had none.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+FORMAT_VERSION = 1
+RETAIN_SECONDS = 3600.0  # how long a closed file's entry is kept for a rotated copy to be matched
+MAX_CLOSED = 1000
+MIN_FP_MATCH = 64  # fingerprints shorter than this never identify a file on their own
+
+
+class Saved(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One file in the checkpoint file."""
+
+    key: str
+    path: str
+    dev: int
+    ino: int
+    fp_len: int
+    fp: str
+    offset: int
+    tail: str = ""
+    closed: bool = False
+    closed_at: float = 0.0
+
+
+class _File(msgspec.Struct):
+    version: int
+    files: list[Saved]
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(_File).decode
+
+
+@dataclass(slots=True)
+class Entry:
+    key: str
+    path: str
+    dev: int
+    ino: int
+    fp_len: int
+    fp: str
+    committed: int
+    emitted: int
+    tail: bytes = b""  # the bytes before ``committed``, for matching a copy after a restart
+    inflight: int = 0
+    deferred: tuple[int, bytes] = (-1, b"")
+    pred: str = ""
+    closed: bool = False
+    closed_at: float = 0.0
+    claimed: bool = False
+
+
+class Ledger:
+    """Offsets per file generation; loop thread only."""
+
+    def __init__(self, saved: list[Saved], now: float) -> None:
+        self.entries: dict[str, Entry] = {}
+        for s in saved:
+            self.entries[s.key] = Entry(
+                s.key, s.path, s.dev, s.ino, s.fp_len, s.fp, s.offset, s.offset, _unhex(s.tail),
+                closed=True, closed_at=s.closed_at or now,
+            )  # fmt: skip
+        self.dirty = False
+
+    def opened(self, key: str, path: str, dev: int, ino: int, fp_len: int, fp: str, offset: int, pred: str) -> None:
+        self.entries[key] = Entry(key, path, dev, ino, fp_len, fp, offset, offset, pred=pred)
+        self.dirty = True
+
+    def closed(self, key: str, now: float) -> None:
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.closed, entry.closed_at = True, now
+            self.dirty = True
+
+    def claimed(self, key: str) -> None:
+        """A saved or closed entry now continues as another file's generation."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.claimed = True
+            self.dirty = True
+
+    def identity(self, key: str, path: str, dev: int, ino: int, fp_len: int, fp: str) -> None:
+        entry = self.entries.get(key)
+        if entry is not None and (entry.fp_len != fp_len or entry.path != path):
+            entry.path, entry.dev, entry.ino, entry.fp_len, entry.fp = path, dev, ino, fp_len, fp
+            self.dirty = True
+
+    def sent(self, key: str, end: int) -> None:
+        """Records up to ``end`` were handed to the pipeline; an acknowledgement follows."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.inflight += 1
+            entry.emitted = max(entry.emitted, end)
+
+    def skipped(self, key: str, mark: tuple[int, bytes]) -> None:
+        """Bytes up to ``mark`` produced no record: done once the records before them are."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return
+        entry.emitted = max(entry.emitted, mark[0])
+        if entry.inflight:
+            if mark[0] > entry.deferred[0]:
+                entry.deferred = mark
+        elif mark[0] > entry.committed:
+            entry.committed, entry.tail = mark
+            self.dirty = True
+
+    def acked(self, marks: dict[str, tuple[int, bytes]]) -> None:
+        """Every log output durably took the records of one ``emit.logs`` call."""
+        for key, (end, tail) in marks.items():
+            entry = self.entries.get(key)
+            if entry is None:
+                continue
+            entry.inflight -= 1
+            if end > entry.committed:
+                entry.committed, entry.tail = end, tail
+            if entry.inflight == 0 and entry.deferred[0] > entry.committed:
+                entry.committed, entry.tail = entry.deferred
+                entry.deferred = (-1, b"")
+        self.dirty = True
+
+    def offset(self, entry: Entry) -> int:
+        """The offset to save: held back while a predecessor still has records in flight."""
+        pred = self.entries.get(entry.pred) if entry.pred else None
+        if pred is not None and pred.committed < pred.emitted:
+            return min(entry.committed, pred.committed)
+        return entry.committed
+
+    def snapshot(self, now: float) -> list[Saved]:
+        """What to write; forgets closed entries nobody needs any more."""
+        for key, entry in list(self.entries.items()):
+            if (
+                entry.closed
+                and entry.inflight == 0
+                and (entry.claimed or entry.fp_len < MIN_FP_MATCH or now - entry.closed_at > RETAIN_SECONDS)
+            ):
+                del self.entries[key]
+        closed = [e for e in self.entries.values() if e.closed]
+        if len(closed) > MAX_CLOSED:
+            for entry in sorted(closed, key=lambda e: e.closed_at)[: len(closed) - MAX_CLOSED]:
+                if entry.inflight == 0:
+                    del self.entries[entry.key]
+        self.dirty = False
+        saved = []
+        for e in self.entries.values():
+            offset = self.offset(e)
+            tail = e.tail.hex() if offset == e.committed else ""
+            saved.append(Saved(e.key, e.path, e.dev, e.ino, e.fp_len, e.fp, offset, tail, e.closed, e.closed_at))
+        return saved
+
+
+def _unhex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""
+
+
+class Store:
+    """``checkpoints.json`` in the instance's state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "checkpoints.json"
+
+    def load(self) -> tuple[list[Saved], str]:
+        """The saved entries, and a problem to report ("" when none); never raises for a bad file."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], ""
+        except OSError as exc:
+            return [], f"cannot read checkpoint file {self.path}: {exc.strerror or exc}; starting without it"
+        try:
+            parsed = _decode(data)
+            if parsed.version != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {parsed.version}")
+        except (msgspec.DecodeError, ValueError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            try:
+                os.replace(self.path, aside)
+                where = f"moved to {aside.name}"
+            except OSError as move_exc:
+                where = f"could not be moved aside ({move_exc.strerror})"
+            return [], f"checkpoint file {self.path} is corrupt ({exc}); {where}; files start as if new"
+        return parsed.files, ""
+
+    def save(self, entries: list[Saved]) -> None:
+        """Atomically replace the checkpoint file. Raises OSError."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            data = memoryview(_encode(_File(FORMAT_VERSION, entries)))
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,315 @@
+"""Log file tailing: globs, rotation, checkpoints on acknowledgement, framing, multiline, parsing.
+
+The collector runs until cancelled. Each round, one call on the instance's
+worker thread (:meth:`Tailer.step`) scans the globs when due, reads what
+changed in large chunks, frames, parses and redacts, and returns records; the
+event loop hands them to the pipeline with ``emit.logs`` (which waits while a
+full output buffer applies backpressure, pausing the reading) and goes back to
+waiting for inotify events (watchdog) or its next timer.
+
+Checkpoints move only when the pipeline says every log output has durably
+taken a batch (``on_durable``), and are written right after, so a crash sends
+at most the batches in that window again. See ``checkpoint.py`` for the
+ledger, ``tailer.py`` for file identity and rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import re
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
+from collectors.logs.checkpoint import Ledger, Store
+from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type
+from collectors.logs.tailer import Tailer
+
+# stats key -> (telemetry attribute, label key or None); kept by the tailer, pushed after each round
+_METRICS = {
+    "lines_read": "log_lines_read",
+    "bytes_read": "log_bytes_read",
+    "lines_truncated": "log_lines_truncated",
+    "lines_invalid": "log_lines_invalid_encoding",
+    "truncations": "log_truncations",
+    "parse_failures": "log_parse_failures",
+    "rotations": "log_rotations",
+    "file_errors": "log_file_errors",
+}
+
+
+class Multiline(PluginConfig):
+    start_pattern: Annotated[
+        str, msgspec.Meta(description="A line matching this regex starts a new record; others continue it.")
+    ] = ""
+    continuation_pattern: Annotated[
+        str, msgspec.Meta(description="A line matching this regex continues the previous record; others start one.")
+    ] = ""
+    max_lines: Annotated[int, msgspec.Meta(description="Lines per record at most; more start a new record.", ge=1)] = (
+        500
+    )
+    max_bytes: Annotated[Size, msgspec.Meta(description="Bytes per record at most; more start a new record.")] = Size(
+        1024 * 1024
+    )
+    flush_timeout: Annotated[
+        Duration, msgspec.Meta(description="Emit the last record after this long without a new line.")
+    ] = Duration(1)
+
+    def __post_init__(self) -> None:
+        if self.start_pattern and self.continuation_pattern:
+            raise ValueError("multiline: set start_pattern or continuation_pattern, not both")
+        for name in ("start_pattern", "continuation_pattern"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as exc:
+                raise ValueError(f"multiline.{name}: invalid regular expression: {exc}") from None
+
+
+class LogsCollector(StreamingCollector):
+    needs_redactor = True
+    class Config(PluginConfig):
+        paths: Annotated[list[str], msgspec.Meta(description="Files to tail: globs, `**` for any depth.")]
+        exclude: Annotated[
+            list[str], msgspec.Meta(description="Globs of files to leave out; without a `/` they match the name.")
+        ] = msgspec.field(default_factory=list)
+        start_at: Annotated[
+            Literal["end", "beginning"],
+            msgspec.Meta(description="Where to start in files already there at start-up without a checkpoint."),
+        ] = "end"
+        format: Annotated[
+            Literal["raw", "json", "logfmt"], msgspec.Meta(description="How to parse each line (or record).")
+        ] = "raw"
+        detect_severity: Annotated[
+            bool, msgspec.Meta(description="raw: recognise ERROR, WARN, [error] ... near the start of a line.")
+        ] = True
+        encoding: Annotated[
+            Literal["utf-8", "latin-1", "utf-16", "utf-16le", "utf-16be"],
+            msgspec.Meta(description="Character encoding of the files; utf-16 follows the byte order mark."),
+        ] = "utf-8"
+        max_line_bytes: Annotated[Size, msgspec.Meta(description="Longer lines are cut to this size and counted.")] = (
+            Size(256 * 1024)
+        )
+        partial_line_timeout: Annotated[
+            Duration, msgspec.Meta(description="A last line without a newline is sent after this long.")
+        ] = Duration(1)
+        multiline: Annotated[Multiline, msgspec.Meta(description="Joining lines into records.")] = msgspec.field(
+            default_factory=Multiline
+        )
+        glob_interval: Annotated[Duration, msgspec.Meta(description="How often the globs are expanded again.")] = (
+            Duration(10)
+        )
+        watch: Annotated[
+            Literal["auto", "inotify", "poll"],
+            msgspec.Meta(description="Change notification; auto polls on network file systems."),
+        ] = "auto"
+        poll_interval: Annotated[Duration, msgspec.Meta(description="How often files are checked when polling.")] = (
+            Duration(0.25)
+        )
+        rotate_wait: Annotated[
+            Duration, msgspec.Meta(description="How long a rotated-away or deleted file is watched after its end.")
+        ] = Duration(5)
+        include_compressed: Annotated[
+            bool, msgspec.Meta(description="Also read compressed files (.gz, .zst ...), as raw bytes.")
+        ] = False
+
+        def __post_init__(self) -> None:
+            if not self.paths:
+                raise ValueError("paths: at least one glob is required")
+
+    def __init__(self, config: LogsCollector.Config, context: CollectorContext) -> None:
+        super().__init__(config, context)
+        self.stats: dict[str, Any] = {
+            key: collections.Counter() if key in ("rotations", "file_errors") else 0 for key in _METRICS
+        }
+        self._pushed: dict[str, Any] = {}
+        self._ledger: Ledger | None = None
+        self._store = Store(context.state_dir)
+        self._save_wanted = asyncio.Event()
+        self._stopped = False
+        self._emit: Emitter | None = None
+        self.polling = False
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, emit: Emitter) -> None:
+        ctx, config = self.context, self.config
+        run = ctx.run_blocking
+        self._emit, self._stopped = emit, False
+        saved, problem = await run(self._store.load)
+        if problem:
+            emit.error(problem)
+        now = time.monotonic()
+        ledger = self._ledger = Ledger(saved, now)
+        patterns = Patterns(config.paths, config.exclude, config.include_compressed)
+        run_id = format(ctx.clock() // 1_000_000, "x")
+        tailer = Tailer(
+            config, patterns, ctx.static_labels, self.stats, ctx.clock, self._redactor(), saved, now, run_id
+        )
+        wake = asyncio.Event()
+        watcher: Watcher | None = None
+        plan: dict[str, bool] = {}
+        saver = asyncio.create_task(self._saver(), name=f"checkpoints:{ctx.instance}")
+        try:
+            if config.watch != "poll":
+                watcher, plan = await self._start_watcher(wake, patterns)
+            self.polling = tailer.polling = watcher is None
+            next_scan = next_poll = 0.0
+            while True:
+                now = time.monotonic()
+                scan, dirty = watcher.take() if watcher is not None else (False, set())
+                scan = scan or now >= next_scan
+                poll_due = now >= next_poll
+                if poll_due:
+                    next_poll = now + config.poll_interval
+                result = await run(tailer.step, now, scan, dirty, scan or (self.polling and poll_due), poll_due)
+                if scan:
+                    next_scan = now + config.glob_interval
+                    if watcher is not None and (new_plan := patterns.watch_plan()) != plan:
+                        plan = new_plan
+                        for text in await run(watcher.sync, plan):
+                            emit.error(text)
+                await self._deliver(result, ledger, emit)
+                if result.more:
+                    await asyncio.sleep(0)
+                    continue
+                deadline = next_scan
+                if self.polling or any(t.polled for t in tailer.trackers.values()):
+                    deadline = min(deadline, next_poll)
+                if result.due is not None:
+                    deadline = min(deadline, result.due)
+                timeout = deadline - time.monotonic()
+                if timeout > 0 and not wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), timeout)
+                wake.clear()
+        finally:
+            saver.cancel()
+            self._stopped = True
+            with contextlib.suppress(Exception):
+                await run(self._shutdown, tailer, watcher, ledger.snapshot(time.monotonic()))
+
+    async def _start_watcher(self, wake: asyncio.Event, patterns: Patterns) -> tuple[Watcher | None, dict[str, bool]]:
+        """inotify through watchdog, unless the files live where it sees nothing (or it fails)."""
+        plan = patterns.watch_plan()
+        if self.config.watch == "auto":
+            mounts = self.context.proc_root / "self" / "mounts"
+            kinds = await self.context.run_blocking(lambda: {filesystem_type(d, mounts) for d in plan})
+            remote = kinds & NETWORK_FS
+            if remote:
+                self.context.logger.info(
+                    "%s: polling every %gs: files on %s", self.context.instance, self.config.poll_interval, remote
+                )
+                return None, plan
+        watcher = Watcher(asyncio.get_running_loop(), wake, patterns.matches)
+        try:
+            problems = await self.context.run_blocking(watcher.sync, plan)
+        except Exception as exc:  # no inotify at all (a sandbox, an exhausted instance limit)
+            await self.context.run_blocking(watcher.stop)
+            self._emit.error(f"inotify unavailable ({exc}); polling every {self.config.poll_interval:g}s")
+            return None, plan
+        for text in problems:
+            self._emit.error(f"{text}; polling every {self.config.poll_interval:g}s instead")
+        if problems:
+            await self.context.run_blocking(watcher.stop)
+            return None, plan
+        return watcher, plan
+
+    async def _deliver(self, result: Any, ledger: Ledger, emit: Emitter) -> None:
+        for key, path, dev, ino, fp_len, fp, offset, pred in result.opened:
+            ledger.opened(key, path, dev, ino, fp_len, fp, offset, pred)
+        for key, (path, dev, ino, fp_len, fp) in result.identity.items():
+            ledger.identity(key, path, dev, ino, fp_len, fp)
+        for key in result.claimed:
+            ledger.claimed(key)
+        for text in result.errors:
+            emit.error(text)
+        for text in result.notes:
+            self.context.logger.info("%s: %s", self.context.instance, text)
+        self._push_metrics(result.files)
+        if result.records:
+            marks = result.sent
+            for key, (end, _tail) in marks.items():
+                ledger.sent(key, end)
+            await emit.logs(result.records, on_durable=functools.partial(self._acked, marks))
+        for key, mark in result.skipped.items():
+            ledger.skipped(key, mark)
+        now = time.monotonic()
+        for key in result.closed:
+            ledger.closed(key, now)
+        if ledger.dirty:
+            self._save_wanted.set()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _acked(self, marks: dict[str, tuple[int, bytes]]) -> None:
+        """on_durable: every log output has these records; the checkpoint may move past them."""
+        ledger = self._ledger
+        if ledger is None:
+            return
+        ledger.acked(marks)
+        if not self._stopped:
+            self._save_wanted.set()
+            return
+        # after run() ended, outputs still drain: save at once, the process may exit soon
+        try:
+            self._store.save(ledger.snapshot(time.monotonic()))
+        except OSError as exc:
+            self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
+
+    async def _saver(self) -> None:
+        """Writes the checkpoint file after every change, one write at a time."""
+        while True:
+            await self._save_wanted.wait()
+            self._save_wanted.clear()
+            ledger = self._ledger
+            if ledger is None:
+                continue
+            try:
+                await self.context.run_blocking(self._store.save, ledger.snapshot(time.monotonic()))
+            except OSError as exc:
+                self.stats["file_errors"]["checkpoint"] += 1
+                if self._emit is not None:
+                    self._emit.error(f"cannot save checkpoints to {self._store.path}: {exc.strerror or exc}")
+                await asyncio.sleep(1.0)
+
+    def _shutdown(self, tailer: Tailer, watcher: Watcher | None, snapshot: list[Any]) -> None:
+        if watcher is not None:
+            watcher.stop()
+        tailer.close_all()
+        self._store.save(snapshot)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _redactor(self) -> Callable[[list[str]], list[str]] | None:
+        redactor = self.context.redactor
+        if redactor is None:
+            return None
+        many = getattr(redactor, "redact_lines", None)
+        if many is not None:
+            return many
+        one = redactor.redact
+        return lambda lines: list(map(one, lines))
+
+    def _push_metrics(self, files: int) -> None:
+        telemetry = self.context.telemetry
+        if telemetry is None:
+            return
+        for key, attr in _METRICS.items():
+            metric = getattr(telemetry, attr)
+            value = self.stats[key]
+            if isinstance(value, collections.Counter):
+                before = self._pushed.setdefault(key, collections.Counter())
+                for label, count in value.items():
+                    if count > before[label]:
+                        metric.labels(label).inc(count - before[label])
+                        before[label] = count
+            elif value > self._pushed.get(key, 0):
+                metric.inc(value - self._pushed.get(key, 0))
+                self._pushed[key] = value
+        telemetry.log_files.labels(self.context.instance).set(files)

@@ -1,0 +1,639 @@
+"""The files being tailed: identity, rotation, reading. Runs on the instance's worker thread.
+
+A file is known by its device and inode, checked against a fingerprint of its
+first bytes (up to :data:`FP_BYTES`): an inode reused by a new file, or a file
+truncated and rewritten, shows a different fingerprint; a renamed file keeps
+its inode; a copy (copytruncate's rotated file, or a file moved across file
+systems) shows the same fingerprint under a new inode. Each file is kept open,
+so a file renamed or deleted by rotation is still read to its end; it is
+closed once it has been gone from the globs and silent for ``rotate_wait``.
+
+Each open file has a *generation key*; truncation starts a new generation at
+offset 0 and leaves the old one behind (in :attr:`Tailer.known`, with its
+fingerprint and offset) so a rotated copy that turns up later continues where
+the old generation stopped. :meth:`Tailer.step` does one round of work: scan
+the globs if asked, read what changed, frame, parse and redact, and return the
+records with the offsets they bring each generation to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.model import Labels, LogRecord, merge_labels
+from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Saved, _unhex
+from collectors.logs.discovery import Patterns, is_compressed
+from collectors.logs.framing import Framer, resolve_encoding
+from collectors.logs.multiline import Multiline
+from collectors.logs.parse import Parser
+
+FP_BYTES = 1024
+CHUNK = 1 << 20  # bytes per read call
+STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
+
+
+_NONE = (-1, b"")
+# generation key -> (its file, lines read this step, their bytes per piece or None when not all known)
+Pending = dict[str, tuple["Tracker", list[str], list[tuple[int, bytes]] | None]]
+
+
+def fingerprint(head: bytes, length: int | None = None) -> str:
+    return hashlib.blake2b(head[: FP_BYTES if length is None else length], digest_size=8).hexdigest()
+
+
+@dataclass(slots=True)
+class Known:
+    """A generation no longer read (truncated, closed, or saved by an earlier run), kept for matching."""
+
+    key: str
+    path: str
+    dev: int
+    ino: int
+    fp_len: int
+    fp: str
+    offset: int
+    tail: bytes  # the bytes just before offset, which a copy must hold there too
+    truncated: bool
+    expires: float
+
+
+@dataclass(slots=True, eq=False)
+class Tracker:
+    key: str
+    name: str  # the path it was found under: the ``filename`` label
+    path: str
+    dev: int
+    ino: int
+    fd: int
+    fp_len: int
+    fp: str
+    pos: int  # next byte to read
+    framer: Framer
+    multiline: Multiline | None
+    labels: Labels
+    polled: bool  # a symlink: inotify on the link's directory does not see the target change
+    last_data: float
+    last_stat: tuple[int, int] = (-1, -1)
+    last_ns: int = 0
+    orphan_since: float | None = None
+    more: bool = True
+    twin: tuple[Tracker, str] | None = None  # (original, its key when linked): a copy of a live file
+    copied: bool = False  # a twin copy exists: held data of the old content is read there
+
+
+@dataclass
+class StepResult:
+    records: list[LogRecord] = field(default_factory=list)
+    # key -> (end offset of its last record here, the bytes before it or b"")
+    sent: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # key -> offset reached without a record (an overlong line's tail, a copy catching up), its bytes before
+    skipped: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    opened: list[tuple[str, str, int, int, int, str, int, str]] = field(default_factory=list)
+    identity: dict[str, tuple[str, int, int, int, str]] = field(default_factory=dict)
+    closed: list[str] = field(default_factory=list)
+    claimed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    more: bool = False
+    due: float | None = None  # monotonic time a timer (partial line, multiline, rotate_wait) expires
+    files: int = 0
+
+
+class Tailer:
+    def __init__(
+        self,
+        config: Any,
+        patterns: Patterns,
+        static_labels: Labels,
+        stats: dict[str, Any],
+        clock: Callable[[], int],
+        redact: Callable[[list[str]], list[str]] | None,
+        saved: list[Saved],
+        now: float,
+        run_id: str,
+    ) -> None:
+        self.config = config
+        self.patterns = patterns
+        self.static_labels = static_labels
+        self.stats = stats
+        self.clock = clock
+        self.redact = redact
+        self.parser = Parser(config.format, config.detect_severity, stats)
+        self.trackers: dict[str, Tracker] = {}
+        self.by_inode: dict[tuple[int, int], Tracker] = {}
+        self.by_path: dict[str, Tracker] = {}
+        self.known: dict[str, Known] = {
+            s.key: Known(
+                s.key, s.path, s.dev, s.ino, s.fp_len, s.fp, s.offset, _unhex(s.tail), False, now + RETAIN_SECONDS
+            )
+            for s in saved
+        }
+        self.saved_paths = {s.path for s in saved}
+        self.ignored: set[tuple[int, int]] = set()  # compressed by their first bytes
+        self.reported: dict[str, str] = {}  # path -> problem already reported
+        self.scanned = False
+        self.polling = False
+        self._run_id = run_id
+        self._serial = 0
+        self._rr = 0
+        ml = config.multiline
+        self._multiline = (ml.start_pattern or ml.continuation_pattern) and ml
+
+    # ------------------------------------------------------------------ the round
+
+    def step(self, now: float, scan: bool, dirty: set[str], check_all: bool, poll_links: bool = False) -> StepResult:
+        """One round: ``check_all`` looks at every file (polling, periodic safety net), otherwise only
+        at ``dirty`` paths (inotify), files with more to read, files rotated away, and with
+        ``poll_links`` symlinked files (inotify does not see their targets change)."""
+        res = StepResult()
+        if not scan and self.polling and check_all:
+            scan = self._paths_moved()
+        if scan:
+            self._scan(now, res)
+        if check_all:
+            targets = list(self.trackers.values())
+        else:
+            targets = [
+                t for t in self.trackers.values() if t.more or t.orphan_since is not None or (poll_links and t.polled)
+            ]
+            targets += [t for p in dirty if (t := self.by_path.get(p)) is not None and not t.more]
+        if len(targets) > 1:  # take turns when the budget runs out
+            self._rr = (self._rr + 1) % len(targets)
+            targets = targets[self._rr :] + targets[: self._rr]
+        budget = STEP_BYTES
+        now_ns = self.clock()
+        pending: Pending = {}
+        for tracker in dict.fromkeys(targets):
+            if tracker.fd < 0:
+                continue
+            budget -= self._pump(tracker, now, res, pending, budget)
+            if budget <= 0:
+                res.more = True
+                break
+        self._timers(now, res, pending)
+        self._build(res, pending, now_ns)
+        res.more = res.more or any(t.more for t in self.trackers.values())
+        res.files = len(self.trackers)
+        return res
+
+    # ------------------------------------------------------------------ discovery
+
+    def _scan(self, now: float, res: StepResult) -> None:
+        found, problems = self.patterns.scan()
+        for path, exc in problems:
+            self._problem(path, "stat", exc, res)
+        seen: set[str] = set()
+        for path, st in found.items():
+            tracker = self.by_inode.get((st.st_dev, st.st_ino))
+            if tracker is None:
+                if (st.st_dev, st.st_ino) in self.ignored:
+                    continue
+                previous = self.by_path.get(path)
+                tracker = self._open(path, now, res)
+                if tracker is None:
+                    continue
+                if previous is not None and previous is not tracker and previous.key in self.trackers:
+                    self._count_rotation(previous)
+            seen.add(tracker.key)
+            self.by_path[path] = tracker
+            if tracker.orphan_since is not None:
+                tracker.orphan_since = None
+        for path in [p for p in self.by_path if p not in found]:
+            del self.by_path[path]
+        for path, tracker in self.by_path.items():
+            if self.by_path.get(tracker.path) is not tracker:  # renamed: name it by where it is now
+                tracker.path = path
+                res.identity[tracker.key] = self._ident(tracker)
+        for tracker in self.trackers.values():
+            if tracker.key not in seen and tracker.orphan_since is None:
+                tracker.orphan_since = now  # renamed or deleted: read to the end, then let go
+                tracker.more = True
+        for key in [k for k, known in self.known.items() if known.expires < now]:
+            del self.known[key]
+        self.scanned = True
+
+    def _paths_moved(self) -> bool:
+        """Polling: has any tracked path come to name another file (or none)?"""
+        for path, tracker in self.by_path.items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                return True
+            if (st.st_dev, st.st_ino) != (tracker.dev, tracker.ino):
+                return True
+        return False
+
+    def _count_rotation(self, previous: Tracker) -> None:
+        try:
+            gone = os.fstat(previous.fd).st_nlink == 0
+        except OSError:
+            gone = True
+        self.stats["rotations"]["recreate" if gone else "rename"] += 1
+
+    def _open(self, path: str, now: float, res: StepResult) -> Tracker | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.EMFILE and _raise_file_limit():
+                return self._open(path, now, res)
+            if exc.errno != errno.ENOENT:
+                self._problem(path, "open", exc, res)
+            return None
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, FP_BYTES, 0)
+        except OSError as exc:
+            os.close(fd)
+            self._problem(path, "read", exc, res)
+            return None
+        ident = (st.st_dev, st.st_ino)
+        existing = self.by_inode.get(ident)
+        if existing is not None:  # it moved between the scan and the open
+            os.close(fd)
+            return existing
+        if not self.patterns.include_compressed and is_compressed(path, head):
+            self.ignored.add(ident)
+            os.close(fd)
+            return None
+        if self.reported.pop(path, None):
+            res.notes.append(f"{path} is readable again")
+        offset, pred, twin = self._start(path, st, fd, head, res)
+        self._serial += 1
+        key = f"{self._run_id}.{self._serial}"
+        tracker = self._new_tracker(key, path, path, st, fd, head, offset, now)
+        tracker.twin = twin
+        self.trackers[key] = tracker
+        self.by_inode[ident] = tracker
+        res.opened.append((key, path, st.st_dev, st.st_ino, tracker.fp_len, tracker.fp, offset, pred))
+        return tracker
+
+    def _new_tracker(
+        self, key: str, name: str, path: str, st: os.stat_result | None, fd: int, head: bytes, offset: int, now: float
+    ) -> Tracker:
+        config = self.config
+        encoding = resolve_encoding(config.encoding, head)
+        ml = self._multiline
+        multiline = None
+        if ml:
+            multiline = Multiline(ml.start_pattern, ml.continuation_pattern, ml.max_lines, ml.max_bytes)
+            multiline.reset(offset)
+        fp_len = min(len(head), FP_BYTES)
+        return Tracker(
+            key=key,
+            name=name,
+            path=path,
+            dev=st.st_dev if st else 0,
+            ino=st.st_ino if st else 0,
+            fd=fd,
+            fp_len=fp_len,
+            fp=fingerprint(head, fp_len),
+            pos=offset,
+            framer=Framer(encoding, config.max_line_bytes, self.stats, offset, ends=multiline is not None),
+            multiline=multiline,
+            labels=merge_labels(self.static_labels, (("filename", name),)),
+            polled=os.path.islink(path),
+            last_data=now,
+        )
+
+    def _start(
+        self, path: str, st: os.stat_result, fd: int, head: bytes, res: StepResult
+    ) -> tuple[int, str, tuple[Tracker, str] | None]:
+        """Where to start reading a newly opened file: (offset, predecessor key, live original)."""
+        ident = (st.st_dev, st.st_ino)
+        hashes: dict[int, str] = {}
+
+        def same(fp_len: int, fp: str) -> bool:
+            if fp_len > len(head):
+                return False
+            if fp_len not in hashes:
+                hashes[fp_len] = fingerprint(head, fp_len)
+            return hashes[fp_len] == fp
+
+        # 1. this very file, saved by an earlier run or closed earlier in this one
+        mine = [k for k in self.known.values() if (k.dev, k.ino) == ident and not k.truncated]
+        for known in mine:
+            if same(known.fp_len, known.fp):
+                del self.known[known.key]
+                res.claimed.append(known.key)
+                return known.offset, known.key, None
+        if mine:
+            return 0, "", None  # the inode was reused, or the file rewritten: new content
+        if len(head) >= MIN_FP_MATCH:
+            # 2. a copy of a file being read right now (copytruncate copied it; truncation not seen yet)
+            for tracker in self.trackers.values():
+                if tracker.fp_len >= MIN_FP_MATCH and tracker.twin is None and same(tracker.fp_len, tracker.fp):
+                    offset, tail = tracker_resume(tracker)
+                    if _holds(fd, st.st_size, offset, tail):
+                        self.stats["rotations"]["copytruncate"] += 1
+                        tracker.copied = True
+                        return offset, tracker.key, (tracker, tracker.key)
+            # 3. a copy of a generation no longer read (truncated, or saved by an earlier run)
+            for known in list(self.known.values()):
+                if (known.dev, known.ino) == ident or known.fp_len < MIN_FP_MATCH or not same(known.fp_len, known.fp):
+                    continue
+                if _holds(fd, st.st_size, known.offset, known.tail):
+                    del self.known[known.key]
+                    res.claimed.append(known.key)
+                    if known.truncated:
+                        self.stats["rotations"]["copytruncate"] += 1
+                    return known.offset, known.key, None
+        # 4. new to us: read from the start, except for files already there when we first looked
+        if path in self.saved_paths or self.scanned or self.config.start_at == "beginning":
+            return 0, "", None
+        return _line_start_before(fd, st.st_size), "", None
+
+    # ------------------------------------------------------------------ reading
+
+    def _pump(self, t: Tracker, now: float, res: StepResult, pending: Pending, budget: int) -> int:
+        """Read what is new in one file; returns the bytes read."""
+        try:
+            st = os.fstat(t.fd)
+        except OSError as exc:
+            self._problem(t.path, "read", exc, res)
+            return 0
+        if t.twin is not None and self._follow_twin(t, res, st.st_size):
+            return 0  # a copy of a live file: its original reads these bytes
+        stamp = (st.st_size, st.st_mtime_ns)
+        if stamp != t.last_stat:
+            if st.st_size < t.pos or (t.last_stat[0] >= 0 and not self._same_content(t)):
+                self._truncated(t, now, res, pending)
+            t.last_stat = stamp
+        read = 0
+        while read < budget:
+            want = min(CHUNK, budget - read)
+            try:
+                data = os.pread(t.fd, want, t.pos)
+            except OSError as exc:
+                self._problem(t.path, "read", exc, res)
+                break
+            if not data:
+                break
+            t.pos += len(data)
+            read += len(data)
+            self._lines(t, t.framer.feed(data), res, pending)
+            if len(data) < want:
+                break
+        t.more = read >= budget
+        if read:
+            t.last_data = now
+            self.stats["bytes_read"] += read
+            if t.fp_len < FP_BYTES and t.pos > t.fp_len:
+                self._grow_fingerprint(t, res)
+        return read
+
+    def _lines(self, t: Tracker, framed: tuple[list[str], list[int] | None], res: StepResult, pending: Pending) -> None:
+        """Framed lines become pending records; their end offset is what the records bring the file to."""
+        lines, ends = framed
+        if t.multiline is not None and ends is not None:
+            lines, ends = t.multiline.feed(lines, ends, t.last_data)
+            if lines:
+                self._add(t, lines, ends[-1], b"", res, pending)
+            return
+        framer = t.framer
+        if lines:
+            self._add(t, lines, framer.consumed, framer.tail, res, pending, framer.block)
+        elif framer.consumed > max(res.skipped.get(t.key, _NONE)[0], res.sent.get(t.key, _NONE)[0]):
+            res.skipped[t.key] = (framer.consumed, framer.tail)  # bytes that made no line
+
+    def _add(
+        self,
+        t: Tracker,
+        lines: list[str],
+        end: int,
+        tail: bytes,
+        res: StepResult,
+        pending: Pending,
+        block: bytes | None = None,
+    ) -> None:
+        got = pending.get(t.key)
+        if got is None:
+            got = pending[t.key] = (t, [], [])
+        blocks = got[2]
+        if blocks is not None:
+            if block is None:
+                pending[t.key] = got = (t, got[1], None)
+            else:
+                blocks.append((len(got[1]), block))
+        got[1].extend(lines)
+        res.sent[t.key] = (end, tail)
+
+    def _same_content(self, t: Tracker) -> bool:
+        if t.fp_len == 0:
+            return True
+        try:
+            head = os.pread(t.fd, t.fp_len, 0)
+        except OSError:
+            return True
+        return len(head) == t.fp_len and fingerprint(head, t.fp_len) == t.fp
+
+    def _grow_fingerprint(self, t: Tracker, res: StepResult) -> None:
+        try:
+            head = os.pread(t.fd, FP_BYTES, 0)
+        except OSError:
+            return
+        if fingerprint(head, t.fp_len) == t.fp:
+            t.fp_len = len(head)
+            t.fp = fingerprint(head, t.fp_len)
+            res.identity[t.key] = self._ident(t)
+
+    def _follow_twin(self, t: Tracker, res: StepResult, size: int) -> bool:
+        """While its original is read, a copy only keeps up with it; True while that lasts."""
+        original, key = t.twin  # type: ignore[misc]
+        if original.key != key or original.fd < 0:
+            t.twin = None  # the original was truncated or closed: the copy reads on alone
+            return False
+        ahead, tail = tracker_resume(original)
+        ahead = min(ahead, size)  # the original grew past the copy: all of the copy is covered
+        if ahead > t.pos and not t.framer.pending and not (t.multiline and t.multiline.held):
+            t.pos = ahead
+            t.framer = Framer(t.framer.codec, self.config.max_line_bytes, self.stats, ahead, ends=t.framer.ends)
+            t.framer.tail = tail
+            if t.multiline is not None:
+                t.multiline.reset(ahead)
+            res.skipped[t.key] = (ahead, tail)
+        return True
+
+    def _truncated(self, t: Tracker, now: float, res: StepResult, pending: Pending) -> None:
+        """The file was truncated (copytruncate) or rewritten: a new generation from offset 0."""
+        self.stats["truncations"] += 1
+        if not t.copied:
+            self._flush(t, res, pending)  # the held tail belongs to the old content
+        for other in self.trackers.values():
+            if other.twin is not None and other.twin[0] is t:
+                with contextlib.suppress(OSError):  # catch the copy up to all the original read
+                    self._follow_twin(other, res, os.fstat(other.fd).st_size)
+        offset, tail = tracker_resume(t)
+        old_key = t.key
+        self.known[old_key] = Known(
+            old_key, t.path, t.dev, t.ino, t.fp_len, t.fp, offset, tail, True, now + RETAIN_SECONDS
+        )
+        res.closed.append(old_key)
+        del self.trackers[old_key]
+        try:
+            head = os.pread(t.fd, FP_BYTES, 0)
+            st = os.fstat(t.fd)
+        except OSError:
+            head, st = b"", None
+        self._serial += 1
+        fresh = self._new_tracker(f"{self._run_id}.{self._serial}", t.name, t.path, st, t.fd, head, 0, now)
+        for name in ("key", "fp_len", "fp", "pos", "framer", "multiline", "twin", "copied"):
+            setattr(t, name, getattr(fresh, name))
+        self.trackers[t.key] = t
+        res.opened.append((t.key, t.path, t.dev, t.ino, t.fp_len, t.fp, 0, ""))
+        for other in self.trackers.values():
+            if other.twin is not None and other.twin[0] is t:
+                other.more = True  # a copy of the old content: it reads on alone from now on
+
+    # ------------------------------------------------------------------ timers
+
+    def _timers(self, now: float, res: StepResult, pending: Pending) -> None:
+        config = self.config
+        partial_after = config.partial_line_timeout
+        flush_after = config.multiline.flush_timeout
+        due: float | None = None
+        for t in list(self.trackers.values()):
+            if t.framer.pending:
+                at = t.last_data + partial_after
+                if now >= at:
+                    self._flush_partial(t, res, pending)
+                else:
+                    due = at if due is None else min(due, at)
+            # a held record waits for a held partial line too: that line may still belong to it
+            if t.multiline is not None and t.multiline.held and not t.framer.pending:
+                at = max(t.multiline.since, t.last_data) + flush_after
+                if now >= at:
+                    self._flush_multiline(t, res, pending)
+                else:
+                    due = at if due is None else min(due, at)
+            if t.orphan_since is not None and not t.more:
+                at = max(t.orphan_since, t.last_data) + config.rotate_wait
+                if now >= at:
+                    self._close(t, now, res, pending)
+                else:
+                    due = at if due is None else min(due, at)
+        res.due = due
+
+    def _flush_partial(self, t: Tracker, res: StepResult, pending: Pending) -> None:
+        got = t.framer.flush()
+        if got is not None:
+            line, end = got
+            self._lines(t, ([line], [end] if t.multiline is not None else None), res, pending)
+
+    def _flush_multiline(self, t: Tracker, res: StepResult, pending: Pending) -> None:
+        got = t.multiline.flush() if t.multiline is not None else None
+        if got is not None:
+            record, end = got
+            self._add(t, [record], end, b"", res, pending)
+
+    def _flush(self, t: Tracker, res: StepResult, pending: Pending) -> None:
+        self._flush_partial(t, res, pending)
+        self._flush_multiline(t, res, pending)
+
+    def _close(self, t: Tracker, now: float, res: StepResult, pending: Pending) -> None:
+        """A file gone from the globs and quiet for rotate_wait: its last line counts, then it is let go."""
+        self._flush(t, res, pending)
+        offset, tail = tracker_resume(t)
+        self.known[t.key] = Known(
+            t.key, t.path, t.dev, t.ino, t.fp_len, t.fp, offset, tail, False, now + RETAIN_SECONDS
+        )
+        res.closed.append(t.key)
+        del self.trackers[t.key]
+        if self.by_inode.get((t.dev, t.ino)) is t:
+            del self.by_inode[(t.dev, t.ino)]
+        for path in [p for p, other in self.by_path.items() if other is t]:
+            del self.by_path[path]
+        try:
+            os.close(t.fd)
+        except OSError:
+            pass
+        t.fd = -1
+
+    def close_all(self) -> None:
+        for t in self.trackers.values():
+            try:
+                os.close(t.fd)
+            except OSError:
+                pass
+        self.trackers.clear()
+        self.by_inode.clear()
+        self.by_path.clear()
+
+    # ------------------------------------------------------------------ records
+
+    def _build(self, res: StepResult, pending: Pending, now_ns: int) -> None:
+        records = res.records
+        lines_read = 0
+        for t, lines, blocks in pending.values():
+            lines_read += len(lines)
+            if self.redact is not None:
+                redacted = self.redact(lines)
+                if redacted is not lines and redacted != lines:
+                    blocks = None  # the bytes as read no longer match the text
+                lines = redacted
+            base = max(now_ns, t.last_ns + 1)
+            records.extend(self.parser.records(lines, t.labels, base, blocks))
+            t.last_ns = base + len(lines) - 1
+        self.stats["lines_read"] += lines_read
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ident(self, t: Tracker) -> tuple[str, int, int, int, str]:
+        return (t.path, t.dev, t.ino, t.fp_len, t.fp)
+
+    def _problem(self, path: str, op: str, exc: OSError, res: StepResult) -> None:
+        self.stats["file_errors"][op] += 1
+        text = f"cannot {op} {path}: {exc.strerror or exc}"
+        if self.reported.get(path) != text:
+            self.reported[path] = text
+            res.errors.append(text + ("; retried at every scan" if op != "read" else "; retried"))
+
+
+def tracker_resume(t: Tracker) -> tuple[int, bytes]:
+    """Offset just past the last record produced, and the bytes before it (empty when unknown)."""
+    if t.multiline is not None and t.multiline.held:
+        return t.multiline.start, b""
+    return t.framer.consumed, t.framer.tail
+
+
+def _holds(fd: int, size: int, offset: int, tail: bytes) -> bool:
+    """Does a candidate copy reach ``offset`` and hold there the bytes its original had before it?"""
+    if size < offset:
+        return False  # shorter than what was read: not a copy of it (or one we cannot tell)
+    try:
+        return not tail or os.pread(fd, len(tail), offset - len(tail)) == tail
+    except OSError:
+        return False
+
+
+def _line_start_before(fd: int, size: int) -> int:
+    """``start_at = "end"``: the end of the file, or the start of its incomplete last line."""
+    if size == 0:
+        return 0
+    back = min(size, 64 * 1024)
+    try:
+        tail = os.pread(fd, back, size - back)
+    except OSError:
+        return size
+    nl = tail.rfind(b"\n")
+    return size - back + nl + 1 if nl >= 0 else size
+
+
+def _raise_file_limit() -> bool:
+    """Many files are open: raise the soft open-file limit to the hard one, once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft * 4, 65536)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                return True
+            except (ValueError, OSError):
+                return False
+    return False

@@ -1,0 +1,96 @@
+"""The checkpoint ledger (offsets move only on acknowledgement) and its file (atomic, corrupt set aside)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Ledger, Saved, Store
+
+FP = "0123456789abcdef"
+
+
+def open_entry(ledger: Ledger, key: str, offset: int = 0, pred: str = "") -> None:
+    ledger.opened(key, f"/logs/{key}.log", 1, hash(key) & 0xFFFF, 1024, FP, offset, pred)
+
+
+def saved_offsets(ledger: Ledger, now: float = 0.0) -> dict[str, int]:
+    return {s.key: s.offset for s in ledger.snapshot(now)}
+
+
+def test_offsets_move_only_on_acknowledgement_and_in_order() -> None:
+    ledger = Ledger([], 0.0)
+    open_entry(ledger, "a", offset=10)
+    ledger.sent("a", 100)
+    ledger.sent("a", 250)
+    assert saved_offsets(ledger) == {"a": 10}
+    ledger.acked({"a": (100, b"x")})
+    assert saved_offsets(ledger) == {"a": 100}
+    ledger.acked({"a": (250, b"y")})
+    assert saved_offsets(ledger) == {"a": 250}
+
+
+def test_bytes_without_records_wait_for_the_records_before_them() -> None:
+    ledger = Ledger([], 0.0)
+    open_entry(ledger, "a")
+    ledger.sent("a", 100)
+    ledger.skipped("a", (400, b""))  # an overlong line's tail, after records still in flight
+    assert saved_offsets(ledger) == {"a": 0}
+    ledger.acked({"a": (100, b"")})
+    assert saved_offsets(ledger) == {"a": 400}
+    ledger.skipped("a", (500, b""))  # nothing in flight: done at once
+    assert saved_offsets(ledger) == {"a": 500}
+
+
+def test_a_copy_is_held_at_its_predecessors_offset_while_that_has_records_in_flight() -> None:
+    ledger = Ledger([], 0.0)
+    open_entry(ledger, "old")
+    ledger.sent("old", 1000)
+    ledger.closed("old", 0.0)  # truncated: the rotated copy continues it
+    open_entry(ledger, "copy", offset=1000, pred="old")
+    ledger.sent("copy", 1500)
+    ledger.acked({"copy": (1500, b"")})
+    assert saved_offsets(ledger)["copy"] == 0, "the old generation's last batch is not durable yet"
+    ledger.acked({"old": (1000, b"")})
+    assert saved_offsets(ledger)["copy"] == 1500
+
+
+def test_closed_entries_are_kept_for_matching_then_forgotten() -> None:
+    ledger = Ledger([], 0.0)
+    open_entry(ledger, "gone")
+    ledger.closed("gone", 100.0)
+    assert "gone" in saved_offsets(ledger, now=101.0)
+    assert "gone" not in saved_offsets(ledger, now=100.0 + RETAIN_SECONDS + 1)
+    ledger.opened("tiny", "/logs/t", 1, 2, MIN_FP_MATCH - 1, FP, 5, "")
+    ledger.closed("tiny", 0.0)
+    assert "tiny" not in saved_offsets(ledger), "too short a fingerprint to ever match a copy"
+    open_entry(ledger, "claimed")
+    ledger.closed("claimed", 0.0)
+    ledger.claimed("claimed")
+    assert "claimed" not in saved_offsets(ledger)
+
+
+def test_store_round_trip_is_atomic(tmp_path) -> None:
+    store = Store(tmp_path)
+    entries = [Saved("r.1", "/var/log/a.log", 3, 4, 1024, FP, 777, "0a0b", False, 0.0)]
+    store.save(entries)
+    assert store.load() == (entries, "")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints.json"], "no temporary file left behind"
+    assert json.loads((tmp_path / "checkpoints.json").read_text())["files"][0]["offset"] == 777
+
+
+def test_a_corrupt_checkpoint_file_is_reported_and_set_aside(tmp_path) -> None:
+    store = Store(tmp_path)
+    (tmp_path / "checkpoints.json").write_bytes(b'{"version": 1, "files": [{"key": ')
+    entries, problem = store.load()
+    assert entries == []
+    assert "corrupt" in problem and "checkpoints.json" in problem
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("checkpoints.json.corrupt-")]
+    assert len(aside) == 1 and aside[0] in problem
+    assert store.load() == ([], ""), "set aside: the next start finds no file"
+
+
+def test_a_checkpoint_of_another_format_version_is_set_aside(tmp_path) -> None:
+    (tmp_path / "checkpoints.json").write_text('{"version": 99, "files": []}')
+    entries, problem = Store(tmp_path).load()
+    assert entries == [] and "version 99" in problem

@@ -1,0 +1,360 @@
+"""The collector in-process: acknowledgements move checkpoints, restarts, discovery, backpressure, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from agent.config import convert
+from agent.emitter import RunEmitter
+from agent.model import LogRecord
+from collectors.logs.logs import LogsCollector
+from tests.support import collector_context
+
+CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "real"
+FAST = {"glob_interval": "200ms", "poll_interval": "50ms", "partial_line_timeout": "300ms", "rotate_wait": "300ms"}
+
+
+class Sink:
+    """The pipeline's side of emit.logs: keeps records, acknowledges at once or when told."""
+
+    def __init__(self, *, hold_acks: bool = False) -> None:
+        self.records: list[LogRecord] = []
+        self.hold_acks = hold_acks
+        self.unacked: list[Callable[[], None]] = []
+        self.gate: asyncio.Event | None = None  # when set up, emit.logs waits on it (backpressure)
+
+    async def __call__(self, records, on_durable) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.records.extend(records)
+        if on_durable is None:
+            return
+        if self.hold_acks:
+            self.unacked.append(on_durable)
+        else:
+            asyncio.get_running_loop().call_soon(on_durable)
+
+    def ack_all(self) -> None:
+        callbacks, self.unacked = self.unacked, []
+        for callback in callbacks:
+            callback()
+
+    def bodies(self, path: Path | None = None) -> list[str]:
+        return [r.body for r in self.records if path is None or dict(r.labels)["filename"] == str(path)]
+
+
+class Running:
+    def __init__(self, collector: LogsCollector, emitter: RunEmitter, task: asyncio.Task) -> None:
+        self.collector, self.emitter, self.task = collector, emitter, task
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def start(tmp_path: Path, sink: Sink, paths: list[str], **options) -> Running:
+    config = convert({"paths": paths, **{**FAST, **options}}, LogsCollector.Config)
+    context = collector_context(tmp_path, static_labels=(("env", "test"), ("job", "app")))
+    collector = LogsCollector(config, context)
+    emitter = RunEmitter(time.time_ns(), context.static_labels, sink)
+    task = asyncio.create_task(collector.run(emitter))
+    await asyncio.sleep(0.15)  # the first scan
+    return Running(collector, emitter, task)
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def append(path: Path, lines: list[str]) -> None:
+    with open(path, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def checkpoint(tmp_path: Path) -> dict[str, int]:
+    data = json.loads((tmp_path / "state" / "checkpoints.json").read_text())
+    return {f["path"]: f["offset"] for f in data["files"] if not f["closed"]}
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    d = tmp_path / "logs"
+    d.mkdir()
+    return d
+
+
+async def test_labels_start_at_end_and_new_files_from_their_beginning(tmp_path, logs) -> None:
+    app = logs / "app.log"
+    app.write_text("before start\n")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")])
+    append(app, ["one", "two"])
+    (logs / "new.log").write_text("first of new\n")
+    await until(lambda: len(sink.records) == 3)
+    await run.stop()
+    assert sink.bodies(app) == ["one", "two"]
+    assert sink.bodies(logs / "new.log") == ["first of new"]
+    first = next(r for r in sink.records if r.body == "one")
+    assert first.labels == (("env", "test"), ("filename", str(app)), ("job", "app"))
+    assert run.emitter.errors == []
+
+
+async def test_start_at_beginning(tmp_path, logs) -> None:
+    (logs / "app.log").write_text("old 1\nold 2\n")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")], start_at="beginning")
+    await until(lambda: len(sink.records) == 2)
+    await run.stop()
+    assert sink.bodies() == ["old 1", "old 2"]
+
+
+async def test_checkpoints_move_only_when_acknowledged_and_a_restart_resends_the_rest(tmp_path, logs) -> None:
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink(hold_acks=True)
+    run = await start(tmp_path, sink, [str(app)])
+    append(app, ["a1", "a2"])
+    await until(lambda: len(sink.records) == 2)
+    first_size = app.stat().st_size
+    append(app, ["b1"])
+    await until(lambda: len(sink.records) == 3)
+    await asyncio.sleep(0.1)
+    assert checkpoint(tmp_path)[str(app)] == 0, "nothing acknowledged yet"
+    sink.unacked.pop(0)()  # the first batch is durable; the second is not
+    await until(lambda: checkpoint(tmp_path)[str(app)] == first_size)
+    await run.stop()
+    assert checkpoint(tmp_path)[str(app)] == first_size
+
+    again = Sink()
+    run = await start(tmp_path, again, [str(app)])
+    append(app, ["c1"])
+    await until(lambda: len(again.records) == 2)
+    await run.stop()
+    assert again.bodies() == ["b1", "c1"], "exactly the unacknowledged batch is sent again"
+    assert checkpoint(tmp_path)[str(app)] == app.stat().st_size
+
+
+async def test_acknowledgements_after_the_collector_stopped_still_save(tmp_path, logs) -> None:
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink(hold_acks=True)
+    run = await start(tmp_path, sink, [str(app)])
+    append(app, ["x"])
+    await until(lambda: len(sink.records) == 1)
+    await run.stop()
+    assert checkpoint(tmp_path)[str(app)] == 0
+    sink.ack_all()  # outputs drain after collectors stop: the late acknowledgement is written at once
+    assert checkpoint(tmp_path)[str(app)] == app.stat().st_size
+
+
+async def test_a_corrupt_checkpoint_is_reported_and_never_a_crash(tmp_path, logs) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "checkpoints.json").write_text("{not json")
+    (logs / "app.log").write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "app.log")])
+    append(logs / "app.log", ["still works"])
+    await until(lambda: sink.records)
+    await run.stop()
+    assert len(run.emitter.errors) == 1 and "corrupt" in str(run.emitter.errors[0])
+    assert any(p.name.startswith("checkpoints.json.corrupt-") for p in (tmp_path / "state").iterdir())
+
+
+async def test_partial_last_line_is_sent_after_the_timeout(tmp_path, logs) -> None:
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(app)])
+    with open(app, "a") as f:
+        f.write("complete\r\nno newline yet")
+    await until(lambda: len(sink.records) == 1)
+    started = time.monotonic()
+    await until(lambda: len(sink.records) == 2)
+    assert time.monotonic() - started >= 0.2
+    append(app, ["", "next"])  # the late newline ends nothing new
+    await until(lambda: len(sink.records) == 3)
+    await run.stop()
+    assert sink.bodies() == ["complete", "no newline yet", "next"]
+
+
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+async def test_rotation_by_rename_copytruncate_and_recreate_loses_and_repeats_nothing(tmp_path, logs, watch) -> None:
+    import shutil
+
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "app.log*")], watch=watch)
+    expected: list[str] = []
+    n = 0
+
+    def burst(count: int = 200) -> None:
+        nonlocal n
+        lines = [f"line {n + i:06d} " + "p" * 40 for i in range(count)]
+        n += count
+        append(app, lines)
+        expected.extend(lines)
+
+    for round_ in range(3):
+        burst()
+        await asyncio.sleep(0.05)
+        burst()  # partly unread when the rotation happens
+        if round_ == 0:
+            os.rename(app, logs / "app.log.1")
+            app.write_text("")
+        elif round_ == 1:
+            shutil.copyfile(app, logs / "app.log.2")
+            os.truncate(app, 0)
+        else:
+            os.unlink(app)
+            app.write_text("")
+        burst()
+        await asyncio.sleep(0.1)
+    await until(lambda: len(sink.records) >= len(expected))
+    await asyncio.sleep(0.5)
+    await run.stop()
+    got = sink.bodies()
+    assert sorted(got) == sorted(expected), f"missing {len(set(expected) - set(got))}, extra {len(got) - len(expected)}"
+    stats = run.collector.stats
+    assert stats["rotations"]["rename"] == 1 and stats["rotations"]["recreate"] == 1
+    assert stats["truncations"] == 1
+
+
+async def test_hundreds_of_files_appearing_and_vanishing(tmp_path, logs) -> None:
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "**" / "*.log")])
+    expected = []
+    for i in range(300):
+        sub = logs / f"d{i % 7}"
+        sub.mkdir(exist_ok=True)
+        line = f"file {i} first"
+        (sub / f"f{i}.log").write_text(line + "\n")
+        expected.append(line)
+    await until(lambda: len(sink.records) == 300, timeout=10)
+    for i in range(0, 300, 2):
+        (logs / f"d{i % 7}" / f"f{i}.log").unlink()
+    for i in range(1, 300, 2):
+        line = f"file {i} second"
+        append(logs / f"d{i % 7}" / f"f{i}.log", [line])
+        expected.append(line)
+    await until(lambda: len(sink.records) == 450, timeout=10)
+    await until(lambda: len(run.collector._ledger.entries) <= 150 + 150, timeout=5)
+    await asyncio.sleep(0.6)  # rotate_wait: the deleted ones are let go
+    await run.stop()
+    assert sorted(sink.bodies()) == sorted(expected)
+    open_entries = [e for e in run.collector._ledger.entries.values() if not e.closed]
+    assert len(open_entries) == 150
+
+
+async def test_a_symlinked_log_and_a_directory_created_later(tmp_path, logs) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "real.log"
+    target.write_text("")
+    (logs / "link.log").symlink_to(target)
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log"), str(tmp_path / "later" / "sub" / "*.log")])
+    append(target, ["through the link"])
+    await until(lambda: len(sink.records) == 1)
+    (tmp_path / "later" / "sub").mkdir(parents=True)
+    append(tmp_path / "later" / "sub" / "x.log", ["in a new directory"])
+    await until(lambda: len(sink.records) == 2)
+    await run.stop()
+    assert sink.bodies(logs / "link.log") == ["through the link"]
+    assert sink.bodies(tmp_path / "later" / "sub" / "x.log") == ["in a new directory"]
+
+
+async def test_backpressure_pauses_reading(tmp_path, logs) -> None:
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink()
+    sink.gate = asyncio.Event()
+    run = await start(tmp_path, sink, [str(app)])
+    line = "y" * 200
+    append(app, [line] * 50_000)  # 10 MB: several rounds of reading
+    await asyncio.sleep(0.5)
+    read_while_blocked = run.collector.stats["bytes_read"]
+    assert 0 < read_while_blocked < app.stat().st_size, "one round read, then it waits for the pipeline"
+    sink.gate.set()
+    await until(lambda: len(sink.records) == 50_000, timeout=20)
+    await run.stop()
+
+
+async def test_redaction_and_multiline_on_the_laravel_corpus(tmp_path, logs) -> None:
+    class Redactor:
+        def redact_lines(self, lines: list[str]) -> list[str]:
+            return [line.replace("zhebaoting", "[REDACTED:user]") for line in lines]
+
+        def redact(self, text: str) -> str:
+            raise AssertionError("the batch form is used when there is one")
+
+    source = CORPUS / "laravel_php.log"
+    text = source.read_text()
+    starts = [i for i, line in enumerate(text.split("\n")) if line.startswith("[20")]
+    lines = text.split("\n")
+    expected = ["\n".join(lines[a:b]) for a, b in zip(starts, [*starts[1:], len(lines)], strict=True)]
+    expected = [r.replace("zhebaoting", "[REDACTED:user]") for r in expected]
+    (logs / "laravel.log").write_bytes(source.read_bytes())
+    sink = Sink()
+    config = {"start_pattern": r"^\[\d{4}-\d{2}-\d{2}", "flush_timeout": "300ms"}
+    config = convert({"paths": [str(logs / "*.log")], "start_at": "beginning", "multiline": config, **FAST},
+                     LogsCollector.Config)  # fmt: skip
+    context = collector_context(tmp_path, redactor=Redactor())
+    collector = LogsCollector(config, context)
+    task = asyncio.create_task(collector.run(RunEmitter(time.time_ns(), (), sink)))
+    await until(lambda: len(sink.records) == len(expected), timeout=10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert sink.bodies() == expected
+    assert [r.severity for r in sink.records[:2]] == ["ERROR", "ERROR"]
+
+
+async def test_metrics_reach_telemetry(tmp_path, logs) -> None:
+    registry = CollectorRegistry()
+
+    class Telemetry:  # the definitions this collector asks agent/telemetry.py for
+        log_lines_read = Counter("hostwatch_log_lines_read", "", registry=registry)
+        log_bytes_read = Counter("hostwatch_log_bytes_read", "", registry=registry)
+        log_lines_truncated = Counter("hostwatch_log_lines_truncated", "", registry=registry)
+        log_lines_invalid_encoding = Counter("hostwatch_log_lines_invalid_encoding", "", registry=registry)
+        log_truncations = Counter("hostwatch_log_truncations", "", registry=registry)
+        log_parse_failures = Counter("hostwatch_log_parse_failures", "", registry=registry)
+        log_rotations = Counter("hostwatch_log_rotations", "", ["kind"], registry=registry)
+        log_file_errors = Counter("hostwatch_log_file_errors", "", ["reason"], registry=registry)
+        log_files = Gauge("hostwatch_log_files", "", ["collector"], registry=registry)
+
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink()
+    config = convert({"paths": [str(app)], "max_line_bytes": 100, **FAST}, LogsCollector.Config)
+    collector = LogsCollector(config, collector_context(tmp_path, telemetry=Telemetry()))
+    task = asyncio.create_task(collector.run(RunEmitter(time.time_ns(), (), sink)))
+    await asyncio.sleep(0.15)
+    with open(app, "ab") as f:
+        f.write(b"ok\n" + b"z" * 500 + b"\nbad \xff byte\n")
+    await until(lambda: len(sink.records) == 3)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    value = registry.get_sample_value
+    assert value("hostwatch_log_lines_read_total") == 3
+    assert value("hostwatch_log_bytes_read_total") == app.stat().st_size
+    assert value("hostwatch_log_lines_truncated_total") == 1
+    assert value("hostwatch_log_lines_invalid_encoding_total") == 1
+    assert value("hostwatch_log_files", {"collector": "test"}) == 1
+    assert [len(b) for b in sink.bodies()] == [2, 100, 10]

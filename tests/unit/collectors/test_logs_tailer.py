@@ -1,0 +1,257 @@
+"""File identity and rotation, one deterministic round at a time (Tailer.step, no event loop)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import time
+from pathlib import Path
+
+from agent.config import convert
+from collectors.logs.checkpoint import Saved
+from collectors.logs.discovery import Patterns
+from collectors.logs.logs import LogsCollector
+from collectors.logs.tailer import Tailer
+
+
+def make_config(paths: list[str], **options):
+    return convert({"paths": paths, **options}, LogsCollector.Config)
+
+
+class Rig:
+    """A Tailer on ``tmp/logs`` driven by hand; ``saved`` is what the previous run left."""
+
+    def __init__(self, tmp: Path, pattern: str = "app.log*", saved: list[Saved] | None = None, **options) -> None:
+        self.dir = tmp / "logs"
+        self.dir.mkdir(exist_ok=True)
+        options.setdefault("start_at", "beginning")
+        self.config = make_config([str(self.dir / pattern)], **options)
+        self.stats = {"rotations": collections.Counter(), "file_errors": collections.Counter()}
+        self.stats.update(dict.fromkeys(
+            ["lines_read", "bytes_read", "lines_truncated", "lines_invalid", "truncations", "parse_failures"], 0
+        ))  # fmt: skip
+        patterns = Patterns(self.config.paths, self.config.exclude, self.config.include_compressed)
+        self.tailer = Tailer(
+            self.config, patterns, (("job", "t"),), self.stats, time.time_ns, None, saved or [], 0.0, "r"
+        )
+        self.now = 0.0
+        self.bodies: list[str] = []
+        self.by_file: dict[str, list[str]] = collections.defaultdict(list)
+        self.offsets: dict[str, int] = {}
+
+    def step(self, *, scan: bool = True, advance: float = 0.1):
+        self.now += advance
+        res = self.tailer.step(self.now, scan, set(), True)
+        self.bodies += [r.body for r in res.records]
+        for r in res.records:
+            self.by_file[dict(r.labels)["filename"]].append(r.body)
+        for key, (end, _tail) in {**res.skipped, **res.sent}.items():
+            self.offsets[key] = max(self.offsets.get(key, 0), end)
+        return res
+
+    def saved(self) -> list[Saved]:
+        """What a checkpoint would hold if everything read so far had been acknowledged."""
+        out = []
+        for t in self.tailer.trackers.values():
+            out.append(Saved(t.key, t.path, t.dev, t.ino, t.fp_len, t.fp, t.framer.consumed, t.framer.tail.hex()))
+        return out
+
+    def close(self) -> None:
+        self.tailer.close_all()
+
+
+def write(path: Path, lines: list[str], mode: str = "a") -> None:
+    with open(path, mode) as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def block(tag: str, n: int) -> list[str]:
+    # long enough lines that the first KiB fingerprints the file, distinct per file
+    return [f"{tag} line {i:05d} " + "x" * 60 for i in range(n)]
+
+
+def test_rename_rotation_reads_the_old_file_to_its_end_then_the_new_one(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 50))
+    rig.step()
+    write(app, block("b", 20))  # written before rotation, not yet read
+    os.rename(app, rig.dir / "app.log.1")
+    write(app, block("c", 30))
+    rig.step()
+    assert sorted(rig.by_file[str(app)]) == sorted(block("a", 50) + block("b", 20) + block("c", 30))
+    assert len(rig.bodies) == 100
+    assert rig.stats["rotations"] == {"rename": 1}
+    assert len(rig.tailer.trackers) == 2, "each file keeps the name it was found under"
+    rig.close()
+
+
+def test_rename_out_of_the_glob_is_drained_then_closed_after_rotate_wait(tmp_path) -> None:
+    rig = Rig(tmp_path, pattern="app.log", rotate_wait="1s")
+    app = rig.dir / "app.log"
+    write(app, block("a", 10))
+    rig.step()
+    with open(app, "a") as old:  # the writer keeps its descriptor a moment after the rename
+        os.rename(app, rig.dir / "app.log.1")
+        write(app, block("c", 5))
+        old.write("".join(line + "\n" for line in block("late", 3)))
+    res = rig.step()
+    assert sorted(rig.bodies) == sorted(block("a", 10) + block("late", 3) + block("c", 5))
+    assert len(rig.tailer.trackers) == 2 and not res.closed
+    res = rig.step(advance=1.5)
+    assert len(res.closed) == 1 and len(rig.tailer.trackers) == 1
+    rig.close()
+
+
+def test_copytruncate_with_the_copy_seen_before_the_truncation(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 40))
+    rig.step()
+    write(app, block("b", 25))  # unread when the copy is made
+    shutil.copyfile(app, rig.dir / "app.log.1")
+    rig.step()  # the copy appears while app.log still holds everything: nothing read twice
+    os.truncate(app, 0)
+    write(app, block("c", 10))
+    rig.step()
+    rig.step()
+    assert sorted(rig.bodies) == sorted(block("a", 40) + block("b", 25) + block("c", 10))
+    assert len(rig.bodies) == 75
+    assert rig.stats["rotations"] == {"copytruncate": 1}
+    assert rig.stats["truncations"] == 1
+    rig.close()
+
+
+def test_copytruncate_with_the_truncation_seen_first(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 40))
+    rig.step()
+    write(app, block("b", 25))
+    shutil.copyfile(app, rig.dir / "app.log.1")
+    os.truncate(app, 0)
+    write(app, block("c", 10))
+    rig.step(scan=False)  # truncation found before the globs are scanned again
+    assert rig.stats["truncations"] == 1
+    rig.step()  # now the copy: recognised by fingerprint, finished from where the old file stopped
+    assert sorted(rig.bodies) == sorted(block("a", 40) + block("b", 25) + block("c", 10))
+    assert len(rig.bodies) == 75
+    assert rig.stats["rotations"] == {"copytruncate": 1}
+    rig.close()
+
+
+def test_delete_and_recreate(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 10))
+    rig.step()
+    write(app, block("b", 10))
+    os.unlink(app)  # the tailer still holds it open: the unread lines are not lost
+    write(app, block("c", 10))
+    rig.step()
+    assert sorted(rig.bodies) == sorted(block("a", 10) + block("b", 10) + block("c", 10))
+    assert rig.stats["rotations"] == {"recreate": 1}
+    rig.close()
+
+
+def test_files_sharing_a_header_are_not_taken_for_copies(tmp_path) -> None:
+    header = ["#Software: Microsoft Internet Information Services 8.5 " + "h" * 100] * 10  # > 1 KiB, same in both
+    rig = Rig(tmp_path, pattern="*.log")
+    write(rig.dir / "one.log", header + block("one", 20))
+    rig.step()
+    write(rig.dir / "two.log", header + block("two", 5))
+    rig.step()
+    assert rig.by_file[str(rig.dir / "two.log")] == header + block("two", 5)
+    assert rig.stats["rotations"] == {}
+    rig.close()
+
+
+def test_restart_resumes_a_file_renamed_while_stopped(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 30))
+    rig.step()
+    saved = rig.saved()
+    rig.close()
+    write(app, block("b", 10))
+    os.rename(app, rig.dir / "app.log.1")
+    write(app, block("c", 5))
+    again = Rig(tmp_path, saved=saved, start_at="end")
+    again.step()
+    assert sorted(again.bodies) == sorted(block("b", 10) + block("c", 5))
+    again.close()
+
+
+def test_restart_after_copytruncate_while_stopped(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 30))
+    rig.step()
+    saved = rig.saved()
+    rig.close()
+    write(app, block("b", 10))
+    shutil.copyfile(app, rig.dir / "app.log.1")
+    os.truncate(app, 0)
+    write(app, block("c", 5))
+    again = Rig(tmp_path, saved=saved, start_at="end")
+    again.step()
+    # app.log's inode holds new content (its fingerprint changed): read from 0; the copy from the offset
+    assert sorted(again.bodies) == sorted(block("b", 10) + block("c", 5))
+    again.close()
+
+
+def test_a_reused_inode_is_not_mistaken_for_the_old_file(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 30))
+    rig.step()
+    saved = rig.saved()
+    rig.close()
+    # same device and inode, other content: what a deleted file's inode reused looks like
+    write(app, block("new", 40), mode="w")
+    again = Rig(tmp_path, saved=saved, start_at="end")
+    again.step()
+    assert again.bodies == block("new", 40)
+    again.close()
+
+
+def test_start_at_end_skips_existing_lines_but_not_an_incomplete_last_one(tmp_path) -> None:
+    d = tmp_path / "logs"
+    d.mkdir()
+    (d / "app.log").write_text("old 1\nold 2\nhalf")
+    rig = Rig(tmp_path, start_at="end")
+    rig.step()
+    with open(d / "app.log", "a") as f:
+        f.write(" done\nnew\n")
+    (d / "app.log.2").write_text("appeared later\n")
+    rig.step()
+    assert rig.by_file == {str(d / "app.log"): ["half done", "new"], str(d / "app.log.2"): ["appeared later"]}
+    rig.close()
+
+
+def test_compressed_rotations_are_ignored_by_default(tmp_path) -> None:
+    import gzip
+
+    rig = Rig(tmp_path)
+    (rig.dir / "app.log.2.gz").write_bytes(gzip.compress(b"compressed\n"))
+    (rig.dir / "app.log.3").write_bytes(gzip.compress(b"compressed without a suffix\n"))
+    write(rig.dir / "app.log", ["plain"])
+    rig.step()
+    assert rig.bodies == ["plain"]
+    rig.close()
+
+
+def test_a_last_line_without_newline_joins_the_held_multiline_record(tmp_path) -> None:
+    multiline = {"start_pattern": r"^\[", "flush_timeout": "1s"}
+    rig = Rig(tmp_path, multiline=multiline, partial_line_timeout="1s")
+    app = rig.dir / "app.log"
+    app.write_text("[1] first\n  more\n[2] second\n  trace\n")
+    rig.step()
+    with open(app, "a") as f:
+        f.write('"} ')  # the file's very last bytes, no newline, after a pause
+    rig.step(advance=0.9)
+    assert rig.bodies == ["[1] first\n  more"]
+    rig.step(advance=1.1)  # both timers due: the partial line goes into the record first
+    assert rig.bodies == ["[1] first\n  more", '[2] second\n  trace\n"} ']
+    rig.close()
