@@ -362,3 +362,35 @@ def _closed_port() -> int:
     from tests.support import free_port
 
     return free_port()
+
+
+def test_a_backend_down_at_start_gets_everything_once_it_comes_up(victoria_metrics, tmp_path) -> None:
+    """With a memory buffer (no disk at all), nothing is lost while the queue has room."""
+    victoria_metrics.server.stop()
+    agent = AgentProcess(
+        tmp_path,
+        f"""
+[[collectors.sequence]]
+rate = 1000
+count = 5000
+[[outputs.remote_write]]
+url = "{victoria_metrics.remote_write_url}"
+buffer = "memory"
+flush_interval = "200ms"
+retry_initial = "200ms"
+retry_max = "1s"
+""",
+    )
+    try:
+        agent.start()
+        time.sleep(3)
+        assert agent.get("/ready")[0] == 503, "an output failing since start-up is reported"
+        restart(victoria_metrics)
+        agent.wait(lambda: acked_next(agent) == 5000 and queued(agent) == 0, 30, "sequence delivered")
+        assert agent.get("/ready")[0] == 200
+        assert agent.stop() == 0
+    finally:
+        agent.close()
+    lost, duplicated = report("down at start", 5000, numbers_at(victoria_metrics))
+    assert lost == 0 and duplicated == 0
+    assert not list(agent.state_dir.glob("buffer/**/*.seg")), "a memory buffer writes nothing to disk"

@@ -230,3 +230,37 @@ def test_restarts_while_shipping_lose_nothing(tmp_path, logdir, victoria_logs, h
         assert agent.stop() == 0
     finally:
         agent.kill()
+
+
+def test_kill_9_twenty_times_while_a_file_grows_at_5000_lines_per_second(tmp_path, logdir, victoria_logs) -> None:
+    """The durable-delivery issue's log variant: random SIGKILLs, 0 lost, at most a batch repeated per kill."""
+    import os
+    import random
+
+    rate, seconds, kills = 5_000, 28, 20
+    total = rate * seconds
+    seed = int(os.environ.get("HOSTWATCH_TEST_SEED", time.time()))
+    rng = random.Random(seed)
+    agent = Agent(tmp_path, collector_table(logdir), victoria_logs.loki_push_url)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(logdir / "app.log"), str(total), str(rate), str(10 * rate), "rename"]
+    )
+    try:
+        for _ in range(kills):
+            agent.start()
+            time.sleep(rng.uniform(0.2, 0.9))
+            agent.kill()
+        agent.start()
+        assert writer.wait(timeout=120) == 0
+        count = wait_rows(victoria_logs, total, settle=3.0)
+        seqs = sequence_numbers(victoria_logs, limit=total * 2)
+        assert count == len(seqs)
+        lost = len(set(range(total)) - set(seqs))
+        duplicated = len(seqs) - len(set(seqs))
+        print(f"\n[logs kill -9 x{kills}, seed {seed}] lost {lost} / duplicated {duplicated} / total {total}")
+        assert lost == 0, agent.stderr()[-3000:]
+        assert duplicated <= kills * BATCH_MAX_ITEMS
+        assert agent.stop() == 0
+    finally:
+        writer.kill()
+        agent.kill()
