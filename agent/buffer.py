@@ -148,7 +148,7 @@ class DiskQueue:
         self._inflight: _Ref | None = None
         self._available = asyncio.Event()
         self._write_segment = 0
-        self._write_file: Any = None
+        self._write_fd: int | None = None
         self._write_size = 0
         self._last_fsync = 0.0
         self._retired_until = (0, 0)
@@ -254,36 +254,41 @@ class DiskQueue:
         self._available.set()
 
     def _append_sync(self, payload: bytes, items: int, created_ns: int) -> _Ref:
-        if self._write_file is None or self._write_size >= self.segment_bytes:
+        if self._write_fd is None or self._write_size >= self.segment_bytes:
             self._roll_sync()
         tail = struct.pack("<IQ", items, created_ns // 1_000_000) + payload
         record = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(tail), items, created_ns // 1_000_000) + payload
         offset = self._write_size
         try:
-            self._write_file.write(record)
-            self._write_file.flush()
-            self._sync_if_due(self._write_file)
+            self._write_all(record)
+            self._sync_if_due()
         except OSError:
             # a partial write (ENOSPC) leaves a torn record: cut it so the segment stays valid
-            self._write_file.truncate(offset)
-            self._write_file.seek(offset)
+            os.ftruncate(self._write_fd, offset)
             raise
         self._write_size += len(record)
         return _Ref(self._write_segment, offset, len(record), items, (created_ns // 1_000_000) * 1_000_000)
 
-    def _sync_if_due(self, file: Any) -> None:
+    def _write_all(self, data: bytes) -> None:
+        """Unbuffered, so a failed write leaves nothing behind to fail again at close."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._write_fd, view) :]
+
+    def _sync_if_due(self) -> None:
         if self.fsync == "batch":
-            os.fsync(file.fileno())
+            os.fsync(self._write_fd)
         elif self.fsync == "interval" and time.monotonic() - self._last_fsync >= 1.0:
-            os.fsync(file.fileno())
+            os.fsync(self._write_fd)
             self._last_fsync = time.monotonic()
 
     def _roll_sync(self) -> None:
-        if self._write_file is not None:
-            self._write_file.close()
+        if self._write_fd is not None:
+            os.close(self._write_fd)
             self._write_segment += 1
-        self._write_file = open(self._segment_path(self._write_segment), "ab")  # noqa: SIM115 - kept open
-        self._write_size = self._write_file.tell()
+        path = self._segment_path(self._write_segment)
+        self._write_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._write_size = os.fstat(self._write_fd).st_size
 
     # ---------------------------------------------------------------- read
 
@@ -376,15 +381,17 @@ class DiskQueue:
 
     async def close(self) -> None:
         def close_sync() -> None:
-            if self._write_file is not None:
-                self._write_file.flush()
-                if self.fsync != "never":
-                    os.fsync(self._write_file.fileno())
-                self._write_file.close()
-                self._write_file = None
-            if self._cursor_fd is not None:
-                os.close(self._cursor_fd)
-                self._cursor_fd = None
+            for fd in (self._write_fd, self._cursor_fd):
+                if fd is None:
+                    continue
+                try:
+                    if self.fsync != "never":
+                        os.fsync(fd)
+                except OSError as exc:  # the data is written; only its flush to the device failed
+                    log.error("buffer %s: fsync at close failed: %s", self.directory, exc.strerror or exc)
+                finally:
+                    os.close(fd)
+            self._write_fd = self._cursor_fd = None
 
         await self._worker.run(close_sync)
         self._worker.close()

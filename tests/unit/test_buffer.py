@@ -99,10 +99,16 @@ async def test_write_error_leaves_the_segment_valid(tmp_path) -> None:
     await queue.open()
     logs = Batch(Signal.LOGS, [LogRecord(1, "a"), LogRecord(2, "b")], 50, 1)
     await queue.put(logs)
-    queue._write_file = _FailingFile(queue._write_file)
+    write_all = queue._write_all
+
+    def half_then_enospc(data: bytes) -> None:  # a disk that fills in the middle of a record
+        write_all(data[: len(data) // 2])
+        raise OSError(28, os.strerror(28))
+
+    queue._write_all = half_then_enospc
     with pytest.raises(OSError):
         await queue.put(Batch(Signal.LOGS, [LogRecord(3, "c")], 50, 3))
-    queue._write_file = queue._write_file.inner
+    queue._write_all = write_all
     await queue.put(Batch(Signal.LOGS, [LogRecord(4, "d")], 50, 4))
     await queue.close()
     reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.LOGS)
@@ -114,21 +120,6 @@ async def test_write_error_leaves_the_segment_valid(tmp_path) -> None:
         bodies += [r.body for r in batch.items]
         await reopened.ack()
     assert bodies == ["a", "b", "d"]
-
-
-class _FailingFile:
-    """Writes half of what it is given, then fails like a full disk."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def write(self, data: bytes) -> int:
-        self.inner.write(data[: len(data) // 2])
-        self.inner.flush()
-        raise OSError(28, os.strerror(28))
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 async def test_memory_queue_drop_oldest_and_capacity() -> None:
