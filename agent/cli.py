@@ -107,7 +107,7 @@ def _once(config, fmt: str) -> int:
         results = {}
         failed = False
         for spec in config.collectors:
-            runner = agent._build_runner(config, spec)
+            runner = agent.build_runner(config, spec)
             if getattr(runner.collector, "streaming", False):
                 continue  # log tailers have no single round to print
             try:

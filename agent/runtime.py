@@ -109,7 +109,7 @@ class Agent:
                 task.add_done_callback(self._background.discard)
         for name, spec in wanted.items():
             if name not in self.runners:
-                runner = self._build_runner(config, spec)
+                runner = self.build_runner(config, spec)
                 self.runners[name] = (self._runner_key(config, spec), runner)
                 runner.start()
 
@@ -129,7 +129,7 @@ class Agent:
             self._redactor = (config.redaction, redactor)
         return self._redactor[1]
 
-    def _build_runner(self, config: Config, spec: PluginSpec) -> CollectorRunner:
+    def build_runner(self, config: Config, spec: PluginSpec) -> CollectorRunner:
         agent = config.agent
         interval = spec.common.interval or agent.interval
         static = merge_labels(labels_from(agent.labels), labels_from(spec.common.labels))

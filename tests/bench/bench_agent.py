@@ -131,7 +131,7 @@ def cycle_cost() -> tuple[float, float, list[str]]:
     sys.addaudithook(hook)
 
     async def engine_cycles(n: int) -> tuple[list[float], list[str]]:
-        runners = [agent._build_runner(config, spec) for spec in config.collectors]
+        runners = [agent.build_runner(config, spec) for spec in config.collectors]
         for runner in runners:
             await runner.run_once()
         recording[0] = True
