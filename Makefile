@@ -25,7 +25,7 @@ run: venv
 peers:
 	bash tests/peers/install.sh
 
-test: venv peers
+test: venv peers packages-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-unit: venv
@@ -40,3 +40,5 @@ bench: venv peers
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+
+include packaging/packages.mk
