@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from agent.model import Sample
+from agent.model import Labels, Sample
 
 
 def escape_label_value(value: str) -> str:
@@ -24,15 +24,31 @@ def escape_label_value(value: str) -> str:
 def format_value(value: float) -> str:
     if value != value:
         return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
+    if value in _INFINITIES:
+        return _INFINITIES[value]
     return repr(value)
 
 
-def render_samples(samples: Iterable[Sample], with_timestamps: bool = False) -> str:
-    """Prometheus text format 0.0.4: one ``# TYPE`` line per family, series after it."""
+_INFINITIES = {math.inf: "+Inf", -math.inf: "-Inf"}
+
+
+def series_prefix(name: str, labels: Labels) -> str:
+    """``name{a="b",...} `` ready for the value; built once per series, then cached."""
+    if not labels:
+        return name + " "
+    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
+    return f"{name}{{{inner}}} "
+
+
+def render_samples(
+    samples: Iterable[Sample], with_timestamps: bool = False, prefixes: dict[tuple[str, Labels], str] | None = None
+) -> str:
+    """Prometheus text format 0.0.4: one ``# TYPE`` line per family, series after it.
+
+    ``prefixes`` caches each series' name-and-labels text across renders; the
+    caller keeps it (series repeat every scrape, only their values change).
+    """
+    cache = {} if prefixes is None else prefixes
     families: dict[str, list[Sample]] = {}
     for sample in samples:
         families.setdefault(sample.name, []).append(sample)
@@ -41,14 +57,14 @@ def render_samples(samples: Iterable[Sample], with_timestamps: bool = False) -> 
     for name, members in families.items():
         append(f"# TYPE {name} {members[0].kind}")
         for s in members:
-            if s.labels:
-                labels = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in s.labels)
-                series = f"{name}{{{labels}}} {format_value(s.value)}"
-            else:
-                series = f"{name} {format_value(s.value)}"
+            key = (name, s.labels)
+            prefix = cache.get(key)
+            if prefix is None:
+                prefix = cache[key] = series_prefix(name, s.labels)
             if with_timestamps:
-                series += f" {s.time_ns // 1_000_000}"
-            append(series)
+                append(f"{prefix}{format_value(s.value)} {s.time_ns // 1_000_000}")
+            else:
+                append(prefix + format_value(s.value))
     lines.append("")
     return "\n".join(lines)
 
@@ -59,6 +75,7 @@ class LatestSamples:
     def __init__(self) -> None:
         self._by_instance: dict[str, list[Sample]] = {}
         self._page: bytes | None = None
+        self._prefixes: dict[tuple[str, Labels], str] = {}
 
     def replace(self, instance: str, samples: list[Sample]) -> None:
         self._by_instance[instance] = samples
@@ -73,5 +90,7 @@ class LatestSamples:
 
     def page(self) -> bytes:
         if self._page is None:
-            self._page = render_samples(self.samples()).encode()
+            if len(self._prefixes) > 4 * sum(map(len, self._by_instance.values())) + 1000:
+                self._prefixes.clear()  # series come and go (mounts, interfaces): keep the cache bounded
+            self._page = render_samples(self.samples(), prefixes=self._prefixes).encode()
         return self._page
