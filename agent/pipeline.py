@@ -80,13 +80,10 @@ class Pipeline:
     def publish_samples(
         self, instance: str, samples: list[Sample], on_durable: Callable[[], None] | None = None
     ) -> None:
+        """A periodic run's samples: to /metrics, and offered to every metrics output (never waits)."""
         self.latest.replace(instance, samples)
-        lanes = self._metric_lanes
-        if not lanes or not samples:
-            if on_durable is not None:
-                on_durable()
-            return
-        token = AckToken(len(lanes), on_durable) if on_durable is not None else None
+        lanes = self._metric_lanes if samples else []
+        token = _ack_token(lanes, on_durable)
         for lane in lanes:
             lane.offer(samples, token)
 
@@ -96,12 +93,8 @@ class Pipeline:
         """Streaming sources' samples: like :meth:`publish_samples`, but an output with
         ``when_full = "block"`` makes the source wait for room instead of shedding."""
         self.latest.replace(instance, samples)
-        lanes = self._metric_lanes
-        if not lanes or not samples:
-            if on_durable is not None:
-                on_durable()
-            return
-        token = AckToken(len(lanes), on_durable) if on_durable is not None else None
+        lanes = self._metric_lanes if samples else []
+        token = _ack_token(lanes, on_durable)
         for lane in lanes:
             if lane.when_full == "block":
                 await lane.accept(samples, token)
@@ -110,11 +103,7 @@ class Pipeline:
 
     async def publish_logs(self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None) -> None:
         lanes = self._log_lanes
-        if not lanes:
-            if on_durable is not None:
-                on_durable()
-            return
-        token = AckToken(len(lanes), on_durable) if on_durable is not None else None
+        token = _ack_token(lanes, on_durable)
         for lane in lanes:
             await lane.accept(records, token)
 
@@ -135,6 +124,16 @@ class Pipeline:
     def refresh_gauges(self) -> None:
         for _, runner in self.runners.values():
             runner.update_gauges()
+
+
+def _ack_token(lanes: list[Any], on_durable: Callable[[], None] | None) -> AckToken | None:
+    """One token that every lane counts down; with no lane at all the items are done now."""
+    if on_durable is None:
+        return None
+    if not lanes:
+        on_durable()
+        return None
+    return AckToken(len(lanes), on_durable)
 
 
 def choose_buffer(requested: str, state_dir: Path, name: str) -> str:
