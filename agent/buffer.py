@@ -15,6 +15,12 @@ starts a valid record, so damage costs only the damaged records, which are
 counted and logged. The read position ("cursor") is persisted after each ack;
 a segment is deleted once every record in it is retired. All file I/O runs on
 the queue's own worker thread, never on the event loop.
+
+The disk queue also keeps the items of the batches it wrote last in memory
+(bounded by ``cache_bytes`` of their records), so a sender that keeps up hands
+out what was just written without reading and decoding it back; what is not
+cached (a backlog, a replay after a restart) is read from disk. The record on
+disk is written and synced the same either way.
 """
 
 from __future__ import annotations
@@ -93,6 +99,13 @@ class MemoryQueue:
         self._inflight = self._queue.popleft()
         return self._inflight
 
+    async def lookahead(self) -> Batch | None:
+        """The batch :meth:`take` will hand out next, without taking it (waits for one)."""
+        while not self._queue:
+            self._available.clear()
+            await self._available.wait()
+        return self._queue[0]
+
     async def ack(self) -> None:
         batch, self._inflight = self._inflight, None
         if batch is not None:
@@ -133,6 +146,7 @@ class DiskQueue:
         fsync: str = "batch",
         segment_bytes: int | None = None,
         on_corrupt: Callable[[int], None] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         self.directory = directory
         self.capacity = capacity
@@ -147,6 +161,10 @@ class DiskQueue:
         self._index: collections.deque[_Ref] = collections.deque()
         self._inflight: _Ref | None = None
         self._available = asyncio.Event()
+        # (segment, offset) -> the items of a record still queued, as they were put
+        self._cache: dict[tuple[int, int], list[Any]] = {}
+        self._cache_bytes = 0
+        self.cache_max = min(capacity // 8, 16 * 1024 * 1024) if cache_bytes is None else cache_bytes
         self._write_segment = 0
         self._write_fd: int | None = None
         self._write_size = 0
@@ -251,6 +269,9 @@ class DiskQueue:
         self._index.append(ref)
         self.items += ref.items
         self.bytes += ref.length
+        if self._cache_bytes + ref.length <= self.cache_max:
+            self._cache[(ref.segment, ref.offset)] = batch.items
+            self._cache_bytes += ref.length
         self._available.set()
 
     def _append_sync(self, payload: bytes, items: int, created_ns: int) -> _Ref:
@@ -296,31 +317,67 @@ class DiskQueue:
         if not self._index:
             return None
         ref = self._index.popleft()
+        self._uncache(ref)
         self.items -= ref.items
         self.bytes -= ref.length
         self._retire(ref)
         return Batch(self.signal, [None] * ref.items, ref.length, ref.created_ns)
 
     async def take(self) -> Batch:
+        while True:
+            while not self._index:
+                self._available.clear()
+                await self._available.wait()
+            ref = self._index[0]
+            items = self._cache.get((ref.segment, ref.offset))
+            if items is None:
+                try:
+                    items = await self._worker.run(self._read_sync, ref)
+                except (OSError, msgspec.DecodeError, ValueError) as exc:
+                    if not self._index or self._index[0] is not ref:
+                        continue  # dropped (drop_oldest) while it was being read
+                    # the record passed its CRC at write or scan time; an unreadable one now is damage
+                    log.error("buffer %s: cannot read a record (%s); it is skipped and counted", self.directory, exc)
+                    self._index.popleft()
+                    self.items -= ref.items
+                    self.bytes -= ref.length
+                    self._retire(ref)
+                    self.corrupt_records += 1
+                    self.on_corrupt(1)
+                    continue
+                if not self._index or self._index[0] is not ref:
+                    continue  # dropped (drop_oldest) while it was being read
+            self._index.popleft()
+            self._uncache(ref)
+            self._inflight = ref
+            return Batch(self.signal, items, ref.length, ref.created_ns)
+
+    async def lookahead(self) -> Batch | None:
+        """The batch :meth:`take` will hand out next, without taking it (waits for one).
+
+        Loads it into the cache when it is not there, so the following ``take`` does not
+        read it again; None when it cannot be read (``take`` deals with that).
+        """
         while not self._index:
             self._available.clear()
             await self._available.wait()
         ref = self._index[0]
-        try:
-            items = await self._worker.run(self._read_sync, ref)
-        except (OSError, msgspec.DecodeError, ValueError) as exc:
-            # the record passed its CRC at write or scan time; an unreadable one now is damage
-            log.error("buffer %s: cannot read a record (%s); it is skipped and counted", self.directory, exc)
-            self._index.popleft()
-            self.items -= ref.items
-            self.bytes -= ref.length
-            self._retire(ref)
-            self.corrupt_records += 1
-            self.on_corrupt(1)
-            return await self.take()
-        self._index.popleft()
-        self._inflight = ref
+        key = (ref.segment, ref.offset)
+        items = self._cache.get(key)
+        if items is None:
+            try:
+                items = await self._worker.run(self._read_sync, ref)
+            except (OSError, msgspec.DecodeError, ValueError):
+                return None
+            if not self._index or self._index[0] is not ref:
+                return None
+            self._cache[key] = items  # one batch over cache_max at most: the next one out
+            self._cache_bytes += ref.length
         return Batch(self.signal, items, ref.length, ref.created_ns)
+
+    def _uncache(self, ref: _Ref) -> None:
+        if self._cache.pop((ref.segment, ref.offset), None) is not None:
+            self._cache_bytes -= ref.length
 
     def _read_sync(self, ref: _Ref) -> list[Any]:
         with open(self._segment_path(ref.segment), "rb") as f:
@@ -395,3 +452,5 @@ class DiskQueue:
 
         await self._worker.run(close_sync)
         self._worker.close()
+        self._cache.clear()
+        self._cache_bytes = 0

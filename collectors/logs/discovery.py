@@ -3,22 +3,27 @@
 :class:`Patterns` expands ``paths`` globs (``*``, ``?``, ``[...]`` and ``**``
 for any number of directories), drops ``exclude`` matches and compressed
 rotations, and says which directories to watch. :class:`Watcher` watches them
-with watchdog (inotify on Linux) and tells the collector which files changed
-and when a directory changed (a file appeared, moved or vanished: time to
-re-scan); where inotify cannot see changes (network file systems) or cannot be
-had (its watch limit), the collector polls instead.
+with inotify and tells the collector which files changed and when a directory
+changed (a file appeared, moved or vanished: time to re-scan); where inotify
+cannot see changes (network file systems) or cannot be had (its watch limit),
+the collector polls instead.
 
-The watchdog threads only record paths and wake the event loop once per
+The watcher's thread only records paths and wakes the event loop once per
 burst; the collector then reads the changed files in its worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
+import functools
 import glob
 import os
 import re
+import select
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -147,7 +152,14 @@ def filesystem_type(path: str, mounts_file: Path) -> str:
 
 
 class Watcher:
-    """Change notification through watchdog; ``take()`` hands over what happened since the last call."""
+    """Change notification through inotify; ``take()`` hands over what happened since the last call.
+
+    One thread reads the inotify descriptor. After each read it waits
+    :data:`COALESCE_SECONDS` before reading again: meanwhile the kernel merges
+    repeated identical events (a file appended to line by line gives one
+    IN_MODIFY per pause, not one per write), so a busy file costs a few wake-ups
+    a second, not work per write.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, relevant: Callable[[str], bool]) -> None:
         self.relevant = relevant
@@ -158,59 +170,33 @@ class Watcher:
         self._dirty: set[str] = set()
         self._rescan = False
         self._signalled = False
-        self._observer = None
-        self._watches: dict[str, object] = {}
+        self._fd = -1
+        self._stop_r = self._stop_w = -1
+        self._thread: threading.Thread | None = None
+        self._roots: dict[str, bool] = {}  # the plan being watched: directory -> recursively
+        self._dir_of: dict[int, str] = {}  # watch descriptor -> directory
+        self._wd_of: dict[str, int] = {}
 
     def sync(self, plan: dict[str, bool]) -> list[str]:
         """Watch exactly the planned directories (worker thread: adding watches walks directories)."""
-        from watchdog.events import (
-            DirCreatedEvent,
-            DirDeletedEvent,
-            DirMovedEvent,
-            FileCreatedEvent,
-            FileDeletedEvent,
-            FileModifiedEvent,
-            FileMovedEvent,
-        )
-        from watchdog.observers.inotify import InotifyObserver
-
-        problems = []
-        if self._observer is None:
-            self._observer = InotifyObserver()
-            self._observer.start()
-        wanted = {(d, r) for d, r in plan.items()}
-        for key in list(self._watches):
-            if key not in wanted or not os.path.isdir(key[0]):
-                self._observer.unschedule(self._watches.pop(key))
-        kinds = [
-            FileModifiedEvent,
-            FileCreatedEvent,
-            FileDeletedEvent,
-            FileMovedEvent,
-            DirCreatedEvent,
-            DirDeletedEvent,
-            DirMovedEvent,
-        ]
-        for directory, recursive in sorted(wanted - set(self._watches)):
-            try:
-                self._watches[(directory, recursive)] = self._observer.schedule(
-                    _Handler(self), directory, recursive=recursive, event_filter=kinds
-                )
-            except OSError as exc:
-                problems.append(f"cannot watch {directory}: {exc.strerror or exc}")
+        if self._fd < 0:
+            self._open()
+        problems: list[str] = []
+        with self._lock:
+            self._roots = dict(plan)
+            gone = [(d, wd) for d, wd in self._wd_of.items() if not self._covered(d)]
+            for directory, wd in gone:  # forgotten first: their IN_IGNORED then asks for nothing
+                del self._wd_of[directory]
+                self._dir_of.pop(wd, None)
+        for _directory, wd in gone:
+            _libc().inotify_rm_watch(self._fd, wd)
+        for directory, recursive in sorted(plan.items()):
+            problems += self._watch_tree(directory, recursive)
         return problems
 
     def note(self, path: str, rescan: bool) -> None:
-        """From watchdog's thread: remember, and wake the loop once per burst."""
-        with self._lock:
-            if rescan:
-                self._rescan = True
-            else:
-                self._dirty.add(path)
-            if self._signalled:
-                return
-            self._signalled = True
-        self._loop.call_soon_threadsafe(self._wake.set)
+        """Remember a change, and wake the loop once per burst."""
+        self._note({path} if not rescan else set(), rescan)
 
     def take(self) -> tuple[bool, set[str]]:
         with self._lock:
@@ -219,26 +205,153 @@ class Watcher:
         return rescan, dirty
 
     def stop(self) -> None:
-        observer, self._observer = self._observer, None
-        self._watches.clear()
-        if observer is not None:
-            observer.stop()
-            observer.join(timeout=5)
+        thread, self._thread = self._thread, None
+        if self._stop_w >= 0:
+            os.write(self._stop_w, b"x")
+        if thread is not None:
+            thread.join(timeout=5)
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._stop_r = self._stop_w = -1
+        with self._lock:
+            self._dir_of.clear()
+            self._wd_of.clear()
+
+    # ---------------------------------------------------------------- internals
+
+    def _open(self) -> None:
+        libc = _libc()
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self._fd = fd
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="hw-inotify", daemon=True)
+        self._thread.start()
+
+    def _covered(self, directory: str) -> bool:
+        """Is ``directory`` one the plan asks to watch (a root, or under a recursive root)?"""
+        for root, recursive in self._roots.items():
+            if directory == root or (recursive and directory.startswith(root.rstrip("/") + "/")):
+                return True
+        return False
+
+    def _watch_tree(self, directory: str, recursive: bool) -> list[str]:
+        problems = []
+        for current in _walk(directory) if recursive else [directory]:
+            if current in self._wd_of:
+                continue
+            wd = _libc().inotify_add_watch(self._fd, os.fsencode(current), _WATCH_MASK)
+            if wd < 0:
+                err = ctypes.get_errno()
+                if err in (errno.ENOENT, errno.ENOTDIR) and current != directory:
+                    continue  # gone again, or not a directory after all
+                problems.append(f"cannot watch {current}: {os.strerror(err)}")
+                continue
+            with self._lock:
+                self._dir_of[wd] = current
+                self._wd_of[current] = wd
+        return problems
+
+    def _note(self, dirty: set[str], rescan: bool) -> None:
+        with self._lock:
+            self._rescan = self._rescan or rescan
+            self._dirty |= dirty
+            if self._signalled or not (self._rescan or self._dirty):
+                return
+            self._signalled = True
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _run(self) -> None:
+        fd, stop = self._fd, self._stop_r
+        while True:
+            ready, _, _ = select.select([fd, stop], [], [])
+            if stop in ready:
+                return
+            chunks = []
+            while True:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return
+                chunks.append(data)
+                if len(data) < (1 << 16) - 4096:
+                    break
+            if chunks:
+                self._handle(b"".join(chunks))
+            if select.select([stop], [], [], COALESCE_SECONDS)[0]:
+                return
+
+    def _handle(self, data: bytes) -> None:
+        dirty: set[str] = set()
+        rescan = False
+        new_dirs: list[str] = []
+        seen: set[bytes] = set()
+        pos, end = 0, len(data)
+        while pos + _EVENT.size <= end:
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+            raw = data[pos : pos + _EVENT.size + length]
+            pos += _EVENT.size + length
+            if raw in seen:  # the same event again (two busy files take turns, so the kernel merged none)
+                continue
+            seen.add(raw)
+            name = raw[_EVENT.size :].split(b"\0", 1)[0]
+            if mask & (_IN_Q_OVERFLOW | _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT):
+                with self._lock:  # events were lost, or a watched directory went away
+                    if mask & _IN_IGNORED and wd in self._dir_of:
+                        self._wd_of.pop(self._dir_of.pop(wd), None)
+                rescan = True
+                continue
+            with self._lock:
+                directory = self._dir_of.get(wd)
+            if directory is None or not name:
+                continue
+            path = os.path.join(directory, os.fsdecode(name))
+            if mask & _IN_ISDIR:
+                rescan = True  # a directory appeared, moved or vanished: the globs may match anew
+                if mask & (_IN_CREATE | _IN_MOVED_TO):
+                    new_dirs.append(path)
+            elif mask & (_IN_MODIFY | _IN_ATTRIB):
+                if self.relevant(path):
+                    dirty.add(path)
+            elif self.relevant(path):
+                rescan = True  # a file appeared, moved or vanished
+        for directory in new_dirs:
+            with self._lock:
+                wanted = self._covered(directory)
+            if wanted:
+                self._watch_tree(directory, True)  # a failure here: the periodic scans still see its files
+        self._note(dirty, rescan)
 
 
-class _Handler:
-    """A minimal watchdog handler: watchdog only calls ``dispatch``."""
+def _walk(top: str) -> list[str]:
+    """``top`` and every directory under it."""
+    found = [top]
+    for current, dirs, _files in os.walk(top):
+        found += [os.path.join(current, d) for d in dirs]
+    return found
 
-    def __init__(self, watcher: Watcher) -> None:
-        self._watcher = watcher
 
-    def dispatch(self, event) -> None:  # type: ignore[no-untyped-def]
-        watcher = self._watcher
-        src = os.fsdecode(event.src_path)
-        if event.is_directory:
-            watcher.note(src, True)
-        elif event.event_type == "modified":
-            if watcher.relevant(src):
-                watcher.note(src, False)
-        elif watcher.relevant(src) or (event.event_type == "moved" and watcher.relevant(os.fsdecode(event.dest_path))):
-            watcher.note(src, True)  # a file appeared, moved or vanished: scan the globs again
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.inotify_init1.argtypes = [ctypes.c_int]
+    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+    return libc
+
+
+COALESCE_SECONDS = 0.02
+"""How long the watcher thread pauses after each read, letting the kernel merge repeated events."""
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+_IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
+_IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
+_IN_UNMOUNT, _IN_Q_OVERFLOW, _IN_IGNORED, _IN_ONLYDIR, _IN_ISDIR = 0x2000, 0x4000, 0x8000, 0x1000000, 0x40000000
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+_WATCH_MASK = (
+    _IN_MODIFY | _IN_ATTRIB | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF
+) | _IN_ONLYDIR

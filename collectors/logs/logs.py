@@ -5,7 +5,7 @@ worker thread (:meth:`Tailer.step`) scans the globs when due, reads what
 changed in large chunks, frames, parses and redacts, and returns records; the
 event loop hands them to the pipeline with ``emit.logs`` (which waits while a
 full output buffer applies backpressure, pausing the reading) and goes back to
-waiting for inotify events (watchdog) or its next timer.
+waiting for inotify events or its next timer.
 
 Checkpoints move only when the pipeline says every log output has durably
 taken a batch (``on_durable``), and are written right after, so a crash sends
@@ -73,6 +73,7 @@ class Multiline(PluginConfig):
 
 class LogsCollector(StreamingCollector):
     needs_redactor = True
+
     class Config(PluginConfig):
         paths: Annotated[list[str], msgspec.Meta(description="Files to tail: globs, `**` for any depth.")]
         exclude: Annotated[
@@ -185,8 +186,11 @@ class LogsCollector(StreamingCollector):
                     deadline = min(deadline, result.due)
                 timeout = deadline - time.monotonic()
                 if timeout > 0 and not wake.is_set():
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when
+                    # the event is set just as the task is cancelled, and the collector never stops
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout)
+                        async with asyncio.timeout(timeout):
+                            await wake.wait()
                 wake.clear()
         finally:
             saver.cancel()
@@ -195,7 +199,7 @@ class LogsCollector(StreamingCollector):
                 await run(self._shutdown, tailer, watcher, ledger.snapshot(time.monotonic()))
 
     async def _start_watcher(self, wake: asyncio.Event, patterns: Patterns) -> tuple[Watcher | None, dict[str, bool]]:
-        """inotify through watchdog, unless the files live where it sees nothing (or it fails)."""
+        """inotify, unless the files live where it sees nothing (or it cannot be had)."""
         plan = patterns.watch_plan()
         if self.config.watch == "auto":
             mounts = self.context.proc_root / "self" / "mounts"

@@ -137,12 +137,19 @@ class Parser:
         }.get(fmt)
 
     def records(
-        self, lines: list[str], labels: Labels, now_ns: int, blocks: list[tuple[int, bytes]] | None = None
+        self,
+        lines: list[str],
+        labels: Labels,
+        now_ns: int,
+        blocks: list[tuple[int, bytes]] | None = None,
+        changed: list[int] | None = None,
     ) -> list[LogRecord]:
         """One record per line; lines without a timestamp get ``now_ns`` + their index (order kept).
 
         ``blocks`` (raw format): the lines' bytes as read, ``(index of the first line, bytes)``
-        per piece, covering every line; then level words are searched in bytes.
+        per piece, covering every line; then level words are searched in bytes. ``changed``:
+        indices of lines whose text no longer matches those bytes (redaction rewrote them);
+        their level words are searched in the text instead.
         """
         if not lines:
             return []
@@ -150,7 +157,14 @@ class Parser:
             return [self._structured(line, labels, now_ns + i) for i, line in enumerate(lines)]
         records = list(map(LogRecord, range(now_ns, now_ns + len(lines)), lines, itertools.repeat(labels, len(lines))))
         if self._detect:
-            found = raw_severities_bytes(blocks) if blocks is not None else raw_severities(lines)
+            if blocks is None:
+                found = raw_severities(lines)
+            else:
+                found = raw_severities_bytes(blocks)
+                if changed:
+                    rewritten = set(changed)
+                    found = [hit for hit in found if hit[0] not in rewritten]
+                    found += _rewritten_severities(lines, changed)
             for index, text, number in found:
                 records[index] = LogRecord(now_ns + index, lines[index], labels, text, (), number)
         return records
@@ -211,14 +225,26 @@ def raw_severities(lines: list[str]) -> list[tuple[int, str, int]]:
         return []
     # start offset of each line in the joined text, to map a hit to its line
     starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
-    candidates = sorted({bisect.bisect_right(starts, pos) - 1 for pos in positions})
+    return _severities_of(lines, sorted({bisect.bisect_right(starts, pos) - 1 for pos in positions}))
+
+
+def _rewritten_severities(lines: list[str], indices: list[int]) -> list[tuple[int, str, int]]:
+    """Level words of the lines at ``indices``, searched as :func:`raw_severities_bytes` does."""
+    block = "\n".join([lines[i] for i in indices]).encode("utf-8", "surrogatepass") + b"\n"
+    if block.count(b"\n") != len(indices):  # a line holding a newline: the indices would not map
+        return _severities_of(lines, indices)
+    return [(indices[i], text, number) for i, text, number in raw_severities_bytes([(0, block)])]
+
+
+def _severities_of(lines: list[str], indices: list[int]) -> list[tuple[int, str, int]]:
+    """:func:`raw_severities` of the lines at ``indices`` only."""
     found = []
     search = _RAW_LEVEL.search
-    for index in candidates:
+    for index in indices:
         match = search(lines[index], 0, RAW_LEVEL_WITHIN)
         if match is not None:
-            text_, number = _SEVERITY[(match.group(1) or match.group(2)).lower()]
-            found.append((index, text_, number))
+            text, number = _SEVERITY[(match.group(1) or match.group(2)).lower()]
+            found.append((index, text, number))
     return found
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
+import operator
 import os
 import resource
 from collections.abc import Callable
@@ -572,13 +574,15 @@ class Tailer:
         lines_read = 0
         for t, lines, blocks in pending.values():
             lines_read += len(lines)
+            changed = None
             if self.redact is not None:
                 redacted = self.redact(lines)
-                if redacted is not lines and redacted != lines:
-                    blocks = None  # the bytes as read no longer match the text
+                if blocks is not None:
+                    # the lines redaction rewrote (new objects) no longer match the bytes read
+                    changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
                 lines = redacted
             base = max(now_ns, t.last_ns + 1)
-            records.extend(self.parser.records(lines, t.labels, base, blocks))
+            records.extend(self.parser.records(lines, t.labels, base, blocks, changed))
             t.last_ns = base + len(lines) - 1
         self.stats["lines_read"] += lines_read
 

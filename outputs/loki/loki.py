@@ -8,13 +8,14 @@ severity go into structured metadata, never into stream labels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from agent.model import Signal, labels_from, merge_labels
+from agent.model import LogRecord, Signal, labels_from, merge_labels
 from agent.plugin import Batch, ExportResult, Output, OutputContext
-from outputs._http import HttpClient, HttpClientConfig, check_url, compress_async
+from outputs._http import HttpClient, HttpClientConfig, check_url, compress, compress_async
 from outputs.loki.encode import PushEncoder
 
 Desc = msgspec.Meta
@@ -65,23 +66,42 @@ class LokiOutput(Output):
             self.headers["Content-Encoding"] = compression
         if config.tenant:
             self.headers["X-Scope-OrgID"] = config.tenant
+        # (batch items, encoded payload, request body or None when compressing it is left to export)
+        self._prepared: list[tuple[Sequence[LogRecord], bytes, bytes | None]] = []
 
     async def start(self) -> None:
         await self.client.start()
+
+    def prepare(self, batch: Batch) -> None:
+        """Encode and compress a batch ahead (the sender calls this while a request is in flight)."""
+        if not batch.items:
+            return
+        payload = self._encode(batch.items)
+        kind = self.config.body_compression
+        body = None if kind == "gzip" else compress(payload, kind)  # gzip is too slow for the event loop
+        # two kept: the batch in flight (a retry sends it again) and the next one
+        self._prepared = [p for p in self._prepared[-1:] if p[0] is not batch.items] + [(batch.items, payload, body)]
 
     async def export(self, batch: Batch) -> ExportResult:
         records = batch.items
         if not records:
             return ExportResult.ok()
-        if self.config.encoding == "protobuf":
-            payload = self.encoder.encode_protobuf(records).payload  # type: ignore[arg-type]
+        prepared = next((p for p in self._prepared if p[0] is records), None)
+        if prepared is not None and prepared[2] is not None:
+            body = prepared[2]
         else:
-            payload = self.encoder.encode_json(records).payload  # type: ignore[arg-type]
-        body = await compress_async(payload, self.config.body_compression)
+            payload = prepared[1] if prepared is not None else self._encode(records)
+            body = await compress_async(payload, self.config.body_compression)
         response = await self.client.post(self.config.url, body, self.headers)
         if isinstance(response, ExportResult):
             return response
         return self.client.result(response, retry_5xx=True)
 
+    def _encode(self, records: Sequence[LogRecord]) -> bytes:
+        if self.config.encoding == "protobuf":
+            return self.encoder.encode_protobuf(records).payload
+        return self.encoder.encode_json(records).payload
+
     async def close(self) -> None:
+        self._prepared = []
         await self.client.close()

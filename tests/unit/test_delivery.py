@@ -212,3 +212,28 @@ async def test_shutdown_cuts_a_long_retry_after_short(tmp_path) -> None:
     await runner.close(0.2)
     assert asyncio.get_running_loop().time() - started < 2
     assert dropped(runner, "shutdown") == 3  # a memory buffer's leftovers are counted, not lost silently
+
+
+@pytest.mark.parametrize("buffer", ["memory", "disk"])
+async def test_shutdown_with_a_full_blocking_buffer_does_not_hang(tmp_path, buffer) -> None:
+    output = ScriptedOutput([ExportResult.retry("down")] * 10_000)
+    runner = runner_for(output, tmp_path, buffer=buffer, buffer_max_bytes=600, batch_max_items=2, batch_max_bytes=200)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+
+    accepted = 0
+
+    async def source():
+        nonlocal accepted
+        for i in range(100):
+            await lane.accept([LogRecord(i, f"line {i}")], None)
+            accepted += 1
+
+    task = asyncio.create_task(source())
+    await asyncio.sleep(0.3)  # the buffer is full and the source paused
+    task.cancel()  # the engine stops collectors before it closes outputs
+    await asyncio.gather(task, return_exceptions=True)
+    assert 0 < accepted < 100
+    await asyncio.wait_for(runner.close(0.2), 5)
+    on_disk = lane.queue.items if buffer == "disk" else 0
+    assert dropped(runner, "shutdown") + on_disk == accepted, "every accepted item is on disk or counted"
