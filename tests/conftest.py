@@ -2,6 +2,4 @@
 
 from pathlib import Path
 
-pytest_plugins = sorted(
-    f"tests.peers.{path.stem}" for path in (Path(__file__).parent / "peers").glob("fixtures_*.py")
-)
+pytest_plugins = sorted(f"tests.peers.{path.stem}" for path in (Path(__file__).parent / "peers").glob("fixtures_*.py"))

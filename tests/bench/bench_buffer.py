@@ -63,8 +63,10 @@ def disk_throughput() -> None:
     for fsync in ("batch", "interval", "never"):
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_BUFFER_DIR")) as tmp:
             written, read = asyncio.run(throughput(Path(tmp), fsync, batches))
-        print(f"  fsync={fsync:<8}  write {raw / 2**20 / written:7.1f} MiB/s {records / written:>11,.0f} records/s"
-              f"   read+ack {raw / 2**20 / read:7.1f} MiB/s {records / read:>11,.0f} records/s")
+        print(
+            f"  fsync={fsync:<8}  write {raw / 2**20 / written:7.1f} MiB/s {records / written:>11,.0f} records/s"
+            f"   read+ack {raw / 2**20 / read:7.1f} MiB/s {records / read:>11,.0f} records/s"
+        )
 
 
 WRITER = r"""
@@ -97,7 +99,7 @@ def outage() -> None:
         config = home / "hostwatch.toml"
         config.write_text(f"""
 [agent]
-state_dir = "{home / 'state'}"
+state_dir = "{home / "state"}"
 [http]
 listen = "127.0.0.1:{free_port()}"
 [[collectors.cpu]]
@@ -105,7 +107,7 @@ listen = "127.0.0.1:{free_port()}"
 [[collectors.disk]]
 [[collectors.network]]
 [[collectors.logs]]
-paths = ["{home / 'app.log'}"]
+paths = ["{home / "app.log"}"]
 [[outputs.loki]]
 url = "http://127.0.0.1:{dead}/loki/api/v1/push"
 [[outputs.remote_write]]
@@ -127,9 +129,11 @@ url = "http://127.0.0.1:{dead}/api/v1/write"
             agent.wait(30)
     first_minute = [kib for t, kib in samples if t <= 60] or [samples[0][1]]
     baseline, peak = max(first_minute), max(kib for _, kib in samples)
-    print(f"outage of {OUTAGE_SECONDS:.0f}s at the embedded default + 5,000 lines/s, backends down: "
-          f"RSS after the first minute {baseline / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
-          f"growth {(peak - baseline) / 1024:.1f} MiB (goal <= 10); {buffered / 2**20:.0f} MiB on disk at the end")
+    print(
+        f"outage of {OUTAGE_SECONDS:.0f}s at the embedded default + 5,000 lines/s, backends down: "
+        f"RSS after the first minute {baseline / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
+        f"growth {(peak - baseline) / 1024:.1f} MiB (goal <= 10); {buffered / 2**20:.0f} MiB on disk at the end"
+    )
     trail = ", ".join(f"{t:.0f}s {kib / 1024:.1f}" for t, kib in samples[:: max(1, len(samples) // 12)])
     print(f"  RSS (MiB) over time: {trail}")
 

@@ -57,8 +57,13 @@ def metric_batches() -> list[Batch]:
     for b in range(BATCHES):
         # 500 series (like a host's), 4 points each per batch, advancing in time
         items = [
-            Sample("bench_value", float(i), "gauge", (("cpu", str(i % 500)), ("mode", "user")),
-                   now - (BATCHES - b) * 10_000_000_000 + (i // 500) * 1_000_000)
+            Sample(
+                "bench_value",
+                float(i),
+                "gauge",
+                (("cpu", str(i % 500)), ("mode", "user")),
+                now - (BATCHES - b) * 10_000_000_000 + (i // 500) * 1_000_000,
+            )
             for i in range(BATCH)
         ]
         batches.append(Batch(Signal.METRICS, items))
@@ -104,23 +109,45 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         vm_port, vl_port, vmt_port = free_port(), free_port(), free_port()
         procs = [
-            start([vm_bin, f"-storageDataPath={tmp}/vm", f"-httpListenAddr=127.0.0.1:{vm_port}"],
-                  f"http://127.0.0.1:{vm_port}/health"),
-            start([str(vmt_bin), f"-storageDataPath={tmp}/vmt", f"-httpListenAddr=127.0.0.1:{vmt_port}"],
-                  f"http://127.0.0.1:{vmt_port}/health"),
-            start([str(vl_bin), f"-storageDataPath={tmp}/vl", f"-httpListenAddr=127.0.0.1:{vl_port}",
-                   "-retentionPeriod=100y"], f"http://127.0.0.1:{vl_port}/health"),
+            start(
+                [vm_bin, f"-storageDataPath={tmp}/vm", f"-httpListenAddr=127.0.0.1:{vm_port}"],
+                f"http://127.0.0.1:{vm_port}/health",
+            ),
+            start(
+                [str(vmt_bin), f"-storageDataPath={tmp}/vmt", f"-httpListenAddr=127.0.0.1:{vmt_port}"],
+                f"http://127.0.0.1:{vmt_port}/health",
+            ),
+            start(
+                [
+                    str(vl_bin),
+                    f"-storageDataPath={tmp}/vl",
+                    f"-httpListenAddr=127.0.0.1:{vl_port}",
+                    "-retentionPeriod=100y",
+                ],
+                f"http://127.0.0.1:{vl_port}/health",
+            ),
         ]
         try:
             metrics, logs = metric_batches(), log_batches()
             cases = [
-                ("remote_write -> VictoriaMetrics", output("remote_write", url=f"http://127.0.0.1:{vm_port}/api/v1/write"),
-                 metrics, "samples"),
-                ("otlp http/protobuf -> VictoriaMetrics (trixie)",
-                 output("otlp", endpoint=f"http://127.0.0.1:{vmt_port}/opentelemetry", signals=["metrics"]),
-                 metrics, "points"),
-                ("loki protobuf+snappy -> VictoriaLogs",
-                 output("loki", url=f"http://127.0.0.1:{vl_port}/insert/loki/api/v1/push"), logs, "lines"),
+                (
+                    "remote_write -> VictoriaMetrics",
+                    output("remote_write", url=f"http://127.0.0.1:{vm_port}/api/v1/write"),
+                    metrics,
+                    "samples",
+                ),
+                (
+                    "otlp http/protobuf -> VictoriaMetrics (trixie)",
+                    output("otlp", endpoint=f"http://127.0.0.1:{vmt_port}/opentelemetry", signals=["metrics"]),
+                    metrics,
+                    "points",
+                ),
+                (
+                    "loki protobuf+snappy -> VictoriaLogs",
+                    output("loki", url=f"http://127.0.0.1:{vl_port}/insert/loki/api/v1/push"),
+                    logs,
+                    "lines",
+                ),
             ]
             print(f"{BATCHES} requests of {BATCH} items each, one in flight (as the engine sends)")
             for name, out, batches, unit in cases:

@@ -43,13 +43,21 @@ def spec(name: str, cls: type, interval: float, timeout: float | None = None) ->
 
 
 async def test_hung_collector_times_out_and_others_keep_running(tmp_path, caplog) -> None:
-    base = loads_config(f"[agent]\nstate_dir = '{tmp_path}'\n[http]\nlisten = ''\n",
-                        registry={"collectors": {}, "outputs": {}}, environ={})
+    base = loads_config(
+        f"[agent]\nstate_dir = '{tmp_path}'\n[http]\nlisten = ''\n",
+        registry={"collectors": {}, "outputs": {}},
+        environ={},
+    )
     telemetry = Telemetry()
     agent = Agent(base, telemetry=telemetry)
-    config = type(base)(base.agent, base.http, base.redaction,
-                        (spec("hangs", Hangs, 0.1, 0.05), spec("ticks", Ticks, 0.05), spec("fails", Fails, 0.05)),
-                        (), base.sources)
+    config = type(base)(
+        base.agent,
+        base.http,
+        base.redaction,
+        (spec("hangs", Hangs, 0.1, 0.05), spec("ticks", Ticks, 0.05), spec("fails", Fails, 0.05)),
+        (),
+        base.sources,
+    )
     agent.config = config
     caplog.set_level(logging.WARNING, logger="hostwatch")
     try:
