@@ -121,7 +121,9 @@ class OutputCommon(Struct):
 
     alias: str = ""
     flush_interval: Annotated[Duration, Desc(description="Send a partial batch after this long.")] = Duration(1)
-    batch_max_items: Annotated[int, Desc(description="Items per request at most.", ge=1)] = 2000
+    batch_max_items: Annotated[
+        int, Desc(description="Items per request at most; 0: 2000 for metrics, 10000 for log records.", ge=0)
+    ] = 0
     batch_max_bytes: Annotated[Size, Desc(description="Approximate bytes per request at most.")] = Size(4 * 1024 * 1024)
     buffer: Annotated[
         Literal["disk", "memory", ""], Desc(description="Queue kind; empty: disk when state_dir is writable.")

@@ -37,6 +37,7 @@ from agent.retry import Backoff, sleep_or_stop
 from agent.scheduler import iso_time
 
 log = logging.getLogger("hostwatch.delivery")
+DEFAULT_BATCH, DEFAULT_LOG_BATCH = 2000, 10000
 EXPORT_GUARD_SECONDS = 120.0  # outputs enforce their own timeout; this only catches a hung bug
 # the rest of a log batch sealed full waits this long for more lines before it goes out alone
 _REST_LINGER = 0.1
@@ -104,7 +105,9 @@ class Lane:
         self.queue = queue
         self.when_full = when_full
         common = runner.common
-        self.max_items = common.batch_max_items
+        # log receivers pay a fixed cost per request (VictoriaLogs: about 6 ms), so log batches
+        # are larger by default; metrics keep remote-write's customary 2000
+        self.max_items = common.batch_max_items or (DEFAULT_LOG_BATCH if signal is Signal.LOGS else DEFAULT_BATCH)
         self.max_bytes = common.batch_max_bytes
         self.flush_interval = common.flush_interval
         self.pending: list[Any] = []

@@ -45,6 +45,9 @@ async def sleep_or_stop(delay: float, stop: asyncio.Event) -> bool:
         return True
     if delay <= 0:
         return False
+    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+    # arrives just as the event is set, and shutdown must always get through
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay)
+        async with asyncio.timeout(delay):
+            await stop.wait()
     return stop.is_set()

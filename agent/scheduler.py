@@ -109,7 +109,8 @@ class CollectorRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.collector.close(), timeout=5)
+            async with asyncio.timeout(5):
+                await self.collector.close()
         self.worker.close()
 
     async def run_once(self) -> RunEmitter:

@@ -195,6 +195,7 @@ count = 30000
 [[outputs.loki]]
 url = "{victoria_logs.loki_push_url}"
 flush_interval = "200ms"
+batch_max_items = 2000
 buffer_max_bytes = "256KiB"
 retry_initial = "200ms"
 retry_max = "500ms"

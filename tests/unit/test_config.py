@@ -58,7 +58,7 @@ BROKEN = [
     ("[[collectors.logs]]\nintervall = '1s'", "collectors.logs[0].intervall: unknown key; did you mean interval?"),
     ("[[collectors.cpu]]\ninterval = 'soon'", "collectors.cpu[0].interval: invalid duration 'soon'"),
     ("[[outputs.loki]]\nurl = 'x'\nbuffer = 'tape'", "outputs.loki[0].buffer: expected one of"),
-    ("[[outputs.loki]]\nurl = 'x'\nbatch_max_items = 0", "outputs.loki[0].batch_max_items: expected `int` >= 1"),
+    ("[[outputs.loki]]\nurl = 'x'\nbatch_max_items = -1", "outputs.loki[0].batch_max_items: expected `int` >= 0"),
     ("[[outputs.loki]]\nurl = '${LOKI_URL}'", "outputs.loki[0].url: environment variable LOKI_URL is not set"),
     ("[[outputs.loki]]\nurl = '${LOKI-URL}'", "outputs.loki[0].url: invalid variable reference '${LOKI-URL}'"),
     ("[redaction]\nmode = 'shred'", "redaction.mode: expected one of"),

@@ -1,0 +1,48 @@
+"""Log shipping speed work: levels after redaction, coalesced file-change wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from agent.model import labels_from
+from collectors.logs.discovery import Patterns, Watcher
+from collectors.logs.parse import Parser, raw_severities
+
+
+def test_levels_of_lines_redaction_rewrote_come_from_their_new_text() -> None:
+    lines = ["INFO start", "token=ERROR-abc done", "WARN disk", "plain"]
+    block = ("\n".join(lines) + "\n").encode()
+    redacted = ["INFO start", "token=[REDACTED:token] done", "WARN disk", "plain"]
+    parser = Parser("raw", True, {"parse_failures": 0})
+    records = parser.records(redacted, labels_from({"filename": "/f"}), 1, [(0, block)], changed=[1])
+    assert [(r.body, r.severity) for r in records] == [
+        (b, s) for b, s in zip(redacted, ["INFO", "", "WARN", ""], strict=True)
+    ]
+    assert [(i, t) for i, t, _ in raw_severities(redacted)] == [(0, "INFO"), (2, "WARN")]
+
+
+async def test_a_file_written_line_by_line_wakes_the_watcher_a_few_times_not_per_write(tmp_path) -> None:
+    patterns = Patterns([str(tmp_path / "**" / "*.log")], [], False)
+    wakes = 0
+    wake = asyncio.Event()
+    watcher = Watcher(asyncio.get_running_loop(), wake, patterns.matches)
+    assert watcher.sync(patterns.watch_plan()) == []
+    (tmp_path / "sub" / "deep").mkdir(parents=True)  # a new directory under a recursive watch
+    await asyncio.sleep(0.1)
+    watcher.take()
+    path = tmp_path / "sub" / "deep" / "app.log"
+    with open(path, "a") as f:
+        for _ in range(5000):
+            f.write("line\n")
+            f.flush()
+            if wake.is_set():
+                wakes += 1
+                wake.clear()
+                watcher.take()
+    await asyncio.sleep(0.1)
+    rescan, dirty = watcher.take()
+    watcher.stop()
+    assert wakes < 100, wakes
+    assert rescan or str(path) in dirty
+    assert os.path.exists(path)
