@@ -27,14 +27,16 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.buffer import Batch, DiskQueue, MemoryQueue
 from agent.model import LogRecord, Sample, Signal
 from agent.plugin import Batch as ExportBatch
-from agent.plugin import ExportResult, ResultKind
+from agent.plugin import ResultKind
 from agent.retry import Backoff, sleep_or_stop
-from agent.scheduler import iso_time
+
+if TYPE_CHECKING:
+    from agent.output_runner import OutputRunner
 
 log = logging.getLogger("hostwatch.delivery")
 DEFAULT_BATCH, DEFAULT_LOG_BATCH = 2000, 10000
@@ -401,153 +403,3 @@ class Lane:
                 self.queue.items,
                 self.signal.value,
             )
-
-
-class OutputRunner:
-    """One output instance: its lanes, its attempts, and what /health/detailed says of it."""
-
-    def __init__(
-        self,
-        spec: Any,
-        output: Any,
-        *,
-        state_dir: Any,
-        telemetry: Any,
-        clock: Callable[[], int],
-        buffer_kind: str,
-    ) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.common = spec.common
-        self.output = output
-        self.telemetry = telemetry
-        self.clock = clock
-        self.buffer_kind = buffer_kind
-        self.stop_now = asyncio.Event()
-        self.stopping = False
-        self.consecutive_failures = 0
-        self.last_success_ns = 0
-        self.last_error = ""
-        self.dropped_by_reason: dict[str, int] = {}
-        self._logged: set[str] = set()
-        self.lanes: dict[Signal, Lane] = {}
-        for signal in sorted(output.signals, key=lambda s: s.value):
-            when_full = self.common.when_full or ("drop_oldest" if signal is Signal.METRICS else "block")
-            if buffer_kind == "disk":
-                queue = DiskQueue(
-                    state_dir / "buffer" / _safe(self.name) / signal.value,
-                    self.common.buffer_max_bytes,
-                    signal=signal,
-                    fsync=self.common.fsync,
-                    on_corrupt=self._corrupt,
-                )
-            else:
-                queue = MemoryQueue(self.common.buffer_max_bytes)
-            self.lanes[signal] = Lane(self, signal, queue, when_full)
-        self._m_sent = {s: telemetry.output_sent_items.labels(self.name, s.value) for s in self.lanes}
-        self._m_duration = telemetry.output_request_duration.labels(self.name)
-
-    async def start(self) -> None:
-        await self.output.start()
-        for lane in self.lanes.values():
-            await lane.start()
-        self.update_gauges()
-
-    async def close(self, timeout: float) -> None:
-        """Drain within ``timeout``, then stop; what is left stays on disk (or is counted)."""
-        self.stopping = True
-        deadline = time.monotonic() + timeout
-        await asyncio.gather(*(lane.drain(deadline) for lane in self.lanes.values()))
-        self.stop_now.set()
-        await asyncio.gather(*(lane.close() for lane in self.lanes.values()))
-        with contextlib.suppress(Exception):
-            await self.output.close()
-        self.update_gauges()
-
-    async def attempt(self, batch: ExportBatch) -> Any:
-        started = time.perf_counter()
-        try:
-            result = await asyncio.wait_for(self.output.export(batch), EXPORT_GUARD_SECONDS)
-        except TimeoutError:
-            result = ExportResult.retry(f"export did not finish within {EXPORT_GUARD_SECONDS:g}s")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("output %s: export raised (a bug); the batch is dropped", self.name)
-            result = ExportResult.drop(f"error: {type(exc).__name__}: {exc}")
-        self._m_duration.observe(time.perf_counter() - started)
-        self.telemetry.output_requests.labels(self.name, result.kind.value).inc()
-        if result.kind is not ResultKind.OK:
-            self.note_error(result.reason or result.kind.value)
-        return result
-
-    def succeeded(self, signal: Signal, items: int) -> None:
-        self.consecutive_failures = 0
-        self.last_success_ns = self.clock()
-        self._m_sent[signal].inc(items)
-
-    def note_error(self, reason: str) -> None:
-        self.consecutive_failures += 1
-        self.last_error = reason
-        if reason not in self._logged and len(self._logged) < 100:
-            self._logged.add(reason)
-            log.warning("output %s: %s", self.name, reason, extra={"output": self.name})
-
-    def dropped(self, count: int, reason: str, why: str = "") -> None:
-        if count <= 0:
-            return
-        self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + count
-        self.telemetry.output_dropped_items.labels(self.name, reason).inc(count)
-        key = f"drop:{reason}:{why}"
-        if key not in self._logged and len(self._logged) < 100:
-            self._logged.add(key)
-            log.error(
-                "output %s: dropped %d item(s) (%s): %s; further drops of this kind are only counted",
-                self.name,
-                count,
-                reason,
-                why,
-                extra={"output": self.name},
-            )
-
-    def _corrupt(self, count: int) -> None:
-        self.telemetry.buffer_corrupt_records.labels(self.name).inc(count)
-
-    def update_gauges(self) -> None:
-        items = sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values())
-        size = sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values())
-        oldest = [t for lane in self.lanes.values() if (t := lane.queue.oldest_ns()) is not None]
-        self.telemetry.buffer_items.labels(self.name).set(items)
-        self.telemetry.buffer_max_bytes.labels(self.name).set(sum(lane.queue.capacity for lane in self.lanes.values()))
-        self.telemetry.buffer_bytes.labels(self.name).set(size)
-        age = (self.clock() - min(oldest)) / 1e9 if oldest else 0.0
-        self.telemetry.buffer_oldest_age.labels(self.name).set(max(0.0, age))
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.consecutive_failures >= self.common.ready_failure_threshold:
-            found.append(f"output {self.name} failing ({self.consecutive_failures} attempts): {self.last_error}")
-        for lane in self.lanes.values():
-            ratio = lane.queue.bytes / lane.queue.capacity if lane.queue.capacity else 0
-            if ratio > self.common.ready_buffer_ratio:
-                found.append(f"output {self.name} {lane.signal.value} buffer {ratio:.0%} full")
-        return found
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "type": self.spec.type,
-            "signals": [s.value for s in self.lanes],
-            "buffer": self.buffer_kind,
-            "last_success": iso_time(self.last_success_ns),
-            "last_error": self.last_error or None,
-            "consecutive_failures": self.consecutive_failures,
-            "queued_items": sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values()),
-            "queued_bytes": sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values()),
-            "buffer_max_bytes": self.common.buffer_max_bytes,
-            "dropped_items": dict(self.dropped_by_reason),
-            "corrupt_records": sum(lane.queue.corrupt_records for lane in self.lanes.values()),
-        }
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.delivery import AckToken, OutputRunner
+from agent.delivery import AckToken
 from agent.exposition import LatestSamples
 from agent.model import LogRecord, Sample, Signal, labels_from
+from agent.output_runner import OutputRunner
 from agent.plugin import OutputContext
 
 log = logging.getLogger("hostwatch.pipeline")

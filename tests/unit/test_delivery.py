@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from agent.config import OutputCommon, PluginSpec
-from agent.delivery import OutputRunner
 from agent.exposition import LatestSamples
 from agent.model import LogRecord, Sample, Signal
+from agent.output_runner import OutputRunner
 from agent.pipeline import Pipeline
 from agent.plugin import ExportResult, Output
 from agent.telemetry import Telemetry
