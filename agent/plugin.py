@@ -331,6 +331,11 @@ class Output(abc.ABC):
     ``export`` must not raise for expected failures (HTTP status, connection
     errors, timeouts): it maps them to an :class:`ExportResult`. An exception
     is treated as a bug: logged with its traceback, the batch dropped and counted.
+
+    Optional: a synchronous ``prepare(batch)``. While one request is in flight
+    the engine hands it the next queued batch, so the output can encode it in
+    the meantime; ``export`` of that batch then uses the result (the Loki output
+    does). A failing ``prepare`` is ignored: ``export`` encodes again.
     """
 
     Config: ClassVar[type]
