@@ -25,8 +25,8 @@ from collections.abc import Iterator, Sequence
 import msgspec
 
 from agent.model import Labels, LogRecord, Sample
+from outputs._protobuf import varint
 
-_VARINT = [bytes((n,)) for n in range(0x80)]
 _SUM_POINT = struct.Struct("<BQBQBd")  # 0x11 start, 0x19 time, 0x21 as_double: 27 bytes
 _GAUGE_POINT = struct.Struct("<BQBd")  # 0x19 time, 0x21 as_double: 18 bytes
 _FIXED64 = struct.Struct("<Q")
@@ -37,19 +37,6 @@ SEVERITY_NUMBERS = {
     "TRACE": 1, "DEBUG": 5, "INFO": 9, "NOTICE": 10, "WARN": 13, "WARNING": 13,
     "ERROR": 17, "ERR": 17, "CRITICAL": 18, "CRIT": 18, "ALERT": 19, "FATAL": 21, "EMERG": 21, "PANIC": 21,
 }  # fmt: skip
-
-
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint; negative numbers as 64-bit two's complement."""
-    if 0 <= n < 0x80:
-        return _VARINT[n]
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _field(tag: int, payload: bytes) -> bytes:

@@ -28,11 +28,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agent.model import Labels, Sample
+from outputs._protobuf import sanitize_label_name, varint
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _INVALID_METRIC_CHAR = re.compile(r"[^a-zA-Z0-9_:]")
-_INVALID_LABEL_CHAR = re.compile(r"[^a-zA-Z0-9_]")
 
 # With a millisecond timestamp between 2^35 (1971) and 2^42 (2109) the varint
 # takes 6 bytes, so an encoded Sample is always 18 bytes: field tag, length,
@@ -43,30 +42,10 @@ _SAMPLE18_PREFIX = b"\x12\x10\x09"
 _DOUBLE = struct.Struct("<d")
 
 
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint; negative numbers as 64-bit two's complement."""
-    if 0 <= n < 0x80:
-        return bytes((n,))
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def sanitize_metric_name(name: str) -> str:
     if _METRIC_NAME.fullmatch(name):
         return name
     name = _INVALID_METRIC_CHAR.sub("_", name) or "_"
-    return "_" + name if name[0].isdigit() else name
-
-
-def sanitize_label_name(name: str) -> str:
-    if _LABEL_NAME.fullmatch(name):
-        return name
-    name = _INVALID_LABEL_CHAR.sub("_", name) or "_"
     return "_" + name if name[0].isdigit() else name
 
 
