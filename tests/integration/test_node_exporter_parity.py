@@ -30,6 +30,17 @@ COUNTERPARTS = {
     "memory": ("meminfo", "vmstat"),
     "disk": ("filesystem", "diskstats"),
     "network": ("netdev", "netstat", "sockstat"),
+    "netclass": (
+        "netclass",
+        "softnet",
+        "arp",
+        "conntrack",
+        "udp_queues",
+        "bonding",
+        "ipvs",
+        "infiniband",
+        "fibrechannel",
+    ),
 }
 FULL_COVERAGE = set(COUNTERPARTS)
 # Debian patches two of node_exporter's upstream defaults (it excludes /mnt, /media
@@ -188,3 +199,36 @@ async def test_matches_node_exporter(name, node_exporter_factory, tmp_path, caps
     assert not extra, f"{name} exports families node_exporter does not: {extra}"
     if name in FULL_COVERAGE:
         assert not missing, f"{name} lacks node_exporter families: {missing}"
+
+
+TCP_STATES = {"established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait", "close", "close_wait",
+              "last_ack", "listen", "closing", "rx_queued_bytes", "tx_queued_bytes"}  # fmt: skip
+
+
+async def test_tcpstat_matches_node_exporter(node_exporter_factory, tmp_path):
+    """tcpstat is off by default in both; turned on, node_tcp_connection_states agrees.
+
+    Connections open and close between the reads (the scrape's own connection among
+    them), so the set of states present may differ by one or two; the listeners
+    may not. tx_queued_bytes differs by design (see the netclass README).
+    """
+    cls = collector_class("netclass")
+    url = node_exporter_factory(("tcpstat",))
+    parts = {name: False for name in COUNTERPARTS["netclass"]}
+    collector = cls(cls.Config(**parts, tcpstat=True), collector_context(tmp_path))
+    emitter = RunEmitter(time.time_ns())
+    await collector.collect(emitter)
+    text = await asyncio.to_thread(scrape, url)
+    after = RunEmitter(time.time_ns())
+    await collector.collect(after)
+    assert not emitter.errors and not after.errors
+    ne = parse_node_exporter(text)["node_tcp_connection_states"]
+    ours = [from_samples(run)["node_tcp_connection_states"] for run in (emitter, after)]
+    assert ne.kind == "gauge" and all(run.kind == "gauge" for run in ours)
+    for run in (ne, *ours):
+        assert {frozenset(k for k, _ in key) for key in run.series} == {frozenset({"state"})}
+        assert {dict(key)["state"] for key in run.series} <= TCP_STATES
+    listen = frozenset({("state", "listen")})
+    assert (
+        min(run.series[listen] for run in ours) - 2 <= ne.series[listen] <= max(run.series[listen] for run in ours) + 2
+    )
