@@ -40,6 +40,8 @@ def copy_tree(tmp_path: Path) -> Path:
 async def test_every_part_on_the_fixture_and_the_readme_lists_every_name(tmp_path):
     emitter = await collect_once(hardware(tmp_path))
     assert emitter.errors == []
+    # label tuples are canonical (sorted, names unique): equality and series identity depend on it
+    assert all(list(s.labels) == sorted(dict(s.labels).items()) for s in emitter.samples)
     names = {s.name for s in emitter.samples}
     for prefix in ("node_hwmon_", "node_thermal_", "node_cooling_", "node_cpu_", "node_power_supply_", "node_edac_",
                    "node_rapl_", "node_dmi_", "node_nvme_"):  # fmt: skip

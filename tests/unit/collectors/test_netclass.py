@@ -43,6 +43,8 @@ def dev(name: str) -> tuple[tuple[str, str], ...]:
 async def test_every_part_on_the_fixture_without_errors(tmp_path):
     emitter = await collect_once(netclass(tmp_path, tcpstat=True))
     assert emitter.errors == []
+    # label tuples are canonical (sorted, names unique): equality and series identity depend on it
+    assert all(list(s.labels) == sorted(dict(s.labels).items()) for s in emitter.samples)
     prefixes = {s.name.split("_")[1] for s in emitter.samples}
     assert prefixes == {"network", "softnet", "arp", "nf", "udp", "tcp", "bonding", "ipvs", "infiniband",
                         "fibrechannel"}  # fmt: skip
