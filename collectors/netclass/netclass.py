@@ -1,0 +1,108 @@
+"""Network device class information and kernel network tables, named as node_exporter names them.
+
+One plugin stands for node_exporter's ``netclass``, ``softnet``, ``arp``,
+``conntrack``, ``udp_queues``, ``tcpstat``, ``bonding``, ``ipvs``,
+``infiniband`` and ``fibrechannel`` collectors; each is switched on or off like
+node_exporter's ``--collector.<name>`` flags (tcpstat is off, as in 1.5). All
+of them run in one worker call per interval; a failing part is reported and
+the others still export.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Annotated
+
+import msgspec
+
+from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+
+from . import fabric, ipvs, procnet, sysnet, tcpstat
+
+
+class Config(PluginConfig):
+    netclass: Annotated[bool, msgspec.Meta(description="node_network_* from /sys/class/net.")] = True
+    netclass_ignored_devices: Annotated[
+        str, msgspec.Meta(description="Interfaces (regex) netclass leaves out; node_exporter's default '^$'.")
+    ] = "^$"
+    netclass_ignore_invalid_speed: Annotated[
+        bool, msgspec.Meta(description="Leave out node_network_speed_bytes when the driver reports -1.")
+    ] = False
+    softnet: Annotated[bool, msgspec.Meta(description="node_softnet_* from /proc/net/softnet_stat.")] = True
+    arp: Annotated[bool, msgspec.Meta(description="node_arp_entries from /proc/net/arp.")] = True
+    arp_device_include: Annotated[str, msgspec.Meta(description="Only these ARP devices (regex).")] = ""
+    arp_device_exclude: Annotated[str, msgspec.Meta(description="ARP devices (regex) left out.")] = ""
+    conntrack: Annotated[bool, msgspec.Meta(description="node_nf_conntrack_* (when nf_conntrack is loaded).")] = True
+    udp_queues: Annotated[bool, msgspec.Meta(description="node_udp_queues from /proc/net/udp and udp6.")] = True
+    tcpstat: Annotated[
+        bool, msgspec.Meta(description="node_tcp_connection_states from /proc/net/tcp and tcp6 (off, as in 1.5).")
+    ] = False
+    tcpstat_max_sockets: Annotated[
+        int, msgspec.Meta(ge=0, description="Skip tcpstat (reported) above this many sockets; 0: no limit.")
+    ] = 200_000
+    bonding: Annotated[bool, msgspec.Meta(description="node_bonding_* for bonding masters.")] = True
+    ipvs: Annotated[bool, msgspec.Meta(description="node_ipvs_* (when IPVS is loaded).")] = True
+    ipvs_backend_labels: Annotated[
+        list[str], msgspec.Meta(description="Labels of the node_ipvs_backend_* series, a subset of the default.")
+    ] = msgspec.field(default_factory=lambda: list(ipvs.BACKEND_LABELS))
+    infiniband: Annotated[bool, msgspec.Meta(description="node_infiniband_* from /sys/class/infiniband.")] = True
+    fibrechannel: Annotated[bool, msgspec.Meta(description="node_fibrechannel_* from /sys/class/fc_host.")] = True
+
+    def __post_init__(self) -> None:
+        for key in ("netclass_ignored_devices", "arp_device_include", "arp_device_exclude"):
+            try:
+                re.compile(getattr(self, key))
+            except re.error as exc:
+                raise ValueError(f"{key}: invalid regex: {exc}") from None
+        if self.arp_device_include and self.arp_device_exclude:
+            raise ValueError("arp_device_include and arp_device_exclude are mutually exclusive")
+        unknown = sorted(set(self.ipvs_backend_labels) - set(ipvs.BACKEND_LABELS))
+        if unknown:
+            raise ValueError(f"ipvs_backend_labels: unknown {unknown}; choose from {list(ipvs.BACKEND_LABELS)}")
+
+
+class NetclassCollector(PeriodicCollector):
+    Config = Config
+
+    def __init__(self, config: Config, context: CollectorContext) -> None:
+        super().__init__(config, context)
+        proc, sys = str(context.proc_root), str(context.sys_root)
+        wanted_labels = tuple(label for label in ipvs.BACKEND_LABELS if label in config.ipvs_backend_labels)
+        parts = {
+            "netclass": partial(
+                sysnet.netclass,
+                sys,
+                re.compile(config.netclass_ignored_devices),
+                config.netclass_ignore_invalid_speed,
+            ),
+            "softnet": partial(procnet.softnet, proc),
+            "arp": partial(
+                procnet.arp, proc, procnet.device_filter(config.arp_device_include, config.arp_device_exclude)
+            ),
+            "conntrack": partial(procnet.conntrack, proc),
+            "udp_queues": partial(procnet.udp_queues, proc),
+            "tcpstat": partial(tcpstat.tcpstat, proc, config.tcpstat_max_sockets),
+            "bonding": partial(sysnet.bonding, sys),
+            "ipvs": partial(ipvs.ipvs, proc, wanted_labels),
+            "infiniband": partial(fabric.infiniband, sys),
+            "fibrechannel": partial(fabric.fibrechannel, sys),
+        }
+        self._parts = [(name, part) for name, part in parts.items() if getattr(config, name)]
+
+    async def collect(self, emit: Emitter) -> None:
+        for error in await self.context.run_blocking(self._collect, emit):
+            emit.error(error)
+
+    def _collect(self, emit: Emitter) -> list[str]:
+        errors: list[str] = []
+        for name, part in self._parts:
+
+            def report(message: str, name: str = name) -> None:
+                errors.append(f"{name}: {message}")
+
+            try:
+                part(emit, report)
+            except Exception as exc:  # a driver we never met: this part fails, the others still export
+                report(f"{type(exc).__name__}: {exc}")
+        return errors

@@ -1,0 +1,160 @@
+"""``/proc/net`` and ``/proc/sys/net``: node_exporter's ``softnet``, ``arp``, ``conntrack`` and ``udp_queues``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from agent.plugin import Emitter
+
+from ._read import read_text
+
+Report = Callable[[str], None]
+
+_SOFTNET = (
+    "node_softnet_processed_total",
+    "node_softnet_dropped_total",
+    "node_softnet_times_squeezed_total",
+)
+_CONNTRACK_FILES = (
+    ("nf_conntrack_count", "node_nf_conntrack_entries"),
+    ("nf_conntrack_max", "node_nf_conntrack_entries_limit"),
+)
+# /proc/net/stat/nf_conntrack column -> metric (node_exporter sums the per-CPU rows)
+_CONNTRACK_STAT = (
+    (2, "node_nf_conntrack_stat_found"),
+    (4, "node_nf_conntrack_stat_invalid"),
+    (5, "node_nf_conntrack_stat_ignore"),
+    (8, "node_nf_conntrack_stat_insert"),
+    (9, "node_nf_conntrack_stat_insert_failed"),
+    (10, "node_nf_conntrack_stat_drop"),
+    (11, "node_nf_conntrack_stat_early_drop"),
+    (16, "node_nf_conntrack_stat_search_restart"),
+)
+
+
+def softnet(proc_root: str, emit: Emitter, report: Report) -> None:
+    path = f"{proc_root}/net/softnet_stat"
+    try:
+        text = read_text(path)
+    except OSError as exc:
+        report(f"cannot read {path}: {exc.strerror}")
+        return
+    # One row per possible CPU, in order: node_exporter 1.5 labels them by row number.
+    for cpu, line in enumerate(text.splitlines()):
+        columns = line.split()
+        try:
+            if len(columns) < 9:
+                raise ValueError
+            values = [int(column, 16) for column in columns[:3]]
+        except ValueError:
+            report(f"{path}: malformed row {cpu}: {line[:60]!r}")
+            continue
+        labels = (("cpu", str(cpu)),)
+        for metric, value in zip(_SOFTNET, values, strict=True):
+            emit.counter(metric, value, labels, unit="1")
+
+
+def arp(proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Report) -> None:
+    path = f"{proc_root}/net/arp"
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        return  # no IPv4
+    except OSError as exc:
+        report(f"cannot read {path}: {exc.strerror}")
+        return
+    entries: dict[str, int] = {}
+    for line in text.splitlines():
+        columns = line.split()
+        if len(columns) < 6:
+            report(f"{path}: unexpected ARP table format: {line[:60]!r}")
+            return
+        if columns[0] != "IP":  # the header
+            entries[columns[-1]] = entries.get(columns[-1], 0) + 1
+    for device, count in entries.items():
+        if wanted(device):
+            emit.gauge("node_arp_entries", count, (("device", device),), unit="1")
+
+
+def conntrack(proc_root: str, emit: Emitter, report: Report) -> None:
+    base = f"{proc_root}/sys/net/netfilter"
+    for name, metric in _CONNTRACK_FILES:
+        try:
+            value = int(read_text(f"{base}/{name}").strip())
+        except FileNotFoundError:
+            return  # nf_conntrack not loaded: nothing to report
+        except (OSError, ValueError) as exc:
+            report(f"cannot read {base}/{name}: {getattr(exc, 'strerror', None) or exc}")
+            return
+        emit.gauge(metric, value, unit="1")
+    path = f"{proc_root}/net/stat/nf_conntrack"
+    try:
+        rows = read_text(path).splitlines()[1:]  # the first line names the columns
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        report(f"cannot read {path}: {exc.strerror}")
+        return
+    sums = [0] * len(_CONNTRACK_STAT)
+    for row in rows:
+        fields = row.split()
+        try:
+            if len(fields) != 17:
+                raise ValueError
+            for i, (column, _) in enumerate(_CONNTRACK_STAT):
+                sums[i] += int(fields[column], 16)
+        except ValueError:
+            report(f"{path}: malformed row: {row[:60]!r}")
+            return
+    for (_, metric), value in zip(_CONNTRACK_STAT, sums, strict=True):
+        emit.gauge(metric, value, unit="1")  # node_exporter types these as gauges
+
+
+def udp_queues(proc_root: str, emit: Emitter, report: Report) -> None:
+    for name, ip in (("udp", "v4"), ("udp6", "v6")):
+        path = f"{proc_root}/net/{name}"
+        try:
+            tx, rx, _ = socket_table_sums(path, None)
+        except FileNotFoundError:
+            continue  # no IPv6 (or no IPv4)
+        except (OSError, ValueError) as exc:
+            report(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+            continue
+        emit.gauge("node_udp_queues", tx, (("ip", ip), ("queue", "tx")), unit="By")
+        emit.gauge("node_udp_queues", rx, (("ip", ip), ("queue", "rx")), unit="By")
+
+
+def socket_table_sums(path: str, states: dict[int, int] | None, limit: int = 0) -> tuple[int, int, int]:
+    """Sum tx_queue and rx_queue of a /proc/net/{tcp,udp}[6] table, count rows per state.
+
+    Read line by line (the table can be megabytes on a busy host); ``limit`` > 0
+    stops with an error after that many rows instead of reading on.
+    """
+    tx = rx = rows = 0
+    with open(path, "rb") as f:
+        f.readline()  # header
+        for line in f:
+            fields = line.split()
+            if len(fields) < 10:
+                raise ValueError(f"malformed row: {line[:60]!r}")
+            txq, _, rxq = fields[4].partition(b":")
+            tx += int(txq, 16)
+            rx += int(rxq, 16)
+            rows += 1
+            if states is not None:
+                state = int(fields[3], 16)
+                states[state] = states.get(state, 0) + 1
+            if limit and rows > limit:
+                raise OverflowError(f"more than {limit} sockets")
+    return tx, rx, rows
+
+
+def device_filter(include: str, exclude: str) -> Callable[[str], bool]:
+    if exclude:
+        pattern = re.compile(exclude)
+        return lambda device: not pattern.search(device)
+    if include:
+        pattern = re.compile(include)
+        return lambda device: bool(pattern.search(device))
+    return lambda device: True
