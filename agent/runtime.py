@@ -104,6 +104,8 @@ class Agent:
             if name not in wanted or key != self._runner_key(config, wanted[name]):
                 del self.runners[name]
                 self.latest.forget(name)
+                if name not in wanted:
+                    self.pipeline.end_instance(name)
                 task = asyncio.create_task(runner.stop())
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
