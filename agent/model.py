@@ -21,6 +21,7 @@ This module imports nothing from the project.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -103,6 +104,21 @@ def merge_labels(base: Labels, extra: Labels) -> Labels:
     merged = dict(base)
     merged.update(extra)
     return tuple(sorted(merged.items()))
+
+
+STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+"""Prometheus' staleness marker: a NaN with this exact bit pattern, as the value of
+the last sample of a series, says the series ended (an interface or a mount went
+away, or the agent stopped). Remote-write sends it as is; OTLP sets the data
+point's no-recorded-value flag instead; ``/metrics`` never shows it. Ordinary
+NaN values (a sensor that reads NaN) have other bits and stay ordinary."""
+
+_STALE_BITS = struct.pack("<d", STALE_NAN)
+
+
+def is_stale(value: float) -> bool:
+    """True only for :data:`STALE_NAN` (compared bit for bit; any other NaN is a value)."""
+    return value != value and struct.pack("<d", value) == _STALE_BITS
 
 
 def signal_of(item: Item) -> Signal:

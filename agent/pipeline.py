@@ -15,6 +15,7 @@ from agent.exposition import LatestSamples
 from agent.model import LogRecord, Sample, Signal, labels_from
 from agent.output_runner import OutputRunner
 from agent.plugin import OutputContext
+from agent.staleness import SeriesTracker
 
 log = logging.getLogger("hostwatch.pipeline")
 
@@ -27,6 +28,7 @@ class Pipeline:
         self.runners: dict[str, tuple[Any, OutputRunner]] = {}
         self._metric_lanes: list[Any] = []
         self._log_lanes: list[Any] = []
+        self.series = SeriesTracker()
 
     # ------------------------------------------------------------ outputs
 
@@ -81,8 +83,14 @@ class Pipeline:
     def publish_samples(
         self, instance: str, samples: list[Sample], on_durable: Callable[[], None] | None = None
     ) -> None:
-        """A periodic run's samples: to /metrics, and offered to every metrics output (never waits)."""
+        """A periodic run's samples: to /metrics, and offered to every metrics output (never waits).
+
+        Series the instance's previous run had and this one lacks get a staleness
+        marker, pushed with the run (``/metrics`` simply stops showing them)."""
         self.latest.replace(instance, samples)
+        ended = self.series.update(instance, samples, self.clock())
+        if ended:
+            samples = samples + ended
         lanes = self._metric_lanes if samples else []
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
@@ -108,9 +116,20 @@ class Pipeline:
         for lane in lanes:
             await lane.accept(records, token)
 
+    def end_instance(self, instance: str) -> None:
+        """A collector instance was removed: its series end now (staleness markers)."""
+        self._offer_markers(self.series.end(instance, self.clock()))
+
+    def _offer_markers(self, markers: list[Sample]) -> None:
+        for lane in self._metric_lanes if markers else []:
+            lane.offer(markers, None)
+
     # ------------------------------------------------------------ shutdown, status
 
     async def close(self, timeout: float) -> None:
+        # the collectors have stopped: every series they kept alive ends here, and the
+        # markers are flushed with the rest (a restart's first run revives the series)
+        self._offer_markers(self.series.end_all(self.clock()))
         runners = [r for _, r in self.runners.values()]
         self.runners.clear()
         self._route()

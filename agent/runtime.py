@@ -22,7 +22,7 @@ from agent.exposition import LatestSamples
 from agent.model import labels_from, merge_labels
 from agent.pipeline import Pipeline
 from agent.plugin import CollectorContext
-from agent.scheduler import CollectorRunner
+from agent.scheduler import CollectorRunner, scrape_key
 from agent.systemd import Notifier
 from agent.telemetry import Telemetry
 from agent.workers import Worker
@@ -103,7 +103,10 @@ class Agent:
             key, runner = self.runners[name]
             if name not in wanted or key != self._runner_key(config, wanted[name]):
                 del self.runners[name]
-                self.latest.forget(name)
+                for key in (name, scrape_key(name)):
+                    self.latest.forget(key)
+                    if name not in wanted:
+                        self.pipeline.end_instance(key)
                 task = asyncio.create_task(runner.stop())
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)

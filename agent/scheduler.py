@@ -18,10 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.emitter import LogSink, RunEmitter, SampleSink
-from agent.model import Labels, Sample
+from agent.model import Labels, Sample, merge_labels
 from agent.workers import Worker
 
 Publish = Callable[[str, list[Sample]], None]
+
+SCRAPE_SUFFIX = "#scrape"
+"""Key under which an instance's ``node_scrape_collector_*`` samples are published: apart
+from its run's samples, so a failed run reports ``success 0`` without ending (staleness)
+the series the instance still has."""
+
+
+def scrape_key(instance: str) -> str:
+    return instance + SCRAPE_SUFFIX
 
 
 @dataclass
@@ -96,6 +105,8 @@ class CollectorRunner:
         self._m_errors = telemetry.collector_errors.labels(name)
         self._m_duration = telemetry.collector_duration.labels(name)
         self._m_samples = telemetry.collector_samples.labels(name)
+        # node_exporter's per-collector scrape series, which Node Exporter Full charts
+        self._scrape_labels = merge_labels(static_labels, (("collector", name),))
 
     def start(self) -> None:
         loop_fn = self._stream if getattr(self.collector, "streaming", False) else self._periodic
@@ -141,6 +152,7 @@ class CollectorRunner:
         state.last_run_ns = self.clock()
         self._m_runs.inc()
         started = time.perf_counter()
+        success = False
         try:
             emitter = await self.run_once()
         except TimeoutError:
@@ -155,11 +167,23 @@ class CollectorRunner:
             self.publish(self.name, emitter.samples)
             state.last_samples = len(emitter.samples)
             self._m_samples.set(state.last_samples)
-            if not emitter.errors:
+            success = not emitter.errors
+            if success:
                 state.last_success_ns = state.last_run_ns
         finally:
             state.last_duration_s = time.perf_counter() - started
             self._m_duration.observe(state.last_duration_s)
+        self._publish_scrape(state.last_duration_s, success)
+
+    def _publish_scrape(self, duration: float, success: bool) -> None:
+        labels, now = self._scrape_labels, self.state.last_run_ns
+        self.publish(
+            scrape_key(self.name),
+            [
+                Sample("node_scrape_collector_duration_seconds", duration, "gauge", labels, now, "s"),
+                Sample("node_scrape_collector_success", 1.0 if success else 0.0, "gauge", labels, now),
+            ],
+        )
 
     def _report(self, problem: BaseException | str) -> None:
         text = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"

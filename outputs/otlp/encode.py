@@ -14,6 +14,11 @@ time is ``start_time_ns``, gauges become Gauges; sample labels become
 data point attributes. Logs: one ``ResourceLogs`` per label set, whose
 resource is the host resource plus the record's labels; record attributes
 become log record attributes.
+
+A staleness marker (:data:`agent.model.STALE_NAN`, the end of a series) becomes
+a data point with no value and the ``FLAG_NO_RECORDED_VALUE`` flag, which is
+how the OTLP data model says a stream ended (the Prometheus translation turns
+it back into a staleness marker).
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from agent.model import Labels, LogRecord, Sample
+from agent.model import Labels, LogRecord, Sample, is_stale
 from outputs._protobuf import varint
 
 _SUM_POINT = struct.Struct("<BQBQBd")  # 0x11 start, 0x19 time, 0x21 as_double: 27 bytes
 _GAUGE_POINT = struct.Struct("<BQBd")  # 0x19 time, 0x21 as_double: 18 bytes
 _FIXED64 = struct.Struct("<Q")
+_NO_RECORDED_VALUE = b"\x40\x01"  # NumberDataPoint.flags = 8: FLAG_NO_RECORDED_VALUE
 _CUMULATIVE_MONOTONIC = b"\x10\x02\x18\x01"  # Sum.aggregation_temporality = 2, Sum.is_monotonic = true
 _json_encode = msgspec.json.Encoder().encode
 
@@ -111,14 +117,18 @@ class MetricsEncoder:
             points = metrics_get(key)
             if points is None:
                 points = metrics[key] = []
-            heads = heads_get(sample.labels) or self._heads(sample.labels)
             time_ns = sample.time_ns
+            value = sample.value
+            if value != value and is_stale(value):
+                points.append(self._ended_point(sample, start if start <= time_ns else time_ns))
+                continue
+            heads = heads_get(sample.labels) or self._heads(sample.labels)
             if sample.kind == "counter":
                 points.append(heads[1])
-                points.append(pack_sum(0x11, start if start <= time_ns else time_ns, 0x19, time_ns, 0x21, sample.value))
+                points.append(pack_sum(0x11, start if start <= time_ns else time_ns, 0x19, time_ns, 0x21, value))
             else:
                 points.append(heads[0])
-                points.append(pack_gauge(0x19, time_ns, 0x21, sample.value))
+                points.append(pack_gauge(0x19, time_ns, 0x21, value))
         encoded_metrics = []
         for key, points in metrics.items():
             data = b"".join(points)
@@ -133,15 +143,24 @@ class MetricsEncoder:
         scope_metrics = _field(0x12, self._scope_field + b"".join(encoded_metrics))
         return _field(0x0A, self._resource_field + scope_metrics) if samples else b""
 
+    @staticmethod
+    def _ended_point(sample: Sample, start_ns: int) -> bytes:
+        """A series' end: the point carries times and the no-recorded-value flag, no value."""
+        body = key_values(sample.labels, 0x3A)
+        if sample.kind == "counter":
+            body += b"\x11" + _FIXED64.pack(start_ns)
+        body += b"\x19" + _FIXED64.pack(sample.time_ns) + _NO_RECORDED_VALUE
+        return _field(0x0A, body)
+
     def encode_json(self, samples: Sequence[Sample]) -> bytes:
         metrics: dict[tuple[str, str, str], list[dict]] = {}
         start = self.start_time_ns
         for sample in samples:
-            point = {
-                "attributes": _json_attributes(sample.labels),
-                "timeUnixNano": str(sample.time_ns),
-                "asDouble": _json_double(sample.value),
-            }
+            point = {"attributes": _json_attributes(sample.labels), "timeUnixNano": str(sample.time_ns)}
+            if is_stale(sample.value):
+                point["flags"] = 1
+            else:
+                point["asDouble"] = _json_double(sample.value)
             if sample.kind == "counter":
                 point["startTimeUnixNano"] = str(min(start, sample.time_ns))
             metrics.setdefault((sample.name, sample.kind, sample.unit), []).append(point)

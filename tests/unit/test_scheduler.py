@@ -78,3 +78,38 @@ async def test_hung_collector_times_out_and_others_keep_running(tmp_path, caplog
     finally:
         Hangs.release.set()
         await agent.stop()
+
+
+async def test_each_run_reports_node_exporters_scrape_series_apart_from_its_samples(tmp_path) -> None:
+    """node_scrape_collector_{duration_seconds,success}{collector}, which Node Exporter Full charts;
+    a failed run says success 0 without taking the instance's last samples away."""
+    base = loads_config(
+        f"[agent]\nstate_dir = '{tmp_path}'\n[http]\nlisten = ''\n",
+        registry={"collectors": {}, "outputs": {}},
+        environ={},
+    )
+    agent = Agent(base, telemetry=Telemetry())
+    agent.config = type(base)(
+        base.agent,
+        base.http,
+        base.redaction,
+        (spec("ticks", Ticks, 0.05), spec("fails", Fails, 0.05)),
+        (),
+        base.sources,
+    )
+    try:
+        await agent.start()
+        await asyncio.sleep(0.3)
+        scrape = {
+            (s.name, dict(s.labels)["collector"]): s.value
+            for s in agent.latest.samples()
+            if s.name.startswith("node_scrape_collector_")
+        }
+        assert scrape[("node_scrape_collector_success", "ticks")] == 1.0
+        assert scrape[("node_scrape_collector_success", "fails")] == 0.0
+        assert 0 < scrape[("node_scrape_collector_duration_seconds", "ticks")] < 1
+        page = agent.latest.page().decode()
+        assert 'node_scrape_collector_success{collector="fails"} 0.0' in page
+        assert "partial" in page and "ticks" in page
+    finally:
+        await agent.stop()
