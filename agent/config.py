@@ -27,7 +27,18 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
-from agent.plugin import Duration, PluginConfig, Size
+from agent.config_types import (
+    Duration,
+    DurationOrZero,
+    FieldCheck,
+    LabelNames,
+    Size,
+    absolute_path,
+    format_size,
+    listen_address,
+    listen_is_loopback,
+)
+from agent.plugin import PluginConfig
 
 DEFAULT_PATH = Path("/etc/hostwatch/hostwatch.toml")
 Desc = msgspec.Meta
@@ -56,6 +67,8 @@ class ConfigError(Exception):
 
 
 Struct = PluginConfig  # every section is frozen and rejects unknown keys
+# Floors of an output's sizes: below them a batch is a few samples and the buffer holds nothing.
+MIN_BATCH_BYTES, MIN_BUFFER_BYTES = "1KiB", "1MiB"
 
 
 class AgentSection(Struct):
@@ -64,26 +77,31 @@ class AgentSection(Struct):
         str, Desc(description="The `instance` label and OTLP host.name; empty: the machine's host name.")
     ] = ""
     job: Annotated[str, Desc(description="The `job` label on pushed series and streams.")] = "hostwatch"
-    labels: Annotated[dict[str, str], Desc(description="Added to every sample and every log stream.")] = {}
+    labels: Annotated[
+        dict[str, str],
+        Desc(description="Added to every sample and every log stream."),
+        LabelNames("job", hint="[agent] job"),
+    ] = {}
     state_dir: Annotated[
         str,
         Desc(description="Checkpoints and disk buffers; empty: /var/lib/hostwatch as root, else a per-user state dir."),
+        absolute_path,
     ] = ""
-    shutdown_timeout: Annotated[Duration, Desc(description="How long outputs may deliver after SIGTERM.")] = Duration(
-        10
-    )
+    shutdown_timeout: Annotated[
+        DurationOrZero, Desc(description="How long outputs may deliver after SIGTERM; 0: leave it all buffered.")
+    ] = DurationOrZero(10)
     proc_root: Annotated[
-        str, Desc(description="Where /proc is mounted (a container sees the host's under /host/proc).")
+        str, Desc(description="Where /proc is mounted (a container sees the host's under /host/proc)."), absolute_path
     ] = "/proc"
-    sys_root: Annotated[str, Desc(description="Where /sys is mounted.")] = "/sys"
-    rootfs: Annotated[str, Desc(description="Where the host's root file system is mounted.")] = "/"
+    sys_root: Annotated[str, Desc(description="Where /sys is mounted."), absolute_path] = "/sys"
+    rootfs: Annotated[str, Desc(description="Where the host's root file system is mounted."), absolute_path] = "/"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Desc(description="Agent log level.")] = "info"
 
 
 class HttpSection(Struct):
-    listen: Annotated[str, Desc(description="host:port of the health and /metrics server; empty disables it.")] = (
-        "127.0.0.1:9730"
-    )
+    listen: Annotated[
+        str, Desc(description="host:port of the health and /metrics server; empty disables it."), listen_address
+    ] = "127.0.0.1:9730"
 
 
 class RedactionRule(Struct):
@@ -112,7 +130,9 @@ class CollectorCommon(Struct):
     timeout: Annotated[
         Duration | None, Desc(description="A run taking longer is abandoned and counted; default the interval.")
     ] = None
-    labels: Annotated[dict[str, str], Desc(description="Added to this instance's samples and streams.")] = {}
+    labels: Annotated[
+        dict[str, str], Desc(description="Added to this instance's samples and streams."), LabelNames()
+    ] = {}
     alias: Annotated[str, Desc(description="Instance name in logs and self-metrics.")] = ""
 
 
@@ -124,11 +144,15 @@ class OutputCommon(Struct):
     batch_max_items: Annotated[
         int, Desc(description="Items per request at most; 0: 2000 for metrics, 10000 for log records.", ge=0)
     ] = 0
-    batch_max_bytes: Annotated[Size, Desc(description="Approximate bytes per request at most.")] = Size(4 * 1024 * 1024)
+    batch_max_bytes: Annotated[
+        Size.at_least(MIN_BATCH_BYTES), Desc(description="Approximate bytes per request at most.")
+    ] = Size(4 * 1024 * 1024)
     buffer: Annotated[
         Literal["disk", "memory", ""], Desc(description="Queue kind; empty: disk when state_dir is writable.")
     ] = ""
-    buffer_max_bytes: Annotated[Size, Desc(description="Bound of the output's queue.")] = Size(256 * 1024 * 1024)
+    buffer_max_bytes: Annotated[
+        Size.at_least(MIN_BUFFER_BYTES), Desc(description="Bound of the output's queue; at least batch_max_bytes.")
+    ] = Size(256 * 1024 * 1024)
     when_full: Annotated[
         Literal["block", "drop_oldest", ""], Desc(description="Empty: drop_oldest for metrics, block for logs.")
     ] = ""
@@ -136,14 +160,24 @@ class OutputCommon(Struct):
     retry_initial: Annotated[Duration, Desc(description="First backoff.")] = Duration(1)
     retry_max: Annotated[Duration, Desc(description="Longest backoff; also caps Retry-After.")] = Duration(30)
     retry_max_elapsed: Annotated[
-        Duration, Desc(description="Give a batch up after retrying this long; 0: never (keep it buffered).")
-    ] = Duration(0)
+        DurationOrZero, Desc(description="Give a batch up after retrying this long; 0: never (keep it buffered).")
+    ] = DurationOrZero(0)
     ready_failure_threshold: Annotated[
         int, Desc(description="Consecutive failed attempts before /ready reports the output.", ge=1)
     ] = 3
     ready_buffer_ratio: Annotated[
         float, Desc(description="/ready fails when the buffer is fuller than this.", ge=0, le=1)
     ] = 0.9
+
+    def __post_init__(self) -> None:
+        # A batch larger than the whole buffer never fits: logs would wait for room forever.
+        if self.buffer_max_bytes < self.batch_max_bytes:
+            raise ValueError(
+                f"buffer_max_bytes: {format_size(self.buffer_max_bytes)} cannot hold one full batch; it must be"
+                f" >= batch_max_bytes ({format_size(self.batch_max_bytes)})"
+            )
+        if self.retry_initial > self.retry_max:
+            raise ValueError(f"retry_initial: {self.retry_initial:g}s is longer than retry_max ({self.retry_max:g}s)")
 
 
 @dataclass(frozen=True)
@@ -174,6 +208,7 @@ class Config:
     collectors: tuple[PluginSpec, ...]
     outputs: tuple[PluginSpec, ...]
     sources: tuple[str, ...]  # files read, or ("<embedded default>",)
+    warnings: tuple[str, ...] = ()  # valid but risky: printed by `check`, logged at start
 
     @property
     def hostname(self) -> str:
@@ -226,24 +261,33 @@ def load_config(
         raw = {}
         for file in files:
             try:
-                merge_tables(raw, tomllib.loads(file.read_text(encoding="utf-8")))
-            except tomllib.TOMLDecodeError as exc:
-                errors.append(f"{file}: invalid TOML: {exc}")
-            except (OSError, UnicodeDecodeError) as exc:
-                errors.append(f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) else exc}")
+                merge_tables(raw, _parse_toml(file.read_bytes().decode("utf-8"), f"{file}: "))
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+            except UnicodeDecodeError as exc:
+                errors.append(
+                    f"{file}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+                )
+            except OSError as exc:
+                errors.append(f"{file}: cannot read: {exc.strerror}")
         sources = tuple(str(f) for f in files)
     if errors:
         raise ConfigError(errors)
     return parse_config(raw, environ=environ, registry=registry, sources=sources)
 
 
+def _parse_toml(text: str, where: str = "") -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{where}invalid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise ConfigError([f"{where}invalid TOML: arrays or inline tables nested too deeply"]) from None
+
+
 def loads_config(text: str, **kwargs: Any) -> Config:
     """Validate a TOML document (tests, ``hostwatch check`` on stdin)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"invalid TOML: {exc}"]) from None
-    return parse_config(raw, sources=("<string>",), **kwargs)
+    return parse_config(_parse_toml(text), sources=("<string>",), **kwargs)
 
 
 def merge_tables(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -269,6 +313,18 @@ def parse_config(
         from agent.registry import load_registry
 
         registry = load_registry()
+    try:
+        return _parse_config(raw, environ, registry, sources)
+    except RecursionError:  # a document tomllib still parsed, nested deeper than the walk goes
+        raise ConfigError(["arrays or tables nested too deeply"]) from None
+
+
+def _parse_config(
+    raw: Mapping[str, Any],
+    environ: Mapping[str, str],
+    registry: Mapping[str, Mapping[str, type]],
+    sources: tuple[str, ...],
+) -> Config:
     errors: list[str] = []
     raw = interpolate(raw, environ, "", errors)
     sections: dict[str, Any] = {}
@@ -311,14 +367,25 @@ def parse_config(
         errors.extend(check_rules(sections.get("redaction") or RedactionSection()))
     if errors:
         raise ConfigError(errors)
+    http = sections.get("http") or HttpSection()
     return Config(
         agent=sections.get("agent") or AgentSection(),
-        http=sections.get("http") or HttpSection(),
+        http=http,
         redaction=sections.get("redaction") or RedactionSection(),
         collectors=tuple(specs["collectors"]),
         outputs=tuple(specs["outputs"]),
         sources=sources,
+        warnings=tuple(_warnings(http)),
     )
+
+
+def _warnings(http: HttpSection) -> list[str]:
+    if http.listen and not listen_is_loopback(http.listen):
+        return [
+            f"http.listen: {http.listen!r} is not a loopback address: /metrics and /health/detailed"
+            " (versions, paths, errors) are reachable from the network; firewall the port or listen on 127.0.0.1"
+        ]
+    return []
 
 
 def _plugin_spec(
@@ -389,10 +456,8 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str, errors: list[
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
-    if type_ is Duration:
-        return Duration.parse(obj)
-    if type_ is Size:
-        return Size.parse(obj)
+    if isinstance(type_, type) and issubclass(type_, Duration | Size):
+        return type_.parse(obj)
     raise NotImplementedError(f"unsupported type {type_!r}")
 
 
@@ -431,9 +496,9 @@ def _describe(type_: Any) -> str:
         return " | ".join(repr(a) for a in get_args(type_))
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in get_args(type_) if a is not type(None))
-    if type_ is Duration:
+    if isinstance(type_, type) and issubclass(type_, Duration):
         return 'a duration like "10s"'
-    if type_ is Size:
+    if isinstance(type_, type) and issubclass(type_, Size):
         return 'a size like "256MiB"'
     if origin is not None:
         return str(type_).replace("typing.", "")
@@ -464,9 +529,15 @@ def validate(
                 validate(item, items, f"{key_path}[{i}]", errors)
         else:
             try:
-                convert(value, field.type)
+                converted = convert(value, field.type)
             except msgspec.ValidationError as exc:
                 errors.append(_type_error(key_path, field.type, value, exc))
+                continue
+            for check in _field_checks(field.type):
+                try:
+                    check.check(converted)
+                except ValueError as exc:
+                    errors.append(f"{key_path}: {exc}")
     for name, field in fields.items():
         if name not in data and field.required:
             errors.append(f"{path}.{name}: missing required key ({_describe(field.type)})")
@@ -475,8 +546,17 @@ def validate(
     try:
         return convert(data, type_)
     except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
-        errors.append(f"{path}: {exc}")
+        message = str(exc)
+        named = re.match(r"([A-Za-z_]\w*)[.\[:]", message)  # "url: ..." names the key: put it in the path
+        errors.append(f"{path}.{message}" if named and named.group(1) in fields else f"{path}: {message}")
         return None
+
+
+def _field_checks(type_: Any) -> list[FieldCheck]:
+    """The :class:`FieldCheck` objects in a field's ``Annotated`` metadata."""
+    if get_origin(type_) is not Annotated:
+        return []
+    return [meta for meta in get_args(type_)[1:] if isinstance(meta, FieldCheck)]
 
 
 def _type_error(path: str, type_: Any, value: Any, exc: msgspec.ValidationError) -> str:
