@@ -117,11 +117,15 @@ class Size(int):
         return cls(number)
 
     @classmethod
-    @functools.cache
     def at_least(cls, minimum: int | str) -> type[Size]:
         """A Size type with a floor, for ``Annotated[Size.at_least("1KiB"), ...]``."""
-        floor = int(Size.parse(minimum))
-        return type(f"SizeAtLeast{floor}", (cls,), {"minimum": floor, "__doc__": cls.__doc__})
+        return _floored_size(cls, int(Size.parse(minimum)))
+
+
+@functools.cache
+def _floored_size(base: type[Size], floor: int) -> type[Size]:
+    # one class per floor, so equal declarations share a type
+    return type(f"{base.__name__}AtLeast{floor}", (base,), {"minimum": floor, "__doc__": base.__doc__})
 
 
 def format_size(n: int) -> str:
