@@ -9,28 +9,31 @@ runs. ``${VAR}`` and ``${VAR:-default}`` are expanded in string values
 
 Validation walks the typed schema itself instead of stopping at msgspec's
 first error, so a user sees every problem at once, each with the path of the
-key (``outputs.loki[0].urll: unknown key; did you mean url?``).
+key (``outputs.loki[0].urll: unknown key; did you mean url?``); the walker is
+:mod:`agent.config_validate`. Values that would only fail once the agent runs
+are errors here too, declared on the fields (:mod:`agent.config_types`):
+zero or non-finite durations, sizes below a floor, an unbindable ``listen``,
+reserved label names, relative paths, header injection, bad URLs, secret and
+TLS files that cannot be read. Valid but risky settings (``listen`` off
+loopback) become :attr:`Config.warnings`.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import socket
 import tomllib
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from agent.config_types import (
     Duration,
     DurationOrZero,
-    FieldCheck,
     LabelNames,
     Size,
     absolute_path,
@@ -38,6 +41,8 @@ from agent.config_types import (
     listen_address,
     listen_is_loopback,
 )
+from agent.config_validate import convert as convert  # re-exported for tests of plugin configs
+from agent.config_validate import unknown_key, validate
 from agent.plugin import PluginConfig
 
 DEFAULT_PATH = Path("/etc/hostwatch/hostwatch.toml")
@@ -332,7 +337,7 @@ def _parse_config(
         if key in _TOP:
             sections[key] = validate(value, _TOP[key], key, errors)
         elif key not in _PLUGIN_KINDS:
-            errors.append(_unknown(key, [*_TOP, *_PLUGIN_KINDS]))
+            errors.append(unknown_key(key, [*_TOP, *_PLUGIN_KINDS]))
     specs: dict[str, list[PluginSpec]] = {kind: [] for kind in _PLUGIN_KINDS}
     for kind in _PLUGIN_KINDS:
         table = raw.get(kind, {})
@@ -344,7 +349,7 @@ def _parse_config(
         for type_name, instances in table.items():
             path = f"{kind}.{type_name}"
             if type_name not in known:
-                errors.append(_unknown(path, list(known), what=kind[:-1]))
+                errors.append(unknown_key(path, list(known), what=kind[:-1]))
                 continue
             if isinstance(instances, dict):
                 instances = [instances]
@@ -450,124 +455,3 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str, errors: list[
     if isinstance(value, list):
         return [interpolate(v, environ, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     return value
-
-
-# --------------------------------------------------------------- validation
-
-
-def _dec_hook(type_: type, obj: Any) -> Any:
-    if isinstance(type_, type) and issubclass(type_, Duration | Size):
-        return type_.parse(obj)
-    raise NotImplementedError(f"unsupported type {type_!r}")
-
-
-def convert(value: Any, type_: Any) -> Any:
-    return msgspec.convert(value, type_, dec_hook=_dec_hook)
-
-
-def _unknown(path: str, known: list[str], what: str = "key") -> str:
-    name = path.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else (f"; known: {', '.join(sorted(known))}" if what != "key" else "")
-    return f"{path}: unknown {what}{hint}"
-
-
-def _struct_type(type_: Any) -> type | None:
-    if get_origin(type_) is Annotated:
-        type_ = get_args(type_)[0]
-    if isinstance(type_, type) and issubclass(type_, msgspec.Struct):
-        return type_
-    return None
-
-
-def _list_item_struct(type_: Any) -> type | None:
-    if get_origin(type_) is Annotated:
-        type_ = get_args(type_)[0]
-    if get_origin(type_) is list:
-        return _struct_type(get_args(type_)[0])
-    return None
-
-
-def _describe(type_: Any) -> str:
-    if get_origin(type_) is Annotated:
-        type_ = get_args(type_)[0]
-    origin = get_origin(type_)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(type_))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(type_) if a is not type(None))
-    if isinstance(type_, type) and issubclass(type_, Duration):
-        return 'a duration like "10s"'
-    if isinstance(type_, type) and issubclass(type_, Size):
-        return 'a size like "256MiB"'
-    if origin is not None:
-        return str(type_).replace("typing.", "")
-    return getattr(type_, "__name__", str(type_))
-
-
-def validate(
-    data: Any, type_: type, path: str, errors: list[str], extra_known: set[str] | frozenset[str] = frozenset()
-) -> Any:
-    """Convert ``data`` to the Struct ``type_``, appending every problem to ``errors``."""
-    if not isinstance(data, dict):
-        errors.append(f"{path}: expected a table, got {type(data).__name__}")
-        return None
-    fields = {f.encode_name: f for f in msgspec.structs.fields(type_)}
-    before = len(errors)
-    for key, value in data.items():
-        key_path = f"{path}.{key}" if path else key
-        field = fields.get(key)
-        if field is None:
-            errors.append(_unknown(key_path, [*fields, *extra_known]))
-            continue
-        nested = _struct_type(field.type)
-        items = _list_item_struct(field.type)
-        if nested is not None:
-            validate(value, nested, key_path, errors)
-        elif items is not None and isinstance(value, list):
-            for i, item in enumerate(value):
-                validate(item, items, f"{key_path}[{i}]", errors)
-        else:
-            try:
-                converted = convert(value, field.type)
-            except msgspec.ValidationError as exc:
-                errors.append(_type_error(key_path, field.type, value, exc))
-                continue
-            for check in _field_checks(field.type):
-                try:
-                    check.check(converted)
-                except ValueError as exc:
-                    errors.append(f"{key_path}: {exc}")
-    for name, field in fields.items():
-        if name not in data and field.required:
-            errors.append(f"{path}.{name}: missing required key ({_describe(field.type)})")
-    if len(errors) != before:
-        return None
-    try:
-        return convert(data, type_)
-    except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
-        message = str(exc)
-        named = re.match(r"([A-Za-z_]\w*)[.\[:]", message)  # "url: ..." names the key: put it in the path
-        errors.append(f"{path}.{message}" if named and named.group(1) in fields else f"{path}: {message}")
-        return None
-
-
-def _field_checks(type_: Any) -> list[FieldCheck]:
-    """The :class:`FieldCheck` objects in a field's ``Annotated`` metadata."""
-    if get_origin(type_) is not Annotated:
-        return []
-    return [meta for meta in get_args(type_)[1:] if isinstance(meta, FieldCheck)]
-
-
-def _type_error(path: str, type_: Any, value: Any, exc: msgspec.ValidationError) -> str:
-    message = str(exc)
-    inner = re.search(r" - at `\$(.*)`$", message)
-    if inner:
-        message = message[: inner.start()]
-        path += inner.group(1)
-    bare = get_args(type_)[0] if get_origin(type_) is Annotated else type_
-    if get_origin(bare) is Literal:
-        return f"{path}: expected one of {', '.join(repr(a) for a in get_args(bare))}; got {value!r}"
-    if isinstance(exc.__cause__, ValueError) or "duration" in message or "size" in message:
-        return f"{path}: {message}"
-    return f"{path}: {message[0].lower() + message[1:]} (expected {_describe(type_)}, got {value!r})"

@@ -58,15 +58,15 @@ class Duration(float):
         else:
             raise ValueError(f'expected a duration like "10s", got {type(value).__name__}')
         if not math.isfinite(seconds):
-            raise ValueError(f"duration must be finite: {value!r}")
+            raise ValueError(f"duration must be finite: {_shown(value)}")
         if seconds < 0:
-            raise ValueError(f"duration must not be negative: {value!r}")
+            raise ValueError(f"duration must not be negative: {_shown(value)}")
         if seconds == 0 and cls.minimum > 0:
-            raise ValueError(f"duration must be greater than 0: {value!r}")
+            raise ValueError(f"duration must be greater than 0: {_shown(value)}")
         if seconds < cls.minimum:
-            raise ValueError(f"duration must be at least {cls.minimum * 1000:g}ms: {value!r}")
+            raise ValueError(f"duration must be at least {cls.minimum * 1000:g}ms: {_shown(value)}")
         if seconds > cls.maximum:
-            raise ValueError(f"duration must be at most 365d: {value!r}")
+            raise ValueError(f"duration must be at most 365d: {_shown(value)}")
         return cls(seconds)
 
 
@@ -79,7 +79,7 @@ class DurationOrZero(Duration):
 def _parse_duration(text: str) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", text)
     if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", "", text).strip():
-        raise ValueError(f'invalid duration {text!r}; use e.g. "500ms", "10s", "1m30s"')
+        raise ValueError(f'invalid duration {_shown(text)}; use e.g. "500ms", "10s", "1m30s"')
     return sum(float(num) * _DURATION_UNITS[unit] for num, unit in parts)
 
 
@@ -103,17 +103,17 @@ class Size(int):
             match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
             unit = match.group(2).lower() if match else ""
             if not match or unit not in _SIZE_UNITS:
-                raise ValueError(f'invalid size {value!r}; use e.g. "256MiB", "10MB", "4096"')
+                raise ValueError(f'invalid size {_shown(value)}; use e.g. "256MiB", "10MB", "4096"')
             scaled = float(match.group(1)) * _SIZE_UNITS[unit]
             number = int(scaled) if scaled <= cls.maximum else cls.maximum + 1  # "1e400"-sized: no overflow
         else:
             raise ValueError(f'expected a size like "256MiB", got {type(value).__name__}')
         if number < 0:
-            raise ValueError(f"size must not be negative: {value!r}")
+            raise ValueError(f"size must not be negative: {_shown(value)}")
         if number < cls.minimum:
-            raise ValueError(f"size must be at least {format_size(cls.minimum)}: {value!r}")
+            raise ValueError(f"size must be at least {format_size(cls.minimum)}: {_shown(value)}")
         if number > cls.maximum:
-            raise ValueError(f"size must be at most 1PiB: {value!r}")
+            raise ValueError(f"size must be at most 1PiB: {_shown(value)}")
         return cls(number)
 
     @classmethod
@@ -126,6 +126,12 @@ class Size(int):
 def _floored_size(base: type[Size], floor: int) -> type[Size]:
     # one class per floor, so equal declarations share a type
     return type(f"{base.__name__}AtLeast{floor}", (base,), {"minimum": floor, "__doc__": base.__doc__})
+
+
+def _shown(value: object) -> str:
+    """A value for an error message, cut short: a 400-digit size need not be echoed whole."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def format_size(n: int) -> str:
