@@ -174,7 +174,8 @@ class OutputCommon(Struct):
         float, Desc(description="/ready fails when the buffer is fuller than this.", ge=0, le=1)
     ] = 0.9
 
-    def __post_init__(self) -> None:
+    def check_config(self) -> None:
+        """Cross-field rules the loader applies (not ``__post_init__``: tests build tiny ones directly)."""
         # A batch larger than the whole buffer never fits: logs would wait for room forever.
         if self.buffer_max_bytes < self.batch_max_bytes:
             raise ValueError(

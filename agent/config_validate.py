@@ -4,8 +4,10 @@
 ``msgspec.convert``, does not stop at the first problem: it visits every key,
 so ``hostwatch check`` reports all of them, each as ``path.to.key: message``.
 Besides the types it runs the :class:`~agent.config_types.FieldCheck` objects
-declared in a field's ``Annotated`` metadata, and a ``__post_init__`` error
-that begins with a field name (``"url: ..."``) is reported under that key.
+declared in a field's ``Annotated`` metadata and a Struct's optional
+``check_config()`` (cross-field rules meant for user input only); an error of
+that or of ``__post_init__`` that begins with a field name (``"url: ..."``) is
+reported under that key.
 """
 
 from __future__ import annotations
@@ -109,8 +111,11 @@ def validate(
     if len(errors) != before:
         return None
     try:
-        return convert(data, type_)
-    except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
+        result = convert(data, type_)
+        if hasattr(result, "check_config"):
+            result.check_config()
+        return result
+    except (msgspec.ValidationError, ValueError) as exc:  # cross-field checks: __post_init__, check_config()
         message = str(exc)
         named = re.match(r"([A-Za-z_]\w*)[.\[:]", message)  # "url: ..." names the key: put it in the path
         errors.append(f"{path}.{message}" if named and named.group(1) in fields else f"{path}: {message}")

@@ -67,6 +67,9 @@ class PluginConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     "never") and :class:`Size` (``Size.at_least(...)`` for a floor) for
     durations and sizes, and add :data:`readable_file` to the metadata of a
     path the plugin reads, so a missing file fails ``hostwatch check``.
+    Cross-field rules go in ``__post_init__`` and raise ``ValueError("key: ...")``
+    so the error names the key; a rule a test may break on purpose (a tiny
+    buffer) goes in ``check_config(self)``, which only the config loader calls.
     """
 
 
