@@ -419,3 +419,14 @@ def test_run_logs_the_warning_at_start(tmp_path) -> None:
         proc.communicate(timeout=30)
     warning = [json.loads(line) for line in lines if "not a loopback address" in line]
     assert warning and warning[0]["level"].upper() == "WARNING", lines
+
+
+def test_a_table_nested_deeper_than_the_walk_is_an_error_not_a_crash() -> None:
+    from agent.config import parse_config
+
+    deep: dict = {}
+    for _ in range(5000):  # a dict built in Python (conf.d merge, embedding): no parser stopped it
+        deep = {"x": deep}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"agent": {"labels": deep}}, environ={}, registry=REGISTRY)
+    assert info.value.errors == ["arrays or tables nested too deeply"]
