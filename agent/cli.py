@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 2 configuration error (every error printed, one per
 line, with the key's path), 1 runtime failure. User mistakes never print a
-traceback.
+traceback. ``check`` also prints the configuration's warnings (valid but
+risky, e.g. a non-loopback ``listen``); ``run`` logs them at start.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -52,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(exc.errors)} configuration error(s)", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
+        for line in config.warnings:
+            print(f"config warning: {line}", file=sys.stderr)
         print(
             f"configuration OK: {len(config.collectors)} collector(s), {len(config.outputs)} output(s)"
             f" from {', '.join(config.sources)}"
@@ -72,6 +76,8 @@ def _run(config_path: str | None, config) -> int:
 
     mask = setup_logging(config.agent.log_level)
     mask.add(config_secrets(config))  # passwords and tokens never reach the agent's own logs
+    for line in config.warnings:
+        logging.getLogger("hostwatch.config").warning("%s", line)
     install_event_loop_policy()
     notifier = Notifier.from_environment()
     try:

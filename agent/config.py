@@ -9,25 +9,41 @@ runs. ``${VAR}`` and ``${VAR:-default}`` are expanded in string values
 
 Validation walks the typed schema itself instead of stopping at msgspec's
 first error, so a user sees every problem at once, each with the path of the
-key (``outputs.loki[0].urll: unknown key; did you mean url?``).
+key (``outputs.loki[0].urll: unknown key; did you mean url?``); the walker is
+:mod:`agent.config_validate`. Values that would only fail once the agent runs
+are errors here too, declared on the fields (:mod:`agent.config_types`):
+zero or non-finite durations, sizes below a floor, an unbindable ``listen``,
+reserved label names, relative paths, header injection, bad URLs, secret and
+TLS files that cannot be read. Valid but risky settings (``listen`` off
+loopback) become :attr:`Config.warnings`.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import socket
 import tomllib
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agent.plugin import Duration, PluginConfig, Size
+from agent.config_types import (
+    Duration,
+    DurationOrZero,
+    LabelNames,
+    Size,
+    absolute_path,
+    format_size,
+    listen_address,
+    listen_is_loopback,
+)
+from agent.config_validate import convert as convert  # re-exported for tests of plugin configs
+from agent.config_validate import unknown_key, validate
+from agent.plugin import PluginConfig
 
 DEFAULT_PATH = Path("/etc/hostwatch/hostwatch.toml")
 Desc = msgspec.Meta
@@ -56,6 +72,8 @@ class ConfigError(Exception):
 
 
 Struct = PluginConfig  # every section is frozen and rejects unknown keys
+# Floors of an output's sizes: below them a batch is a few samples and the buffer holds nothing.
+MIN_BATCH_BYTES, MIN_BUFFER_BYTES = "1KiB", "1MiB"
 
 
 class AgentSection(Struct):
@@ -64,26 +82,31 @@ class AgentSection(Struct):
         str, Desc(description="The `instance` label and OTLP host.name; empty: the machine's host name.")
     ] = ""
     job: Annotated[str, Desc(description="The `job` label on pushed series and streams.")] = "hostwatch"
-    labels: Annotated[dict[str, str], Desc(description="Added to every sample and every log stream.")] = {}
+    labels: Annotated[
+        dict[str, str],
+        Desc(description="Added to every sample and every log stream."),
+        LabelNames("job", hint="[agent] job"),
+    ] = {}
     state_dir: Annotated[
         str,
         Desc(description="Checkpoints and disk buffers; empty: /var/lib/hostwatch as root, else a per-user state dir."),
+        absolute_path,
     ] = ""
-    shutdown_timeout: Annotated[Duration, Desc(description="How long outputs may deliver after SIGTERM.")] = Duration(
-        10
-    )
+    shutdown_timeout: Annotated[
+        DurationOrZero, Desc(description="How long outputs may deliver after SIGTERM; 0: leave it all buffered.")
+    ] = DurationOrZero(10)
     proc_root: Annotated[
-        str, Desc(description="Where /proc is mounted (a container sees the host's under /host/proc).")
+        str, Desc(description="Where /proc is mounted (a container sees the host's under /host/proc)."), absolute_path
     ] = "/proc"
-    sys_root: Annotated[str, Desc(description="Where /sys is mounted.")] = "/sys"
-    rootfs: Annotated[str, Desc(description="Where the host's root file system is mounted.")] = "/"
+    sys_root: Annotated[str, Desc(description="Where /sys is mounted."), absolute_path] = "/sys"
+    rootfs: Annotated[str, Desc(description="Where the host's root file system is mounted."), absolute_path] = "/"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Desc(description="Agent log level.")] = "info"
 
 
 class HttpSection(Struct):
-    listen: Annotated[str, Desc(description="host:port of the health and /metrics server; empty disables it.")] = (
-        "127.0.0.1:9730"
-    )
+    listen: Annotated[
+        str, Desc(description="host:port of the health and /metrics server; empty disables it."), listen_address
+    ] = "127.0.0.1:9730"
 
 
 class RedactionRule(Struct):
@@ -112,7 +135,9 @@ class CollectorCommon(Struct):
     timeout: Annotated[
         Duration | None, Desc(description="A run taking longer is abandoned and counted; default the interval.")
     ] = None
-    labels: Annotated[dict[str, str], Desc(description="Added to this instance's samples and streams.")] = {}
+    labels: Annotated[
+        dict[str, str], Desc(description="Added to this instance's samples and streams."), LabelNames()
+    ] = {}
     alias: Annotated[str, Desc(description="Instance name in logs and self-metrics.")] = ""
 
 
@@ -124,11 +149,15 @@ class OutputCommon(Struct):
     batch_max_items: Annotated[
         int, Desc(description="Items per request at most; 0: 2000 for metrics, 10000 for log records.", ge=0)
     ] = 0
-    batch_max_bytes: Annotated[Size, Desc(description="Approximate bytes per request at most.")] = Size(4 * 1024 * 1024)
+    batch_max_bytes: Annotated[
+        Size.at_least(MIN_BATCH_BYTES), Desc(description="Approximate bytes per request at most.")
+    ] = Size(4 * 1024 * 1024)
     buffer: Annotated[
         Literal["disk", "memory", ""], Desc(description="Queue kind; empty: disk when state_dir is writable.")
     ] = ""
-    buffer_max_bytes: Annotated[Size, Desc(description="Bound of the output's queue.")] = Size(256 * 1024 * 1024)
+    buffer_max_bytes: Annotated[
+        Size.at_least(MIN_BUFFER_BYTES), Desc(description="Bound of the output's queue; at least batch_max_bytes.")
+    ] = Size(256 * 1024 * 1024)
     when_full: Annotated[
         Literal["block", "drop_oldest", ""], Desc(description="Empty: drop_oldest for metrics, block for logs.")
     ] = ""
@@ -136,14 +165,25 @@ class OutputCommon(Struct):
     retry_initial: Annotated[Duration, Desc(description="First backoff.")] = Duration(1)
     retry_max: Annotated[Duration, Desc(description="Longest backoff; also caps Retry-After.")] = Duration(30)
     retry_max_elapsed: Annotated[
-        Duration, Desc(description="Give a batch up after retrying this long; 0: never (keep it buffered).")
-    ] = Duration(0)
+        DurationOrZero, Desc(description="Give a batch up after retrying this long; 0: never (keep it buffered).")
+    ] = DurationOrZero(0)
     ready_failure_threshold: Annotated[
         int, Desc(description="Consecutive failed attempts before /ready reports the output.", ge=1)
     ] = 3
     ready_buffer_ratio: Annotated[
         float, Desc(description="/ready fails when the buffer is fuller than this.", ge=0, le=1)
     ] = 0.9
+
+    def check_config(self) -> None:
+        """Cross-field rules the loader applies (not ``__post_init__``: tests build tiny ones directly)."""
+        # A batch larger than the whole buffer never fits: logs would wait for room forever.
+        if self.buffer_max_bytes < self.batch_max_bytes:
+            raise ValueError(
+                f"buffer_max_bytes: {format_size(self.buffer_max_bytes)} cannot hold one full batch; it must be"
+                f" >= batch_max_bytes ({format_size(self.batch_max_bytes)})"
+            )
+        if self.retry_initial > self.retry_max:
+            raise ValueError(f"retry_initial: {self.retry_initial:g}s is longer than retry_max ({self.retry_max:g}s)")
 
 
 @dataclass(frozen=True)
@@ -174,6 +214,7 @@ class Config:
     collectors: tuple[PluginSpec, ...]
     outputs: tuple[PluginSpec, ...]
     sources: tuple[str, ...]  # files read, or ("<embedded default>",)
+    warnings: tuple[str, ...] = ()  # valid but risky: printed by `check`, logged at start
 
     @property
     def hostname(self) -> str:
@@ -226,24 +267,33 @@ def load_config(
         raw = {}
         for file in files:
             try:
-                merge_tables(raw, tomllib.loads(file.read_text(encoding="utf-8")))
-            except tomllib.TOMLDecodeError as exc:
-                errors.append(f"{file}: invalid TOML: {exc}")
-            except (OSError, UnicodeDecodeError) as exc:
-                errors.append(f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) else exc}")
+                merge_tables(raw, _parse_toml(file.read_bytes().decode("utf-8"), f"{file}: "))
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+            except UnicodeDecodeError as exc:
+                errors.append(
+                    f"{file}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+                )
+            except OSError as exc:
+                errors.append(f"{file}: cannot read: {exc.strerror}")
         sources = tuple(str(f) for f in files)
     if errors:
         raise ConfigError(errors)
     return parse_config(raw, environ=environ, registry=registry, sources=sources)
 
 
+def _parse_toml(text: str, where: str = "") -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{where}invalid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise ConfigError([f"{where}invalid TOML: arrays or inline tables nested too deeply"]) from None
+
+
 def loads_config(text: str, **kwargs: Any) -> Config:
     """Validate a TOML document (tests, ``hostwatch check`` on stdin)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"invalid TOML: {exc}"]) from None
-    return parse_config(raw, sources=("<string>",), **kwargs)
+    return parse_config(_parse_toml(text), sources=("<string>",), **kwargs)
 
 
 def merge_tables(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -269,6 +319,18 @@ def parse_config(
         from agent.registry import load_registry
 
         registry = load_registry()
+    try:
+        return _parse_config(raw, environ, registry, sources)
+    except RecursionError:  # a document tomllib still parsed, nested deeper than the walk goes
+        raise ConfigError(["arrays or tables nested too deeply"]) from None
+
+
+def _parse_config(
+    raw: Mapping[str, Any],
+    environ: Mapping[str, str],
+    registry: Mapping[str, Mapping[str, type]],
+    sources: tuple[str, ...],
+) -> Config:
     errors: list[str] = []
     raw = interpolate(raw, environ, "", errors)
     sections: dict[str, Any] = {}
@@ -276,7 +338,7 @@ def parse_config(
         if key in _TOP:
             sections[key] = validate(value, _TOP[key], key, errors)
         elif key not in _PLUGIN_KINDS:
-            errors.append(_unknown(key, [*_TOP, *_PLUGIN_KINDS]))
+            errors.append(unknown_key(key, [*_TOP, *_PLUGIN_KINDS]))
     specs: dict[str, list[PluginSpec]] = {kind: [] for kind in _PLUGIN_KINDS}
     for kind in _PLUGIN_KINDS:
         table = raw.get(kind, {})
@@ -288,7 +350,7 @@ def parse_config(
         for type_name, instances in table.items():
             path = f"{kind}.{type_name}"
             if type_name not in known:
-                errors.append(_unknown(path, list(known), what=kind[:-1]))
+                errors.append(unknown_key(path, list(known), what=kind[:-1]))
                 continue
             if isinstance(instances, dict):
                 instances = [instances]
@@ -311,14 +373,25 @@ def parse_config(
         errors.extend(check_rules(sections.get("redaction") or RedactionSection()))
     if errors:
         raise ConfigError(errors)
+    http = sections.get("http") or HttpSection()
     return Config(
         agent=sections.get("agent") or AgentSection(),
-        http=sections.get("http") or HttpSection(),
+        http=http,
         redaction=sections.get("redaction") or RedactionSection(),
         collectors=tuple(specs["collectors"]),
         outputs=tuple(specs["outputs"]),
         sources=sources,
+        warnings=tuple(_warnings(http)),
     )
+
+
+def _warnings(http: HttpSection) -> list[str]:
+    if http.listen and not listen_is_loopback(http.listen):
+        return [
+            f"http.listen: {http.listen!r} is not a loopback address: /metrics and /health/detailed"
+            " (versions, paths, errors) are reachable from the network; firewall the port or listen on 127.0.0.1"
+        ]
+    return []
 
 
 def _plugin_spec(
@@ -383,111 +456,3 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str, errors: list[
     if isinstance(value, list):
         return [interpolate(v, environ, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     return value
-
-
-# --------------------------------------------------------------- validation
-
-
-def _dec_hook(type_: type, obj: Any) -> Any:
-    if type_ is Duration:
-        return Duration.parse(obj)
-    if type_ is Size:
-        return Size.parse(obj)
-    raise NotImplementedError(f"unsupported type {type_!r}")
-
-
-def convert(value: Any, type_: Any) -> Any:
-    return msgspec.convert(value, type_, dec_hook=_dec_hook)
-
-
-def _unknown(path: str, known: list[str], what: str = "key") -> str:
-    name = path.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else (f"; known: {', '.join(sorted(known))}" if what != "key" else "")
-    return f"{path}: unknown {what}{hint}"
-
-
-def _struct_type(type_: Any) -> type | None:
-    if get_origin(type_) is Annotated:
-        type_ = get_args(type_)[0]
-    if isinstance(type_, type) and issubclass(type_, msgspec.Struct):
-        return type_
-    return None
-
-
-def _list_item_struct(type_: Any) -> type | None:
-    if get_origin(type_) is Annotated:
-        type_ = get_args(type_)[0]
-    if get_origin(type_) is list:
-        return _struct_type(get_args(type_)[0])
-    return None
-
-
-def _describe(type_: Any) -> str:
-    if get_origin(type_) is Annotated:
-        type_ = get_args(type_)[0]
-    origin = get_origin(type_)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(type_))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(type_) if a is not type(None))
-    if type_ is Duration:
-        return 'a duration like "10s"'
-    if type_ is Size:
-        return 'a size like "256MiB"'
-    if origin is not None:
-        return str(type_).replace("typing.", "")
-    return getattr(type_, "__name__", str(type_))
-
-
-def validate(
-    data: Any, type_: type, path: str, errors: list[str], extra_known: set[str] | frozenset[str] = frozenset()
-) -> Any:
-    """Convert ``data`` to the Struct ``type_``, appending every problem to ``errors``."""
-    if not isinstance(data, dict):
-        errors.append(f"{path}: expected a table, got {type(data).__name__}")
-        return None
-    fields = {f.encode_name: f for f in msgspec.structs.fields(type_)}
-    before = len(errors)
-    for key, value in data.items():
-        key_path = f"{path}.{key}" if path else key
-        field = fields.get(key)
-        if field is None:
-            errors.append(_unknown(key_path, [*fields, *extra_known]))
-            continue
-        nested = _struct_type(field.type)
-        items = _list_item_struct(field.type)
-        if nested is not None:
-            validate(value, nested, key_path, errors)
-        elif items is not None and isinstance(value, list):
-            for i, item in enumerate(value):
-                validate(item, items, f"{key_path}[{i}]", errors)
-        else:
-            try:
-                convert(value, field.type)
-            except msgspec.ValidationError as exc:
-                errors.append(_type_error(key_path, field.type, value, exc))
-    for name, field in fields.items():
-        if name not in data and field.required:
-            errors.append(f"{path}.{name}: missing required key ({_describe(field.type)})")
-    if len(errors) != before:
-        return None
-    try:
-        return convert(data, type_)
-    except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
-        errors.append(f"{path}: {exc}")
-        return None
-
-
-def _type_error(path: str, type_: Any, value: Any, exc: msgspec.ValidationError) -> str:
-    message = str(exc)
-    inner = re.search(r" - at `\$(.*)`$", message)
-    if inner:
-        message = message[: inner.start()]
-        path += inner.group(1)
-    bare = get_args(type_)[0] if get_origin(type_) is Annotated else type_
-    if get_origin(bare) is Literal:
-        return f"{path}: expected one of {', '.join(repr(a) for a in get_args(bare))}; got {value!r}"
-    if isinstance(exc.__cause__, ValueError) or "duration" in message or "size" in message:
-        return f"{path}: {message}"
-    return f"{path}: {message[0].lower() + message[1:]} (expected {_describe(type_)}, got {value!r})"

@@ -28,7 +28,9 @@ Rules a plugin keeps:
   instance's own worker thread, so a hung NFS mount stalls only that instance.
 * ``close()`` is idempotent and may be called without ``start()``.
 
-This module imports nothing from the project except :mod:`agent.model`.
+This module imports nothing from the project except :mod:`agent.model` and
+:mod:`agent.config_types` (typed option values: durations, sizes, file checks),
+two leaf modules.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,80 +45,31 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import msgspec
 
+# Re-exported (``X as X``): plugins declare their options with these.
+from agent.config_types import Duration as Duration
+from agent.config_types import DurationOrZero as DurationOrZero
+from agent.config_types import FieldCheck as FieldCheck
+from agent.config_types import ReadableFile as ReadableFile
+from agent.config_types import Size as Size
+from agent.config_types import check_url as check_url
+from agent.config_types import http_headers as http_headers
+from agent.config_types import readable_file as readable_file
 from agent.model import Labels, LogRecord, Sample, Signal
 
 T = TypeVar("T")
-
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-    "k": 1024,
-    "m": 1024**2,
-    "g": 1024**3,
-}
-
-
-class Duration(float):
-    """A config duration in seconds: ``"500ms"``, ``"10s"``, ``"1m30s"``, ``"1h"``, or a number of seconds."""
-
-    @classmethod
-    def parse(cls, value: object) -> Duration:
-        if isinstance(value, bool):
-            raise ValueError('expected a duration like "10s"')
-        if isinstance(value, int | float):
-            seconds = float(value)
-        elif isinstance(value, str):
-            seconds = _parse_duration(value.strip())
-        else:
-            raise ValueError(f'expected a duration like "10s", got {type(value).__name__}')
-        if seconds < 0:
-            raise ValueError(f"duration must not be negative: {value!r}")
-        return cls(seconds)
-
-
-def _parse_duration(text: str) -> float:
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", text)
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)", "", text).strip():
-        raise ValueError(f'invalid duration {text!r}; use e.g. "500ms", "10s", "1m30s"')
-    return sum(float(num) * _DURATION_UNITS[unit] for num, unit in parts)
-
-
-class Size(int):
-    """A config size in bytes: ``"256MiB"``, ``"10MB"``, ``"64KiB"``, or a number of bytes."""
-
-    @classmethod
-    def parse(cls, value: object) -> Size:
-        if isinstance(value, bool):
-            raise ValueError('expected a size like "256MiB"')
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, str):
-            match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
-            unit = match.group(2).lower() if match else ""
-            if not match or unit not in _SIZE_UNITS:
-                raise ValueError(f'invalid size {value!r}; use e.g. "256MiB", "10MB", "4096"')
-            number = int(float(match.group(1)) * _SIZE_UNITS[unit])
-        else:
-            raise ValueError(f'expected a size like "256MiB", got {type(value).__name__}')
-        if number < 0:
-            raise ValueError(f"size must not be negative: {value!r}")
-        return cls(number)
 
 
 class PluginConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base of every plugin's ``Config``: frozen, keyword-only, unknown keys rejected.
 
     Document each field with ``Annotated[T, msgspec.Meta(description=...)]``;
-    use :class:`Duration` and :class:`Size` for durations and sizes.
+    use :class:`Duration` (positive; :class:`DurationOrZero` where 0 means
+    "never") and :class:`Size` (``Size.at_least(...)`` for a floor) for
+    durations and sizes, and add :data:`readable_file` to the metadata of a
+    path the plugin reads, so a missing file fails ``hostwatch check``.
+    Cross-field rules go in ``__post_init__`` and raise ``ValueError("key: ...")``
+    so the error names the key; a rule a test may break on purpose (a tiny
+    buffer) goes in ``check_config(self)``, which only the config loader calls.
     """
 
 

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import email.utils
 import gzip
-import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +30,8 @@ import aiohttp
 import cramjam
 import msgspec
 
-from agent.plugin import Duration, ExportResult, PluginConfig
+from agent.plugin import Duration, ExportResult, PluginConfig, http_headers, readable_file
+from agent.plugin import check_url as _check_url
 
 Desc = msgspec.Meta
 REASON_MAX = 200
@@ -44,17 +44,25 @@ class HttpClientConfig(PluginConfig):
     """Connection options every push output takes."""
 
     timeout: Annotated[Duration, Desc(description="Deadline of one request, connecting included.")] = Duration(10)
-    headers: Annotated[dict[str, str], Desc(description="Extra request headers.")] = msgspec.field(default_factory=dict)
-    tls_ca: Annotated[str, Desc(description="PEM file of the CAs to trust; empty: the system's.")] = ""
-    tls_cert: Annotated[str, Desc(description="PEM client certificate for mutual TLS (with tls_key).")] = ""
-    tls_key: Annotated[str, Desc(description="PEM private key of tls_cert.")] = ""
+    headers: Annotated[dict[str, str], Desc(description="Extra request headers."), http_headers] = msgspec.field(
+        default_factory=dict
+    )
+    tls_ca: Annotated[str, Desc(description="PEM file of the CAs to trust; empty: the system's."), readable_file] = ""
+    tls_cert: Annotated[
+        str, Desc(description="PEM client certificate for mutual TLS (with tls_key)."), readable_file
+    ] = ""
+    tls_key: Annotated[str, Desc(description="PEM private key of tls_cert."), readable_file] = ""
     tls_server_name: Annotated[
         str, Desc(description="Name the server's certificate must match (and SNI); empty: the URL's host.")
     ] = ""
     tls_insecure_skip_verify: Annotated[bool, Desc(description="Accept any server certificate (tests only).")] = False
     basic_auth_user: Annotated[str, Desc(description="HTTP basic auth user (with basic_auth_password_file).")] = ""
-    basic_auth_password_file: Annotated[str, Desc(description="File holding the basic auth password.")] = ""
-    bearer_token_file: Annotated[str, Desc(description="File holding a token sent as Authorization: Bearer.")] = ""
+    basic_auth_password_file: Annotated[
+        str, Desc(description="File holding the basic auth password."), readable_file
+    ] = ""
+    bearer_token_file: Annotated[
+        str, Desc(description="File holding a token sent as Authorization: Bearer."), readable_file
+    ] = ""
     compression: Annotated[
         Literal["", "none", "gzip", "snappy"],
         Desc(description="Request body compression; empty: the output's default."),
@@ -80,9 +88,9 @@ class HttpClientConfig(PluginConfig):
 
 
 def check_url(url: str, what: str = "url") -> None:
-    """Raise ValueError unless ``url`` is an http(s) URL with a host (for ``__post_init__``)."""
-    if not re.match(r"https?://[^/\s]+", url):
-        raise ValueError(f"{what} must be an http:// or https:// URL, got {url!r}")
+    """Raise ``ValueError("url: ...")`` unless ``url`` is an http(s) URL with a host, a valid
+    port and no whitespace (for ``__post_init__``; the loader puts the key in the path)."""
+    _check_url(url, what, ("http", "https"))
 
 
 # ----------------------------------------------------------------- secrets and TLS

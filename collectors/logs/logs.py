@@ -93,9 +93,9 @@ class LogsCollector(StreamingCollector):
             Literal["utf-8", "latin-1", "utf-16", "utf-16le", "utf-16be"],
             msgspec.Meta(description="Character encoding of the files; utf-16 follows the byte order mark."),
         ] = "utf-8"
-        max_line_bytes: Annotated[Size, msgspec.Meta(description="Longer lines are cut to this size and counted.")] = (
-            Size(256 * 1024)
-        )
+        max_line_bytes: Annotated[
+            Size.at_least(16), msgspec.Meta(description="Longer lines are cut to this size and counted.")
+        ] = Size(256 * 1024)
         partial_line_timeout: Annotated[
             Duration, msgspec.Meta(description="A last line without a newline is sent after this long.")
         ] = Duration(1)

@@ -21,7 +21,7 @@ import msgspec
 import yarl
 
 from agent.model import labels_from
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, check_url, readable_file
 from collectors.queue._common import (
     CONSUMER_UNIT,
     CONSUMERS,
@@ -43,7 +43,9 @@ class Config(PluginConfig):
     )
     username: Annotated[str, msgspec.Meta(description="Management user; needs the monitoring tag.")] = "guest"
     password_file: Annotated[
-        str, msgspec.Meta(description="File holding the user's password; empty: \"guest\" (RabbitMQ's default).")
+        str,
+        msgspec.Meta(description="File holding the user's password; empty: \"guest\" (RabbitMQ's default)."),
+        readable_file,
     ] = ""
     vhosts: Annotated[list[str], msgspec.Meta(description="Virtual hosts to read; empty: every vhost.")] = (
         msgspec.field(default_factory=list)
@@ -58,9 +60,12 @@ class Config(PluginConfig):
     max_queues: Annotated[
         int, msgspec.Meta(ge=1, description="Queues reported per scrape at most; the rest are counted as skipped.")
     ] = 5000
-    tls_ca: Annotated[str, msgspec.Meta(description="CA bundle for https://; empty: the system's.")] = ""
-    tls_cert: Annotated[str, msgspec.Meta(description="Client certificate for https://.")] = ""
-    tls_key: Annotated[str, msgspec.Meta(description="Client key for https://.")] = ""
+    tls_ca: Annotated[str, msgspec.Meta(description="CA bundle for https://; empty: the system's."), readable_file] = ""
+    tls_cert: Annotated[str, msgspec.Meta(description="Client certificate for https://."), readable_file] = ""
+    tls_key: Annotated[str, msgspec.Meta(description="Client key for https://."), readable_file] = ""
+
+    def __post_init__(self) -> None:
+        check_url(self.url, "url", ("http", "https"))
 
 
 class ApiError(Exception):

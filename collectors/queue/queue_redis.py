@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agent.model import labels_from
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, check_url, readable_file
 from collectors.queue._common import (
     CONSUMER_UNIT,
     CONSUMERS,
@@ -47,7 +47,9 @@ class Config(PluginConfig):
         msgspec.Meta(description="Key names or glob patterns (expanded with SCAN) of lists, streams and sorted sets."),
     ] = msgspec.field(default_factory=lambda: ["celery"])
     username: Annotated[str, msgspec.Meta(description="ACL user name; empty: the default user.")] = ""
-    password_file: Annotated[str, msgspec.Meta(description="File holding the password; empty: none.")] = ""
+    password_file: Annotated[
+        str, msgspec.Meta(description="File holding the password; empty: none."), readable_file
+    ] = ""
     max_keys: Annotated[
         int, msgspec.Meta(ge=1, description="Keys measured per scrape at most; the rest are counted as skipped.")
     ] = 1000
@@ -60,9 +62,14 @@ class Config(PluginConfig):
         Literal["right", "left"],
         msgspec.Meta(description="List end holding the oldest entry: right for LPUSH producers, left for RPUSH."),
     ] = "right"
-    tls_ca: Annotated[str, msgspec.Meta(description="CA bundle for rediss://; empty: the system's.")] = ""
-    tls_cert: Annotated[str, msgspec.Meta(description="Client certificate for rediss://.")] = ""
-    tls_key: Annotated[str, msgspec.Meta(description="Client key for rediss://.")] = ""
+    tls_ca: Annotated[str, msgspec.Meta(description="CA bundle for rediss://; empty: the system's."), readable_file] = (
+        ""
+    )
+    tls_cert: Annotated[str, msgspec.Meta(description="Client certificate for rediss://."), readable_file] = ""
+    tls_key: Annotated[str, msgspec.Meta(description="Client key for rediss://."), readable_file] = ""
+
+    def __post_init__(self) -> None:
+        check_url(self.url, "url", ("redis", "rediss", "unix"), host=not self.url.startswith("unix:"))
 
 
 class RedisQueueCollector(PeriodicCollector):

@@ -36,9 +36,9 @@ class LokiConfig(HttpClientConfig, kw_only=True):
         super().__post_init__()
         check_url(self.url)
         if self.encoding == "protobuf" and self.compression not in ("", "snappy"):
-            raise ValueError('protobuf pushes are always snappy-compressed; use encoding = "json" for gzip or none')
+            raise ValueError('compression: protobuf pushes are always snappy; use encoding = "json" for gzip or none')
         if self.encoding == "json" and self.compression == "snappy":
-            raise ValueError('json pushes take compression "gzip" or "none"')
+            raise ValueError('compression: json pushes take "gzip" or "none"')
 
     @property
     def body_compression(self) -> str:

@@ -90,10 +90,12 @@ class OtlpConfig(HttpClientConfig, kw_only=True):
         super().__post_init__()
         if self.protocol == "http":
             check_url(self.target, "endpoint")
-        elif not re.match(r"(https?://)?[^/\s]+$", self.target):
-            raise ValueError(f"endpoint must be HOST:PORT or http(s)://HOST:PORT for grpc, got {self.endpoint!r}")
+        elif re.match(r"(https?://)?[^/\s]+$", self.target):
+            check_url(self.target if "://" in self.target else f"http://{self.target}", "endpoint")
+        else:
+            raise ValueError(f"endpoint: must be HOST:PORT or http(s)://HOST:PORT for grpc, got {self.endpoint!r}")
         if self.compression == "snappy":
-            raise ValueError('OTLP takes compression "gzip" (the default) or "none"')
+            raise ValueError('compression: OTLP takes "gzip" (the default) or "none"')
         if self.protocol == "grpc" and self.encoding == "json":
             raise ValueError("encoding json is for protocol http only")
         if self.protocol == "grpc" and self.tls_insecure_skip_verify:

@@ -33,7 +33,7 @@ class RemoteWriteConfig(HttpClientConfig, kw_only=True):
         super().__post_init__()
         check_url(self.url)
         if self.compression not in ("", "snappy"):
-            raise ValueError("remote-write bodies are always snappy-compressed; leave compression unset")
+            raise ValueError("compression: remote-write bodies are always snappy-compressed; leave it unset")
 
 
 class RemoteWriteOutput(Output):
