@@ -31,7 +31,7 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -294,16 +294,56 @@ class HttpClient:
             self._base_headers = {**self._base_headers, "Authorization": credentials.authorization}
         return credentials
 
-    async def _reread_credentials(self) -> None:
-        """After a 401/403: read the auth files again before the next request (they may have
-        been rotated). A file that cannot be read now keeps the credentials in use."""
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` value in use (empty without auth files)."""
+        return self._credentials.authorization
+
+    def refused(self) -> None:
+        """Note a refusal of the credentials (HTTP 401/403, gRPC UNAUTHENTICATED or
+        PERMISSION_DENIED): it opens the retry window unless one is open, and the auth
+        files are read again before the next request."""
+        if self._refused_since is None:
+            self._refused_since = self.clock()
+        self._reread_due = bool(self.config.bearer_token_file or self.config.basic_auth_password_file)
+
+    def accepted(self) -> None:
+        """Note a success: the next refusal opens a new window."""
+        self._refused_since = None
+
+    async def refresh_credentials(self) -> bool:
+        """Read the auth files again if a refusal asked for it; True when new ones were read.
+
+        A file that cannot be read now (a rotation half done) keeps the credentials in
+        use, says so in the next refusal's reason, and is tried again next time.
+        """
+        if not self._reread_due:
+            return False
         try:
             await self.read_credentials()
         except (OSError, ValueError) as exc:  # the messages name the file, never its content
             self._reread_problem = shorten(self.mask(f"auth files not re-read: {exc}"))
+            return False
+        self._reread_due = False
+        self._reread_problem = ""
+        return True
+
+    def refusal_result(self, reason: str, after: float | None = None) -> ExportResult:
+        """A refusal of the credentials: retry within ``auth_retry_seconds`` of the first
+        refusal since the last success, drop after that (the reason says which)."""
+        since = self._refused_since
+        within = since is None or self.clock() - since < self.auth_retry_seconds
+        window = f"{self.auth_retry_seconds:g}s"
+        if within:
+            note = f"credentials refused; retried for up to {window}"
+            if self.config.bearer_token_file or self.config.basic_auth_password_file:
+                note += ", auth files re-read before each try"
         else:
-            self._reread_due = False
-            self._reread_problem = ""
+            note = f"credentials still refused {window} after the first refusal"
+        if self._reread_problem:
+            note += f"; {self._reread_problem}"
+        reason = f"{reason} ({note})"
+        return ExportResult.retry(reason, after) if within else ExportResult.drop(reason)
 
     async def start(self) -> None:
         """Read secret files, build the TLS context and the session (no network I/O)."""
@@ -335,8 +375,7 @@ class HttpClient:
         """
         if self._session is None:
             raise RuntimeError("HttpClient.post before start()")
-        if self._reread_due:
-            await self._reread_credentials()
+        await self.refresh_credentials()
         all_headers = {**self._base_headers, **headers} if headers else self._base_headers
         try:
             async with self._session.post(
@@ -354,11 +393,9 @@ class HttpClient:
         except OSError as exc:
             return ExportResult.retry(shorten(self.mask(f"{type(exc).__name__}: {exc}")))
         if 200 <= response.status < 300:
-            self._refused_since = None
+            self.accepted()
         elif response.status in _AUTH_STATUSES:
-            if self._refused_since is None:
-                self._refused_since = self.clock()
-            self._reread_due = bool(self.config.bearer_token_file or self.config.basic_auth_password_file)
+            self.refused()
         return response
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
@@ -372,23 +409,12 @@ class HttpClient:
         return b"".join(chunks)[: self.max_response_bytes]
 
     def result(self, response: Response, *, retry_5xx: bool, message: str | None = None) -> ExportResult:
-        """:func:`status_result` with secrets masked in the reason, and 401/403 retried within
-        ``auth_retry_seconds`` of the first refusal (the reason says which)."""
-        if response.status not in _AUTH_STATUSES:
-            return status_result(response, retry_5xx=retry_5xx, message=message, mask=self.mask)
-        since = self._refused_since
-        within = since is None or self.clock() - since < self.auth_retry_seconds
-        result = status_result(response, retry_5xx=retry_5xx, message=message, mask=self.mask, auth_retry=within)
-        window = f"{self.auth_retry_seconds:g}s"
-        if within:
-            note = f"credentials refused; retried for up to {window}"
-            if self.config.bearer_token_file or self.config.basic_auth_password_file:
-                note += ", auth files re-read before each try"
-        else:
-            note = f"credentials still refused {window} after the first refusal"
-        if self._reread_problem:
-            note += f"; {self._reread_problem}"
-        return replace(result, reason=f"{result.reason} ({note})")
+        """:func:`status_result` with secrets masked in the reason; a 401/403 is
+        :meth:`refusal_result` (retried within the window for rotating credentials)."""
+        result = status_result(response, retry_5xx=retry_5xx, message=message, mask=self.mask)
+        if response.status in _AUTH_STATUSES:
+            return self.refusal_result(result.reason, parse_retry_after(response.headers.get("Retry-After")))
+        return result
 
     async def close(self) -> None:
         session, self._session = self._session, None
