@@ -146,6 +146,13 @@ class Lane:
             asyncio.create_task(self._batcher(), name=f"batcher:{name}"),
             asyncio.create_task(self._sender(), name=f"sender:{name}"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """The loops catch every failure; should one still end a task, it is said, never silent."""
+        if not task.cancelled() and isinstance(exc := task.exception(), Exception):
+            self.runner.unexpected(f"the {task.get_name()} task", exc, then="the lane has stopped")
 
     # -------------------------------------------------------------- intake
 
@@ -317,7 +324,7 @@ class Lane:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # nothing was taken, so nothing is lost: say it and look again
-                self.runner.unexpected("taking a batch from the buffer", exc)
+                self.runner.unexpected("taking a batch from the buffer", exc, then="the sender looks again")
                 await asyncio.sleep(ERROR_PAUSE)
                 continue
             if not await self._send(batch, prepare):
@@ -359,8 +366,11 @@ class Lane:
             finally:
                 if ahead is not None:
                     ahead.cancel()
-        self._finish(batch)
-        runner.update_gauges()
+        try:
+            self._finish(batch)
+            runner.update_gauges()
+        except Exception as exc:  # the batch has left already (delivered or counted): only say it
+            runner.unexpected("releasing a sent batch", exc, then="the sender goes on")
         return True
 
     async def _prepare_next(self, prepare: Callable[[ExportBatch], None]) -> None:

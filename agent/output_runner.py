@@ -115,9 +115,9 @@ class OutputRunner:
             self._logged.add(reason)
             log.warning("output %s: %s", self.name, reason, extra={"output": self.name})
 
-    def unexpected(self, during: str, exc: Exception) -> None:
+    def unexpected(self, during: str, exc: Exception, then: str = "") -> None:
         """An exception where none was expected (a bug): counted, and logged with its traceback
-        once per distinct kind and place; the caller keeps its batch and decides what follows."""
+        once per distinct kind and place; ``then`` says what follows (the caller does it)."""
         self.telemetry.output_errors.labels(self.name).inc()
         self.consecutive_failures += 1
         self.last_error = f"{during} raised {type(exc).__name__}: {exc}"
@@ -125,10 +125,10 @@ class OutputRunner:
         if key not in self._logged and len(self._logged) < 100:
             self._logged.add(key)
             log.error(
-                "output %s: %s raised (a bug); the batch stays queued and is tried again, %d times at most",
+                "output %s: %s raised (a bug); %s",
                 self.name,
                 during,
-                ERROR_ATTEMPTS,
+                then or f"the batch stays queued and is tried again, {ERROR_ATTEMPTS} times at most",
                 exc_info=exc,
                 extra={"output": self.name},
             )

@@ -339,3 +339,19 @@ async def test_an_output_that_raises_once_delivers_on_the_next_try(tmp_path) -> 
     await wait_for(lambda: delivered(output) == [0.0, 1.0])
     assert runner.dropped_by_reason == {}
     await runner.close(1.0)
+
+
+async def test_a_lane_task_ended_by_an_exception_is_reported_not_silent(tmp_path, monkeypatch, caplog) -> None:
+    runner = runner_for(ScriptedOutput(), tmp_path)
+    lane = runner.lanes[Signal.METRICS]
+
+    async def escapes(batch, prepare):
+        raise RuntimeError("escaped every guard")
+
+    monkeypatch.setattr(lane, "_send", escapes)
+    await runner.start()
+    lane.offer(samples(0, 1))
+    await wait_for(lambda: counter(runner, "hostwatch_output_errors_total") == 1)
+    assert runner.status()["last_error"] == "the sender:scripted:metrics task raised RuntimeError: escaped every guard"
+    assert any("the lane has stopped" in r.getMessage() and r.exc_info for r in caplog.records)
+    await runner.close(0.1)
