@@ -14,8 +14,9 @@ logged once per distinct reason; nothing leaves silently.
 Drop reasons: ``buffer_full`` (drop_oldest), ``rejected`` (a 4xx), ``too_large``
 (one item over the backend's limit), ``partial_success`` (items the backend
 refused in an accepted request), ``retry_expired`` (``retry_max_elapsed``),
-``buffer_write_error`` (a metrics batch the disk refused), ``error`` (an
-output bug), ``shutdown`` (a memory buffer's leftovers at exit).
+``buffer_write_error`` (a metrics batch the disk refused), ``error`` (the
+output's export, or the sender itself, raised ``ERROR_ATTEMPTS`` times for
+the batch: a bug), ``shutdown`` (a memory buffer's leftovers at exit).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ EXPORT_GUARD_SECONDS = 120.0  # outputs enforce their own timeout; this only cat
 _REST_LINGER = 0.1
 # loop turns the next batch's encoding waits, so the request in flight is written to the socket first
 _LET_REQUEST_OUT = 4
+# attempts of one batch that end in an exception (a bug) before it is dropped as ``error``
+ERROR_ATTEMPTS = 3
+ERROR_PAUSE = 1.0  # seconds between those attempts (at most retry_max)
 
 
 def item_size(item: Sample | LogRecord) -> int:
@@ -142,6 +146,13 @@ class Lane:
             asyncio.create_task(self._batcher(), name=f"batcher:{name}"),
             asyncio.create_task(self._sender(), name=f"sender:{name}"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """The loops catch every failure; should one still end a task, it is said, never silent."""
+        if not task.cancelled() and isinstance(exc := task.exception(), Exception):
+            self.runner.unexpected(f"the {task.get_name()} task", exc, then="the lane has stopped")
 
     # -------------------------------------------------------------- intake
 
@@ -310,23 +321,57 @@ class Lane:
         while True:
             try:
                 batch = await self.queue.take()
-                ahead = asyncio.create_task(self._prepare_next(prepare)) if prepare is not None else None
-                try:
-                    delivered = await self._deliver(batch.items)
-                finally:
-                    if ahead is not None:
-                        ahead.cancel()
-                if not delivered:  # shutdown cut the retries short: the batch stays queued
-                    return
-                await self.queue.ack()
-                self._finish(batch)
-                self.runner.update_gauges()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a sender must not die quietly: say it and carry on
-                log.exception("output %s: sender failed; retrying in 1s", self.runner.name)
-                self.runner.note_error(f"sender failed: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)
+            except Exception as exc:  # nothing was taken, so nothing is lost: say it and look again
+                self.runner.unexpected("taking a batch from the buffer", exc, then="the sender looks again")
+                await asyncio.sleep(ERROR_PAUSE)
+                continue
+            if not await self._send(batch, prepare):
+                return  # shutdown cut the retries short: the batch stays queued
+
+    async def _send(self, batch: Batch, prepare: Callable[[ExportBatch], None] | None) -> bool:
+        """Deliver a taken batch until it leaves the queue: delivered, or dropped and counted.
+
+        False when shutdown cut it short: it stays queued (on disk for the next start,
+        or counted by :meth:`close`). An unexpected exception on the way (a bug in the
+        engine) never loses the batch with the task: it is logged and counted, and the
+        batch is sent again; after ``ERROR_ATTEMPTS`` of them it is dropped as ``error``,
+        so a failure that repeats on this batch cannot hold the lane for good.
+        """
+        runner = self.runner
+        # a plain pause, not Backoff: this path must not lean on the code that may have failed
+        pause = min(ERROR_PAUSE, runner.common.retry_max)
+        failures = 0
+        while True:
+            ahead = asyncio.create_task(self._prepare_next(prepare)) if prepare is not None else None
+            try:
+                if not await self._deliver(batch.items):
+                    return False
+                await self.queue.ack()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                runner.unexpected("sending a batch", exc)
+                if failures >= ERROR_ATTEMPTS:
+                    why = f"sending failed {failures} times: {type(exc).__name__}: {exc}"
+                    runner.dropped(len(batch.items), "error", why)
+                    with contextlib.suppress(Exception):
+                        await self.queue.ack()
+                    break
+                if await sleep_or_stop(pause, runner.stop_now):
+                    return False
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
+        try:
+            self._finish(batch)
+            runner.update_gauges()
+        except Exception as exc:  # the batch has left already (delivered or counted): only say it
+            runner.unexpected("releasing a sent batch", exc, then="the sender goes on")
+        return True
 
     async def _prepare_next(self, prepare: Callable[[ExportBatch], None]) -> None:
         """While a request is in flight, let the output encode the next batch (CPU the wait leaves idle)."""
@@ -343,6 +388,7 @@ class Lane:
         runner = self.runner
         backoff = Backoff(runner.common.retry_initial, runner.common.retry_max)
         first = time.monotonic()
+        errors = 0
         while True:
             result = await runner.attempt(ExportBatch(self.signal, items))
             kind = result.kind
@@ -358,8 +404,15 @@ class Lane:
                 half = len(items) // 2
                 return await self._deliver(items[:half]) and await self._deliver(items[half:])
             if kind is ResultKind.DROP:
-                runner.dropped(len(items), "rejected" if result.reason != "error" else "error", result.reason)
+                runner.dropped(len(items), "rejected", result.reason)
                 return True
+            if kind is ResultKind.ERROR:
+                # the output raised: a passing fault gets another try, a bug that fails this
+                # batch every time (an encoder's) is given up rather than holding the lane
+                errors += 1
+                if errors >= ERROR_ATTEMPTS:
+                    runner.dropped(len(items), "error", result.reason)
+                    return True
             delay = backoff.next_delay(result.after)
             limit = runner.common.retry_max_elapsed
             if limit and time.monotonic() - first + delay > limit:

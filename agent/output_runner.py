@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.buffer import DiskQueue, MemoryQueue
-from agent.delivery import EXPORT_GUARD_SECONDS, Lane
+from agent.delivery import ERROR_ATTEMPTS, EXPORT_GUARD_SECONDS, Lane
 from agent.model import Signal
 from agent.plugin import Batch as ExportBatch
 from agent.plugin import ExportResult, ResultKind
@@ -95,11 +95,11 @@ class OutputRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("output %s: export raised (a bug); the batch is dropped", self.name)
-            result = ExportResult.drop(f"error: {type(exc).__name__}: {exc}")
+            self.unexpected("export", exc)
+            result = ExportResult.error(f"export raised {type(exc).__name__}: {exc}")
         self._m_duration.observe(time.perf_counter() - started)
         self.telemetry.output_requests.labels(self.name, result.kind.value).inc()
-        if result.kind is not ResultKind.OK:
+        if result.kind is not ResultKind.OK and result.kind is not ResultKind.ERROR:  # unexpected() noted that
             self.note_error(result.reason or result.kind.value)
         return result
 
@@ -114,6 +114,24 @@ class OutputRunner:
         if reason not in self._logged and len(self._logged) < 100:
             self._logged.add(reason)
             log.warning("output %s: %s", self.name, reason, extra={"output": self.name})
+
+    def unexpected(self, during: str, exc: Exception, then: str = "") -> None:
+        """An exception where none was expected (a bug): counted, and logged with its traceback
+        once per distinct kind and place; ``then`` says what follows (the caller does it)."""
+        self.telemetry.output_errors.labels(self.name).inc()
+        self.consecutive_failures += 1
+        self.last_error = f"{during} raised {type(exc).__name__}: {exc}"
+        key = f"unexpected:{during}:{type(exc).__name__}"
+        if key not in self._logged and len(self._logged) < 100:
+            self._logged.add(key)
+            log.error(
+                "output %s: %s raised (a bug); %s",
+                self.name,
+                during,
+                then or f"the batch stays queued and is tried again, {ERROR_ATTEMPTS} times at most",
+                exc_info=exc,
+                extra={"output": self.name},
+            )
 
     def dropped(self, count: int, reason: str, why: str = "") -> None:
         if count <= 0:

@@ -208,6 +208,7 @@ class ResultKind(enum.Enum):
     RETRY = "retry"
     DROP = "drop"
     TOO_LARGE = "too_large"
+    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,9 @@ class ExportResult:
     * ``drop``: can never succeed (a 4xx): the batch is counted and dropped.
     * ``too_large``: the backend refused the size (413): the engine splits
       the batch in halves and sends each.
+    * ``error``: the engine's verdict when ``export`` raised (a bug); outputs
+      never return it. The batch is tried again a few times, then dropped
+      and counted as ``error`` (not ``rejected``).
     ``reason`` is a short human text (status and the server's message).
     """
 
@@ -244,6 +248,10 @@ class ExportResult:
     @classmethod
     def too_large(cls, reason: str) -> ExportResult:
         return cls(ResultKind.TOO_LARGE, reason)
+
+    @classmethod
+    def error(cls, reason: str) -> ExportResult:
+        return cls(ResultKind.ERROR, reason)
 
 
 @dataclass(frozen=True, slots=True)

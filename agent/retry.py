@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -32,8 +33,27 @@ class Backoff:
         self.attempt += 1
         if retry_after is not None and retry_after >= 0:
             return min(retry_after, self.maximum)
-        cap = min(self.maximum, self.initial * self.multiplier ** (self.attempt - 1))
-        return self.rng.uniform(0, cap)
+        return self.rng.uniform(0, self.cap())
+
+    def cap(self) -> float:
+        """The upper bound of the current attempt's draw: ``initial * multiplier ** (attempt - 1)``,
+        at most ``maximum``.
+
+        The exponent stops growing once the bound has reached ``maximum``: a float power
+        overflows (``OverflowError``) past about 1,024 doublings, which an outage of hours
+        at the defaults, or seconds with a 1 ms ``retry_max``, would otherwise reach.
+        """
+        if self.initial <= 0 or self.initial >= self.maximum or self.multiplier <= 1:
+            return max(0.0, min(self.initial, self.maximum))
+        # the attempt from which initial * multiplier ** n reaches maximum (a log difference is
+        # finite for any positive finite pair, where their ratio may not be)
+        span = math.log(self.maximum) - math.log(self.initial)
+        steps = math.ceil(span / math.log(self.multiplier)) if math.isfinite(span) else 0
+        exponent = min(max(self.attempt - 1, 0), steps)
+        try:
+            return min(self.maximum, self.initial * self.multiplier**exponent)
+        except OverflowError:  # only for extreme pairs (1e-300 .. 1e300): past maximum anyway
+            return self.maximum
 
     def reset(self) -> None:
         self.attempt = 0

@@ -129,12 +129,18 @@ class Telemetry:
         )
         self.output_requests = Counter(
             "hostwatch_output_requests",
-            "Export attempts, by output and result (ok, retry, drop, too_large).",
+            "Export attempts, by output and result (ok, retry, drop, too_large, error).",
             ["output", "result"],
             registry=registry,
         )
         self.output_retries = Counter(
             "hostwatch_output_retries", "Export attempts that will be retried.", ["output"], registry=registry
+        )
+        self.output_errors = Counter(
+            "hostwatch_output_errors",
+            "Unexpected exceptions (bugs) in an output's export or its sender; the batch is kept and retried.",
+            ["output"],
+            registry=registry,
         )
         self.output_dropped_items = Counter(
             "hostwatch_output_dropped_items",

@@ -11,6 +11,13 @@ or an :class:`ExportResult` ``retry`` for what went wrong on the way
 (connection refused or reset, timeout); :func:`status_result` maps a status
 code to the result the engine acts on. Secret values are kept out of reprs
 and are masked in every reason text this module builds.
+
+A 401 or 403 is retried for ``AUTH_RETRY_SECONDS`` after the first refusal
+(a success starts that over), and every request after a refusal re-reads the
+auth files first: a token file that a secret manager rewrites is picked up
+without a restart, and nothing is dropped while the new one is on its way.
+A redirect is not followed (the body would be posted to an address nobody
+configured): it is dropped, and the reason names where it pointed.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import email.utils
 import gzip
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +46,11 @@ REASON_MAX = 200
 # Compressing a body this big would hold the event loop for milliseconds: do it on a thread.
 _THREAD_COMPRESS_BYTES = 256 * 1024
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_AUTH_STATUSES = frozenset({401, 403})
+# how long refused credentials are retried: covers a secret manager rewriting a token file
+# a little after the server stopped taking the old one, and no more (a wrong password
+# configured for good must not hold the buffer forever)
+AUTH_RETRY_SECONDS = 300.0
 
 
 class HttpClientConfig(PluginConfig):
@@ -191,6 +204,20 @@ def server_message(body: bytes, mask: Callable[[str], str] = _unmasked) -> str:
     return shorten(mask(body[: REASON_MAX * 8].decode("utf-8", "replace")))
 
 
+def safe_location(location: str) -> str:
+    """A redirect's target for a reason text: no user info, no query (either may hold a secret)."""
+    try:
+        parts = urllib.parse.urlsplit(location.strip())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an unparsable address"
+    if ":" in host:
+        host = f"[{host}]"
+    where = f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else parts.path
+    return where + ("?…" if parts.query else "")
+
+
 def status_result(
     response: Response,
     *,
@@ -198,21 +225,28 @@ def status_result(
     message: str | None = None,
     now: float | None = None,
     mask: Callable[[str], str] = _unmasked,
+    auth_retry: bool = False,
 ) -> ExportResult:
     """Map an HTTP status to an :class:`ExportResult`.
 
     2xx: ok. 413: too_large. 429, 502, 503, 504 (and every other 5xx when
-    ``retry_5xx``): retry, honouring ``Retry-After``. Other statuses: drop.
+    ``retry_5xx``): retry, honouring ``Retry-After``. 401 and 403: retry while
+    ``auth_retry`` (the client's window for rotating credentials), else drop.
+    3xx: drop, the reason naming the ``Location``. Other statuses: drop.
     ``message`` replaces the body as the server's words in the reason.
     """
     status = response.status
     if 200 <= status < 300:
         return ExportResult.ok()
+    if 300 <= status < 400:
+        location = response.headers.get("Location")
+        where = f"redirected to {shorten(mask(safe_location(location)))}" if location else "a redirect"
+        return ExportResult.drop(f"HTTP {status}: {where}; redirects are not followed: configure that address")
     text = server_message(response.body, mask) if message is None else shorten(mask(message))
     reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
     if status == 413:
         return ExportResult.too_large(reason)
-    if status in _RETRY_STATUSES or (retry_5xx and 500 <= status < 600):
+    if status in _RETRY_STATUSES or (retry_5xx and 500 <= status < 600) or (auth_retry and status in _AUTH_STATUSES):
         return ExportResult.retry(reason, parse_retry_after(response.headers.get("Retry-After"), now))
     return ExportResult.drop(reason)
 
@@ -223,31 +257,101 @@ def status_result(
 class HttpClient:
     """POSTs bodies for one output instance; see the module docstring."""
 
-    def __init__(self, config: HttpClientConfig, *, version: str, max_response_bytes: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        config: HttpClientConfig,
+        *,
+        version: str,
+        max_response_bytes: int = 64 * 1024,
+        auth_retry_seconds: float = AUTH_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.version = version
         self.max_response_bytes = max_response_bytes
+        self.auth_retry_seconds = auth_retry_seconds
+        self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._credentials = Credentials()
+        self._former_secrets: tuple[str, ...] = ()  # still masked: a server may echo an old token
         self._base_headers: dict[str, str] = {}
+        self._refused_since: float | None = None  # first 401/403 since the last success
+        self._reread_due = False
+        self._reread_problem = ""
 
     def __repr__(self) -> str:
         return f"<HttpClient started={self._session is not None}>"
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return self._credentials.secrets
+        return self._credentials.secrets + self._former_secrets
 
     def mask(self, text: str) -> str:
-        """``text`` with every secret value replaced by ``***``."""
-        for secret in self._credentials.secrets:
+        """``text`` with every secret value (current or replaced) replaced by ``***``."""
+        for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
 
     async def read_credentials(self) -> Credentials:
         """Read the auth files (on a thread) and keep them for the headers and for masking."""
-        self._credentials = await asyncio.to_thread(load_credentials, self.config)
-        return self._credentials
+        credentials = await asyncio.to_thread(load_credentials, self.config)
+        former = [s for s in self._credentials.secrets + self._former_secrets if s not in credentials.secrets]
+        self._former_secrets = tuple(former[:8])
+        self._credentials = credentials
+        if self._base_headers and credentials.authorization:
+            self._base_headers = {**self._base_headers, "Authorization": credentials.authorization}
+        return credentials
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` value in use (empty without auth files)."""
+        return self._credentials.authorization
+
+    def refused(self) -> None:
+        """Note a refusal of the credentials (HTTP 401/403, gRPC UNAUTHENTICATED or
+        PERMISSION_DENIED): it opens the retry window unless one is open, and the auth
+        files are read again before the next request."""
+        if self._refused_since is None:
+            self._refused_since = self.clock()
+        self._reread_due = bool(self.config.bearer_token_file or self.config.basic_auth_password_file)
+
+    def accepted(self) -> None:
+        """Note a success: the next refusal opens a new window."""
+        self._refused_since = None
+
+    async def refresh_credentials(self) -> bool:
+        """Read the auth files again if a refusal asked for it; True when new ones were read.
+
+        A file that cannot be read now (a rotation half done) keeps the credentials in
+        use, says so in the next refusal's reason, and is tried again next time.
+        """
+        if not self._reread_due:
+            return False
+        try:
+            await self.read_credentials()
+        except (OSError, ValueError) as exc:  # the messages name the file, never its content
+            self._reread_problem = shorten(self.mask(f"auth files not re-read: {exc}"))
+            return False
+        self._reread_due = False
+        self._reread_problem = ""
+        return True
+
+    def refusal_result(self, reason: str, after: float | None = None) -> ExportResult:
+        """A refusal of the credentials: retry within ``auth_retry_seconds`` of the first
+        refusal since the last success, drop after that (the reason says which)."""
+        since = self._refused_since
+        within = since is None or self.clock() - since < self.auth_retry_seconds
+        window = f"{self.auth_retry_seconds:g}s"
+        if within:
+            note = f"credentials refused; retried for up to {window}"
+            if self.config.bearer_token_file or self.config.basic_auth_password_file:
+                note += ", auth files re-read before each try"
+        else:
+            note = f"credentials still refused {window} after the first refusal"
+        if self._reread_problem:
+            note += f"; {self._reread_problem}"
+        reason = f"{reason} ({note})"
+        return ExportResult.retry(reason, after) if within else ExportResult.drop(reason)
 
     async def start(self) -> None:
         """Read secret files, build the TLS context and the session (no network I/O)."""
@@ -279,6 +383,7 @@ class HttpClient:
         """
         if self._session is None:
             raise RuntimeError("HttpClient.post before start()")
+        await self.refresh_credentials()
         all_headers = {**self._base_headers, **headers} if headers else self._base_headers
         try:
             async with self._session.post(
@@ -288,13 +393,18 @@ class HttpClient:
                 server_hostname=self.config.tls_server_name or None,
                 allow_redirects=False,
             ) as resp:
-                return Response(resp.status, resp.headers, await self._read(resp))
+                response = Response(resp.status, resp.headers, await self._read(resp))
         except TimeoutError:
             return ExportResult.retry(f"timed out after {float(self.config.timeout):g}s")
         except aiohttp.ClientError as exc:
             return ExportResult.retry(shorten(self.mask(f"{type(exc).__name__}: {exc}")))
         except OSError as exc:
             return ExportResult.retry(shorten(self.mask(f"{type(exc).__name__}: {exc}")))
+        if 200 <= response.status < 300:
+            self.accepted()
+        elif response.status in _AUTH_STATUSES:
+            self.refused()
+        return response
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         chunks: list[bytes] = []
@@ -307,8 +417,12 @@ class HttpClient:
         return b"".join(chunks)[: self.max_response_bytes]
 
     def result(self, response: Response, *, retry_5xx: bool, message: str | None = None) -> ExportResult:
-        """:func:`status_result` with secrets masked in the reason."""
-        return status_result(response, retry_5xx=retry_5xx, message=message, mask=self.mask)
+        """:func:`status_result` with secrets masked in the reason; a 401/403 is
+        :meth:`refusal_result` (retried within the window for rotating credentials)."""
+        result = status_result(response, retry_5xx=retry_5xx, message=message, mask=self.mask)
+        if response.status in _AUTH_STATUSES:
+            return self.refusal_result(result.reason, parse_retry_after(response.headers.get("Retry-After")))
+        return result
 
     async def close(self) -> None:
         session, self._session = self._session, None

@@ -144,11 +144,8 @@ class OtlpOutput(Output):
 
     async def _start_grpc(self) -> None:
         config = self.config
-        credentials = await self.client.read_credentials()  # the client masks them in reasons for both protocols
-        metadata = [(key.lower(), value) for key, value in config.headers.items()]
-        if credentials.authorization:
-            metadata.append(("authorization", credentials.authorization))
-        self._metadata = tuple(metadata)
+        await self.client.read_credentials()  # the client masks them in reasons for both protocols
+        self._metadata = self._grpc_metadata()
         target = re.sub(r"^https?://", "", config.target)
         options = [("grpc.primary_user_agent", f"hostwatch/{self.context.version}")]
         if config.target.startswith("https://") or config.tls_ca or config.tls_cert:
@@ -159,6 +156,12 @@ class OtlpOutput(Output):
             self._channel = grpc.aio.secure_channel(target, channel_credentials, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)
+
+    def _grpc_metadata(self) -> tuple[tuple[str, str], ...]:
+        metadata = [(key.lower(), value) for key, value in self.config.headers.items()]
+        if self.client.authorization:
+            metadata.append(("authorization", self.client.authorization))
+        return tuple(metadata)
 
     async def export(self, batch: Batch) -> ExportResult:
         if not batch.items:
@@ -210,12 +213,15 @@ class OtlpOutput(Output):
         assert self._channel is not None
         call = self._channel.unary_unary(GRPC_METHODS[signal])  # no serializers: bytes in, bytes out
         compression = grpc.Compression.Gzip if self.compression == "gzip" else grpc.Compression.NoCompression
+        if await self.client.refresh_credentials():  # refused before: the token file may have been rotated
+            self._metadata = self._grpc_metadata()
         try:
             answer = await call(
                 payload, timeout=float(self.config.timeout), metadata=self._metadata, compression=compression
             )
         except grpc.aio.AioRpcError as exc:
             return self._grpc_result(exc)
+        self.client.accepted()
         return self._partial(answer or b"", json=False)
 
     def _grpc_result(self, exc: grpc.aio.AioRpcError) -> ExportResult:
@@ -227,6 +233,9 @@ class OtlpOutput(Output):
             if key == "grpc-status-details-bin" and isinstance(value, bytes):
                 status = value
         delay = retry_delay(status) if status else None
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            self.client.refused()  # as HTTP 401/403: retried for a while, the auth files read again
+            return self.client.refusal_result(reason, delay)
         if code in GRPC_RETRYABLE:
             return ExportResult.retry(reason, delay)
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:

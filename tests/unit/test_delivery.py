@@ -7,17 +7,19 @@ import asyncio
 
 import pytest
 
+from agent import delivery
 from agent.config import OutputCommon, PluginSpec
 from agent.exposition import LatestSamples
 from agent.model import LogRecord, Sample, Signal
 from agent.output_runner import OutputRunner
 from agent.pipeline import Pipeline
 from agent.plugin import ExportResult, Output
+from agent.retry import Backoff
 from agent.telemetry import Telemetry
 
 
 class ScriptedOutput(Output):
-    """Answers from a script; records what it was sent."""
+    """Answers from a script (an exception in it is raised); records what it was sent."""
 
     Config = None
     signals = frozenset({Signal.METRICS, Signal.LOGS})
@@ -33,6 +35,8 @@ class ScriptedOutput(Output):
         if self.delay:
             await asyncio.sleep(self.delay)
         result = self.script.pop(0) if self.script else ExportResult.ok()
+        if isinstance(result, Exception):  # an output bug
+            raise result
         if result.kind.value == "ok":
             self.received.append(list(batch.items))
         return result
@@ -237,3 +241,117 @@ async def test_shutdown_with_a_full_blocking_buffer_does_not_hang(tmp_path, buff
     await asyncio.wait_for(runner.close(0.2), 5)
     on_disk = lane.queue.items if buffer == "disk" else 0
     assert dropped(runner, "shutdown") + on_disk == accepted, "every accepted item is on disk or counted"
+
+
+def counter(runner: OutputRunner, name: str, **labels: str) -> float:
+    return runner.telemetry.registry.get_sample_value(name, {"output": "scripted", **labels}) or 0.0
+
+
+@pytest.mark.parametrize("buffer", ["memory", "disk"])
+async def test_an_outage_of_more_than_1100_retries_loses_nothing(tmp_path, buffer) -> None:
+    # 1 ms backoff: the 1,025th retry of one batch used to overflow 2.0 ** attempt and lose it
+    output = ScriptedOutput([ExportResult.retry("connection refused")] * 1200)
+    runner = runner_for(output, tmp_path, buffer=buffer, retry_initial=0.001, retry_max=0.001)
+    await runner.start()
+    lane = runner.lanes[Signal.METRICS]
+    lane.offer(samples(0, 5))
+    await wait_for(lambda: output.attempts > 0)
+    lane.offer(samples(5, 5))  # queued behind the batch being retried
+    await wait_for(lambda: delivered(output) == [float(i) for i in range(10)], timeout=30)
+    assert output.attempts == 1202  # the backend came up after 1,200 refusals; each batch once after
+    assert counter(runner, "hostwatch_output_retries_total") == 1200
+    assert runner.dropped_by_reason == {}
+    assert lane.queue.items == 0
+    await runner.close(1.0)
+
+
+class FailingBackoff(Backoff):
+    """The lane's backoff with a fault: raises on the calls listed in ``failing`` (1-based, all lanes)."""
+
+    failing: frozenset[int] = frozenset()
+    calls = 0
+
+    def next_delay(self, retry_after=None):
+        FailingBackoff.calls += 1
+        if FailingBackoff.calls in self.failing:
+            raise OverflowError("injected")
+        return super().next_delay(retry_after)
+
+
+@pytest.mark.parametrize("buffer", ["memory", "disk"])
+async def test_an_exception_in_the_sender_keeps_the_batch(tmp_path, buffer, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(FailingBackoff, "failing", frozenset({2}))
+    monkeypatch.setattr(FailingBackoff, "calls", 0)
+    monkeypatch.setattr(delivery, "Backoff", FailingBackoff)
+    output = ScriptedOutput([ExportResult.retry("503")] * 3)
+    runner = runner_for(output, tmp_path, buffer=buffer)
+    await runner.start()
+    lane = runner.lanes[Signal.METRICS]
+    lane.offer(samples(0, 3))
+    await wait_for(lambda: output.attempts > 0)
+    lane.offer(samples(3, 3))
+    await wait_for(lambda: delivered(output) == [float(i) for i in range(6)])
+    assert counter(runner, "hostwatch_output_errors_total") == 1
+    assert runner.dropped_by_reason == {}
+    logged = [r for r in caplog.records if "sending a batch raised (a bug)" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # with its traceback
+    await runner.close(1.0)
+
+
+async def test_a_sender_fault_that_repeats_drops_the_batch_as_error_and_the_lane_goes_on(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(FailingBackoff, "failing", frozenset(range(1, 4)))
+    monkeypatch.setattr(FailingBackoff, "calls", 0)
+    monkeypatch.setattr(delivery, "Backoff", FailingBackoff)
+    output = ScriptedOutput([ExportResult.retry("503")] * 3)
+    runner = runner_for(output, tmp_path)
+    await runner.start()
+    lane = runner.lanes[Signal.METRICS]
+    lane.offer(samples(0, 3))
+    await wait_for(lambda: dropped(runner, "error") == 3)
+    assert counter(runner, "hostwatch_output_errors_total") == delivery.ERROR_ATTEMPTS
+    lane.offer(samples(3, 2))
+    await wait_for(lambda: delivered(output) == [3.0, 4.0])
+    assert lane.queue.items == 0
+    await runner.close(1.0)
+
+
+async def test_an_output_that_raises_is_retried_then_dropped_as_error_not_rejected(tmp_path) -> None:
+    output = ScriptedOutput([ValueError("encoder bug")] * delivery.ERROR_ATTEMPTS)
+    runner = runner_for(output, tmp_path)
+    await runner.start()
+    lane = runner.lanes[Signal.METRICS]
+    lane.offer(samples(0, 4))
+    await wait_for(lambda: dropped(runner, "error") == 4)
+    assert dropped(runner, "rejected") == 0
+    assert output.attempts == delivery.ERROR_ATTEMPTS
+    assert counter(runner, "hostwatch_output_requests_total", result="error") == delivery.ERROR_ATTEMPTS
+    assert counter(runner, "hostwatch_output_errors_total") == delivery.ERROR_ATTEMPTS
+    lane.offer(samples(4, 1))
+    await wait_for(lambda: delivered(output) == [4.0])
+    await runner.close(1.0)
+
+
+async def test_an_output_that_raises_once_delivers_on_the_next_try(tmp_path) -> None:
+    output = ScriptedOutput([RuntimeError("session closed")])
+    runner = runner_for(output, tmp_path)
+    await runner.start()
+    runner.lanes[Signal.METRICS].offer(samples(0, 2))
+    await wait_for(lambda: delivered(output) == [0.0, 1.0])
+    assert runner.dropped_by_reason == {}
+    await runner.close(1.0)
+
+
+async def test_a_lane_task_ended_by_an_exception_is_reported_not_silent(tmp_path, monkeypatch, caplog) -> None:
+    runner = runner_for(ScriptedOutput(), tmp_path)
+    lane = runner.lanes[Signal.METRICS]
+
+    async def escapes(batch, prepare):
+        raise RuntimeError("escaped every guard")
+
+    monkeypatch.setattr(lane, "_send", escapes)
+    await runner.start()
+    lane.offer(samples(0, 1))
+    await wait_for(lambda: counter(runner, "hostwatch_output_errors_total") == 1)
+    assert runner.status()["last_error"] == "the sender:scripted:metrics task raised RuntimeError: escaped every guard"
+    assert any("the lane has stopped" in r.getMessage() and r.exc_info for r in caplog.records)
+    await runner.close(0.1)

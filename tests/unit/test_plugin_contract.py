@@ -3,8 +3,9 @@
 For each: its sample parses into its config type with every documented default
 uncommented; an unknown key fails with its path; its README shows the sample;
 closing is idempotent. Collectors that run without a server emit only metric names
-their README lists. Outputs map 429/5xx/refused connections to retry, other 4xx to
-drop and 413 to too_large, against a scripted local server.
+their README lists. Outputs map 429/5xx/refused connections to retry, 401/403 to
+retry (credentials may be rotating: a rewritten token file is read again), redirects
+and other 4xx to drop and 413 to too_large, against a scripted local server.
 """
 
 from __future__ import annotations
@@ -129,12 +130,19 @@ STATUS_CASES = [
     (400, ResultKind.DROP),
     (404, ResultKind.DROP),
     (413, ResultKind.TOO_LARGE),
+    (401, ResultKind.RETRY),  # within the window for rotating credentials
+    (403, ResultKind.RETRY),
+    (301, ResultKind.DROP),
+    (302, ResultKind.DROP),
+    (307, ResultKind.DROP),
+    (308, ResultKind.DROP),
 ]
 
 
-def output_for(name: str, url: str):
+def output_for(name: str, url: str, **options):
     cls = REGISTRY["outputs"][name]
     table = instance_table("outputs", name, uncommented(sample_text("outputs", name)))
+    table.update(options)
     for key in ("url", "endpoint"):
         if key in table:
             table[key] = url if key == "url" or name != "otlp" else url.rsplit("/", 1)[0]
@@ -150,21 +158,26 @@ def any_batch(output) -> Batch:
     return Batch(Signal.LOGS, [LogRecord(1_700_000_000_000_000_000, "hello", (("job", "x"),))])
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY["outputs"]))
-async def test_output_maps_statuses_to_results(name: str) -> None:
-    status = {"code": 200}
-
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=status["code"], text="scripted")
-
+async def serve(handler) -> tuple[web.AppRunner, int]:
     app = web.Application()
     app.router.add_route("POST", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY["outputs"]))
+async def test_output_maps_statuses_to_results(name: str) -> None:
+    status = {"code": 200}
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        moved = {"Location": "http://user:pw@elsewhere.example/push"} if 300 <= status["code"] < 400 else None
+        return web.Response(status=status["code"], text="scripted", headers=moved)
+
+    runner, port = await serve(handler)
     path = {"remote_write": "/api/v1/write", "loki": "/loki/api/v1/push"}.get(name, "/v1/metrics")
     output = output_for(name, f"http://127.0.0.1:{port}{path}")
     await output.start()
@@ -173,10 +186,38 @@ async def test_output_maps_statuses_to_results(name: str) -> None:
             status["code"] = code
             result = await output.export(any_batch(output))
             assert result.kind is expected, (code, result)
+            if 300 <= code < 400:
+                assert "redirected to http://elsewhere.example/push" in result.reason, result.reason
+                assert "pw" not in result.reason
     finally:
         await output.close()
         await output.close()  # idempotent
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY["outputs"]))
+async def test_output_reads_a_rotated_token_file_after_a_401(name: str, tmp_path) -> None:
+    token = tmp_path / "token"
+    token.write_text("old\n")
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(status=204 if seen[-1] == "Bearer new" else 401, text="token expired")
+
+    server, port = await serve(handler)
+    path = {"remote_write": "/api/v1/write", "loki": "/loki/api/v1/push"}.get(name, "/v1/metrics")
+    output = output_for(name, f"http://127.0.0.1:{port}{path}", bearer_token_file=str(token))
+    await output.start()
+    try:
+        assert (await output.export(any_batch(output))).kind is ResultKind.RETRY
+        token.write_text("new\n")  # a secret manager rotates the token
+        assert (await output.export(any_batch(output))).kind is ResultKind.OK
+        assert seen == ["Bearer old", "Bearer new"]
+    finally:
+        await output.close()
+        await server.cleanup()
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY["outputs"]))

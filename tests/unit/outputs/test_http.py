@@ -53,13 +53,31 @@ def response(status: int, body: bytes = b"", **headers: str) -> Response:
         (504, False, ResultKind.RETRY),
         (507, True, ResultKind.RETRY),
         (301, True, ResultKind.DROP),
+        (308, False, ResultKind.DROP),
     ],
 )
 def test_status_mapping(status: int, retry_5xx: bool, kind: ResultKind) -> None:
     result = status_result(response(status, b"server says no"), retry_5xx=retry_5xx)
     assert result.kind is kind
-    if kind is not ResultKind.OK:
+    if kind is not ResultKind.OK and not 300 <= status < 400:  # a redirect's reason names its Location
         assert result.reason == f"HTTP {status}: server says no"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_refusals_are_retried_only_within_the_clients_window(status: int) -> None:
+    assert status_result(response(status), retry_5xx=False, auth_retry=True).kind is ResultKind.RETRY
+    assert status_result(response(status), retry_5xx=True, auth_retry=False).kind is ResultKind.DROP
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_dropped_naming_its_location_without_credentials(status: int) -> None:
+    location = "https://ann:hunter2@metrics.example.net:8443/api/v1/write?api_key=s3cret#x"
+    result = status_result(response(status, Location=location), retry_5xx=True)
+    assert result.kind is ResultKind.DROP
+    assert "redirected to https://metrics.example.net:8443/api/v1/write?…" in result.reason
+    assert "hunter2" not in result.reason and "ann" not in result.reason and "s3cret" not in result.reason
+    assert "not followed" in result.reason
+    assert status_result(response(status), retry_5xx=True).reason.startswith(f"HTTP {status}: a redirect")
 
 
 def test_retry_after_seconds_and_http_date() -> None:
@@ -184,9 +202,9 @@ async def test_a_secret_echoed_by_the_server_is_masked(tmp_path) -> None:
             answer = await client.post(backend.url(), b"x")
             assert isinstance(answer, Response)
             result = client.result(answer, retry_5xx=True)
-            assert result.kind is ResultKind.DROP
+            assert result.kind is ResultKind.RETRY  # credentials may be rotating: see the auth tests below
             assert "hunter2" not in result.reason and "YW5uOmh1bnRlcjI=" not in result.reason
-            assert result.reason == "HTTP 401: bad credentials ann:*** (header Basic ***)"
+            assert result.reason.startswith("HTTP 401: bad credentials ann:*** (header Basic ***) (credentials")
             assert "hunter2" not in repr(client)
     finally:
         await client.close()
@@ -298,3 +316,87 @@ async def test_tls_client_certificate(certs) -> None:
         with_cert = await post_once(config, backend.url())
         assert isinstance(with_cert, Response) and with_cert.status == 204
         assert len(backend.requests) == 1
+
+
+# ------------------------------------------------------------- refused credentials
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_rotated_token_file_is_picked_up_after_a_refusal(tmp_path, status: int) -> None:
+    token = tmp_path / "token"
+    token.write_text("old-token\n")
+    client = HttpClient(HttpClientConfig(bearer_token_file=str(token)), version="1")
+    await client.start()
+    try:
+        async with fake_backend() as backend:
+            backend.reply(status, "token old-token expired")
+            answer = await client.post(backend.url(), b"x")
+            result = client.result(answer, retry_5xx=False)
+            assert result.kind is ResultKind.RETRY
+            assert "old-token" not in result.reason and "auth files re-read" in result.reason
+            token.write_text("new-token\n")  # the secret manager rotates it
+            answer = await client.post(backend.url(), b"x")
+            assert client.result(answer, retry_5xx=False).kind is ResultKind.OK
+            sent = [seen.headers["Authorization"] for seen in backend.requests]
+            assert sent == ["Bearer old-token", "Bearer new-token"]
+            # a later request keeps the new token without reading the file again
+            token.unlink()
+            assert (await client.post(backend.url(), b"x")).status == 204
+            assert backend.requests[-1].headers["Authorization"] == "Bearer new-token"
+            assert client.mask("old-token new-token") == "*** ***"  # an echoed former token stays masked
+    finally:
+        await client.close()
+
+
+async def test_auth_refusals_are_dropped_once_the_window_has_passed(tmp_path) -> None:
+    (tmp_path / "password").write_text("wrong")
+    config = HttpClientConfig(basic_auth_user="ann", basic_auth_password_file=str(tmp_path / "password"))
+    clock = FakeClock()
+    client = HttpClient(config, version="1", auth_retry_seconds=300, clock=clock)
+    await client.start()
+    try:
+        async with fake_backend() as backend:
+            kinds = []
+            for advance in (0, 299, 2):  # first refusal, still within 300 s, past it
+                clock.now += advance
+                backend.reply(401)
+                kinds.append(client.result(await client.post(backend.url(), b"x"), retry_5xx=True))
+            assert [r.kind for r in kinds] == [ResultKind.RETRY, ResultKind.RETRY, ResultKind.DROP]
+            assert "still refused 300s after the first refusal" in kinds[2].reason
+            assert len(backend.requests) == 3
+            # a success starts the window over
+            assert (await client.post(backend.url(), b"x")).status == 204
+            backend.reply(403)
+            assert client.result(await client.post(backend.url(), b"x"), retry_5xx=True).kind is ResultKind.RETRY
+    finally:
+        await client.close()
+
+
+async def test_an_unreadable_auth_file_after_a_refusal_keeps_the_old_credentials(tmp_path) -> None:
+    token = tmp_path / "token"
+    token.write_text("old-token")
+    client = HttpClient(HttpClientConfig(bearer_token_file=str(token)), version="1")
+    await client.start()
+    try:
+        async with fake_backend() as backend:
+            backend.reply(401)
+            await client.post(backend.url(), b"x")
+            token.unlink()  # mid-rotation
+            backend.reply(401)
+            result = client.result(await client.post(backend.url(), b"x"), retry_5xx=True)
+            assert result.kind is ResultKind.RETRY
+            assert "auth files not re-read" in result.reason and str(token) in result.reason
+            assert backend.requests[-1].headers["Authorization"] == "Bearer old-token"
+            token.write_text("new-token")
+            await client.post(backend.url(), b"x")
+            assert backend.requests[-1].headers["Authorization"] == "Bearer new-token"
+    finally:
+        await client.close()

@@ -469,7 +469,8 @@ def retry_info_status(seconds: int) -> bytes:
         ((grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", retry_info_status(6)), ResultKind.RETRY, 6.0),
         ((grpc.StatusCode.RESOURCE_EXHAUSTED, "quota exceeded", b""), ResultKind.DROP, None),
         ((grpc.StatusCode.INVALID_ARGUMENT, "bad point", b""), ResultKind.DROP, None),
-        ((grpc.StatusCode.UNAUTHENTICATED, "who are you", b""), ResultKind.DROP, None),
+        ((grpc.StatusCode.UNAUTHENTICATED, "who are you", b""), ResultKind.RETRY, None),
+        ((grpc.StatusCode.PERMISSION_DENIED, "not yours", b""), ResultKind.RETRY, None),
     ],
 )
 async def test_otlp_grpc_status_mapping(fake_collector, step, kind, after) -> None:
@@ -480,7 +481,24 @@ async def test_otlp_grpc_status_mapping(fake_collector, step, kind, after) -> No
     finally:
         await output.close()
     assert result.kind is kind and result.after == after
-    assert result.reason == f"gRPC {step[0].name}: {step[1]}"
+    assert result.reason.startswith(f"gRPC {step[0].name}: {step[1]}")
+
+
+async def test_otlp_grpc_reads_a_rotated_token_file_after_unauthenticated(fake_collector, tmp_path) -> None:
+    token = tmp_path / "token"
+    token.write_text("old")
+    fake_collector.script.append((grpc.StatusCode.UNAUTHENTICATED, "token expired", b""))
+    config = OtlpConfig(endpoint=fake_collector.endpoint, protocol="grpc", bearer_token_file=str(token))
+    output = await running(OtlpOutput(config, context()))
+    try:
+        first = await output.export(metrics_batch())
+        token.write_text("new")  # a secret manager rotates it
+        second = await output.export(metrics_batch())
+    finally:
+        await output.close()
+    assert first.kind is ResultKind.RETRY and "credentials refused" in first.reason
+    assert second.kind is ResultKind.OK
+    assert [metadata["authorization"] for _, metadata, _ in fake_collector.calls] == ["Bearer old", "Bearer new"]
 
 
 async def test_otlp_grpc_partial_success(fake_collector) -> None:
