@@ -54,9 +54,11 @@ flush_interval = "200ms"
     try:
         agent.start()
         agent.wait(lambda: newest_sample_time(victoria_metrics, "node_memory_MemTotal_bytes") > 0, 15, "delivery")
-        # `check` accepts this (the file is only read when the output starts), the apply fails
-        missing = tmp_path / "no-such-password"
-        broken = output + f'basic_auth_user = "u"\nbasic_auth_password_file = "{missing}"\n'
+        # `check` accepts this (the CA file exists; it is only loaded when the output starts),
+        # the apply fails
+        bad_ca = tmp_path / "not-a-ca.pem"
+        bad_ca.write_text("this is not a certificate\n")
+        broken = output + f'tls_ca = "{bad_ca}"\n'
         agent.config.write_text(agent.config.read_text().replace(output, broken))
         check = subprocess.run([*hostwatch_command(), "check", "--config", str(agent.config)], capture_output=True)
         assert check.returncode == 0, check.stderr
@@ -67,7 +69,7 @@ flush_interval = "200ms"
         detailed = agent.detailed()
         assert list(detailed["outputs"]) == ["remote_write"]
         assert detailed["last_reload"]["result"] == "failure"
-        assert "no-such-password" in detailed["last_reload"]["error"]
+        assert "remote_write" in detailed["last_reload"]["error"]
         assert agent.metric("hostwatch_config_last_reload_successful") == 0
         # the old instance still delivers to the real backend
         sent = agent.metric('hostwatch_output_sent_items_total{output="remote_write",signal="metrics"}')
@@ -78,10 +80,19 @@ flush_interval = "200ms"
         )
         assert agent.metric('hostwatch_output_sent_items_total{output="remote_write",signal="metrics"}') > sent
         assert "reload failed, the running configuration stays" in agent.log_tail(20000)
-        assert "no-such-password" in agent.log_tail(20000)
 
-        # once the file exists the same config applies
-        missing.write_text("pw\n")
+        # a missing secret file fails the same way (`check` may also catch this one)
+        agent.config.write_text(
+            agent.config.read_text().replace(
+                broken, output + f'basic_auth_user = "u"\nbasic_auth_password_file = "{tmp_path / "missing"}"\n'
+            )
+        )
+        sighup(agent, "failure")
+        assert list(agent.detailed()["outputs"]) == ["remote_write"]
+        assert agent.get("/ready")[0] == 200
+
+        # once the file exists the config applies
+        (tmp_path / "missing").write_text("pw\n")
         sighup(agent, "success")
         assert agent.detailed()["last_reload"]["result"] == "success"
         assert list(agent.detailed()["outputs"]) == ["remote_write"]
