@@ -85,28 +85,32 @@ class Pipeline:
         """Swap: retired outputs drain and stop, then the new ones open their buffers and start.
 
         A replaced output's buffer directory is the old one's, so it can only be
-        opened once the old instance has closed it. Should that still fail, the
+        opened once the old instance has closed it. The new instance is routed
+        to at once, though: what arrives meanwhile waits in its pending batches
+        (log sources pause when those are full), so nothing slips past an output
+        while it is being replaced. Should a buffer still fail to open, the
         output is listed by :meth:`problems` (``/ready`` answers 503) and
         :class:`ApplyError` is raised after everything else was applied.
         """
         stopping = [self.runners.pop(name)[1] for name in plan.retired]
+        self.runners.update(plan.started)
         self._route()
         await asyncio.gather(*(r.close(plan.config.agent.shutdown_timeout) for r in stopping))
-        self.failed = {name: why for name, why in self.failed.items() if name not in plan.started}
-        for name, (key, runner) in plan.started.items():
+        wanted = {spec.name for spec in plan.config.outputs}
+        self.failed = {name: why for name, why in self.failed.items() if name in wanted and name not in plan.started}
+        for name, (_, runner) in plan.started.items():
             try:
                 await runner.open_lanes()
             except Exception as exc:
                 self.failed[name] = f"output {name} not running: cannot open its buffer: {type(exc).__name__}: {exc}"
                 log.error("%s", self.failed[name])
-                with contextlib.suppress(Exception):
-                    await runner.close(0)
+                del self.runners[name]
+                self._route()
+                for lane in runner.lanes.values():  # what it gathered is counted (logs are read again)
+                    with contextlib.suppress(Exception):
+                        await lane.close()
                 with contextlib.suppress(Exception):
                     await runner.output.close()
-                continue
-            self.runners[name] = (key, runner)
-        wanted = {spec.name for spec in plan.config.outputs}
-        self.failed = {name: why for name, why in self.failed.items() if name in wanted}
         self._route()
         failed_now = [self.failed[name] for name in plan.started if name in self.failed]
         if failed_now:

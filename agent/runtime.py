@@ -113,10 +113,10 @@ class Agent:
             raise
         try:
             stopping, starting = self._prepare_collectors(new_config)
-        except Exception as exc:
+        except ApplyError:
             await self.pipeline.abort(plan)
             await self._unbind_http(new_http)
-            raise ApplyError(f"{type(exc).__name__}: {exc}") from exc
+            raise
         # everything new is ready: from here on the new configuration is the running one
         self.config = new_config
         if moved:
@@ -141,11 +141,14 @@ class Agent:
             for name, (key, _) in self.runners.items()
             if name not in wanted or key != self._runner_key(config, wanted[name])
         ]
-        starting = {
-            name: (self._runner_key(config, spec), self.build_runner(config, spec))
-            for name, spec in wanted.items()
-            if name not in self.runners or name in stopping
-        }
+        starting = {}
+        for name, spec in wanted.items():
+            if name in self.runners and name not in stopping:
+                continue
+            try:
+                starting[name] = (self._runner_key(config, spec), self.build_runner(config, spec))
+            except Exception as exc:
+                raise ApplyError(f"collector {name}: {type(exc).__name__}: {exc}") from exc
         return stopping, starting
 
     def _commit_collectors(self, stopping: list[str], starting: dict[str, tuple[Any, CollectorRunner]]) -> None:
@@ -306,7 +309,7 @@ async def run_agent(
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     try:
         await agent.start()
-    except OSError as exc:
+    except (OSError, ApplyError) as exc:
         log.error("cannot start: %s", exc)
         await agent.stop()
         return 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,27 @@ def test_a_reloaded_configs_secrets_join_the_mask(tmp_path: Path) -> None:
 
     out = with_logging(run)
     assert "n3wpass" not in out and "new-file-pw" not in out and "old-secret" not in out
+
+
+async def test_what_arrives_while_a_changed_output_drains_goes_to_its_new_instance(tmp_path: Path) -> None:
+    from agent.model import Sample
+
+    # the backend is down: the old instance drains for the whole shutdown_timeout (100 ms)
+    old = load_config(str(config_file(tmp_path, "old.toml", REMOTE_WRITE + 'flush_interval = "10ms"\n')))
+    new = load_config(str(config_file(tmp_path, "new.toml", REMOTE_WRITE + 'flush_interval = "7s"\n')))
+    agent = Agent(old)
+    await agent.pipeline.apply(old)
+    try:
+        agent.pipeline.publish_samples("before", [Sample("before_swap", 1.0, "gauge", (), time.time_ns())])
+        await asyncio.sleep(0.1)  # queued in the old instance, which cannot deliver it
+        swap = asyncio.create_task(agent.reload(new))
+        await asyncio.sleep(0.03)  # the old instance is draining now
+        assert not swap.done()
+        agent.pipeline.publish_samples("during", [Sample("during_swap", 1.0, "gauge", (), time.time_ns())])
+        await swap
+        (_, runner) = agent.pipeline.runners["remote_write"]
+        assert runner.common.flush_interval == 7
+        lane = next(iter(runner.lanes.values()))
+        assert [s.name for s in lane.pending] == ["during_swap"]
+    finally:
+        await agent.stop()
