@@ -43,7 +43,10 @@ async def test_a_reload_that_cannot_start_an_output_changes_nothing(tmp_path: Pa
     good = load_config(str(config_file(tmp_path, "good.toml", REMOTE_WRITE)))
     extra = '[[outputs.remote_write]]\nalias = "second"\nurl = "http://127.0.0.1:9/w"\nbuffer = "memory"\n'
     broken_body = REMOTE_WRITE + breakage.format(tmp=tmp_path) + extra
+    # the password file is there for `check` (the loader reads it) and gone when the reload applies
+    (tmp_path / "missing").write_text("pw\n")
     broken = load_config(str(config_file(tmp_path, "broken.toml", broken_body)))
+    (tmp_path / "missing").unlink()
     agent = Agent(good)
     await agent.start()
     try:
@@ -64,7 +67,9 @@ async def test_a_reload_that_cannot_start_an_output_changes_nothing(tmp_path: Pa
 async def test_a_good_reload_after_a_failed_one_applies(tmp_path: Path) -> None:
     good = load_config(str(config_file(tmp_path, "good.toml", REMOTE_WRITE)))
     body = REMOTE_WRITE + f'basic_auth_user = "u"\nbasic_auth_password_file = "{tmp_path}/pw"\n'
+    (tmp_path / "pw").write_text("pw\n")
     later = load_config(str(config_file(tmp_path, "later.toml", body)))
+    (tmp_path / "pw").unlink()  # removed between `check` and the reload
     agent = Agent(good)
     await agent.start()
     try:
