@@ -49,8 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"config error: {line}", file=sys.stderr)
+        from agent.secrets import mask_url_credentials
+
+        for line in exc.errors:  # an error may quote a URL: its password is not repeated
+            print(f"config error: {mask_url_credentials(line)}", file=sys.stderr)
         print(f"{len(exc.errors)} configuration error(s)", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
@@ -81,7 +83,7 @@ def _run(config_path: str | None, config) -> int:
     install_event_loop_policy()
     notifier = Notifier.from_environment()
     try:
-        return asyncio.run(run_agent(config_path, config, notifier=notifier))
+        return asyncio.run(run_agent(config_path, config, notifier=notifier, mask=mask))
     except KeyboardInterrupt:
         return EXIT_OK
 

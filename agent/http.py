@@ -5,6 +5,17 @@ five GET endpoints, and aiohttp's server would cost the agent about 12 MiB of
 RSS and 150 ms of start-up at the embedded default, where no output (and so no
 HTTP client) is loaded at all. Keep-alive is supported (Prometheus reuses its
 scrape connection); request heads are bounded in size and time, bodies refused.
+
+Connections are bounded too, so that idle or slow clients cannot take the
+file descriptors the collectors need: at most ``max_connections`` are open; a
+connection over the limit replaces the one that has waited longest for its
+next request (an idle one), or is closed at once when every connection is busy
+answering. A request head must arrive whole within ``HEAD_TIMEOUT`` of its
+first byte (of the accept, on a new connection: slowloris clients are cut), a
+kept-alive connection may wait ``IDLE_TIMEOUT`` for its next request, and a
+client that does not read its answer is cut after ``WRITE_TIMEOUT``. Every
+connection closed this way is counted in
+``hostwatch_http_connections_closed_total{reason}``.
 """
 
 from __future__ import annotations
@@ -13,8 +24,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 
@@ -26,7 +39,10 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
 MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 10.0
-IDLE_TIMEOUT = 120.0
+IDLE_TIMEOUT = 30.0
+WRITE_TIMEOUT = 30.0
+# well under systemd's default soft limit of 1,024 descriptors, well over what local scrapers need
+MAX_CONNECTIONS = 128
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -48,12 +64,29 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class HttpServer:
-    def __init__(self, agent: Agent, listen: str) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        listen: str,
+        *,
+        telemetry: Any = None,
+        max_connections: int = MAX_CONNECTIONS,
+        head_timeout: float = HEAD_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+    ) -> None:
         self.agent = agent
         self.listen = listen
         self.port: int | None = None
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self.telemetry = telemetry or agent.telemetry
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task] = set()
+        # each connection's task -> since when it waits for a request (inf while it is answered)
+        self._connections: dict[asyncio.Task, float] = {}
+        self._logged: set[str] = set()
         self.routes: dict[str, Callable[[], Awaitable[Response]]] = {
             "/health": self.live,
             "/live": self.live,
@@ -61,6 +94,10 @@ class HttpServer:
             "/health/detailed": self.detailed,
             "/metrics": self.metrics,
         }
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
 
     async def start(self) -> None:
         host, port = parse_listen(self.listen)
@@ -76,35 +113,93 @@ class HttpServer:
         if server is None:
             return
         server.close()
-        for task in list(self._connections):
+        tasks = list(self._connections)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await server.wait_closed()
+
+    # ------------------------------------------------------------ connections
+
+    def _admit(self, task: asyncio.Task) -> bool:
+        """Make room for a new connection: evict the longest-waiting idle one, if any."""
+        if len(self._connections) >= self.max_connections:
+            waiting = [(since, id(t), t) for t, since in self._connections.items() if since != math.inf]
+            if not waiting:
+                self._closed("limit")
+                return False
+            _, _, oldest = min(waiting)
+            del self._connections[oldest]
+            oldest.cancel()
+            self._closed("limit")
+        self._connections[task] = time.monotonic()
+        self.telemetry.http_connections.inc()
+        return True
+
+    def _closed(self, reason: str) -> None:
+        self.telemetry.http_connections_closed.labels(reason).inc()
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning(
+                "HTTP: closed a connection (%s; limit %d connections, request head %gs, idle %gs);"
+                " further ones are only counted in hostwatch_http_connections_closed_total",
+                reason,
+                self.max_connections,
+                self.head_timeout,
+                self.idle_timeout,
+            )
+
+    async def _read_head(self, reader: asyncio.StreamReader, task: asyncio.Task, fresh: bool) -> bytes | None:
+        """The next request head, or None when the client closed or was too slow (counted)."""
+        self._connections[task] = time.monotonic()
+        first = b""
+        if not fresh:  # a kept-alive connection: the next request may be a while
+            try:
+                first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
+            except TimeoutError:
+                self._closed("idle_timeout")
+                return None
+        try:
+            return first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
+        except TimeoutError:
+            self._closed("head_timeout")
+            return None
 
     # ------------------------------------------------------------ protocol
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
+        assert task is not None
+        if not self._admit(task):
+            writer.close()
+            return
         try:
+            fresh = True
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
-                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    head = await self._read_head(reader, task, fresh)
+                except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 except asyncio.LimitOverrunError:
                     await self._send(writer, (413, "text/plain", b"request head too large\n"), keep_alive=False)
                     return
-                keep_alive = await self._respond(head, writer)
+                if head is None:
+                    return
+                fresh = False
+                self._connections[task] = math.inf  # answering: not to be evicted
+                try:
+                    keep_alive = await asyncio.wait_for(self._respond(head, writer), self.write_timeout)
+                except TimeoutError:
+                    self._closed("write_timeout")
+                    return
                 if not keep_alive:
                     return
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            if task is not None:
-                self._connections.discard(task)
+            self._connections.pop(task, None)  # an evicted one is gone already
+            self.telemetry.http_connections.dec()
             writer.close()
 
     async def _respond(self, head: bytes, writer: asyncio.StreamWriter) -> bool:

@@ -70,7 +70,15 @@ class OutputRunner:
         self._m_duration = telemetry.output_request_duration.labels(self.name)
 
     async def start(self) -> None:
+        await self.start_output()
+        await self.open_lanes()
+
+    async def start_output(self) -> None:
+        """The plugin's own start (secret files, TLS): what a reload tries before it touches the old instance."""
         await self.output.start()
+
+    async def open_lanes(self) -> None:
+        """Open the buffers (replaying what they hold) and start sending."""
         for lane in self.lanes.values():
             await lane.start()
         self.update_gauges()

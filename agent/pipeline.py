@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,19 @@ from agent.staleness import SeriesTracker
 log = logging.getLogger("hostwatch.pipeline")
 
 
+class ApplyError(Exception):
+    """A configuration that validated but could not be applied (a secret file, TLS, a buffer)."""
+
+
+@dataclass
+class OutputPlan:
+    """What :meth:`Pipeline.prepare` readied for :meth:`Pipeline.commit` or :meth:`Pipeline.abort`."""
+
+    config: Any
+    retired: list[str]  # running outputs the config removes or changes
+    started: dict[str, tuple[Any, OutputRunner]] = field(default_factory=dict)  # plugin started, buffers closed
+
+
 class Pipeline:
     def __init__(self, telemetry: Any, latest: LatestSamples, *, clock: Callable[[], int] = time.time_ns) -> None:
         self.telemetry = telemetry
@@ -28,28 +43,80 @@ class Pipeline:
         self.runners: dict[str, tuple[Any, OutputRunner]] = {}
         self._metric_lanes: list[Any] = []
         self._log_lanes: list[Any] = []
+        self.failed: dict[str, str] = {}  # outputs of the config that could not be started, and why
         self.series = SeriesTracker()
 
     # ------------------------------------------------------------ outputs
 
     async def apply(self, config: Any) -> None:
-        """Start outputs new in ``config``, stop removed or changed ones (they drain first)."""
+        """Start outputs new in ``config``, stop removed or changed ones (they drain first).
+
+        All or nothing up to the buffers: see :meth:`prepare` and :meth:`commit`.
+        """
+        await self.commit(await self.prepare(config))
+
+    async def prepare(self, config: Any) -> OutputPlan:
+        """Build and start (plugin only: secret files, TLS) every output new or changed in ``config``.
+
+        Nothing running is touched. When one fails, those already started are
+        closed again and :class:`ApplyError` names the output and the reason.
+        """
         wanted = {spec.name: spec for spec in config.outputs}
-        stopping = []
-        for name in list(self.runners):
-            key, runner = self.runners[name]
-            if name not in wanted or key != (wanted[name], config.agent):
-                del self.runners[name]
-                stopping.append(runner)
-        self._route()
-        await asyncio.gather(*(r.close(config.agent.shutdown_timeout) for r in stopping))
+        retired = [n for n, (key, _) in self.runners.items() if n not in wanted or key != (wanted[n], config.agent)]
+        plan = OutputPlan(config, retired)
         for name, spec in wanted.items():
-            if name in self.runners:
+            if name in self.runners and name not in retired:
                 continue
-            runner = self._build(config, spec)
-            await runner.start()
-            self.runners[name] = ((spec, config.agent), runner)
+            try:
+                runner = self._build(config, spec)
+                plan.started[name] = ((spec, config.agent), runner)
+                await runner.start_output()
+            except Exception as exc:
+                await self.abort(plan)
+                raise ApplyError(f"output {name}: {type(exc).__name__}: {exc}") from exc
+        return plan
+
+    async def abort(self, plan: OutputPlan) -> None:
+        """Close the plugins :meth:`prepare` started; the running outputs never noticed."""
+        for _, runner in plan.started.values():
+            with contextlib.suppress(Exception):
+                await runner.output.close()
+        plan.started.clear()
+
+    async def commit(self, plan: OutputPlan) -> None:
+        """Swap: retired outputs drain and stop, then the new ones open their buffers and start.
+
+        A replaced output's buffer directory is the old one's, so it can only be
+        opened once the old instance has closed it. The new instance is routed
+        to at once, though: what arrives meanwhile waits in its pending batches
+        (log sources pause when those are full), so nothing slips past an output
+        while it is being replaced. Should a buffer still fail to open, the
+        output is listed by :meth:`problems` (``/ready`` answers 503) and
+        :class:`ApplyError` is raised after everything else was applied.
+        """
+        stopping = [self.runners.pop(name)[1] for name in plan.retired]
+        self.runners.update(plan.started)
         self._route()
+        await asyncio.gather(*(r.close(plan.config.agent.shutdown_timeout) for r in stopping))
+        wanted = {spec.name for spec in plan.config.outputs}
+        self.failed = {name: why for name, why in self.failed.items() if name in wanted and name not in plan.started}
+        for name, (_, runner) in plan.started.items():
+            try:
+                await runner.open_lanes()
+            except Exception as exc:
+                self.failed[name] = f"output {name} not running: cannot open its buffer: {type(exc).__name__}: {exc}"
+                log.error("%s", self.failed[name])
+                del self.runners[name]
+                self._route()
+                for lane in runner.lanes.values():  # what it gathered is counted (logs are read again)
+                    with contextlib.suppress(Exception):
+                        await lane.close()
+                with contextlib.suppress(Exception):
+                    await runner.output.close()
+        self._route()
+        failed_now = [self.failed[name] for name in plan.started if name in self.failed]
+        if failed_now:
+            raise ApplyError("; ".join(failed_now))
 
     def _build(self, config: Any, spec: Any) -> OutputRunner:
         agent = config.agent
@@ -136,7 +203,7 @@ class Pipeline:
         await asyncio.gather(*(r.close(timeout) for r in runners))
 
     def problems(self) -> list[str]:
-        return [p for _, r in self.runners.values() for p in r.problems()]
+        return [*self.failed.values(), *(p for _, r in self.runners.values() for p in r.problems())]
 
     def status(self) -> dict[str, Any]:
         return {name: r.status() for name, (_, r) in self.runners.items()}

@@ -3,6 +3,9 @@
 Start order is HTTP server (so ``/live`` answers during start-up), outputs,
 pipeline, collectors; stop is the reverse, under one deadline, so collectors
 stop producing before outputs get ``shutdown_timeout`` to deliver.
+
+A reload is all or nothing: the new parts are started before any old one
+stops (see :meth:`Agent.reload`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import Any
 from agent import __version__
 from agent.config import Config, ConfigError, PluginSpec, load_config
 from agent.exposition import LatestSamples
+from agent.logsetup import SecretMask
 from agent.model import labels_from, merge_labels
-from agent.pipeline import Pipeline
+from agent.pipeline import ApplyError, Pipeline
 from agent.plugin import CollectorContext
-from agent.scheduler import CollectorRunner, scrape_key
+from agent.scheduler import CollectorRunner, iso_time, scrape_key
+from agent.secrets import config_secrets
 from agent.systemd import Notifier
 from agent.telemetry import Telemetry
 from agent.workers import Worker
@@ -40,9 +45,13 @@ class Agent:
         telemetry: Telemetry | None = None,
         clock: Callable[[], int] = time.time_ns,
         notify: Callable[[str], None] | None = None,
+        mask: SecretMask | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry()
+        # the log handler's mask (the CLI's), also applied to what /health/detailed and /ready show
+        self.mask = mask or SecretMask()
+        self.last_reload: dict[str, Any] | None = None
         self.clock = clock
         self.notify = notify or (lambda _state: None)
         self.latest = LatestSamples()
@@ -58,6 +67,7 @@ class Agent:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self.mask.add(await asyncio.to_thread(config_secrets, self.config))
         await self._start_http()
         await self.pipeline.apply(self.config)
         self._apply_collectors(self.config)
@@ -84,37 +94,77 @@ class Agent:
             self.http = None
 
     async def reload(self, new_config: Config) -> None:
-        """Apply a validated config: unchanged instances keep running."""
+        """Apply a validated config, all or nothing; unchanged instances keep running.
+
+        The new parts start before any old one stops: a new ``listen`` address
+        is bound, new or changed outputs start (secret files, TLS), new or
+        changed collectors are built. Only when all of that worked do the old
+        ones stop and the new ones take over; otherwise what was started is
+        closed again, the running configuration stays, and :class:`ApplyError`
+        says why.
+        """
         old = self.config
+        moved = new_config.http.listen != old.http.listen
+        new_http = await self._bind_http(new_config.http.listen) if moved else None
+        try:
+            plan = await self.pipeline.prepare(new_config)
+        except ApplyError:
+            await self._unbind_http(new_http)
+            raise
+        try:
+            stopping, starting = self._prepare_collectors(new_config)
+        except ApplyError:
+            await self.pipeline.abort(plan)
+            await self._unbind_http(new_http)
+            raise
+        # everything new is ready: from here on the new configuration is the running one
         self.config = new_config
-        if new_config.http.listen != old.http.listen:
-            if self.http is not None:
-                await self.http.stop()
-                self.http = None
-            await self._start_http()
-        await self.pipeline.apply(new_config)
-        self._apply_collectors(new_config)
+        if moved:
+            old_http, self.http = self.http, new_http
+            if old_http is not None and old_http is not new_http:
+                await old_http.stop()
+        try:
+            await self.pipeline.commit(plan)
+        finally:
+            self._commit_collectors(stopping, starting)
 
     # ------------------------------------------------------------ collectors
 
     def _apply_collectors(self, config: Config) -> None:
+        self._commit_collectors(*self._prepare_collectors(config))
+
+    def _prepare_collectors(self, config: Config) -> tuple[list[str], dict[str, tuple[Any, CollectorRunner]]]:
+        """Build (not start) the runners new or changed in ``config``; raises if a collector cannot be built."""
         wanted = {spec.name: spec for spec in config.collectors}
-        for name in list(self.runners):
-            key, runner = self.runners[name]
-            if name not in wanted or key != self._runner_key(config, wanted[name]):
-                del self.runners[name]
+        stopping = [
+            name
+            for name, (key, _) in self.runners.items()
+            if name not in wanted or key != self._runner_key(config, wanted[name])
+        ]
+        starting = {}
+        for name, spec in wanted.items():
+            if name in self.runners and name not in stopping:
+                continue
+            try:
+                starting[name] = (self._runner_key(config, spec), self.build_runner(config, spec))
+            except Exception as exc:
+                raise ApplyError(f"collector {name}: {type(exc).__name__}: {exc}") from exc
+        return stopping, starting
+
+    def _commit_collectors(self, stopping: list[str], starting: dict[str, tuple[Any, CollectorRunner]]) -> None:
+        for name in stopping:
+            _, runner = self.runners.pop(name)
+            if name not in starting:
+                # removed, not changed: its series end now (a changed one goes on publishing them)
                 for key in (name, scrape_key(name)):
                     self.latest.forget(key)
-                    if name not in wanted:
-                        self.pipeline.end_instance(key)
-                task = asyncio.create_task(runner.stop())
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-        for name, spec in wanted.items():
-            if name not in self.runners:
-                runner = self.build_runner(config, spec)
-                self.runners[name] = (self._runner_key(config, spec), runner)
-                runner.start()
+                    self.pipeline.end_instance(key)
+            task = asyncio.create_task(runner.stop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        for name, (key, runner) in starting.items():
+            self.runners[name] = (key, runner)
+            runner.start()
 
     @staticmethod
     def _runner_key(config: Config, spec: PluginSpec) -> tuple[Any, ...]:
@@ -175,27 +225,71 @@ class Agent:
             return
         from agent.http import HttpServer
 
-        self.http = HttpServer(self, self.config.http.listen)
+        self.http = HttpServer(self, self.config.http.listen, telemetry=self.telemetry)
         await self.http.start()
 
+    async def _bind_http(self, listen: str) -> Any:
+        """A server on ``listen`` for a reload, bound while the old one still serves; None for no server."""
+        if not listen:
+            return None
+        from agent.http import HttpServer, parse_listen
+
+        server = HttpServer(self, listen, telemetry=self.telemetry)
+        try:
+            try:
+                await server.start()
+            except OSError:
+                # the same port on another address of this host: the old socket must go first
+                if self.http is None or self.http.port != parse_listen(listen)[1]:
+                    raise
+                await self.http.stop()
+                try:
+                    await server.start()
+                except OSError:
+                    await self.http.start()  # the old address again: it was ours a moment ago
+                    raise
+        except (OSError, ValueError) as exc:
+            raise ApplyError(f"[http] listen: {exc}") from None
+        return server
+
+    async def _unbind_http(self, server: Any) -> None:
+        """Undo :meth:`_bind_http` for a reload that failed later: the old server serves again."""
+        if server is None or server is self.http:
+            return
+        await server.stop()
+        if self.http is not None and not self.http.serving:
+            await self.http.start()  # it had to give its port up for the new address
+
     def readiness(self) -> tuple[bool, list[str]]:
+        """Ready or not, and why not (error texts masked: they may quote a URL or a server's answer)."""
         reasons: list[str] = []
         if not self.ready:
             reasons.append("stopping" if self.stopping else "starting")
         reasons.extend(self.pipeline.problems())
-        return (not reasons, reasons)
+        return (not reasons, [self.mask.mask(reason) for reason in reasons])
 
     def detailed(self) -> dict[str, Any]:
         ok, reasons = self.readiness()
-        return {
-            "status": "ready" if ok else "not ready",
-            "reasons": reasons,
-            "version": __version__,
-            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
-            "config_sources": list(self.config.sources),
-            "collectors": {name: runner.state.as_dict() for name, (_, runner) in self.runners.items()},
-            "outputs": self.pipeline.status(),
-        }
+        return self.mask.mask_all(
+            {
+                "status": "ready" if ok else "not ready",
+                "reasons": reasons,
+                "version": __version__,
+                "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+                "config_sources": list(self.config.sources),
+                "last_reload": self.last_reload,
+                "collectors": {name: runner.state.as_dict() for name, (_, runner) in self.runners.items()},
+                "outputs": self.pipeline.status(),
+            }
+        )
+
+    def note_reload(self, ok: bool, error: str = "") -> None:
+        """Count a reload and remember it for /health/detailed."""
+        self.telemetry.config_reloads.labels("success" if ok else "failure").inc()
+        self.telemetry.config_last_reload_success.set(1 if ok else 0)
+        self.last_reload = {"time": iso_time(self.clock()), "result": "success" if ok else "failure"}
+        if error:
+            self.last_reload["error"] = self.mask.mask(error)
 
 
 async def run_agent(
@@ -204,6 +298,7 @@ async def run_agent(
     *,
     on_ready: Callable[[Agent], None] | None = None,
     notifier: Notifier | None = None,
+    mask: SecretMask | None = None,
 ) -> int:
     """The daemon: start, serve until SIGTERM/SIGINT, reload on SIGHUP. Returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -211,13 +306,13 @@ async def run_agent(
     reload_requested = asyncio.Event()
     notifier = notifier or Notifier(None)
     notify = notifier.notify
-    agent = Agent(config, notify=notify)
+    agent = Agent(config, notify=notify, mask=mask)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     try:
         await agent.start()
-    except OSError as exc:
+    except (OSError, ApplyError) as exc:
         log.error("cannot start: %s", exc)
         await agent.stop()
         return 1
@@ -243,27 +338,31 @@ async def run_agent(
 
 async def _reload(agent: Agent, config_path: str | None, notify: Callable[[str], None]) -> None:
     notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-    telemetry = agent.telemetry
     try:
         new_config = await asyncio.to_thread(load_config, config_path)
     except ConfigError as exc:
-        telemetry.config_reloads.labels("failure").inc()
-        telemetry.config_last_reload_success.set(0)
+        agent.note_reload(False, f"{len(exc.errors)} configuration error(s): {'; '.join(exc.errors)}")
         log.error("reload rejected, the running configuration stays: %d error(s)", len(exc.errors))
         for line in exc.errors:
             log.error("config: %s", line)
         notify("READY=1\nSTATUS=running (last reload rejected)")
         return
+    # the new secrets are masked before anything can quote them, also if the reload fails
+    agent.mask.add(await asyncio.to_thread(config_secrets, new_config))
     try:
         await agent.reload(new_config)
-    except Exception:
-        telemetry.config_reloads.labels("failure").inc()
-        telemetry.config_last_reload_success.set(0)
+    except ApplyError as exc:
+        agent.note_reload(False, str(exc))
+        log.error("reload failed, the running configuration stays: %s", exc)
+        notify("READY=1\nSTATUS=running (last reload failed)")
+        return
+    except Exception as exc:
+        agent.note_reload(False, f"{type(exc).__name__}: {exc}")
         log.exception("reload failed while applying the new configuration")
-    else:
-        telemetry.config_reloads.labels("success").inc()
-        telemetry.config_last_reload_success.set(1)
-        log.info("configuration reloaded", extra={"sources": ",".join(new_config.sources)})
+        notify("READY=1\nSTATUS=running (last reload failed)")
+        return
+    agent.note_reload(True)
+    log.info("configuration reloaded", extra={"sources": ",".join(new_config.sources)})
     notify("READY=1\nSTATUS=running")
 
 

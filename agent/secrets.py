@@ -1,11 +1,15 @@
 """Secret values of a loaded configuration, to mask in the agent's own logs.
 
 Kept apart from ``agent.redact`` so that masking needs no RE2 (and no start-up
-cost) when no log collector is configured.
+cost) when no log collector is configured. :func:`mask_url_credentials` needs no
+list of known values: it hides the password of any ``scheme://user:password@``
+URL in a text, so a URL quoted by an error (a new one after a reload, or one in
+a config that failed to load) shows no credential either.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,16 @@ from urllib.parse import unquote, urlsplit
 
 _SECRET_FIELD = re.compile(r"password|passwd|token|secret|api_?key|credential", re.I)
 _SECRET_HEADER = re.compile(r"authorization|cookie|token|secret|api-?key|auth", re.I)
+# scheme://user:password@ : the password runs to the last "@" before the host part ends
+# (a password may hold an unencoded "@"; a path, query or whitespace ends the authority)
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^\s/?#@:'\"]*:)[^\s/?#'\"]*@", re.I)
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL replaced by ``***``."""
+    if "://" not in text:
+        return text
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def config_secrets(config: Any) -> set[str]:
@@ -60,3 +74,6 @@ def _collect(value: Any, name: str, found: set[str]) -> None:
                 password = None
             if password:
                 found.update({password, unquote(password)})
+                # clients send URL credentials as basic auth: an echoed header shows this form
+                user = unquote(urlsplit(value).username or "")
+                found.add(base64.b64encode(f"{user}:{unquote(password)}".encode()).decode())

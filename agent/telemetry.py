@@ -43,6 +43,16 @@ class Telemetry:
             "hostwatch_config_last_reload_successful", "1 if the last reload succeeded.", registry=registry
         )
         self.config_last_reload_success.set(1)
+        self.http_connections = Gauge(
+            "hostwatch_http_connections", "Connections open to the agent's HTTP server.", registry=registry
+        )
+        self.http_connections_closed = Counter(
+            "hostwatch_http_connections_closed",
+            "HTTP connections the agent closed on its own, by reason (limit: over max connections;"
+            " head_timeout, idle_timeout, write_timeout: a client too slow).",
+            ["reason"],
+            registry=registry,
+        )
 
         # collectors
         self.collector_runs = Counter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import subprocess
 import time
@@ -30,10 +31,20 @@ class AgentProcess:
         self.log = self.dir / "stderr.log"
         self.starts = 0
 
-    def start(self, wait_ready: bool = True, timeout: float = 15.0) -> AgentProcess:
+    def start(self, wait_ready: bool = True, timeout: float = 15.0, nofile: int | None = None) -> AgentProcess:
+        """``nofile``: the process's descriptor limit (systemd's default soft limit is 1024)."""
         self.starts += 1
+
+        def limit_descriptors() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen([*hostwatch_command(), "run", "--config", str(self.config)], stderr=err)
+            self.proc = subprocess.Popen(
+                [*hostwatch_command(), "run", "--config", str(self.config)],
+                stderr=err,
+                preexec_fn=limit_descriptors if nofile is not None else None,
+            )
         if wait_ready:
             self.wait(lambda: self.get("/ready")[0] == 200, timeout, "ready")
         return self
