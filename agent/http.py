@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 
+from agent import config_types
+
 if TYPE_CHECKING:
     from agent.runtime import Agent
 
@@ -57,10 +59,9 @@ Response = tuple[int, str, bytes]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen must be host:port, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """``[http] listen`` as validated by the config (an empty host binds every interface)."""
+    host, port = config_types.parse_listen(listen)
+    return host or "0.0.0.0", port
 
 
 class HttpServer:

@@ -363,6 +363,8 @@ async def _reload(agent: Agent, config_path: str | None, notify: Callable[[str],
         return
     agent.note_reload(True)
     log.info("configuration reloaded", extra={"sources": ",".join(new_config.sources)})
+    for line in new_config.warnings:  # as at start: valid, but worth a look (a listen off loopback)
+        logging.getLogger("hostwatch.config").warning("%s", line)
     notify("READY=1\nSTATUS=running")
 
 

@@ -184,3 +184,19 @@ async def test_what_arrives_while_a_changed_output_drains_goes_to_its_new_instan
         assert [s.name for s in lane.pending] == ["during_swap"]
     finally:
         await agent.stop()
+
+
+async def test_a_reload_logs_the_new_configs_warnings_as_start_does(tmp_path: Path, caplog) -> None:
+    from agent.runtime import _reload
+
+    agent = Agent(load_config(str(config_file(tmp_path, "good.toml", ""))))
+    await agent.start()
+    try:
+        exposed = config_file(tmp_path, "exposed.toml", "").read_text().replace('listen = ""', 'listen = "0.0.0.0:0"')
+        (tmp_path / "exposed.toml").write_text(exposed)
+        caplog.set_level(logging.WARNING, logger="hostwatch.config")
+        await _reload(agent, str(tmp_path / "exposed.toml"), lambda _: None)
+        assert agent.config.http.listen == "0.0.0.0:0"
+        assert any("http.listen" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    finally:
+        await agent.stop()
