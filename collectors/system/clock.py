@@ -98,7 +98,9 @@ class TimexCollector:
         if state < 0:
             code = ctypes.get_errno()
             if code == errno.EPERM:
-                raise Unavailable("adjtimex refused (EPERM): a seccomp filter denies it, e.g. systemd's ProtectClock=yes")
+                raise Unavailable(
+                    "adjtimex refused (EPERM): a seccomp filter denies it, e.g. systemd's ProtectClock=yes"
+                )
             raise OSError(code, f"adjtimex: {os.strerror(code)}")
         return state, tx
 

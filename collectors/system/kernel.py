@@ -136,7 +136,10 @@ class InterruptsCollector:
         for index in seen.values():
             name, parts = rows[index]
             if name.isdigit():
-                info, devices = parts[cpus + 1].decode(errors="replace"), b" ".join(parts[cpus + 2 :]).decode(errors="replace")
+                info, devices = (
+                    parts[cpus + 1].decode(errors="replace"),
+                    b" ".join(parts[cpus + 2 :]).decode(errors="replace"),
+                )
             else:
                 info, devices = b" ".join(parts[cpus + 1 :]).decode(errors="replace"), ""
             base = (("devices", devices), ("info", info), ("type", name))

@@ -61,7 +61,7 @@ class SystemCollector(PeriodicCollector):
             ),
         ] = msgspec.field(default_factory=lambda: list(ALL))
         exclude: Annotated[
-            list[str], msgspec.Meta(description="Parts not to run, e.g. [\"interrupts\"]; applied after collectors.")
+            list[str], msgspec.Meta(description='Parts not to run, e.g. ["interrupts"]; applied after collectors.')
         ] = msgspec.field(default_factory=list)
 
         def __post_init__(self) -> None:

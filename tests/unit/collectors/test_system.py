@@ -61,7 +61,9 @@ async def test_host_tree_values(tmp_path):
     allocated, _, maximum = (tree / "proc/sys/fs/file-nr").read_text().split()
     assert values[("node_filefd_allocated", ())] == int(allocated)
     assert values[("node_filefd_maximum", ())] == int(maximum)
-    assert values[("node_entropy_available_bits", ())] == int((tree / "proc/sys/kernel/random/entropy_avail").read_text())
+    assert values[("node_entropy_available_bits", ())] == int(
+        (tree / "proc/sys/kernel/random/entropy_avail").read_text()
+    )
     cpu_some = (tree / "proc/pressure/cpu").read_text().split("total=")[1].split()[0]
     assert values[("node_pressure_cpu_waiting_seconds_total", ())] == int(cpu_some) / 1e6
     assert values[("node_os_version", (("id", "debian"), ("id_like", ""), ("name", "Debian GNU/Linux")))] == 12
@@ -286,7 +288,7 @@ def test_real_adjtimex_reads_this_host():
 
 
 def test_os_release_quoting():
-    text = "# comment\nA=plain\nB=\"double \\\"quoted\\\" \\$x\"\nC='single \"kept\"'\nD=\"x\" # trailing\n\nE=\n"
+    text = '# comment\nA=plain\nB="double \\"quoted\\" \\$x"\nC=\'single "kept"\'\nD="x" # trailing\n\nE=\n'
     assert parse_os_release(text) == {"A": "plain", "B": 'double "quoted" $x', "C": 'single "kept"', "D": "x", "E": ""}
     for bad in ("NOEQUALS\n", 'A="open\n', "A=two words\n", "1A=x\n"):
         with pytest.raises(ValueError):
@@ -304,7 +306,10 @@ def test_config_names_unknown_parts():
 async def test_collectors_and_exclude_select_parts(tmp_path):
     emitter = await collect_once(make(tmp_path, "host", collectors=["filefd", "entropy", "os"], exclude=["os"]))
     assert set(success(emitter.samples)) == {"filefd", "entropy"}
-    assert {s.name for s in emitter.samples} - {"node_scrape_collector_success", "node_scrape_collector_duration_seconds"} == {
+    assert {s.name for s in emitter.samples} - {
+        "node_scrape_collector_success",
+        "node_scrape_collector_duration_seconds",
+    } == {
         "node_filefd_allocated",
         "node_filefd_maximum",
         "node_entropy_available_bits",

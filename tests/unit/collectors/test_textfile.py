@@ -95,7 +95,7 @@ def test_histogram_and_summary_become_node_exporters_series():
         ('metric{a="\\t"} 1\n', "invalid escape sequence"),
         ('metric{a="open} 1\n', "unescaped new-line"),
         ("metric{a=1} 1\n", "expected '\"' at start of label value"),
-        ("metric{1a=\"x\"} 1\n", "invalid label name"),
+        ('metric{1a="x"} 1\n', "invalid label name"),
         ("1metric 1\n", "invalid metric name"),
         ("# TYPE m gauge\n# TYPE m counter\nm 1\n", "second TYPE line"),
         ("m 1\n# TYPE m gauge\n", "TYPE reported after samples"),
@@ -117,7 +117,9 @@ def test_accepts_what_node_exporter_accepts():
     assert series_of('m { a = "x" , } 2\n') == {("m", (("a", "x"),)): ("gauge", 2.0)}
     assert series_of('m{a="x"}3\n') == {("m", (("a", "x"),)): ("gauge", 3.0)}
     assert series_of("# TYPE\n# HELP m\n#\nm NaN\n")[("m", ())][1] != series_of("m NaN\n")[("m", ())][1]  # NaN
-    assert series_of("no_newline_needed_after_blanks 1\n   ") == {("no_newline_needed_after_blanks", ()): ("gauge", 1.0)}
+    assert series_of("no_newline_needed_after_blanks 1\n   ") == {
+        ("no_newline_needed_after_blanks", ()): ("gauge", 1.0)
+    }
     assert parse("# HELP only_help text\n") == {}  # a family without samples is dropped
     families = parse("m 1 1700000000000\n")
     assert families["m"].metrics[0].timestamp_ms == 1700000000000
@@ -125,8 +127,19 @@ def test_accepts_what_node_exporter_accepts():
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0.1, "0.1"), (1.0, "1"), (1e6, "1e+06"), (123456.0, "123456"), (1e-5, "1e-05"), (0.0001, "0.0001"),
-     (2.5e-7, "2.5e-07"), (-3.0, "-3"), (math.inf, "+Inf"), (0.0, "0"), (123456789.0, "1.23456789e+08")],
+    [
+        (0.1, "0.1"),
+        (1.0, "1"),
+        (1e6, "1e+06"),
+        (123456.0, "123456"),
+        (1e-5, "1e-05"),
+        (0.0001, "0.0001"),
+        (2.5e-7, "2.5e-07"),
+        (-3.0, "-3"),
+        (math.inf, "+Inf"),
+        (0.0, "0"),
+        (123456789.0, "1.23456789e+08"),
+    ],
 )
 def test_go_float_matches_strconv(value, text):
     assert go_float(value) == text
@@ -165,7 +178,7 @@ async def test_a_bad_file_is_left_out_alone(tmp_path, name, reason):
     values = by_series(emitter.samples)
     assert values[("node_textfile_scrape_error", ())] == 1
     assert values[("hostwatch_textfile_errors_total", (("collector", "textfile"), ("reason", reason)))] == 1
-    assert [str(e) for e in emitter.errors] == [f"textfile {folder / name}: " + str(emitter.errors[0]).split(": ", 1)[1]]
+    assert len(emitter.errors) == 1 and str(emitter.errors[0]).startswith(f"textfile {folder / name}: ")
     assert ("node_textfile_mtime_seconds", (("file", str(folder / name)),)) not in values
     good = await collect_once(make(tmp_path, GOOD))
     ours = {k: v for k, v in values.items() if not k[0].startswith(("node_textfile_", "hostwatch_"))}
@@ -225,7 +238,10 @@ async def test_unchanged_files_are_not_parsed_again(tmp_path, monkeypatch):
     target.write_text(target.read_text().replace("1700000000", "1800000000"))
     third = await collect_once(collector)
     assert len(calls) == parsed + 1
-    assert by_series(third.samples)[("backup_last_success_timestamp_seconds", (("job", "nightly"), ("target", "")))] == 1.8e9
+    assert (
+        by_series(third.samples)[("backup_last_success_timestamp_seconds", (("job", "nightly"), ("target", "")))]
+        == 1.8e9
+    )
     target.unlink()
     fourth = await collect_once(collector)
     assert ("node_textfile_mtime_seconds", (("file", str(target)),)) not in by_series(fourth.samples)
