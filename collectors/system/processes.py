@@ -41,7 +41,10 @@ class ProcessesCollector:
             pids += 1
             states[state] += 1
             threads += num_threads
-            self._threads(f"{proc}/{entry}/task", entry, state, thread_states)
+            if num_threads == 1:
+                thread_states[state] += 1  # its only task is itself: no need to list task/
+            else:
+                self._threads(f"{proc}/{entry}/task", entry, state, thread_states)
         emit.gauge("node_processes_threads", threads, unit="1")
         emit.gauge("node_processes_max_threads", read_uint(self._proc / "sys" / "kernel" / "threads-max"), unit="1")
         for state, count in sorted(states.items()):
@@ -87,7 +90,7 @@ def _stat(path: str) -> tuple[str, int] | None:
     finally:
         os.close(fd)
     # the command name may hold spaces and parentheses: the fields start after the last ")"
-    fields = data[data.rfind(b")") + 2 :].split()
+    fields = data[data.rfind(b")") + 2 :].split(maxsplit=18)  # state is field 3, num_threads 20
     if len(fields) < 18:
         raise ValueError(f"{path}: malformed stat {data[:80]!r}")
     return fields[0].decode(errors="replace"), int(fields[17])

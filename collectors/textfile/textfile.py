@@ -31,6 +31,8 @@ from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginCon
 
 from .parse import ParseError, Series, flatten, has_timestamps, parse
 
+# the collector's own families: a file may not write them
+RESERVED = frozenset({"node_textfile_mtime_seconds", "node_textfile_scrape_error", "hostwatch_textfile_errors_total"})
 Parsed = list[tuple[str, str, list[Series]]]
 """(family name, family type, its series) for one file."""
 
@@ -168,6 +170,9 @@ class TextfileCollector(PeriodicCollector):
     ) -> None:
         duplicates = 0
         for family, kind, series in parsed:
+            if family in RESERVED:
+                self._problem(emit, FileProblem("conflict", f"{path}: {family} is the textfile collector's own metric"))
+                continue
             earlier = types.setdefault(family, kind)
             if earlier != kind:
                 self._problem(

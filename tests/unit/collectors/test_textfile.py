@@ -255,3 +255,15 @@ async def test_glob_patterns_and_no_directories(tmp_path):
     assert [(s.name, s.value) for s in empty.samples] == [("node_textfile_scrape_error", 0.0)]
     nothing = await collect_once(make(tmp_path, str(tmp_path / "nomatch*")))
     assert by_series(nothing.samples)[("node_textfile_scrape_error", ())] == 1
+
+
+async def test_a_file_cannot_write_the_collectors_own_metrics(tmp_path):
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "sneaky.prom").write_text("node_textfile_scrape_error 0\nother 1\n")
+    (folder / "broken.prom").write_text("broken")
+    emitter = await collect_once(make(tmp_path, folder))
+    values = by_series(emitter.samples)
+    assert [s.value for s in emitter.samples if s.name == "node_textfile_scrape_error"] == [1.0]
+    assert values[("other", ())] == 1
+    assert values[("hostwatch_textfile_errors_total", (("collector", "textfile"), ("reason", "conflict")))] == 1
