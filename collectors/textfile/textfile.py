@@ -194,4 +194,4 @@ class TextfileCollector(PeriodicCollector):
 
     def _problem(self, emit: Emitter, problem: FileProblem, count: int = 1) -> None:
         self._errors[problem.reason] += count
-        emit.error(f"textfile {problem}")
+        emit.error(str(problem))

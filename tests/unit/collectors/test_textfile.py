@@ -178,7 +178,7 @@ async def test_a_bad_file_is_left_out_alone(tmp_path, name, reason):
     values = by_series(emitter.samples)
     assert values[("node_textfile_scrape_error", ())] == 1
     assert values[("hostwatch_textfile_errors_total", (("collector", "textfile"), ("reason", reason)))] == 1
-    assert len(emitter.errors) == 1 and str(emitter.errors[0]).startswith(f"textfile {folder / name}: ")
+    assert len(emitter.errors) == 1 and str(emitter.errors[0]).startswith(f"{folder / name}: ")
     assert ("node_textfile_mtime_seconds", (("file", str(folder / name)),)) not in values
     good = await collect_once(make(tmp_path, GOOD))
     ours = {k: v for k, v in values.items() if not k[0].startswith(("node_textfile_", "hostwatch_"))}
