@@ -20,7 +20,14 @@ class Unavailable(Exception):
     node_exporter calls this "no data": the sub-collector reports success 0 and
     logs at debug level. Here it is logged once, and not counted as a collector
     error, so a kernel built without the feature does not keep an alert firing.
+    ``warn`` marks what a deployment choice caused and an operator should fix
+    (a sandbox refusing adjtimex hides the clock-synchronisation alerts' input):
+    logged as a warning instead of at info level.
     """
+
+    def __init__(self, message: str, *, warn: bool = False) -> None:
+        super().__init__(message)
+        self.warn = warn
 
 
 def read_bytes(path: Path) -> bytes:

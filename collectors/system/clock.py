@@ -99,7 +99,9 @@ class TimexCollector:
             code = ctypes.get_errno()
             if code == errno.EPERM:
                 raise Unavailable(
-                    "adjtimex refused (EPERM): a seccomp filter denies it, e.g. systemd's ProtectClock=yes"
+                    "adjtimex refused (EPERM): a seccomp filter denies it, e.g. systemd's ProtectClock=yes; "
+                    "node_timex_* (the clock synchronisation alerts' input) are not exported",
+                    warn=True,
                 )
             raise OSError(code, f"adjtimex: {os.strerror(code)}")
         return state, tx

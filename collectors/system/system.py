@@ -91,7 +91,8 @@ class SystemCollector(PeriodicCollector):
             except Unavailable as exc:
                 if part.name not in self._told:
                     self._told.add(part.name)
-                    self.context.logger.info("system collector %s: not available on this host: %s", part.name, exc)
+                    log = self.context.logger.warning if exc.warn else self.context.logger.info
+                    log("system collector %s: not available on this host: %s", part.name, exc)
             except (OSError, ValueError, IndexError) as exc:
                 emit.error(f"{part.name}: {exc}")
             labels = self._labels[part.name]
