@@ -107,22 +107,22 @@ def _take(text: str, allowed: frozenset[str], start: frozenset[str]) -> tuple[st
 
 def _comment(text: str, families: dict[str, Family], number: int) -> None:
     text = text.lstrip(_BLANK)
-    keyword, _, rest = _split_blank(text)
-    if keyword not in ("HELP", "TYPE") or not _:
+    keyword, blank, rest = _split_blank(text)
+    if keyword not in ("HELP", "TYPE") or not blank:
         return  # an ordinary comment, or a keyword alone on its line
     name, rest = _take(rest.lstrip(_BLANK), _METRIC_CHARS, _METRIC_START)
     if not rest:
         return
     if rest[0] not in _BLANK:
         raise ParseError(number, "invalid metric name in comment")
-    family, _part = _family_for(name, families)
+    family, _ = _family_for(name, families)
     rest = rest.lstrip(_BLANK)
     if not rest:
         return
     if keyword == "HELP":
         if family.help is not None:
             raise ParseError(number, f"second HELP line for metric name {family.name!r}")
-        family.help = _unescape(rest, number, label=False)
+        family.help = _unescape_help(rest, number)
         return
     if family.type is not None:
         raise ParseError(number, f"second TYPE line for metric name {family.name!r}, or TYPE reported after samples")
@@ -157,11 +157,11 @@ def _sample(text: str, families: dict[str, Family], number: int) -> None:
         raise ParseError(number, f"expected float as value, got {value_text!r}")
     timestamp = None
     if blank:
-        stamp_text, _, tail = _split_blank(rest.lstrip(_BLANK))
+        stamp_text, after, tail = _split_blank(rest.lstrip(_BLANK))
         if not _is_int(stamp_text):
             raise ParseError(number, f"expected integer as timestamp, got {stamp_text!r}")
-        if tail or _:
-            raise ParseError(number, f"spurious string after timestamp: {(_ + tail)!r}")
+        if after or tail:
+            raise ParseError(number, f"spurious string after timestamp: {(after + tail)!r}")
         timestamp = int(stamp_text)
     if family.type in ("summary", "histogram"):
         key = tuple(sorted(labels.items()))
@@ -243,7 +243,8 @@ def _label_value(text: str, number: int) -> tuple[str, str]:
     raise ParseError(number, f"label value {''.join(out)!r} contains unescaped new-line")
 
 
-def _unescape(text: str, number: int, *, label: bool) -> str:
+def _unescape_help(text: str, number: int) -> str:
+    """HELP text knows two escapes, ``\\\\`` and ``\\n``."""
     if "\\" not in text:
         return text
     out: list[str] = []
@@ -253,7 +254,7 @@ def _unescape(text: str, number: int, *, label: bool) -> str:
             out.append(char)
             continue
         escaped = next(chars, "")
-        if escaped == "\\" or escaped == "n" or (label and escaped == '"'):
+        if escaped in ("\\", "n"):
             out.append(_ESCAPES[escaped])
         else:  # also a backslash that ends the line
             raise ParseError(number, f"invalid escape sequence '\\{escaped}'")
