@@ -1,0 +1,50 @@
+"""What every sub-collector of the system plugin shares: its inputs and its two ways to fail."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Roots:
+    proc: Path
+    sys: Path
+    rootfs: Path
+
+
+class Unavailable(Exception):
+    """The host lacks the feature (no PSI, no schedstat, adjtimex refused): no series, not an error.
+
+    node_exporter calls this "no data": the sub-collector reports success 0 and
+    logs at debug level. Here it is logged once, and not counted as a collector
+    error, so a kernel built without the feature does not keep an alert firing.
+    ``warn`` marks what a deployment choice caused and an operator should fix
+    (a sandbox refusing adjtimex hides the clock-synchronisation alerts' input):
+    logged as a warning instead of at info level.
+    """
+
+    def __init__(self, message: str, *, warn: bool = False) -> None:
+        super().__init__(message)
+        self.warn = warn
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file; os.read skips the buffered-file layers, a third of the cost of reading a /proc file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_uint(path: Path) -> int:
+    """A file holding one unsigned integer, as node_exporter's readUintFromFile reads it."""
+    text = read_bytes(path).strip()
+    if not text.isdigit():
+        raise ValueError(f"{path}: expected an unsigned integer, got {text[:40]!r}")
+    return int(text)
