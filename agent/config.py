@@ -49,7 +49,8 @@ DEFAULT_PATH = Path("/etc/hostwatch/hostwatch.toml")
 Desc = msgspec.Meta
 
 EMBEDDED_DEFAULT = """\
-# hostwatch's embedded default: host metrics every 10 s, served on /metrics.
+# hostwatch's embedded default: host metrics every 10 s, served on /metrics, with the
+# collectors node_exporter 1.5 enables by default on Linux, under the same names.
 [agent]
 interval = "10s"
 
@@ -60,6 +61,11 @@ listen = "127.0.0.1:9730"
 [[collectors.memory]]
 [[collectors.disk]]
 [[collectors.network]]
+[[collectors.netclass]]
+[[collectors.hardware]]
+[[collectors.system]]
+exclude = ["processes", "interrupts"]
+[[collectors.textfile]]
 """
 
 

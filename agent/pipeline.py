@@ -148,13 +148,20 @@ class Pipeline:
     # ------------------------------------------------------------ intake
 
     def publish_samples(
-        self, instance: str, samples: list[Sample], on_durable: Callable[[], None] | None = None
+        self,
+        instance: str,
+        samples: list[Sample],
+        on_durable: Callable[[], None] | None = None,
+        *,
+        served: bool = True,
     ) -> None:
         """A periodic run's samples: to /metrics, and offered to every metrics output (never waits).
 
         Series the instance's previous run had and this one lacks get a staleness
-        marker, pushed with the run (``/metrics`` simply stops showing them)."""
-        self.latest.replace(instance, samples)
+        marker, pushed with the run (``/metrics`` simply stops showing them).
+        ``served=False`` keeps the samples off ``/metrics`` (outputs only)."""
+        if served:
+            self.latest.replace(instance, samples)
         ended = self.series.update(instance, samples, self.clock())
         if ended:
             samples = samples + ended

@@ -164,6 +164,9 @@ class PeriodicCollector(abc.ABC):
     streaming: ClassVar[bool] = False
     needs_redactor: ClassVar[bool] = False
     """True: the engine builds the configured redaction service and puts it in the context."""
+    served_on_metrics: ClassVar[bool] = True
+    """False: the samples go to the outputs only, not to ``/metrics`` (the ``internal``
+    collector's are the agent's own metrics, which ``/metrics`` serves already)."""
 
     def __init__(self, config: Any, context: CollectorContext) -> None:
         self.config = config

@@ -11,6 +11,7 @@ stops (see :meth:`Agent.reload`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -208,7 +209,9 @@ class Agent:
             interval=interval,
             timeout=spec.common.timeout or interval,
             static_labels=static,
-            publish=self.pipeline.publish_samples,
+            publish=self.pipeline.publish_samples
+            if getattr(spec.plugin, "served_on_metrics", True)
+            else functools.partial(self.pipeline.publish_samples, served=False),
             log_sink=self.pipeline.publish_logs,
             sample_sink=lambda samples, on_durable, name=spec.name: self.pipeline.accept_samples(
                 name, list(samples), on_durable

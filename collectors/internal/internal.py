@@ -29,6 +29,7 @@ class InternalConfig(PluginConfig):
 
 class InternalCollector(PeriodicCollector):
     Config = InternalConfig
+    served_on_metrics = False  # /metrics serves these already: twice would be duplicate series
 
     async def collect(self, emit) -> None:
         telemetry = self.context.telemetry

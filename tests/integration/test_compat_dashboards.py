@@ -5,7 +5,8 @@ Four data sets, each in its own Prometheus (2.42, from Debian):
 
 * ``node_exporter``: the real node_exporter with its default collectors, scraped (job "node");
 * ``hostwatch /metrics``: the agent on its embedded default collectors, scraped the same way;
-* ``hostwatch remote-write``: the same agent pushing over remote-write (``[agent] job = "node"``).
+* ``hostwatch remote-write``: the same agent pushing over remote-write (``[agent] job = "node"``,
+  and the ``internal`` collector a push-only deployment adds for the agent's own series).
 
 The dashboard's variables are filled as Grafana fills them (``label_values(node_uname_info,
 job)``, then ``nodename``, then ``instance``); ``$__rate_interval`` is four scrape intervals,
@@ -203,6 +204,9 @@ def test_node_exporter_full_and_node_alerts_work_on_hostwatch_as_on_node_exporte
         agent = AgentProcess(
             tmp_path,
             f'[[outputs.remote_write]]\nurl = "{pushed.remote_write_url}"\nflush_interval = "500ms"\n'
+            # what a push-only deployment adds, as its README says: the agent's own process_* and
+            # hostwatch_* series, which the dashboard's "Exporter" panels chart
+            + "[[collectors.internal]]\n"
             + embedded_collectors(),
         )
         confd = agent.config.parent / "conf.d"

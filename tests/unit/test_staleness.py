@@ -103,3 +103,21 @@ def test_otlp_marks_an_ended_stream_with_no_recorded_value() -> None:
     as_json = json_format.Parse(encoder.encode_json([rx(ETH1, STALE_NAN)]), ExportMetricsServiceRequest())
     [point] = as_json.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points
     assert point.flags == 1 and point.WhichOneof("value") is None
+
+
+def test_samples_not_served_go_to_outputs_only() -> None:
+    """The internal collector's samples are the agent's own metrics, which /metrics serves already."""
+
+    class Lane:
+        items: list[Sample] = []
+
+        def offer(self, items, token=None) -> None:
+            self.items = [*self.items, *items]
+
+    latest = LatestSamples()
+    pipeline = Pipeline(Telemetry(), latest, clock=lambda: T0)
+    lane = Lane()
+    pipeline._metric_lanes = [lane]
+    pipeline.publish_samples("internal", [rx(ETH0)], served=False)
+    assert lane.items == [rx(ETH0)]
+    assert latest.samples() == []
