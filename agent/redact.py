@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import re2
 
-from agent.redact_blocks import HINT, BlockState, mask_blocks
+from agent.redact_blocks import HINT, HINT_SEARCH, BlockState, mask_blocks
 from agent.redact_rules import BUILTIN_SETS, Rule
 
 log = logging.getLogger("hostwatch.redact")
@@ -198,9 +198,14 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """One text; a key block inside it (several lines) is masked line by line."""
-        if self._block is not None and HINT in text and "\n" in text:
+        if "\n" in text and self._block is not None and HINT in text:
             return self.redact_lines([text])[0]
-        return self._redact_one(text)
+        data = text.encode("utf-8", "surrogatepass")
+        present = self._compiled.set.Match(data)
+        if present is None:
+            return text
+        changed = self._redact_bytes(data, present)
+        return text if changed is None else _decode(changed)
 
     def redact_lines(self, lines: list[str], state: BlockState | None = None) -> list[str]:
         """Redact many texts at once: one RE2 search over the batch when nothing matches.
@@ -209,15 +214,19 @@ class Redactor:
         next (a fresh one when None: a key block is then masked only within
         this batch). Texts left unchanged are returned as the same objects.
         """
-        if self._block is not None and lines:
-            state = BlockState() if state is None else state
-            if state.inside or any(HINT in line for line in lines):
-                masked = list(lines)
-                changed = mask_blocks(masked, state, self._block_mask)
-                if changed:
-                    self._count(BLOCK_RULE, len(changed))
-                    return self._redact_batch(masked)
-        return self._redact_batch(lines)
+        if not lines:
+            return []
+        joined = "\n".join(lines)
+        data = joined.encode("utf-8", "surrogatepass")
+        # (RE2 finds the hint in a batch many times faster than ``in`` does)
+        if self._block is not None and ((state is not None and state.inside) or HINT_SEARCH.search(data)):
+            masked = list(lines)
+            changed = mask_blocks(masked, BlockState() if state is None else state, self._block_mask)
+            if changed:
+                self._count(BLOCK_RULE, len(changed))
+                lines, joined = masked, "\n".join(masked)
+                data = joined.encode("utf-8", "surrogatepass")
+        return self._redact_joined(lines, joined, data)
 
     def streams(self) -> Streams:
         """A ``(lines, key) -> lines`` redactor that keeps one key-block state per stream key."""
@@ -233,7 +242,10 @@ class Redactor:
         data = text.encode("utf-8", "surrogatepass")
         cut = len(text[:at].encode("utf-8", "surrogatepass"))
         present = self._compiled.set.Match(data)
-        for start, _vstart, vend, _index in self._accepted(data, present) if present else ():
+        found: list[tuple[int, int]] = []
+        if present:
+            self._redact_bytes(data, present, found)
+        for start, vend in found:
             if start < cut < vend:  # matches do not overlap: moving the cut reaches no later one
                 cut = vend
         return len(data[:cut].decode("utf-8", "surrogatepass"))
@@ -247,12 +259,10 @@ class Redactor:
         if counter is not None:
             counter.inc(lines)
 
-    def _redact_batch(self, lines: list[str]) -> list[str]:
+    def _redact_joined(self, lines: list[str], joined: str, data: bytes) -> list[str]:
         compiled = self._compiled
-        if not lines or not compiled.batchable:
+        if not compiled.batchable:
             return [self._redact_one(line) for line in lines]
-        joined = "\n".join(lines)
-        data = joined.encode("utf-8", "surrogatepass")
         match = compiled.scan.search(data)
         out = list(lines)
         if match is None:
@@ -296,27 +306,15 @@ class Redactor:
         if changed is not None:
             out[i] = _decode(changed)
 
-    def _redact_bytes(self, data: bytes, present: list[int]) -> bytes | None:
-        """The redacted text, or None when no candidate was confirmed."""
-        found = self._accepted(data, present)
-        if not found:
-            return None
-        pieces: list[bytes] = []
-        cursor = 0
-        for _start, vstart, vend, index in found:
-            pieces += (data[cursor:vstart], self._replacement(index, data[vstart:vend]))
-            cursor = vend
-        pieces.append(data[cursor:])
-        for name in {self._compiled.rules[index].name for *_, index in found}:
-            self._count(name, 1)
-        return b"".join(pieces)
-
-    def _accepted(self, data: bytes, present: list[int]) -> list[tuple[int, int, int, int]]:
-        """The matches taken, in order: (match start, value start, value end, rule index).
+    def _redact_bytes(
+        self, data: bytes, present: list[int], found: list[tuple[int, int]] | None = None
+    ) -> bytes | None:
+        """The redacted text, or None when no candidate was confirmed.
 
         ``present`` (from the Set) names the rules that match somewhere; each
         keeps its next candidate in ``heads``, and the leftmost one (ties: rule
-        order) is validated and taken, or skipped.
+        order) is validated and taken, or skipped. With ``found``, the matches
+        taken are listed there as (match start, value end), and not counted.
         """
         compiled = self._compiled
         heads = []
@@ -324,8 +322,9 @@ class Redactor:
             spans = compiled.search[index](data, 0)
             if spans is not None:
                 heads.append((spans[0][0], index, spans))
-        found: list[tuple[int, int, int, int]] = []
-        barrier = 0  # end of the last accepted match
+        pieces: list[bytes] = []
+        hit: set[str] = set()
+        cursor = barrier = 0  # copied up to; end of the last accepted match
         while heads:
             item = min(heads)
             heads.remove(item)
@@ -345,12 +344,24 @@ class Redactor:
                 vend = found_end if rule.validate is None else rule.validate(data, start, vstart, found_end)
                 pos = end  # a rejected candidate is skipped whole, which bounds the work per line
                 if vend > vstart:
-                    found.append((start, vstart, vend, index))
+                    pieces += (data[cursor:vstart], self._replacement(index, data[vstart:vend]))
+                    cursor = vend
                     pos = barrier = end if vend == found_end else vend  # a trimmed value frees the rest
+                    hit.add(rule.name)
+                    if found is not None:
+                        found.append((start, vend))
             spans = compiled.search[index](data, pos)
             if spans is not None:
                 heads.append((spans[0][0], index, spans))
-        return found
+        if not hit:
+            return None
+        pieces.append(data[cursor:])
+        if found is None:
+            for name in hit:
+                counter = self._counters.get(name)
+                if counter is not None:
+                    counter.inc()
+        return b"".join(pieces)
 
     def _replacement(self, index: int, value: bytes) -> bytes:
         rule = self._compiled.rules[index]
@@ -460,23 +471,27 @@ def redact_stream(
     """
     state = BlockState()
     tail = b""
+    limit = max_line  # the tail's size that makes a cut: twice that once a match ran to its end
     while True:
         data = infile.read1(chunk) if hasattr(infile, "read1") else infile.read(chunk)
         if not data:
             break
         lines = (tail + data).split(b"\n")
         tail = lines.pop()
+        if lines:
+            limit = max_line
         texts = [line.decode("utf-8", "surrogateescape") for line in lines]
         _write(outfile, redactor.redact_lines(texts, state), end=b"\n")
-        while len(tail) > max_line:
+        while len(tail) > limit:
             text = tail.decode("utf-8", "surrogateescape")
-            cut = redactor.safe_cut(text, max(1, len(text) - OVERLAP))
+            at = max(1, len(text) - OVERLAP)
+            cut = redactor.safe_cut(text, at) if limit == max_line else at
             if cut >= len(text):
-                if len(tail) <= 2 * max_line:
-                    break  # a match runs to the end of what is here: wait for more of the line
-                cut = len(text) - OVERLAP  # a value longer than a MiB: memory stays bounded
+                limit = 2 * max_line  # a match runs to the end of what is here: wait for more of the line
+                break
             _write(outfile, redactor.redact_lines([text[:cut]], state), end=b"")
             tail = text[cut:].encode("utf-8", "surrogateescape")
+            limit = max_line
     if tail:
         _write(outfile, redactor.redact_lines([tail.decode("utf-8", "surrogateescape")], state), end=b"")
     outfile.flush()

@@ -44,6 +44,7 @@ _BEGIN = re2.compile(rf"-----BEGIN ({KEY_LABELS})-----|---- BEGIN ({SSH2_LABEL})
 _RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")  # one character class: linear time
 _GLUED = re.compile(r"[A-Za-z0-9+/=]+\Z")
 HINT = "BEGIN"  # every BEGIN marker holds it: the cheap test before any regex
+HINT_SEARCH = re2.compile(HINT)  # the same test on a batch's bytes
 
 
 class BlockState:

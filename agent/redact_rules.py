@@ -351,7 +351,9 @@ PII = (
         r"([\p{L}\p{N}._%+\-]+(?:@|%(?:25)*40)[\p{L}\p{N}\-]+(?:\.[\p{L}\p{N}\-]+)*\.\p{L}{2,24})",
         _email,
     ),
-    Rule("credit-card", r"\b((?:[0-9][ .\-]?){12,18}[0-9])\b", _card_number),
+    Rule("credit-card", r"\b((?:[0-9][ \-]?){12,18}[0-9])\b", _card_number),
+    # written with dots: only in the issuers' groupings (4-4-4-4..., Amex 4-6-5), so decimals stay out
+    Rule("credit-card", r"\b([0-9]{4}(?:\.[0-9]{4}){2}\.[0-9]{1,7}|[0-9]{4}\.[0-9]{6}\.[0-9]{4,5})\b", _card_number),
     Rule("iban", r"\b([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)\b", _iban),
     Rule("us-ssn", r"\b([0-9]{3}-[0-9]{2}-[0-9]{4})\b", _ssn),
 )
