@@ -52,7 +52,10 @@ def test_redacts_stdin_with_the_configured_rules(tmp_path: Path):
     assert result.stdout.split(b"\n") == [
         b"GET /login?user=bob&password=[REDACTED:password] HTTP/1.1 from [REDACTED:ipv4]",
         b"order for [REDACTED:customer-id] by [REDACTED:email]\r",
-        b"-----BEGIN RSA PRIVATE KEY-----[REDACTED:private-key]-----END RSA PRIVATE KEY-----",
+        b"-----BEGIN RSA PRIVATE KEY-----",
+        b"[REDACTED:private-key]",
+        b"[REDACTED:private-key]",
+        b"-----END RSA PRIVATE KEY-----",
         b"\xff\xfe not utf-8 but kept",
         b"last line without newline, card [REDACTED:credit-card]",
     ]
@@ -86,3 +89,30 @@ def test_large_input_streams_through(tmp_path: Path):
     out = result.stdout.splitlines()
     assert len(out) == len(lines)
     assert out[12345] == b"line 12345 token=[REDACTED:token] ok"
+
+
+def test_an_overlong_line_is_cut_where_no_secret_is_split(tmp_path: Path):
+    # 3 MiB on one line, a token every 41 bytes: wherever the 1 MiB cuts fall, they would split one
+    token = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"
+    line = " ".join([token] * (3 * (1 << 20) // (len(token) + 1)))
+    result = run_redact(tmp_path, line.encode() + b"\nafter\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert token[:12] not in out and out.count("[REDACTED:github-token]") == line.count(token)
+    assert out.endswith("\nafter\n") and out.count("\n") == 2
+
+
+def test_a_pgp_key_block_is_masked_line_by_line(tmp_path: Path):
+    body = [b"lQOYBGZ3k2kBCADFm9TpeN2Y0Xr6sZ0a1vTqCk8r7bQ3xW5mJpL2nH4dFgT6yU8iO0", b"pQ1wE3rT5yU7iO9pA2sD4fG6hJ8kL0zX"]
+    begin, end = b"-----BEGIN PGP PRIVATE KEY BLOCK-----", b"-----END PGP PRIVATE KEY BLOCK-----"
+    stdin = b"\n".join([b"export:", begin, b"", *body, b"=Xq3p", end])
+    result = run_redact(tmp_path, stdin + b"\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(b"\n") == [
+        b"export:",
+        begin,
+        b"",
+        *[b"[REDACTED:private-key]"] * 3,
+        end,
+        b"",
+    ]
