@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,68 @@ def test_a_pgp_key_block_is_masked_line_by_line(tmp_path: Path):
         end,
         b"",
     ]
+
+
+def _ns(stamp: str) -> tuple[str, int]:
+    """An RFC 3339 time from VictoriaLogs as a sortable pair (it drops trailing zeros of the fraction)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return whole, int(fraction.ljust(9, "0"))
+
+
+@pytest.mark.peers
+def test_the_agent_ships_what_hostwatch_redact_prints(tmp_path: Path, victoria_logs):
+    from tests.e2e.test_logs_rotation import Agent, wait_rows
+
+    rsa = ["MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun", "VTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u"]
+    pgp = ["lQOYBGZ3k2kBCADFm9TpeN2Y0Xr6sZ0a1vTqCk8r7bQ3xW5mJpL2nH4dFgT6yU8iO0", "=Xq3p"]
+    lines = [
+        "app up, PGPASSWORD=hunter2",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        *rsa,
+        "-----END RSA PRIVATE KEY-----",
+        "May  1 10:00:01 web1 app[42]: -----BEGIN PGP PRIVATE KEY BLOCK-----",
+        *(f"May  1 10:00:01 web1 app[42]: {line}" for line in pgp),
+        "May  1 10:00:01 web1 app[42]: -----END PGP PRIVATE KEY BLOCK-----",
+        "Access denied for user 'root'@'localhost' (using password: YES)",
+        "done",
+    ]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    agent = Agent(tmp_path, "", victoria_logs.loki_push_url)
+    agent.config.write_text(  # the same [redaction] for the agent and for hostwatch redact
+        f"""
+[agent]
+state_dir = "{tmp_path / "state"}"
+[http]
+listen = "127.0.0.1:{agent.port}"
+[redaction]
+sets = ["secrets", "pii"]
+[[collectors.logs]]
+paths = ["{logs}/*.log"]
+start_at = "beginning"
+[[outputs.loki]]
+url = "{victoria_logs.loki_push_url}"
+flush_interval = "200ms"
+"""
+    )
+    expected = subprocess.run(
+        [*hostwatch_command(), "redact", "--config", str(agent.config)],
+        input="\n".join(lines).encode() + b"\n",
+        capture_output=True,
+        timeout=60,
+    ).stdout.decode()
+    assert "hunter2" not in expected and rsa[0] not in expected and pgp[0] not in expected
+    agent.start()
+    try:
+        with open(logs / "app.log", "a") as f:
+            for i in range(0, len(lines), 2):  # two lines at a time: the blocks span reads
+                f.write("".join(line + "\n" for line in lines[i : i + 2]))
+                f.flush()
+                time.sleep(0.3)
+        assert wait_rows(victoria_logs, len(lines), settle=1.0) == len(lines)
+        rows = victoria_logs.query("* | fields _time, _msg", limit=100)
+        shipped = [row["_msg"] for row in sorted(rows, key=lambda row: _ns(row["_time"]))]
+        assert "\n".join(shipped) + "\n" == expected
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
