@@ -168,7 +168,7 @@ def _searcher(regex: Any) -> Callable[[bytes, int], list[tuple[int, int]] | None
 
 
 class Redactor:
-    """Applies the configured rules; thread-safe and stateless per call."""
+    """Applies the configured rules; thread-safe. The only state, a stream's key block, is the caller's."""
 
     def __init__(
         self, rules: list[Rule], *, mode: str = "replace", key: bytes | None = None, telemetry: Any = None
