@@ -109,8 +109,10 @@ def _line(line: str, state: BlockState, mask: Callable[[str], str]) -> str:
         state.end = None
     if not line.strip():
         return line
-    run = _RUN.search(line)
-    return mask(line) if run is None else line[: run.start()] + mask(line[run.start() :])
+    cr = "\r" if line.endswith("\r") else ""  # a CRLF file keeps its line ends
+    body = line[:-1] if cr else line
+    run = _RUN.search(body)
+    return (mask(body) if run is None else body[: run.start()] + mask(body[run.start() :])) + cr
 
 
 def _start(line: str, pos: int, state: BlockState) -> None:

@@ -218,3 +218,19 @@ def test_pii_only_has_no_blocks():
     lines = ["-----BEGIN PRIVATE KEY-----", RSA[0], "-----END PRIVATE KEY-----"]
     assert redactor.redact_lines(lines, BlockState()) == lines
     assert MAX_BYTES == 256 << 10
+
+
+def test_crlf_lines_keep_their_carriage_return(redactor):
+    lines = ["-----BEGIN PRIVATE KEY-----\r", RSA[0] + "\r", "-----END PRIVATE KEY-----\r"]
+    assert redactor.redact_lines(lines, BlockState()) == [lines[0], MARK + "\r", lines[2]]
+
+
+def test_streams_remember_a_bounded_number_of_open_blocks(redactor, monkeypatch, caplog):
+    monkeypatch.setattr("agent.redact.MAX_STREAMS", 2)
+    streams = redactor.streams()
+    for key in ("a", "b", "c"):
+        streams(["-----BEGIN PRIVATE KEY-----"], key)
+    assert "forgetting a's" in caplog.text
+    assert streams([RSA[0]], "a") == [RSA[0]]  # forgotten: the oldest goes first
+    assert streams([RSA[0]], "c") == [MARK]
+    assert streams(["-----END PRIVATE KEY-----"], "c") and streams([RSA[1]], "c") == [RSA[1]]
