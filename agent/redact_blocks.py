@@ -117,9 +117,12 @@ def _line(line: str, state: BlockState, mask: Callable[[str], str]) -> str:
 
 def _start(line: str, pos: int, state: BlockState) -> None:
     """Open a block at the first BEGIN marker from ``pos`` whose END is not on this line too."""
+    last_end: dict[str, int] = {}  # END marker -> its last position: one search per label, not per BEGIN
     for match in _BEGIN.finditer(line, pos):
         label = match.group(1)
         end = f"-----END {label}-----" if label is not None else f"---- END {match.group(2)} ----"
-        if line.find(end, match.end()) < 0:
+        if end not in last_end:
+            last_end[end] = line.rfind(end)
+        if last_end[end] < match.end():
             state.end, state.lines, state.size = end, 0, 0
             return

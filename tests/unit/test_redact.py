@@ -321,6 +321,26 @@ def test_hostile_line_of_card_candidates_stays_bounded(everything: Redactor):
     assert time.perf_counter() - start < 1.0
 
 
+@pytest.mark.parametrize(
+    "shape",
+    ["4111.1111.", "--password x ", "Cookie: a=b;", "password%253D", "x PASS=", "mysql -p", "sk-", "bot123456:"],
+)
+def test_hostile_lines_of_the_new_shapes_stay_linear(everything: Redactor, shape: str):
+    line = shape * (100_000 // len(shape))
+    start = time.perf_counter()
+    everything.redact(line)
+    everything.redact_lines([line, line])
+    assert time.perf_counter() - start < 1.5
+
+
+def test_a_line_of_many_key_markers_and_one_end_stays_linear(everything: Redactor):
+    line = "-----BEGIN RSA PRIVATE KEY-----" * 30_000 + "-----END RSA PRIVATE KEY-----"
+    start = time.perf_counter()
+    out = everything.redact_lines(["x", line, "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0t"])
+    assert time.perf_counter() - start < 1.5
+    assert out[2].startswith("MIIE")  # the END on the same line closed them all
+
+
 # ------------------------------------------------------------- config errors
 
 
