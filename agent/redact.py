@@ -14,6 +14,11 @@ texts that match go on to the per-rule searches, and validators (Luhn,
 mod-97, ...) run only on those candidates. Overlaps resolve leftmost-first,
 then by rule order (custom rules first).
 
+Private keys spread over lines are masked by ``agent.redact_blocks`` with one
+:class:`BlockState` per stream: ``redact_lines(lines, state)`` carries it from
+one batch to the next. The log tailer keeps one per file (:meth:`Redactor.streams`),
+``hostwatch redact`` one for its input, so both give the same output.
+
 Wiring: the runtime builds one :class:`Redactor` with :meth:`Redactor.from_config`
 and hands it to collectors as ``context.redactor``; ``hostwatch redact`` runs
 :func:`redact_stream`; the CLI feeds ``agent.secrets.config_secrets`` to the log
@@ -30,13 +35,14 @@ import os
 import re
 import secrets as _random
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import re2
 
+from agent.redact_blocks import HINT, HINT_SEARCH, BlockState, mask_blocks
 from agent.redact_rules import BUILTIN_SETS, Rule
 
 log = logging.getLogger("hostwatch.redact")
@@ -44,6 +50,8 @@ log = logging.getLogger("hostwatch.redact")
 KEY_FILE = "redaction.key"
 MAX_MEM = 64 << 20  # RE2's budget per compiled program; the default 8 MiB is tight for the union
 HASH_HEX = 12
+BLOCK_RULE = "private-key"  # the built-in rule whose lines agent.redact_blocks masks across lines
+MAX_STREAMS = 4096  # streams remembered inside a key block by Streams (files, in the tailer)
 
 # ------------------------------------------------------------------ compiling
 
@@ -160,7 +168,7 @@ def _searcher(regex: Any) -> Callable[[bytes, int], list[tuple[int, int]] | None
 
 
 class Redactor:
-    """Applies the configured rules; thread-safe and stateless per call."""
+    """Applies the configured rules; thread-safe. The only state, a stream's key block, is the caller's."""
 
     def __init__(
         self, rules: list[Rule], *, mode: str = "replace", key: bytes | None = None, telemetry: Any = None
@@ -171,6 +179,8 @@ class Redactor:
         counter = getattr(telemetry, "log_lines_redacted", None)
         self._counters = {r.name: counter.labels(r.name) for r in rules} if counter is not None else {}
         self._marks = [(r.replace if r.replace is not None else f"[REDACTED:{r.name}]").encode() for r in rules]
+        # key blocks come with the built-in private-key rule (the secrets set)
+        self._block = next((i for i, r in enumerate(rules) if r.name == BLOCK_RULE and not r.custom), None)
 
     @classmethod
     def from_config(cls, section: Any, *, state_dir: Path, telemetry: Any = None) -> Redactor:
@@ -187,6 +197,9 @@ class Redactor:
         return list(dict.fromkeys(rule.name for rule in self._compiled.rules))
 
     def redact(self, text: str) -> str:
+        """One text; a key block inside it (several lines) is masked line by line."""
+        if "\n" in text and self._block is not None and HINT in text:
+            return self.redact_lines([text])[0]
         data = text.encode("utf-8", "surrogatepass")
         present = self._compiled.set.Match(data)
         if present is None:
@@ -194,13 +207,62 @@ class Redactor:
         changed = self._redact_bytes(data, present)
         return text if changed is None else _decode(changed)
 
-    def redact_lines(self, lines: list[str]) -> list[str]:
-        """Redact many texts at once: one RE2 search over the batch when nothing matches."""
-        compiled = self._compiled
-        if not lines or not compiled.batchable:
-            return [self.redact(line) for line in lines]
+    def redact_lines(self, lines: list[str], state: BlockState | None = None) -> list[str]:
+        """Redact many texts at once: one RE2 search over the batch when nothing matches.
+
+        ``state`` is the stream's key-block state, carried from one call to the
+        next (a fresh one when None: a key block is then masked only within
+        this batch). Texts left unchanged are returned as the same objects.
+        """
+        if not lines:
+            return []
         joined = "\n".join(lines)
         data = joined.encode("utf-8", "surrogatepass")
+        # (RE2 finds the hint in a batch many times faster than ``in`` does)
+        if self._block is not None and ((state is not None and state.inside) or HINT_SEARCH.search(data)):
+            masked = list(lines)
+            changed = mask_blocks(masked, BlockState() if state is None else state, self._block_mask)
+            if changed:
+                self._count(BLOCK_RULE, len(changed))
+                lines, joined = masked, "\n".join(masked)
+                data = joined.encode("utf-8", "surrogatepass")
+        return self._redact_joined(lines, joined, data)
+
+    def streams(self) -> Streams:
+        """A ``(lines, key) -> lines`` redactor that keeps one key-block state per stream key."""
+        return Streams(self)
+
+    def safe_cut(self, text: str, at: int) -> int:
+        """An index >= ``at`` where ``text`` can be cut without splitting a secret found in it.
+
+        ``hostwatch redact`` cuts an overlong line into pieces: a match that
+        starts before ``at`` moves the cut to the end of its value, so no piece
+        holds half a secret (or a key name whose value is in the next piece).
+        """
+        data = text.encode("utf-8", "surrogatepass")
+        cut = len(text[:at].encode("utf-8", "surrogatepass"))
+        present = self._compiled.set.Match(data)
+        found: list[tuple[int, int]] = []
+        if present:
+            self._redact_bytes(data, present, found)
+        for start, vend in found:
+            if start < cut < vend:  # matches do not overlap: moving the cut reaches no later one
+                cut = vend
+        return len(data[:cut].decode("utf-8", "surrogatepass"))
+
+    def _block_mask(self, value: str) -> str:
+        assert self._block is not None
+        return _decode(self._replacement(self._block, value.encode("utf-8", "surrogatepass")))
+
+    def _count(self, name: str, lines: int) -> None:
+        counter = self._counters.get(name)
+        if counter is not None:
+            counter.inc(lines)
+
+    def _redact_joined(self, lines: list[str], joined: str, data: bytes) -> list[str]:
+        compiled = self._compiled
+        if not compiled.batchable:
+            return [self._redact_one(line) for line in lines]
         match = compiled.scan.search(data)
         out = list(lines)
         if match is None:
@@ -229,6 +291,16 @@ class Redactor:
             match = compiled.scan.search(data, starts[i + 1])
         return out
 
+    def _redact_one(self, text: str) -> str:
+        # redact() without the key-block check; redact() repeats these lines rather than call this,
+        # as one more call per line costs the per-line path a few percent
+        data = text.encode("utf-8", "surrogatepass")
+        present = self._compiled.set.Match(data)
+        if present is None:
+            return text
+        changed = self._redact_bytes(data, present)
+        return text if changed is None else _decode(changed)
+
     def _redact_record(self, data: bytes, starts: list[int], i: int, out: list[str]) -> None:
         record = data[starts[i] : starts[i + 1] - 1]
         present = self._compiled.set.Match(record)
@@ -236,12 +308,15 @@ class Redactor:
         if changed is not None:
             out[i] = _decode(changed)
 
-    def _redact_bytes(self, data: bytes, present: list[int]) -> bytes | None:
+    def _redact_bytes(
+        self, data: bytes, present: list[int], found: list[tuple[int, int]] | None = None
+    ) -> bytes | None:
         """The redacted text, or None when no candidate was confirmed.
 
         ``present`` (from the Set) names the rules that match somewhere; each
         keeps its next candidate in ``heads``, and the leftmost one (ties: rule
-        order) is validated and taken, or skipped.
+        order) is validated and taken, or skipped. With ``found``, the matches
+        taken are listed there as (match start, value end), and not counted.
         """
         compiled = self._compiled
         heads = []
@@ -275,16 +350,19 @@ class Redactor:
                     cursor = vend
                     pos = barrier = end if vend == found_end else vend  # a trimmed value frees the rest
                     hit.add(rule.name)
+                    if found is not None:
+                        found.append((start, vend))
             spans = compiled.search[index](data, pos)
             if spans is not None:
                 heads.append((spans[0][0], index, spans))
         if not hit:
             return None
         pieces.append(data[cursor:])
-        for name in hit:
-            counter = self._counters.get(name)
-            if counter is not None:
-                counter.inc()
+        if found is None:
+            for name in hit:
+                counter = self._counters.get(name)
+                if counter is not None:
+                    counter.inc()
         return b"".join(pieces)
 
     def _replacement(self, index: int, value: bytes) -> bytes:
@@ -293,6 +371,31 @@ class Redactor:
             digest = hmac.new(self._key, value, hashlib.sha256).hexdigest()[:HASH_HEX]
             return f"[HASH:{rule.name}:{digest}]".encode()
         return self._marks[index]
+
+
+class Streams:
+    """Redaction for many interleaved streams (the files of a log collector), one key-block state each.
+
+    Only streams inside a key block are remembered, at most :data:`MAX_STREAMS`
+    (the oldest is forgotten first), so closed and rotated files cost nothing.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._inside: dict[str, BlockState] = {}
+
+    def __call__(self, lines: list[str], key: str) -> list[str]:
+        state = self._inside.pop(key, None)
+        if state is None:
+            state = BlockState()
+        out = self._redactor.redact_lines(lines, state)
+        if state.inside:
+            self._inside[key] = state
+            if len(self._inside) > MAX_STREAMS:
+                forgotten = next(iter(self._inside))
+                del self._inside[forgotten]
+                log.warning("more than %d files inside private key blocks; forgetting %s's", MAX_STREAMS, forgotten)
+        return out
 
 
 def _decode(data: bytes) -> str:
@@ -353,51 +456,47 @@ def load_key(state_dir: Path) -> bytes:
 
 # ------------------------------------------------------------ hostwatch redact
 
-_PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----")
-_PEM_END = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY-----")
-PEM_MAX_LINES = 200
 MAX_LINE = 1 << 20
+OVERLAP = 64 << 10  # a secret longer than this may still be cut when an overlong line is
 
 
-def redact_stream(redactor: Redactor, infile: BinaryIO, outfile: BinaryIO, *, chunk: int = 1 << 16) -> None:
+def redact_stream(
+    redactor: Redactor, infile: BinaryIO, outfile: BinaryIO, *, chunk: int = 1 << 16, max_line: int = MAX_LINE
+) -> None:
     """Copy ``infile`` to ``outfile`` redacted, line by line, in bounded memory.
 
-    Reads whatever is available (so a live pipe flows), redacts the complete
-    lines of each read as one batch, and keeps a private-key block that spans
-    lines together (up to 200 lines) so the whole block is recognised. A line
-    longer than 1 MiB is redacted in 1 MiB pieces.
+    Reads whatever is available (so a live pipe flows) and redacts the
+    complete lines of each read as one batch, with one key-block state for the
+    whole input: the same lines give the same output as the agent's tailer.
+    A line longer than ``max_line`` is written in pieces, each cut where no
+    secret found in the last ``OVERLAP`` bytes before the cut would be split.
     """
+    state = BlockState()
     tail = b""
-    block: list[str] = []
+    limit = max_line  # the tail's size that makes a cut: twice that once a match ran to its end
     while True:
         data = infile.read1(chunk) if hasattr(infile, "read1") else infile.read(chunk)
         if not data:
             break
         lines = (tail + data).split(b"\n")
         tail = lines.pop()
-        texts = list(_records((line.decode("utf-8", "surrogateescape") for line in lines), block))
-        _write(outfile, redactor.redact_lines(texts), end=b"\n")
-        if len(tail) > MAX_LINE:
-            _write(outfile, redactor.redact_lines([tail.decode("utf-8", "surrogateescape")]), end=b"")
-            tail = b""
-    if block:
-        _write(outfile, redactor.redact_lines(["\n".join(block)]), end=b"\n")
+        if lines:
+            limit = max_line
+        texts = [line.decode("utf-8", "surrogateescape") for line in lines]
+        _write(outfile, redactor.redact_lines(texts, state), end=b"\n")
+        while len(tail) > limit:
+            text = tail.decode("utf-8", "surrogateescape")
+            at = max(1, len(text) - OVERLAP)
+            cut = redactor.safe_cut(text, at) if limit == max_line else at
+            if cut >= len(text):
+                limit = 2 * max_line  # a match runs to the end of what is here: wait for more of the line
+                break
+            _write(outfile, redactor.redact_lines([text[:cut]], state), end=b"")
+            tail = text[cut:].encode("utf-8", "surrogateescape")
+            limit = max_line
     if tail:
-        _write(outfile, redactor.redact_lines([tail.decode("utf-8", "surrogateescape")]), end=b"")
+        _write(outfile, redactor.redact_lines([tail.decode("utf-8", "surrogateescape")], state), end=b"")
     outfile.flush()
-
-
-def _records(lines: Iterable[str], block: list[str]) -> Iterator[str]:
-    for line in lines:
-        if block:
-            block.append(line)
-            if ("PRIVATE KEY-----" in line and _PEM_END.search(line)) or len(block) >= PEM_MAX_LINES:
-                yield "\n".join(block)
-                block.clear()
-        elif "PRIVATE KEY-----" in line and _PEM_BEGIN.search(line) and not _PEM_END.search(line):
-            block.append(line)
-        else:
-            yield line
 
 
 def _write(outfile: BinaryIO, texts: list[str], *, end: bytes) -> None:

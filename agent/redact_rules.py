@@ -31,13 +31,32 @@ class Rule:
 # ----------------------------------------------------------------- validators
 
 _PLACEHOLDERS = {b"", b"null", b"none", b"nil", b"true", b"false", b"undefined", b"-", b"''", b'""', b"{}", b"%s"}
+# Words that report a state rather than hold a secret: "(using password: YES)", "token: expired",
+# "authorization: denied", "signature=valid". A real secret equal to one of them leaks nothing.
+_STATUS_WORDS = {
+    b"yes", b"no", b"on", b"off", b"ok", b"set", b"unset", b"empty", b"missing", b"present", b"absent",
+    b"valid", b"invalid", b"expired", b"revoked", b"denied", b"granted", b"required", b"optional",
+    b"accepted", b"rejected", b"refused", b"failed", b"failure", b"success", b"verified", b"unverified",
+    b"incorrect", b"correct", b"wrong", b"unknown", b"changed", b"updated", b"enabled", b"disabled",
+    b"hidden", b"masked", b"redacted", b"provided", b"supplied", b"mismatch", b"ignored", b"n/a",
+}  # fmt: skip
 
 
 def _not_placeholder(line: bytes, mstart: int, start: int, end: int) -> int:
     value = line[start:end].strip().lower()
     if value in _PLACEHOLDERS or value.startswith((b"[redacted", b"[hash:", b"***", b"${", b"<redacted")):
         return -1
+    if value.rstrip(b").,;:!") in _STATUS_WORDS:
+        return -1
     return end
+
+
+def _not_status(line: bytes, mstart: int, start: int, end: int) -> int:
+    """A credential, unless its first word reports a state: "Authorization: denied for bob"."""
+    first = line[start:end].split(None, 1)[0] if line[start:end].strip() else b""
+    if first.lower().rstrip(b").,;:!") in _STATUS_WORDS:
+        return -1
+    return _not_placeholder(line, mstart, start, end)
 
 
 def _token_value(line: bytes, mstart: int, start: int, end: int) -> int:
@@ -52,9 +71,26 @@ def _password_value(line: bytes, mstart: int, start: int, end: int) -> int:
     return _not_placeholder(line, mstart, start, end)
 
 
+# words that end in PASS without being about a password (BYPASS=1, COMPASS=north)
+_PASS_WORDS = (b"BYPASS", b"COMPASS", b"SURPASS", b"TRESPASS", b"OVERPASS", b"UNDERPASS")
+_KEY = re.compile(rb"[A-Za-z0-9_.\-]+")
+
+
 def _not_path(line: bytes, mstart: int, start: int, end: int) -> int:
-    # sudo logs PWD=/home/x: the working directory, not a password
-    return -1 if line[start : start + 1] in (b"/", b"~") else _not_placeholder(line, mstart, start, end)
+    # sudo logs PWD=/home/x (and OLDPWD=): the working directory, not a password
+    if line[start : start + 1] in (b"/", b"~"):
+        return -1
+    key = _KEY.match(line, mstart, start)
+    if key is not None and key.group().upper().endswith(_PASS_WORDS):
+        return -1
+    return _not_placeholder(line, mstart, start, end)
+
+
+def _flag_value(line: bytes, mstart: int, start: int, end: int) -> int:
+    # --no-password is a switch: what follows it is the next argument, not a password
+    if b"-no-" in line[mstart:start].lower():
+        return -1
+    return _not_placeholder(line, mstart, start, end)
 
 
 def _bearer_token(line: bytes, mstart: int, start: int, end: int) -> int:
@@ -112,7 +148,7 @@ def _card_number(line: bytes, mstart: int, start: int, end: int) -> int:
     value = line[start:end].decode()
     if line[start - 1 : start] == b"=" and not _CARD_KEY.search(line[max(0, start - 40) : start]):
         return -1  # ord=6795061899455057: a query's random number, unless the key says card
-    seps = set(re.findall(r"[ -]", value))
+    seps = set(re.findall(r"[ .-]", value))
     if len(seps) > 1:
         return -1
     groups = value.split(seps.pop()) if seps else [value]
@@ -201,7 +237,8 @@ def _ipv6(line: bytes, mstart: int, start: int, end: int) -> int:
 
 # ------------------------------------------------------------- built-in rules
 
-_SEP = r"""(?:\\?["'])?\s*(?:=>|[:=]|%3[Dd])\s*"""  # key's closing quote, then = : => (or URL-encoded =)
+_EQ = r"(?:=>|[:=]|%(?:25)*3[Dd])"  # = : => and = URL-encoded once or more (%3D, %253D)
+_SEP = r"""(?:\\?["'])?\s*""" + _EQ + r"\s*"  # after the key's closing quote, if any
 _VALUE = (
     r'(?:\\"((?:[^"\\]|\\\\\\"|\\\\|\\[^"\\])*)\\"'  # \"...\" inside a JSON string
     r'|"((?:[^"\\]|\\.)*)"'
@@ -212,11 +249,24 @@ _TOKEN68 = r"([A-Za-z0-9\-._~+/]+=*)"
 _AUTH = r"""(?i:(?:proxy-)?authorization)(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?"""
 _HEX = r"[0-9A-Fa-f]{1,4}"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# PEM, OpenSSH, PKCS#8, PGP (PRIVATE/SECRET KEY BLOCK) and OpenVPN static keys, and SSH2's
+# "---- BEGIN ... ----"; agent.redact_blocks masks the lines between such a line and its END
+KEY_LABELS = r"(?:[A-Z0-9.]+ )*(?:PRIVATE|SECRET) KEY(?: BLOCK)?|OpenVPN Static key V1"
+SSH2_LABEL = "SSH2 ENCRYPTED PRIVATE KEY"
+KEY_BEGIN = rf"-----BEGIN (?:{KEY_LABELS})-----|---- BEGIN {SSH2_LABEL} ----"
+_PASSWORD_KEY = (
+    # db_password, DB_PASSWORD, userPassword, userpassword, PGPASSWORD; passwd alone or after a
+    # separator only, so commands such as chpasswd or htpasswd are not taken for keys
+    r"\b(?:[A-Za-z0-9]+[_.\-])*(?:[A-Za-z0-9]*(?i:password|passphrase)|[A-Z0-9]*PASSWD|(?i:passwd|passcode))"
+    r"(?:[_.\-]?(?i:confirm(?:ation)?|hash|[0-9]))?"
+)
+_FLAG_VALUE = r"""(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^\s"'\-][^\s"']*))"""
 
 SECRETS = (
     Rule(
-        "private-key",
-        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----((?:[A-Za-z0-9+/=:,.\s\\]|-[A-Za-z0-9])+)",
+        "private-key",  # the body on the BEGIN line itself (a one-line or JSON-escaped key)
+        r"(?:" + KEY_BEGIN + r")((?:[A-Za-z0-9+/=:,. \t\r\\]|-[A-Za-z0-9])+)",
+        _not_placeholder,
     ),
     Rule(
         "aws-secret-access-key",
@@ -229,30 +279,66 @@ SECRETS = (
     Rule("slack-token", r"\b(xox[abposr]-[0-9A-Za-z\-]{10,}|xapp-[0-9]-[0-9A-Za-z\-]{10,})"),
     Rule("slack-token", r"hooks\.slack\.com/services/(T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+)"),
     Rule("stripe-key", r"\b((?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}|whsec_[0-9A-Za-z]{20,})"),
+    Rule("npm-token", r"\b(npm_[A-Za-z0-9]{36})\b"),
+    Rule("sendgrid-key", r"\b(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})"),
+    Rule("telegram-bot-token", r"(?:\bbot|\b)([0-9]{5,16}:A[A-Za-z0-9_\-]{32,34})(?:[^A-Za-z0-9_\-]|$)"),
+    Rule(
+        "openai-key",  # sk-proj-, sk-svcacct-, sk-admin-, legacy sk-...T3BlbkFJ..., and sk-ant- alike
+        r"\b(sk-(?:(?:proj|svcacct|admin|ant-[a-z0-9]+)-)?[A-Za-z0-9_\-]{32,})",
+    ),
     Rule("jwt", r"\b(eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*)"),
     Rule("url-password", r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]*:([^\s/@\"'<>]+)@"),
+    Rule(  # the same, URL-encoded once or more inside a query: https%3A%2F%2Fuser%3Apw%40host
+        "url-password",
+        r"(?i:[a-z][a-z0-9+.\-]*%(?:25)*3a%(?:25)*2f%(?:25)*2f[a-z0-9._~\-]*%(?:25)*3a)"
+        r"((?:[A-Za-z0-9._~!$*+\-]|%(?:25)*(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-9A-Fa-f]))+?)%(?:25)*40",
+    ),
     Rule("bearer", _AUTH + r"(?i:bearer|token)\s+" + _TOKEN68),
     Rule("basic-auth", _AUTH + r"(?i:basic)\s+([A-Za-z0-9+/]+=*)"),
     Rule(
         "authorization",  # other schemes, e.g. Digest username="x", response="..."
         _AUTH + r"""((?:[A-Za-z0-9\-]+\s+)?(?:[^\s"',\\]|"[^"]*")+(?:,\s*(?:[^\s"',\\]|"[^"]*")+)*)""",
-        _not_placeholder,
+        _not_status,
     ),
     Rule("bearer", r"\b(?i:bearer)\s+" + _TOKEN68, _bearer_token),
     Rule("basic-auth", r"\b(?i:basic)\s+([A-Za-z0-9+/]{6,}=*)", _basic_credentials),
     Rule(
-        "password",
-        # db_password, DB_PASSWORD, userPassword; not a glued lowercase word like chpasswd
-        r"\b(?:[A-Za-z0-9]+[_.\-])*(?:[a-z0-9]*(?:Password|Passwd|Passphrase)|(?i:password|passwd|passphrase|passcode))"
-        r"(?:[_.\-]?(?i:confirm(?:ation)?|hash|[0-9]))?" + _SEP + _VALUE,
+        "cookie",  # every value of a Cookie or Set-Cookie header: session cookies are credentials
+        r"""\b(?i:cookie)(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?"""
+        r"""((?:[^\s;=,"'\\]+=[^\s;"'\\]*)(?:;[ \t]*[^\s;=,"'\\]+=[^\s;"'\\]*)*)""",
+        _not_placeholder,
+    ),
+    Rule(
+        "password",  # a config line "password = a phrase" or "password: a phrase": the value runs to the end
+        # ("KEY=value command" is a shell line: there the value ends at the space, by the next rule)
+        r"(?m:^)[ \t]*(?:-[ \t]+)?" + _PASSWORD_KEY + r"(?::|[ \t]+=)[ \t]+([^\s\"'][^\r\n]*[^\s])[ \t\r]*(?m:$)",
         _password_value,
     ),
-    Rule("password", r"\b(?i:(?:[a-z0-9]+[_.\-])*(?:pwd|pass))" + _SEP + _VALUE, _not_path),
+    Rule("password", _PASSWORD_KEY + _SEP + _VALUE, _password_value),
+    Rule(
+        "password",
+        r"\b(?:(?i:(?:[a-z0-9]+[_.\-])*(?:pwd|pass))|[A-Z0-9]+(?:PASS|PWD))" + _SEP + _VALUE,
+        _not_path,
+    ),
     Rule("password", r"<(?i:[a-z0-9_.:\-]*(?:password|passwd|passphrase))>([^<]+)<", _not_placeholder),
+    Rule(  # command-line options: --password X, --db-pass X, -storepass X (with = it is the rule above)
+        "password",
+        r"""(?:^|[\s"'])--?(?:[A-Za-z0-9]+-)*(?i:"""
+        r"(?:store|key|src|dest|new|old|db|admin|root|user)?"
+        r"(?:password|passwd|passphrase|pass|pwd))[ \t]+" + _FLAG_VALUE,
+        _flag_value,
+    ),
+    Rule(  # mysql -uroot -pSECRET (only after a MySQL client's name: -p means other things elsewhere)
+        "password",
+        r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mysqlslap|mysqlpump|mariadb(?:-[a-z]+)?)"
+        r"\b[^\r\n]*?[ \t]-p" + r"""(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^\s"'][^\s]*))""",
+        _not_placeholder,
+    ),
+    Rule("password", r"\bsshpass[ \t]+(?:-[A-Za-z][ \t]+)*-p[ \t]*" + _FLAG_VALUE, _not_placeholder),
     Rule(
         "token",
         r"(?i:[a-z0-9_.\-]*(?:token|secret|api[_.\-]?key|apikey|access[_.\-]?key|private[_.\-]?key|auth[_.\-]?key"
-        r"|credentials?|session[_.\-]?id|sessid|signature))" + _SEP + _VALUE,
+        r"|account[_.\-]?key|credentials?|session[_.\-]?id|sessid|[_.]session|connect\.sid|signature))" + _SEP + _VALUE,
         _token_value,
     ),
     Rule("token", r"\b(?i:(?:[a-z0-9]+[_.\-])*sig)" + _SEP + _VALUE, _token_value),
@@ -262,10 +348,12 @@ SECRETS = (
 PII = (
     Rule(
         "email",  # internationalised too: jürgen@beispiel.de
-        r"([\p{L}\p{N}._%+\-]+(?:@|%40)[\p{L}\p{N}\-]+(?:\.[\p{L}\p{N}\-]+)*\.\p{L}{2,24})",
+        r"([\p{L}\p{N}._%+\-]+(?:@|%(?:25)*40)[\p{L}\p{N}\-]+(?:\.[\p{L}\p{N}\-]+)*\.\p{L}{2,24})",
         _email,
     ),
     Rule("credit-card", r"\b((?:[0-9][ \-]?){12,18}[0-9])\b", _card_number),
+    # written with dots: only in the issuers' groupings (4-4-4-4..., Amex 4-6-5), so decimals stay out
+    Rule("credit-card", r"\b([0-9]{4}(?:\.[0-9]{4}){2}\.[0-9]{1,7}|[0-9]{4}\.[0-9]{6}\.[0-9]{4,5})\b", _card_number),
     Rule("iban", r"\b([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)\b", _iban),
     Rule("us-ssn", r"\b([0-9]{3}-[0-9]{2}-[0-9]{4})\b", _ssn),
 )

@@ -290,15 +290,18 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ helpers
 
-    def _redactor(self) -> Callable[[list[str]], list[str]] | None:
+    def _redactor(self) -> Callable[[list[str], str], list[str]] | None:
         redactor = self.context.redactor
         if redactor is None:
             return None
+        streams = getattr(redactor, "streams", None)
+        if streams is not None:
+            return streams()  # a private key spread over lines is masked across reads, per file
         many = getattr(redactor, "redact_lines", None)
-        if many is not None:
-            return many
-        one = redactor.redact
-        return lambda lines: list(map(one, lines))
+        if many is None:
+            one = redactor.redact
+            return lambda lines, _key: list(map(one, lines))
+        return lambda lines, _key: many(lines)
 
     def _push_metrics(self, files: int) -> None:
         telemetry = self.context.telemetry

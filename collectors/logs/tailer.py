@@ -116,7 +116,7 @@ class Tailer:
         static_labels: Labels,
         stats: dict[str, Any],
         clock: Callable[[], int],
-        redact: Callable[[list[str]], list[str]] | None,
+        redact: Callable[[list[str], str], list[str]] | None,  # (lines, file key): one key-block state per file
         saved: list[Saved],
         now: float,
         run_id: str,
@@ -576,7 +576,7 @@ class Tailer:
             lines_read += len(lines)
             changed = None
             if self.redact is not None:
-                redacted = self.redact(lines)
+                redacted = self.redact(lines, t.key)
                 if blocks is not None:
                     # the lines redaction rewrote (new objects) no longer match the bytes read
                     changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))

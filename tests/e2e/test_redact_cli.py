@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,10 @@ def test_redacts_stdin_with_the_configured_rules(tmp_path: Path):
     assert result.stdout.split(b"\n") == [
         b"GET /login?user=bob&password=[REDACTED:password] HTTP/1.1 from [REDACTED:ipv4]",
         b"order for [REDACTED:customer-id] by [REDACTED:email]\r",
-        b"-----BEGIN RSA PRIVATE KEY-----[REDACTED:private-key]-----END RSA PRIVATE KEY-----",
+        b"-----BEGIN RSA PRIVATE KEY-----",
+        b"[REDACTED:private-key]",
+        b"[REDACTED:private-key]",
+        b"-----END RSA PRIVATE KEY-----",
         b"\xff\xfe not utf-8 but kept",
         b"last line without newline, card [REDACTED:credit-card]",
     ]
@@ -86,3 +90,95 @@ def test_large_input_streams_through(tmp_path: Path):
     out = result.stdout.splitlines()
     assert len(out) == len(lines)
     assert out[12345] == b"line 12345 token=[REDACTED:token] ok"
+
+
+def test_an_overlong_line_is_cut_where_no_secret_is_split(tmp_path: Path):
+    # 3 MiB on one line, a token every 41 bytes: wherever the 1 MiB cuts fall, they would split one
+    token = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"
+    line = " ".join([token] * (3 * (1 << 20) // (len(token) + 1)))
+    result = run_redact(tmp_path, line.encode() + b"\nafter\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert token[:12] not in out and out.count("[REDACTED:github-token]") == line.count(token)
+    assert out.endswith("\nafter\n") and out.count("\n") == 2
+
+
+def test_a_pgp_key_block_is_masked_line_by_line(tmp_path: Path):
+    body = [b"lQOYBGZ3k2kBCADFm9TpeN2Y0Xr6sZ0a1vTqCk8r7bQ3xW5mJpL2nH4dFgT6yU8iO0", b"pQ1wE3rT5yU7iO9pA2sD4fG6hJ8kL0zX"]
+    begin, end = b"-----BEGIN PGP PRIVATE KEY BLOCK-----", b"-----END PGP PRIVATE KEY BLOCK-----"
+    stdin = b"\n".join([b"export:", begin, b"", *body, b"=Xq3p", end])
+    result = run_redact(tmp_path, stdin + b"\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(b"\n") == [
+        b"export:",
+        begin,
+        b"",
+        *[b"[REDACTED:private-key]"] * 3,
+        end,
+        b"",
+    ]
+
+
+def _ns(stamp: str) -> tuple[str, int]:
+    """An RFC 3339 time from VictoriaLogs as a sortable pair (it drops trailing zeros of the fraction)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return whole, int(fraction.ljust(9, "0"))
+
+
+@pytest.mark.peers
+def test_the_agent_ships_what_hostwatch_redact_prints(tmp_path: Path, victoria_logs):
+    from tests.e2e.test_logs_rotation import Agent, wait_rows
+
+    rsa = ["MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun", "VTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u"]
+    pgp = ["lQOYBGZ3k2kBCADFm9TpeN2Y0Xr6sZ0a1vTqCk8r7bQ3xW5mJpL2nH4dFgT6yU8iO0", "=Xq3p"]
+    lines = [
+        "app up, PGPASSWORD=hunter2",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        *rsa,
+        "-----END RSA PRIVATE KEY-----",
+        "May  1 10:00:01 web1 app[42]: -----BEGIN PGP PRIVATE KEY BLOCK-----",
+        *(f"May  1 10:00:01 web1 app[42]: {line}" for line in pgp),
+        "May  1 10:00:01 web1 app[42]: -----END PGP PRIVATE KEY BLOCK-----",
+        "Access denied for user 'root'@'localhost' (using password: YES)",
+        "done",
+    ]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    agent = Agent(tmp_path, "", victoria_logs.loki_push_url)
+    agent.config.write_text(  # the same [redaction] for the agent and for hostwatch redact
+        f"""
+[agent]
+state_dir = "{tmp_path / "state"}"
+[http]
+listen = "127.0.0.1:{agent.port}"
+[redaction]
+sets = ["secrets", "pii"]
+[[collectors.logs]]
+paths = ["{logs}/*.log"]
+start_at = "beginning"
+[[outputs.loki]]
+url = "{victoria_logs.loki_push_url}"
+flush_interval = "200ms"
+"""
+    )
+    expected = subprocess.run(
+        [*hostwatch_command(), "redact", "--config", str(agent.config)],
+        input="\n".join(lines).encode() + b"\n",
+        capture_output=True,
+        timeout=60,
+    ).stdout.decode()
+    assert "hunter2" not in expected and rsa[0] not in expected and pgp[0] not in expected
+    agent.start()
+    try:
+        with open(logs / "app.log", "a") as f:
+            for i in range(0, len(lines), 2):  # two lines at a time: the blocks span reads
+                f.write("".join(line + "\n" for line in lines[i : i + 2]))
+                f.flush()
+                time.sleep(0.3)
+        assert wait_rows(victoria_logs, len(lines), settle=1.0) == len(lines)
+        rows = victoria_logs.query("* | fields _time, _msg", limit=100)
+        shipped = [row["_msg"] for row in sorted(rows, key=lambda row: _ns(row["_time"]))]
+        assert "\n".join(shipped) + "\n" == expected
+        assert agent.stop() == 0
+    finally:
+        agent.kill()

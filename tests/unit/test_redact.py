@@ -86,6 +86,47 @@ POSITIVE = [
     ("token", "GET /file?X-Amz-Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024 HTTP", None),
     ("url-password", "connect postgres://admin:s3cret@db.internal:5432/app", "s3cret"),
     ("url-password", "redis://:hunter2@cache.internal:6379/0", "hunter2"),
+    # issue 10: shapes that used to get through
+    ("password", "PGPASSWORD=hunter2 psql -h db -U app", "hunter2"),
+    ("password", "export DBPASS=hunter2", "hunter2"),
+    ("password", "MYSQL_PWD=hunter2 mysqldump app", "hunter2"),
+    ("password", "ldap: userpassword=hunter2 changed", "hunter2"),
+    ("password", "env DbPassword=hunter2", "hunter2"),
+    ("password", "mysqldump --password hunter2 app", "hunter2"),
+    ("password", "run: pg_restore --db-password 'correct horse' -d app", "correct horse"),
+    ("password", "keytool -list -storepass changeit1 -keystore x.jks", "changeit1"),
+    ("password", "exec: mysql -uroot -phunter2 app", "hunter2"),
+    ("password", "mariadb-dump -u backup -p'my secret' --all-databases", "my secret"),
+    ("password", "sshpass -p hunter2 ssh deploy@host", "hunter2"),
+    ("password", 'login failed: password="correct horse battery" for bob', "correct horse battery"),
+    ("password", "password: 'two words'", "two words"),
+    ("password", "  db_password = correct horse battery staple  ", "correct horse battery staple"),
+    ("password", "GET /x?next=%2Flogin%3Fpassword%253Dhunter2 HTTP/1.1", "hunter2"),
+    ("token", "AccountName=acct;AccountKey=Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFy==;EndpointSuffix=x", None),
+    ("token", "sent laravel_session=eyJpdiI6IkZ3 to the client", "eyJpdiI6IkZ3"),
+    ("token", "express connect.sid=s%3AvX2Gk9 set", "s%3AvX2Gk9"),
+    ("cookie", "Cookie: session=abcdef123456; theme=dark", "session=abcdef123456; theme=dark"),
+    ("cookie", "Set-Cookie: sid=s%3Aabc.def; Path=/; HttpOnly", "sid=s%3Aabc.def; Path=/"),
+    ("cookie", '"cookie":"_ga=GA1.2.3; connect.sid=s%3Axyz"', "_ga=GA1.2.3; connect.sid=s%3Axyz"),
+    ("url-password", "GET /go?to=https%3A%2F%2Fbob%3Ahunter2%40db.example%2F HTTP/1.1", "hunter2"),
+    ("url-password", "GET /go?to=https%253A%252F%252Fbob%253Ahunter2%2540db.example HTTP/1.1", "hunter2"),
+    ("npm-token", "//registry/:_authToken npm_abcdefghijklmnopqrstuvwxyz0123456789 x", None),
+    (
+        "sendgrid-key",
+        "SENDGRID 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 ok",
+        "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",
+    ),
+    (
+        "telegram-bot-token",
+        "POST https://api.telegram.org/bot7104567891:AAF8Xk2mQpR7vT3yZbN4cW9dL1sH6jE0uGa/sendMessage",
+        "7104567891:AAF8Xk2mQpR7vT3yZbN4cW9dL1sH6jE0uGa",
+    ),
+    ("telegram-bot-token", "bot token 110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw", None),
+    ("openai-key", "OPENAI sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk", None),
+    ("openai-key", "key=sk-Ab3dEf6hIj9kLm2nOp5qT3BlbkFJs8tUv1wXy4zAb7cDe0f", None),
+    ("private-key", "-----BEGIN PGP PRIVATE KEY BLOCK-----lQOYBGZ3abcdefghijk", "lQOYBGZ3abcdefghijk"),
+    ("email", "GET /u?mail=jane%2540example.org HTTP/1.1", "jane%2540example.org"),
+    ("credit-card", "card 4111.1111.1111.1111 ok", "4111.1111.1111.1111"),
     # pii
     ("email", "mail to john.doe+tag@example.co.uk failed", "john.doe+tag@example.co.uk"),
     ("email", "GET /subscribe?email=jane%40example.org HTTP/1.1", "jane%40example.org"),
@@ -137,6 +178,25 @@ NEGATIVE = [
     "at 12:34:56 mac aa:bb:cc:dd:ee:ff call Foo::bar() std::map",
     "AKIAIOSFODNN7EXAMPLEX",  # too long for an access key id
     "plain text with nothing to hide, not even a number: 42",
+    # issue 10: benign text the rules used to mangle
+    "Access denied for user 'root'@'localhost' (using password: YES)",
+    "Access denied for user 'app'@'localhost' (using password: NO)",
+    "token: expired",
+    "authorization: denied",
+    "Authorization: denied for user bob",
+    "signature=valid",
+    "api_key: missing, session_id: invalid",
+    "BYPASS=1 COMPASS=north OLDPWD=/root",
+    "psql --no-password app",
+    "mysql --password",  # prompts: no value on the line
+    "mkdir -pv /srv/app && docker run -p8080:80 app",  # -p is not a password outside a MySQL client
+    "chpasswd: user does not exist",
+    "htpasswd: cannot modify file",
+    "pam_systemd(su:session): Cannot create session: Already running in a session",
+    "cookie: missing",
+    "ids 4111.1111 and 1234.5678.9012.3456",  # dotted numbers that are no card (no issuer, short)
+    "disk-usage sk-SK locale, task-1234",
+    "npm_config_cache=/tmp/npm",  # an npm setting, not a token
 ]
 
 
@@ -179,9 +239,13 @@ def test_keys_next_to_quotes_and_punctuation(everything: Redactor, template: str
 
 
 def test_pem_block_in_a_multiline_record(everything: Redactor):
-    body = "\nMIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM9Oi\nZ1BjP5CE/Wm/Rr500P\nRK+Lh9x5eJPo5CAZ3/ANBE0sTK0ZsDGMak2m1g7\n"
-    record = f"2024-01-01 ERROR bad key: -----BEGIN RSA PRIVATE KEY-----{body}-----END RSA PRIVATE KEY-----\nnext"
-    assert everything.redact(record) == record.replace(body, mark("private-key"))
+    # each line of the key is masked, as when the same lines arrive one by one
+    body = ["MIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM9Oi", "Z1BjP5CE/Wm/Rr500P", "RK+Lh9x5eJPo5CAZ3/ANBE0sTK0ZsDGMak2m1g7"]
+    begin, end = "2024-01-01 ERROR bad key: -----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----"
+    lines = [begin, *body, end, "next"]
+    masked = [lines[0], *[mark("private-key")] * 3, *lines[-2:]]
+    assert everything.redact("\n".join(lines)) == "\n".join(masked)
+    assert everything.redact_lines(lines) == masked
 
 
 def test_pem_block_escaped_in_json(everything: Redactor):
@@ -255,6 +319,26 @@ def test_hostile_line_of_card_candidates_stays_bounded(everything: Redactor):
     start = time.perf_counter()
     everything.redact(line)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["4111.1111.", "--password x ", "Cookie: a=b;", "password%253D", "x PASS=", "mysql -p", "sk-", "bot123456:"],
+)
+def test_hostile_lines_of_the_new_shapes_stay_linear(everything: Redactor, shape: str):
+    line = shape * (100_000 // len(shape))
+    start = time.perf_counter()
+    everything.redact(line)
+    everything.redact_lines([line, line])
+    assert time.perf_counter() - start < 1.5
+
+
+def test_a_line_of_many_key_markers_and_one_end_stays_linear(everything: Redactor):
+    line = "-----BEGIN RSA PRIVATE KEY-----" * 30_000 + "-----END RSA PRIVATE KEY-----"
+    start = time.perf_counter()
+    out = everything.redact_lines(["x", line, "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0t"])
+    assert time.perf_counter() - start < 1.5
+    assert out[2].startswith("MIIE")  # the END on the same line closed them all
 
 
 # ------------------------------------------------------------- config errors
@@ -349,7 +433,8 @@ def test_telemetry_counts_lines_per_rule_once():
 
 
 def test_redact_lines_matches_redact_one_by_one(everything: Redactor):
-    lines = [text for _, text, _ in POSITIVE] + NEGATIVE
+    # (a batch is one stream: a line that opens a key block would mask the lines after it)
+    lines = [text for rule, text, _ in POSITIVE if rule != "private-key"] + NEGATIVE
     lines += ["", "multi\nline password=abc\nrecord", "ünïcödé ✓ bob@example.com", "\udcff password=x9"]
     assert everything.redact_lines(lines) == [everything.redact(x) for x in lines]
     assert everything.redact_lines(NEGATIVE) == NEGATIVE
@@ -434,7 +519,7 @@ def test_config_secrets_feed_the_log_mask(tmp_path: Path):
 # ------------------------------------------------------------- hostwatch redact
 
 
-def test_redact_stream_keeps_a_pem_block_together_across_small_reads(everything: Redactor):
+def test_redact_stream_masks_a_pem_block_across_small_reads(everything: Redactor):
     body = ["MIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM9Oi", "Z1BjP5CE/Wm/Rr500PRK+Lh9x5eJPo5CAZ3"]
     lines = ["start password=abc1", "-----BEGIN EC PRIVATE KEY-----", *body, "-----END EC PRIVATE KEY-----", "end"]
     raw = ("\n".join(lines)).encode() + b"\n\xff tail"
@@ -443,7 +528,10 @@ def test_redact_stream_keeps_a_pem_block_together_across_small_reads(everything:
     text = out.getvalue()
     assert text.split(b"\n") == [
         b"start password=[REDACTED:password]",
-        b"-----BEGIN EC PRIVATE KEY-----[REDACTED:private-key]-----END EC PRIVATE KEY-----",
+        b"-----BEGIN EC PRIVATE KEY-----",
+        b"[REDACTED:private-key]",
+        b"[REDACTED:private-key]",
+        b"-----END EC PRIVATE KEY-----",
         b"end",
         b"\xff tail",
     ]
@@ -473,3 +561,32 @@ def test_a_rule_that_can_match_empty_somewhere_never_loops():
     assert check_rules(RedactionSection(sets=[], rules=[RedactionRule(name="xs", pattern=r"\bx*")])) == []
     assert redactor.redact("ab xx cd x") == "ab [REDACTED:xs] cd [REDACTED:xs]"
     assert redactor.redact_lines(["ab xx", "", "x"]) == ["ab [REDACTED:xs]", "", "[REDACTED:xs]"]
+
+
+@pytest.mark.parametrize("secret", ["password=hunter2-is-long-enough", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"])
+def test_redact_stream_never_splits_a_secret_where_it_cuts_an_overlong_line(everything: Redactor, secret: str):
+    # an overlong line is written in pieces; with 64 KiB reads the first cut used to fall at 17 reads
+    cut = 17 * (1 << 16)
+    for at in (cut - len(secret) // 2, cut - 3):  # the key on one side and the value on the other, or a token cut
+        line = "x" * at + " " + secret + " " + "y" * 300_000
+        out = io.BytesIO()
+        redact_stream(everything, io.BytesIO(line.encode() + b"\nnext\n"), out, chunk=1 << 16)
+        expected = everything.redact(line)
+        assert secret not in expected
+        assert out.getvalue() == (expected + "\nnext\n").encode()
+
+
+def test_a_huge_line_still_streams_in_bounded_pieces(everything: Redactor):
+    # a value with no end in sight (one 3 MiB token) is still written out, never held whole
+    writes: list[int] = []
+
+    class Recorder(io.BytesIO):
+        def write(self, data: bytes) -> int:
+            writes.append(len(data))
+            return super().write(data)
+
+    line = b"token=" + b"a" * (3 << 20)
+    out = Recorder()
+    redact_stream(everything, io.BytesIO(line + b"\n"), out, chunk=1 << 16)
+    assert len(writes) >= 2 and max(writes) <= (2 << 20) + (1 << 16)
+    assert b"token=[REDACTED:token]" in out.getvalue()

@@ -1,0 +1,236 @@
+"""Private keys spread over lines: the agent's tailer and ``hostwatch redact`` mask them alike."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import RedactionSection, convert
+from agent.emitter import RunEmitter
+from agent.redact import Redactor, redact_stream
+from agent.redact_blocks import MAX_BYTES, MAX_LINES, BlockState
+from collectors.logs.logs import LogsCollector
+from tests.support import collector_context
+
+MARK = "[REDACTED:private-key]"
+RNG = random.Random(12)
+
+
+def body(lines: int, width: int = 64, prefix: bytes = b"") -> list[str]:
+    """Key-shaped base64 lines (random, so nothing here is a real key)."""
+    data = base64.b64encode(prefix + RNG.randbytes(lines * width * 3 // 4)).decode()
+    return [data[i : i + width] for i in range(0, len(data), width)][:lines]
+
+
+RSA = body(12, prefix=b"0\x82\x04\xa4\x02\x01\x00")
+OPENSSH = body(7, width=70, prefix=b"openssh-key-v1\x00")
+PGP = body(9)
+EC = body(3)
+ENCRYPTED = body(5)
+SSH2 = body(4)
+OPENVPN = [RNG.randbytes(16).hex() for _ in range(4)]
+SECRET_LINES = RSA + OPENSSH + PGP + EC + ENCRYPTED + SSH2 + OPENVPN + ["=Xq3p"]
+
+CORPUS = [
+    "2024-05-01T10:00:00Z app starting, password=hunter2 for the admin",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    *RSA[:-1],
+    RSA[-1][:20] + "-----END RSA PRIVATE KEY-----",  # the last line glued to the END marker
+    "a normal line after the key, token=abcdef123456",
+    "-----BEGIN OPENSSH PRIVATE KEY-----",
+    *OPENSSH,
+    "-----END OPENSSH PRIVATE KEY-----",
+    "gpg export follows",
+    "-----BEGIN PGP PRIVATE KEY BLOCK-----",
+    "Version: GnuPG v2",
+    "Comment: exported by the backup job",
+    "",
+    *PGP,
+    "=Xq3p",
+    "-----END PGP PRIVATE KEY BLOCK-----",
+    # a key logged through syslog: every line has a prefix, which stays
+    "May  1 10:00:01 web1 app[42]: loaded key -----BEGIN EC PRIVATE KEY-----",
+    *(f"May  1 10:00:01 web1 app[42]: {line}" for line in EC),
+    "May  1 10:00:01 web1 app[42]: -----END EC PRIVATE KEY-----",
+    "-----BEGIN ENCRYPTED PRIVATE KEY-----",
+    "Proc-Type: 4,ENCRYPTED",
+    "DEK-Info: AES-128-CBC,7F4A0D1E2C3B4A5968778695A4B3C2D1",
+    *ENCRYPTED,
+    "-----END ENCRYPTED PRIVATE KEY-----",
+    "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----",
+    *SSH2,
+    "---- END SSH2 ENCRYPTED PRIVATE KEY ----",
+    "-----BEGIN OpenVPN Static key V1-----",
+    *OPENVPN,
+    "-----END OpenVPN Static key V1-----",
+    '{"msg":"inline","key":"-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAAS'
+    '\\n-----END PRIVATE KEY-----\\n"}',
+    "a certificate is public: -----BEGIN CERTIFICATE----- stays",
+    "-----BEGIN CERTIFICATE-----",
+    "MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQswCQYDVQQGEwJJRTES",
+    "-----END CERTIFICATE-----",
+    "done, card 4111 1111 1111 1111",
+]
+AFTER_RSA = CORPUS.index("a normal line after the key, token=abcdef123456")
+
+
+@pytest.fixture(scope="module")
+def redactor() -> Redactor:
+    return Redactor.from_config(RedactionSection(), state_dir=Path("/nonexistent"))
+
+
+def through_redact(redactor: Redactor, lines: list[str], *, chunk: int = 37) -> list[str]:
+    """``hostwatch redact``'s path: the lines as one stream, read in small pieces."""
+    out = io.BytesIO()
+    raw = ("\n".join(lines) + "\n").encode()
+    redact_stream(redactor, io.BufferedReader(io.BytesIO(raw), buffer_size=chunk), out, chunk=chunk)
+    return out.getvalue().decode().split("\n")[:-1]
+
+
+async def through_agent(
+    tmp_path: Path, redactor: Redactor, files: dict[str, list[str]], expect: int, **options
+) -> dict[str, list[str]]:
+    """The agent's path: the logs collector tails the files (appended in pieces) and redacts what it reads."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    records = []
+
+    async def sink(batch, on_durable) -> None:
+        records.extend(batch)
+        if on_durable is not None:
+            asyncio.get_running_loop().call_soon(on_durable)
+
+    fast = {"glob_interval": "100ms", "poll_interval": "50ms", "partial_line_timeout": "300ms"}
+    config = convert({"paths": [str(logs / "*.log")], "start_at": "beginning", **fast, **options}, LogsCollector.Config)
+    context = collector_context(tmp_path, redactor=redactor)
+    collector = LogsCollector(config, context)
+    task = asyncio.create_task(collector.run(RunEmitter(time.time_ns(), (), sink)))
+    try:
+        await asyncio.sleep(0.2)
+        for start in range(0, max(map(len, files.values())), 5):  # five lines at a time, files interleaved
+            for name, lines in files.items():
+                with open(logs / name, "a") as f:
+                    f.writelines(line + "\n" for line in lines[start : start + 5])
+            await asyncio.sleep(0.06)
+        deadline = time.monotonic() + 10
+        while len(records) < expect and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    by_file: dict[str, list[str]] = {name: [] for name in files}
+    for record in records:
+        by_file[Path(dict(record.labels)["filename"]).name].append(record.body)
+    return by_file
+
+
+def assert_masked(out: list[str]) -> None:
+    text = "\n".join(out)
+    leaked = [line for line in SECRET_LINES if line in text]
+    assert leaked == [], leaked
+
+
+async def test_the_agent_and_hostwatch_redact_give_the_same_output_and_leak_no_key(tmp_path, redactor):
+    expected = through_redact(redactor, CORPUS)
+    assert_masked(expected)
+    assert expected[0] == "2024-05-01T10:00:00Z app starting, password=[REDACTED:password] for the admin"
+    rotated = CORPUS[AFTER_RSA:] + CORPUS[:AFTER_RSA]  # another file, its blocks at other offsets
+    got = await through_agent(tmp_path, redactor, {"a.log": CORPUS, "b.log": rotated}, expect=2 * len(CORPUS))
+    assert got["a.log"] == expected
+    assert got["b.log"] == through_redact(redactor, rotated)
+    assert_masked(got["b.log"])
+
+
+def test_what_a_masked_block_looks_like(redactor):
+    out = through_redact(redactor, CORPUS)
+    i = CORPUS.index("-----BEGIN RSA PRIVATE KEY-----")
+    assert out[i : i + 3] == ["-----BEGIN RSA PRIVATE KEY-----", MARK, MARK]
+    assert out[i + len(RSA)] == MARK + "-----END RSA PRIVATE KEY-----"
+    j = CORPUS.index("-----BEGIN PGP PRIVATE KEY BLOCK-----")
+    assert out[j : j + 6] == ["-----BEGIN PGP PRIVATE KEY BLOCK-----", MARK, MARK, "", MARK, MARK]
+    k = CORPUS.index("May  1 10:00:01 web1 app[42]: loaded key -----BEGIN EC PRIVATE KEY-----")
+    assert out[k + 1] == "May  1 10:00:01 web1 app[42]: " + MARK  # the syslog prefix stays
+    assert out[k + len(EC) + 1] == "May  1 10:00:01 web1 app[42]: -----END EC PRIVATE KEY-----"
+    cert = CORPUS.index("-----BEGIN CERTIFICATE-----")
+    assert out[cert - 1 : cert + 3] == CORPUS[cert - 1 : cert + 3]  # certificates are public
+    assert out[-1] == "done, card [REDACTED:credit-card]"
+    assert '"key":"-----BEGIN PRIVATE KEY-----[REDACTED:private-key]-----END PRIVATE KEY-----' in out[-6]
+
+
+async def test_a_multiline_record_masks_the_same_lines(tmp_path, redactor):
+    # with multiline every record starts at a timestamp; the key is inside one record
+    lines = [f"2024-05-01T10:00:0{i}Z line {i}" for i in range(3)]
+    lines[1:2] = ["2024-05-01T10:00:01Z key follows -----BEGIN RSA PRIVATE KEY-----", *RSA]
+    lines.insert(len(RSA) + 2, "-----END RSA PRIVATE KEY-----")
+    multiline = {"start_pattern": r"^\d{4}-", "flush_timeout": "200ms"}
+    got = await through_agent(tmp_path, redactor, {"m.log": lines}, expect=3, multiline=multiline)
+    records = got["m.log"]
+    assert len(records) == 3
+    assert_masked(records)
+    # the record is the lines hostwatch redact prints, joined
+    assert "\n".join(records) == "\n".join(through_redact(redactor, lines))
+
+
+def test_one_state_per_stream_and_batches_carry_it(redactor):
+    streams = redactor.streams()
+    assert streams(["-----BEGIN PRIVATE KEY-----"], "a") == ["-----BEGIN PRIVATE KEY-----"]
+    assert streams([RSA[0]], "b") == [RSA[0]]  # another file: not inside a block
+    assert streams([RSA[1], RSA[2]], "a") == [MARK, MARK]
+    assert streams(["-----END PRIVATE KEY-----", RSA[3]], "a") == ["-----END PRIVATE KEY-----", RSA[3]]
+    state = BlockState()
+    assert redactor.redact_lines(["x", "-----BEGIN DSA PRIVATE KEY-----"], state)[1].endswith("-----")
+    assert state.inside and redactor.redact_lines([RSA[4]], state) == [MARK]
+    # without a state a call is a stream of its own
+    assert redactor.redact_lines([RSA[4]]) == [RSA[4]]
+
+
+def test_untouched_lines_keep_their_identity(redactor):
+    # the tailer tells the lines redaction rewrote from the others by identity
+    lines = ["plain", "-----BEGIN PRIVATE KEY-----", RSA[0], "-----END PRIVATE KEY-----", "also plain", "pwd=x1y2"]
+    out = redactor.redact_lines(lines, BlockState())
+    assert [a is b for a, b in zip(lines, out, strict=True)] == [True, True, False, True, True, False]
+
+
+def test_a_block_that_never_ends_stops_after_its_bound(redactor, caplog):
+    state = BlockState()
+    lines = ["-----BEGIN RSA PRIVATE KEY-----", *(f"line {i} with nothing in it" for i in range(MAX_LINES + 5))]
+    with caplog.at_level(logging.WARNING, logger="hostwatch.redact"):
+        out = redactor.redact_lines(lines, state)
+    assert out[1 : MAX_LINES + 1] == [MARK] * MAX_LINES
+    assert out[MAX_LINES + 1 :] == lines[MAX_LINES + 1 :]
+    assert not state.inside and "masking stops there" in caplog.text
+    long_lines = ["-----BEGIN RSA PRIVATE KEY-----", *(["x" * 100_000] * 4)]
+    out = redactor.redact_lines(long_lines, BlockState())
+    assert out[1:4] == [MARK] * 3 and out[4] == long_lines[4]  # 256 KiB reached on the third
+
+
+def test_pii_only_has_no_blocks():
+    redactor = Redactor.from_config(RedactionSection(sets=["pii"]), state_dir=Path("/nonexistent"))
+    lines = ["-----BEGIN PRIVATE KEY-----", RSA[0], "-----END PRIVATE KEY-----"]
+    assert redactor.redact_lines(lines, BlockState()) == lines
+    assert MAX_BYTES == 256 << 10
+
+
+def test_crlf_lines_keep_their_carriage_return(redactor):
+    lines = ["-----BEGIN PRIVATE KEY-----\r", RSA[0] + "\r", "-----END PRIVATE KEY-----\r"]
+    assert redactor.redact_lines(lines, BlockState()) == [lines[0], MARK + "\r", lines[2]]
+
+
+def test_streams_remember_a_bounded_number_of_open_blocks(redactor, monkeypatch, caplog):
+    monkeypatch.setattr("agent.redact.MAX_STREAMS", 2)
+    streams = redactor.streams()
+    for key in ("a", "b", "c"):
+        streams(["-----BEGIN PRIVATE KEY-----"], key)
+    assert "forgetting a's" in caplog.text
+    assert streams([RSA[0]], "a") == [RSA[0]]  # forgotten: the oldest goes first
+    assert streams([RSA[0]], "c") == [MARK]
+    assert streams(["-----END PRIVATE KEY-----"], "c") and streams([RSA[1]], "c") == [RSA[1]]
