@@ -156,13 +156,13 @@ def test_missing_config_file_is_an_error(tmp_path) -> None:
     assert "no such config file" in info.value.errors[0]
 
 
-def test_embedded_default_runs_the_four_host_collectors() -> None:
-    config = loads_config(
-        EMBEDDED_DEFAULT,
-        registry={"collectors": {n: FakeCollector for n in ("cpu", "memory", "disk", "network")}, "outputs": {}},
-        environ={},
-    )
-    assert [s.type for s in config.collectors] == ["cpu", "memory", "disk", "network"]
+def test_embedded_default_runs_node_exporters_default_collectors() -> None:
+    """With the real plugins: node_exporter 1.5's default Linux collectors, under hostwatch's plugins."""
+    config = loads_config(EMBEDDED_DEFAULT, environ={})
+    types = [s.type for s in config.collectors]
+    assert types == ["cpu", "memory", "disk", "network", "netclass", "hardware", "system", "textfile"]
+    system = next(s for s in config.collectors if s.type == "system")
+    assert sorted(system.config.exclude) == ["interrupts", "processes"]  # not default in node_exporter 1.5
     assert config.agent.interval == 10.0
     assert config.http.listen == "127.0.0.1:9730"
     assert config.outputs == ()
