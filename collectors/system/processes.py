@@ -15,7 +15,7 @@ from collections import Counter
 
 from agent.plugin import Emitter
 
-from .base import Roots, read_uint
+from .base import Roots, Unavailable, read_uint
 
 _GONE = (errno.ENOENT, errno.ESRCH)
 
@@ -28,6 +28,13 @@ class ProcessesCollector:
 
     def collect(self, emit: Emitter) -> None:
         proc = os.fspath(self._proc)
+        if hidden := _hidepid(proc):
+            # counts of only the processes the agent may see would look right and be wrong
+            raise Unavailable(
+                f"{proc} is mounted with {hidden}: other users' processes are hidden (the packaged "
+                "unit's ProtectProc=invisible; a drop-in with ProtectProc=default lifts it)",
+                warn=True,
+            )
         pids = threads = 0
         states: Counter[str] = Counter()
         thread_states: Counter[str] = Counter()
@@ -71,6 +78,24 @@ class ProcessesCollector:
             stat = _stat(f"{task_dir}/{tid}/stat")
             if stat is not None:
                 thread_states[stat[0]] += 1
+
+
+def _hidepid(proc: str) -> str:
+    """The ``hidepid=`` option of the proc mount at ``proc``, unless it hides nothing."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as mounts:
+            lines = mounts.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    where = os.path.realpath(proc)
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts, tail = fields.split(), rest.split()
+        if len(parts) > 4 and len(tail) > 2 and tail[0] == "proc" and parts[4] == where:
+            for option in tail[2].split(","):
+                if option.startswith("hidepid=") and option not in ("hidepid=0", "hidepid=off"):
+                    return option
+    return ""
 
 
 def _stat(path: str) -> tuple[str, int] | None:

@@ -88,6 +88,9 @@ def test_ready_health_and_metrics_answer(box: Booted) -> None:
     status, body = box.wait(lambda: (r := box.http("/metrics"))[1].count("node_load1 ") and r, what="host metrics")
     assert status == 200
     assert re.search(r'^node_filesystem_avail_bytes\{device="[^"]+",fstype="[^"]+",mountpoint="/"\} \d', body, re.M)
+    # the sandbox lets the read-only adjtimex through: the clock-not-synchronising alerts have data
+    assert re.search(r"^node_timex_sync_status \d", body, re.M), "node_timex_* missing under the unit"
+    assert re.search(r"^node_uname_info\{", body, re.M)
     detailed = json.loads(box.http("/health/detailed")[1])
     assert all(c["errors"] == 0 for c in detailed["collectors"].values()), detailed["collectors"]
 

@@ -327,3 +327,25 @@ async def test_a_refused_adjtimex_is_a_warning_once_not_an_error(tmp_path, caplo
     assert not [s for run in runs for s in run.samples if s.name.startswith("node_timex_")]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ProtectClock" in warnings[0].getMessage()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a proc instance needs root")
+def test_processes_refuses_to_count_under_hidepid(tmp_path):
+    """The packaged unit mounts /proc with hidepid (ProtectProc=invisible): counts of only the agent's
+    own processes would look plausible and be wrong, so the part reports itself unavailable."""
+    import subprocess
+
+    from collectors.system.processes import ProcessesCollector
+
+    mnt = tmp_path / "proc"
+    mnt.mkdir()
+    # a new proc instance (Linux 5.8+) with its own options; the host's /proc is left as it is
+    subprocess.run(["mount", "-t", "proc", "-o", "hidepid=invisible", "proc", str(mnt)], check=True)
+    try:
+        roots = Roots(proc=mnt, sys=Path("/sys"), rootfs=Path("/"))
+        with pytest.raises(Unavailable, match="hidepid=invisible") as raised:
+            ProcessesCollector(roots).collect(None)
+        assert raised.value.warn
+        assert "hidepid" not in Path("/proc/self/mountinfo").read_text().split(" /proc ")[1].split("\n")[0]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
