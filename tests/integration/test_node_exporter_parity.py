@@ -14,6 +14,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -188,3 +189,56 @@ async def test_matches_node_exporter(name, node_exporter_factory, tmp_path, caps
     assert not extra, f"{name} exports families node_exporter does not: {extra}"
     if name in FULL_COVERAGE:
         assert not missing, f"{name} lacks node_exporter families: {missing}"
+
+
+STORAGE_FIXTURE = Path(__file__).parents[1] / "fixtures" / "storage"
+# node_exporter's selinux collector asks go-selinux, which reads the real /sys/fs/selinux
+# and /proc/self whatever --path.* says: it is compared on the host, not on the fixture.
+STORAGE_PARTS = ("mdadm", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tapestats")
+
+
+async def test_storage_matches_node_exporter_on_fixtures(node_exporter_factory, tmp_path):
+    """Both read tests/fixtures/storage (md arrays, bcache, btrfs, xfs, zfs, nfs, nfsd, tapes): every series equal."""
+    cls = collector_class("storage")
+    sys_root, proc_root = STORAGE_FIXTURE / "sys", STORAGE_FIXTURE / "proc"
+    url = node_exporter_factory(
+        STORAGE_PARTS, f"--path.sysfs={sys_root}", f"--path.procfs={proc_root}", "--collector.bcache.priorityStats"
+    )
+    config = cls.Config(selinux=False, bcache_priority_stats=True)
+    collector = cls(config, collector_context(tmp_path, sys_root=sys_root, proc_root=proc_root))
+    emitter = RunEmitter(time.time_ns())
+    await collector.start()
+    await collector.collect(emitter)
+    await collector.close()
+    assert not emitter.errors
+    text = await asyncio.to_thread(scrape, url)
+    failed = [line for line in text.splitlines() if line.startswith("node_scrape_collector_success") and line[-1] == "0"]
+    assert not failed, f"node_exporter failed on the fixture: {failed}"
+    ours, ne = from_samples(emitter), parse_node_exporter(text)
+    assert {name.split("_")[1] for name in ne} >= {"md", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tape"}
+    assert sorted(ours) == sorted(ne)
+    differ = [
+        f"{family}: ours {ours[family].kind} {sorted(ours[family].series.items(), key=repr)}"
+        f" != node_exporter {ref.kind} {sorted(ref.series.items(), key=repr)}"
+        for family, ref in ne.items()
+        if ours[family].kind != KIND_OF[ref.kind] or ours[family].series != ref.series
+    ]
+    assert not differ, "\n".join(differ)
+
+
+async def test_storage_matches_node_exporter_on_host(node_exporter_factory, tmp_path):
+    """On this host (whatever of md, NFS, ZFS ... it has, and SELinux's state): the same series and values."""
+    cls = collector_class("storage")
+    url = node_exporter_factory((*STORAGE_PARTS, "selinux"))
+    collector = cls(cls.Config(), collector_context(tmp_path))
+    emitter = RunEmitter(time.time_ns())
+    await collector.collect(emitter)
+    ne = parse_node_exporter(await asyncio.to_thread(scrape, url))
+    after = RunEmitter(time.time_ns())
+    await collector.collect(after)
+    assert not emitter.errors and not after.errors
+    before, later = from_samples(emitter), from_samples(after)
+    assert "node_selinux_enabled" in ne, "node_exporter's selinux collector always reports"
+    assert sorted(before) == sorted(ne)
+    problems = compare(ne, before, later)
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,93 @@
+"""``/sys/fs/btrfs``: node_exporter's ``btrfs`` collector, from sysfs.
+
+node_exporter also asks mounted filesystems over ioctl for per-device error
+counters (``node_btrfs_device_errors_total``, ``node_btrfs_device_unused_bytes``)
+and then labels ``node_btrfs_device_size_bytes`` with ``btrfs_dev_uuid`` too;
+this collector reads sysfs only, which is what node_exporter exports for a
+filesystem it cannot open (see the README).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+from collections.abc import Callable
+
+from agent.plugin import Emitter
+
+from ._read import list_dir, parse_uint, read_attr
+
+Report = Callable[[str], None]
+
+SECTOR = 512
+_BLOCK_GROUPS = ("data", "metadata", "system")
+
+
+def _ratio(layout: str, devices: int) -> float:
+    if layout in ("single", "raid0"):
+        return 1.0
+    if layout in ("dup", "raid1", "raid10"):
+        return 2.0
+    if layout in ("raid5", "raid6"):
+        parity = 1 if layout == "raid5" else 2
+        try:
+            return devices / (devices - parity)
+        except ZeroDivisionError:
+            return float("inf") if devices else float("nan")
+    return 0.0
+
+
+class _Reader:
+    """procfs' reader: a missing file reads as empty/0, a number that does not parse as 0."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def text(self, name: str) -> str:
+        try:
+            return read_attr(f"{self.path}/{name}")
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return ""
+            raise
+
+    def value(self, name: str) -> int:
+        try:
+            return parse_uint(self.text(name))
+        except ValueError:
+            return 0
+
+
+def _filesystem(path: str, emit: Emitter) -> None:
+    fs = _Reader(path)
+    devices = {name: SECTOR * fs.value(f"devices/{name}/size") for name in list_dir(f"{path}/devices")}
+    label, uuid = fs.text("label"), fs.text("metadata_uuid") or os.path.basename(path)
+    list_dir(f"{path}/features")  # procfs lists it; a filesystem without one fails there
+    out: list[tuple[str, float, tuple, str]] = [
+        ("node_btrfs_info", 1, (("label", label), ("uuid", uuid)), "1"),
+        ("node_btrfs_global_rsv_size_bytes", fs.value("allocation/global_rsv_size"), (("uuid", uuid),), "By"),
+    ]
+    for group in _BLOCK_GROUPS:
+        base = f"allocation/{group}"
+        out.append(("node_btrfs_reserved_bytes", fs.value(f"{base}/bytes_reserved"),
+                    (("block_group_type", group), ("uuid", uuid)), "By"))  # fmt: skip
+        for layout in list_dir(f"{path}/{base}"):
+            if not os.path.isdir(f"{path}/{base}/{layout}") or os.path.islink(f"{path}/{base}/{layout}"):
+                continue
+            labels = (("block_group_type", group), ("mode", layout), ("uuid", uuid))
+            out.append(("node_btrfs_used_bytes", fs.value(f"{base}/{layout}/used_bytes"), labels, "By"))
+            out.append(("node_btrfs_size_bytes", fs.value(f"{base}/{layout}/total_bytes"), labels, "By"))
+            out.append(("node_btrfs_allocation_ratio", _ratio(layout, len(devices)), labels, "1"))
+    for device, size in devices.items():
+        out.append(("node_btrfs_device_size_bytes", size, (("device", device), ("uuid", uuid)), "By"))
+    for name, value, labels, unit in out:
+        emit.gauge(name, value, labels, unit=unit)
+
+
+def btrfs(sys_root: str, emit: Emitter, report: Report) -> None:
+    for path in sorted(glob.glob(f"{sys_root}/fs/btrfs/*-*")):
+        try:
+            _filesystem(path, emit)
+        except OSError as exc:
+            report(f"filesystem {os.path.basename(path)}: {exc.strerror}: {exc.filename}")
