@@ -121,6 +121,8 @@ def _cache_set(path: str, uuid: str, emit: Emitter, priority_stats: bool) -> Non
             out.append(("gauge", "node_bcache_priority_stats_metadata_percent", priority.get("metadata", 0), labels))
     for kind, name, value, labels in out:
         unit = "By" if name.endswith(("_bytes", "_bytes_total")) else "s" if name.endswith("_seconds") else "1"
+        if name.startswith(("node_bcache_writeback_rate", "node_bcache_writeback_change")):
+            unit = "By/s"
         getattr(emit, kind)(name, value, labels, unit=unit)
 
 
