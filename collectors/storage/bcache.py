@@ -56,10 +56,8 @@ def dehumanize(text: str) -> int:
     text = text.removeprefix("-")
     if not text:
         raise ValueError("zero-length value")
-    if text[-1] > "9":
-        value = _pseudo_float(text[:-1]) * _MULTIPLIER.get(text[-1], 0)
-    else:
-        value = float(text)
+    suffixed = text[-1] > "9"  # a unit letter; an unknown one multiplies by 0, as in procfs
+    value = _pseudo_float(text[:-1]) * _MULTIPLIER.get(text[-1], 0) if suffixed else float(text)
     return sign * int(value)
 
 

@@ -122,6 +122,8 @@ def mdadm(proc_root: str, emit: Emitter, report: Report) -> None:
         for state, count in (("active", md.active), ("failed", md.failed), ("spare", md.spare)):
             emit.gauge("node_md_disks", count, (("device", md.name), ("state", state)), unit="1")
         for state, label in _STATES:
-            emit.gauge("node_md_state", 1 if md.state == state else 0, (("device", md.name), ("state", label)), unit="1")
+            emit.gauge(
+                "node_md_state", 1 if md.state == state else 0, (("device", md.name), ("state", label)), unit="1"
+            )
         emit.gauge("node_md_blocks", md.blocks, device, unit="1")
         emit.gauge("node_md_blocks_synced", md.synced, device, unit="1")

@@ -69,7 +69,10 @@ def _pool_io(path: str, pool: str, emit: Emitter) -> None:
             continue
         if len(fields) < len(header):
             raise ValueError(f"short row in {path}")
-        out.extend((f"node_zfs_zpool_{_metric(field)}", parse_uint(value)) for field, value in zip(header, fields))
+        values = fields[: len(header)]
+        out.extend(
+            (f"node_zfs_zpool_{_metric(field)}", parse_uint(value)) for field, value in zip(header, values, strict=True)
+        )
     for name, value in out:
         emit.gauge(name, value, (("zpool", pool),), unit="1")
 

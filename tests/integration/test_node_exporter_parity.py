@@ -212,7 +212,9 @@ async def test_storage_matches_node_exporter_on_fixtures(node_exporter_factory, 
     await collector.close()
     assert not emitter.errors
     text = await asyncio.to_thread(scrape, url)
-    failed = [line for line in text.splitlines() if line.startswith("node_scrape_collector_success") and line[-1] == "0"]
+    failed = [
+        line for line in text.splitlines() if line.startswith("node_scrape_collector_success") and line[-1] == "0"
+    ]
     assert not failed, f"node_exporter failed on the fixture: {failed}"
     ours, ne = from_samples(emitter), parse_node_exporter(text)
     assert {name.split("_")[1] for name in ne} >= {"md", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tape"}
