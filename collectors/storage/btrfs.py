@@ -1,10 +1,9 @@
-"""``/sys/fs/btrfs``: node_exporter's ``btrfs`` collector, from sysfs.
+"""``/sys/fs/btrfs``: node_exporter's ``btrfs`` collector.
 
-node_exporter also asks mounted filesystems over ioctl for per-device error
-counters (``node_btrfs_device_errors_total``, ``node_btrfs_device_unused_bytes``)
-and then labels ``node_btrfs_device_size_bytes`` with ``btrfs_dev_uuid`` too;
-this collector reads sysfs only, which is what node_exporter exports for a
-filesystem it cannot open (see the README).
+Allocation figures come from sysfs. Devices come from the filesystem itself
+when it is mounted and answers the ioctls (``btrfs_ioctl``): then with their
+error counters, unused bytes and ``btrfs_dev_uuid``; otherwise from sysfs,
+with their size only, exactly as node_exporter does.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from collections.abc import Callable
 
 from agent.plugin import Emitter
 
+from . import btrfs_ioctl
 from ._read import list_dir, parse_uint, read_attr
 
 Report = Callable[[str], None]
@@ -59,7 +59,10 @@ class _Reader:
             return 0
 
 
-def _filesystem(path: str, emit: Emitter) -> None:
+_ERROR_TYPES = ("write", "read", "flush", "corruption", "generation")
+
+
+def _filesystem(path: str, mounted: dict[str, list[btrfs_ioctl.Device]], emit: Emitter) -> None:
     fs = _Reader(path)
     devices = {name: SECTOR * fs.value(f"devices/{name}/size") for name in list_dir(f"{path}/devices")}
     label, uuid = fs.text("label"), fs.text("metadata_uuid") or os.path.basename(path)
@@ -79,15 +82,26 @@ def _filesystem(path: str, emit: Emitter) -> None:
             out.append(("node_btrfs_used_bytes", fs.value(f"{base}/{layout}/used_bytes"), labels, "By"))
             out.append(("node_btrfs_size_bytes", fs.value(f"{base}/{layout}/total_bytes"), labels, "By"))
             out.append(("node_btrfs_allocation_ratio", _ratio(layout, len(devices)), labels, "1"))
-    for device, size in devices.items():
-        out.append(("node_btrfs_device_size_bytes", size, (("device", device), ("uuid", uuid)), "By"))
+    if uuid.replace("-", "") in mounted:
+        for dev in mounted[uuid.replace("-", "")]:
+            labels = (("btrfs_dev_uuid", dev.uuid), ("device", os.path.basename(dev.path)), ("uuid", uuid))
+            out.append(("node_btrfs_device_size_bytes", dev.total_bytes, labels, "By"))
+            out.append(("node_btrfs_device_unused_bytes", dev.total_bytes - dev.bytes_used, labels, "By"))
+            for kind, count in zip(_ERROR_TYPES, dev.errors, strict=True):
+                out.append(("node_btrfs_device_errors_total", count, (*labels, ("type", kind)), "1"))
+    else:
+        for device, size in devices.items():
+            out.append(("node_btrfs_device_size_bytes", size, (("device", device), ("uuid", uuid)), "By"))
     for name, value, labels, unit in out:
-        emit.gauge(name, value, labels, unit=unit)
+        kind = emit.counter if name.endswith("_total") else emit.gauge
+        kind(name, value, labels, unit=unit)
 
 
-def btrfs(sys_root: str, emit: Emitter, report: Report) -> None:
-    for path in sorted(glob.glob(f"{sys_root}/fs/btrfs/*-*")):
+def btrfs(proc_root: str, sys_root: str, rootfs: str, emit: Emitter, report: Report) -> None:
+    filesystems = sorted(glob.glob(f"{sys_root}/fs/btrfs/*-*"))
+    mounted = btrfs_ioctl.device_stats(proc_root, rootfs) if filesystems else {}
+    for path in filesystems:
         try:
-            _filesystem(path, emit)
+            _filesystem(path, mounted, emit)
         except OSError as exc:
             report(f"filesystem {os.path.basename(path)}: {exc.strerror}: {exc.filename}")

@@ -56,7 +56,7 @@ class StorageCollector(PeriodicCollector):
         parts = {
             "mdadm": partial(mdadm.mdadm, proc),
             "bcache": partial(bcache.bcache, sys, config.bcache_priority_stats),
-            "btrfs": partial(btrfs.btrfs, sys),
+            "btrfs": partial(btrfs.btrfs, proc, sys, rootfs),
             "xfs": partial(xfs.xfs, sys),
             "zfs": partial(zfs.zfs, proc),
             "nfs": partial(nfs.nfs, proc),

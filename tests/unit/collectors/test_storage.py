@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import convert
-from collectors.storage import bcache, mdadm
+from collectors.storage import bcache, btrfs_ioctl, mdadm
 from collectors.storage.storage import PARTS, Config, StorageCollector
 from tests.support import FIXTURES, by_series, collect_once, collector_context
 
@@ -166,6 +166,30 @@ async def test_btrfs_allocation_and_devices(tmp_path):
         series[("node_btrfs_size_bytes", (("block_group_type", "metadata"), ("mode", "dup"), ("uuid", raid5)))]
         == 429391872
     )
+
+
+def test_btrfs_mounts_from_pid1_or_the_fallback_with_escapes_undone(tmp_path):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "mounts").write_text(
+        "/dev/sda1 / ext4 rw 0 0\n/dev/sdb /srv/my\\040data btrfs rw,relatime 0 0\n/dev/sdc /x btrfs ro 0 0\n"
+    )
+    assert btrfs_ioctl.btrfs_mounts(str(proc)) == [("/dev/sdb", "/srv/my data"), ("/dev/sdc", "/x")]  # hidepid
+    (proc / "1").mkdir()
+    (proc / "1" / "mounts").write_text("/dev/sdd /data btrfs rw 0 0\n")
+    assert btrfs_ioctl.btrfs_mounts(str(proc)) == [("/dev/sdd", "/data")]
+
+
+async def test_btrfs_mount_that_cannot_be_asked_falls_back_to_sysfs_silently(tmp_path):
+    root = copy_tree(tmp_path)
+    (root / "proc" / "1").mkdir()
+    # listed as mounted, but the mount point is an ordinary directory: the ioctls cannot answer
+    (root / "rootfs" / "srv").mkdir()
+    (root / "proc" / "1" / "mounts").write_text("/dev/sdb /srv btrfs rw 0 0\n/dev/loop24 /nowhere btrfs rw 0 0\n")
+    emitter = await collect_once(storage(tmp_path, root, **only("btrfs")))
+    assert emitter.errors == []
+    names = {s.name for s in emitter.samples}
+    assert "node_btrfs_device_size_bytes" in names and "node_btrfs_device_errors_total" not in names
 
 
 async def test_xfs_counters_and_a_malformed_device(tmp_path):
