@@ -45,9 +45,9 @@ _WRITEBACK = (("target:", "node_bcache_dirty_target_bytes", ""), ("rate:", "node
 
 
 def _pseudo_float(text: str) -> float:
-    whole, _, fraction = text.partition(".")
-    value = float(whole)
-    return value + float(fraction) / 10.24 if fraction else value
+    parts = text.split(".")  # like procfs, anything after a second "." is ignored
+    value = float(parts[0])
+    return value + float(parts[1]) / 10.24 if len(parts) > 1 else value
 
 
 def dehumanize(text: str) -> int:

@@ -17,11 +17,11 @@ from ._read import read_text
 
 Report = Callable[[str], None]
 
-_STATUS = re.compile(r"(\d+) blocks .*\[(\d+)/(\d+)\] \[([U_]+)\]")
-_SYNCED = re.compile(r"\((\d+)/\d+\)")
-_PERCENT = re.compile(r"= (.+)%")
-_FINISH = re.compile(r"finish=(.+)min")
-_SPEED = re.compile(r"speed=(.+)[A-Z]")
+_STATUS = re.compile(r"(\d+) blocks .*\[(\d+)/(\d+)\] \[([U_]+)\]", re.ASCII)
+_SYNCED = re.compile(r"\((\d+)/\d+\)", re.ASCII)
+_PERCENT = re.compile(r"= (.+)%", re.ASCII)
+_FINISH = re.compile(r"finish=(.+)min", re.ASCII)
+_SPEED = re.compile(r"speed=(.+)[A-Z]", re.ASCII)
 # node_md_state's label for each activity state procfs reports
 _STATES = (("active", "active"), ("inactive", "inactive"), ("recovering", "recovering"),
            ("resyncing", "resync"), ("checking", "check"))  # fmt: skip
@@ -44,7 +44,7 @@ def _status(device_line: str, status_line: str) -> tuple[int, int, int]:
     fields = status_line.split()
     if not fields:
         raise ValueError(f"unexpected status line {status_line!r}")
-    size = int(fields[0]) if fields[0].isdigit() else None
+    size = int(fields[0]) if fields[0].isascii() and fields[0].isdigit() else None
     if size is None:
         raise ValueError(f"unexpected status line {status_line!r}")
     if "raid0" in device_line or "linear" in device_line:

@@ -67,6 +67,8 @@ def parse(text: str, server: bool) -> dict[str, list[int]]:
             if len(values) != fixed[label]:
                 raise ValueError(f"invalid {label} line {values}")
             lines[label] = values
+        elif server and label == "wdeleg_getattr":
+            pass  # kernels since 6.11; procfs 0.8 rejects the whole file, node_exporter 1.5 exports nothing from it
         elif label in counted:
             exact = 2 if (server and label == "proc4") else None
             lines[label] = _counted(label, values, counted[label], exact)
