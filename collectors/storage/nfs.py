@@ -68,7 +68,7 @@ def parse(text: str, server: bool) -> dict[str, list[int]]:
                 raise ValueError(f"invalid {label} line {values}")
             lines[label] = values
         elif server and label == "wdeleg_getattr":
-            pass  # kernels since 6.11; procfs 0.8 rejects the whole file, node_exporter 1.5 exports nothing from it
+            pass  # kernels since 6.6; procfs 0.8 rejects the whole file, node_exporter 1.5 exports nothing from it
         elif label in counted:
             exact = 2 if (server and label == "proc4") else None
             lines[label] = _counted(label, values, counted[label], exact)

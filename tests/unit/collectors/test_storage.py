@@ -247,7 +247,7 @@ async def test_nfs_client_and_server(tmp_path):
 async def test_an_unknown_nfs_line_fails_like_procfs(tmp_path):
     root = copy_tree(tmp_path)
     path = root / "proc" / "net" / "rpc" / "nfsd"
-    path.write_text(path.read_text() + "wdeleg_getattr 3\n")  # kernels since 6.11: accepted, not exported
+    path.write_text(path.read_text() + "wdeleg_getattr 3\n")  # kernels since 6.6: accepted, not exported
     emitter = await collect_once(storage(tmp_path, root, **only("nfsd")))
     assert emitter.errors == [] and emitter.samples
     path.write_text(path.read_text() + "proc5 2 0 0\n")
