@@ -30,11 +30,8 @@ def _ratio(layout: str, devices: int) -> float:
     if layout in ("dup", "raid1", "raid10"):
         return 2.0
     if layout in ("raid5", "raid6"):
-        parity = 1 if layout == "raid5" else 2
-        try:
-            return devices / (devices - parity)
-        except ZeroDivisionError:
-            return float("inf") if devices else float("nan")
+        data = devices - (1 if layout == "raid5" else 2)
+        return devices / data if data else float("inf")  # Go's float division by zero
     return 0.0
 
 
