@@ -65,6 +65,7 @@ listen = "127.0.0.1:9730"
 [[collectors.hardware]]
 [[collectors.system]]
 exclude = ["processes", "interrupts"]
+[[collectors.storage]]
 [[collectors.textfile]]
 """
 

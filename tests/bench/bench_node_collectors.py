@@ -1,11 +1,13 @@
-"""CPU cost of one collection cycle of the netclass and hardware collectors, through the engine.
+"""CPU cost of one collection cycle of the netclass, hardware and storage collectors, through the engine.
 
 ``python -m tests.bench.bench_node_collectors`` (BENCH_CYCLES, default 300). Each
 configuration runs its collector through the engine's runner (worker-thread hop,
 emitter), first once to warm up, then BENCH_CYCLES times; it prints the mean
 process CPU time (every thread) of one cycle and the number of series. The
 hardware collector is also run on the fixture tree of tests/fixtures/hardware,
-which stands for a machine with sensors, RAPL, batteries and DMI.
+which stands for a machine with sensors, RAPL, batteries and DMI, and the
+storage collector on tests/fixtures/storage (md arrays, bcache, Btrfs, XFS, ZFS,
+NFS, tapes). A configuration whose plugin is not installed is skipped.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from pathlib import Path
 
 CYCLES = int(os.environ.get("BENCH_CYCLES", "300"))
 FIXTURE_SYS = Path(__file__).parents[1] / "fixtures" / "hardware" / "sys"
+STORAGE = Path(__file__).parents[1] / "fixtures" / "storage"
 CONFIGS = {
     "netclass (defaults) on this host": "[[collectors.netclass]]\n",
     "netclass with tcpstat on this host": "[[collectors.netclass]]\ntcpstat = true\n",
     "hardware on this host": "[[collectors.hardware]]\n",
     "hardware on the fixture tree": f'[agent]\nsys_root = "{FIXTURE_SYS}"\n[[collectors.hardware]]\n',
+    "storage on this host": "[[collectors.storage]]\n",
+    "storage on the fixture tree": (
+        f'[agent]\nsys_root = "{STORAGE / "sys"}"\nproc_root = "{STORAGE / "proc"}"\nrootfs = "{STORAGE / "rootfs"}"\n'
+        "[[collectors.storage]]\n"
+    ),
 }
 
 
@@ -42,10 +50,15 @@ async def cycle(text: str, cycles: int) -> tuple[float, int]:
 
 
 def main() -> None:
+    from agent.registry import load_registry
     from agent.runtime import install_event_loop_policy
 
     install_event_loop_policy()
+    installed = load_registry()["collectors"]
     for name, text in CONFIGS.items():
+        if text.split("[[collectors.", 1)[1].split("]", 1)[0] not in installed:
+            print(f"{name}: skipped, plugin not installed")
+            continue
         cost, series = asyncio.run(cycle(text, CYCLES))
         print(f"{name}: {cost * 1e6:.0f} µs CPU per cycle, {series} series")
 

@@ -340,3 +340,118 @@ async def test_system_on_fixture_trees_matches_node_exporter(tree, node_exporter
         if s.name == "node_scrape_collector_success"
     }
     assert theirs == {dict(s.labels)["collector"]: s.value for s in emitter.samples if s.name.endswith("_success")}
+
+
+STORAGE_FIXTURE = Path(__file__).parents[1] / "fixtures" / "storage"
+# node_exporter's selinux collector asks go-selinux, which reads the real /sys/fs/selinux
+# and /proc/self whatever --path.* says: it is compared on the host, not on the fixture.
+STORAGE_PARTS = ("mdadm", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tapestats")
+
+
+async def test_storage_matches_node_exporter_on_fixtures(node_exporter_factory, tmp_path):
+    """Both read tests/fixtures/storage (md arrays, bcache, btrfs, xfs, zfs, nfs, nfsd, tapes): every series equal."""
+    cls = collector_class("storage")
+    sys_root, proc_root = STORAGE_FIXTURE / "sys", STORAGE_FIXTURE / "proc"
+    url = node_exporter_factory(
+        STORAGE_PARTS, f"--path.sysfs={sys_root}", f"--path.procfs={proc_root}", "--collector.bcache.priorityStats"
+    )
+    config = cls.Config(selinux=False, bcache_priority_stats=True)
+    collector = cls(config, collector_context(tmp_path, sys_root=sys_root, proc_root=proc_root))
+    emitter = RunEmitter(time.time_ns())
+    await collector.start()
+    await collector.collect(emitter)
+    await collector.close()
+    assert not emitter.errors
+    text = await asyncio.to_thread(scrape, url)
+    failed = [
+        line for line in text.splitlines() if line.startswith("node_scrape_collector_success") and line[-1] == "0"
+    ]
+    assert not failed, f"node_exporter failed on the fixture: {failed}"
+    ours, ne = from_samples(emitter), parse_node_exporter(text)
+    assert {name.split("_")[1] for name in ne} >= {"md", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tape"}
+    assert sorted(ours) == sorted(ne)
+    differ = [
+        f"{family}: ours {ours[family].kind} {sorted(ours[family].series.items(), key=repr)}"
+        f" != node_exporter {ref.kind} {sorted(ref.series.items(), key=repr)}"
+        for family, ref in ne.items()
+        if ours[family].kind != KIND_OF[ref.kind] or ours[family].series != ref.series
+    ]
+    assert not differ, "\n".join(differ)
+
+
+async def test_storage_matches_node_exporter_on_host(node_exporter_factory, tmp_path):
+    """On this host (whatever of md, NFS, ZFS ... it has, and SELinux's state): the same series and values."""
+    cls = collector_class("storage")
+    url = node_exporter_factory((*STORAGE_PARTS, "selinux"))
+    collector = cls(cls.Config(), collector_context(tmp_path))
+    emitter = RunEmitter(time.time_ns())
+    await collector.collect(emitter)
+    ne = parse_node_exporter(await asyncio.to_thread(scrape, url))
+    after = RunEmitter(time.time_ns())
+    await collector.collect(after)
+    assert not emitter.errors and not after.errors
+    before, later = from_samples(emitter), from_samples(after)
+    assert "node_selinux_enabled" in ne, "node_exporter's selinux collector always reports"
+    assert sorted(before) == sorted(ne)
+    problems = compare(ne, before, later)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def mounted_btrfs(tmp_path):
+    """A real two-device raid1 Btrfs on loop devices, mounted under /dev/shm.
+
+    /dev is excluded from node_exporter's (and hostwatch's) filesystem collectors and
+    loop devices from their diskstats, so other tests on this host do not see it.
+    """
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("mkfs.btrfs") or not os.path.exists("/dev/loop-control"):
+        pytest.skip("needs root, loop devices and mkfs.btrfs (btrfs-progs)")
+    loops: list[str] = []
+    mount_point = Path(f"/dev/shm/hostwatch-btrfs-{os.getpid()}")
+    mounted = False
+    try:
+        for i in range(2):
+            image = tmp_path / f"disk{i}.img"
+            with open(image, "wb") as f:
+                f.truncate(160 * 1024 * 1024)
+            loops.append(subprocess.check_output(["losetup", "-f", "--show", str(image)], text=True).strip())
+        subprocess.run(["mkfs.btrfs", "-q", "-L", "hostwatch", "-d", "raid1", "-m", "raid1", *loops], check=True)
+        mount_point.mkdir()
+        if subprocess.run(["mount", "-t", "btrfs", loops[0], str(mount_point)]).returncode != 0:
+            pytest.skip("mounting a Btrfs loop device is not permitted here")
+        mounted = True
+        (mount_point / "data").write_bytes(os.urandom(4 * 1024 * 1024))
+        subprocess.run(["sync", "-f", str(mount_point)], check=True)
+        yield mount_point
+    finally:
+        if mounted:  # lazily: the session's node_exporter keeps the directory it asked open
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        if mount_point.exists():
+            mount_point.rmdir()
+        for loop in loops:
+            subprocess.run(["losetup", "-d", loop], check=False)
+
+
+async def test_storage_btrfs_ioctl_matches_node_exporter_on_a_real_mount(
+    mounted_btrfs, node_exporter_factory, tmp_path
+):
+    """A mounted filesystem: device sizes, unused bytes and error counters over ioctl, as node_exporter reads them."""
+    cls = collector_class("storage")
+    url = node_exporter_factory(("btrfs",))
+    parts = {name: name == "btrfs" for name in (*STORAGE_PARTS, "selinux")}
+    collector = cls(cls.Config(**parts), collector_context(tmp_path))
+    emitter = RunEmitter(time.time_ns())
+    await collector.collect(emitter)
+    assert not emitter.errors
+    ours, ne = from_samples(emitter), parse_node_exporter(await asyncio.to_thread(scrape, url))
+    assert "node_btrfs_device_errors_total" in ne, "node_exporter should have used the ioctls (running as root)"
+    assert sorted(ours) == sorted(ne)
+    differ = [
+        f"{family}: ours {sorted(ours[family].series.items(), key=repr)} != {sorted(ref.series.items(), key=repr)}"
+        for family, ref in ne.items()
+        if ours[family].kind != KIND_OF[ref.kind] or ours[family].series != ref.series
+    ]
+    assert not differ, "\n".join(differ)

@@ -77,7 +77,7 @@ def test_service_is_active_with_notify_status_and_watchdog(box: Booted) -> None:
 
     props = box.wait(active, what="active")
     assert props["Type"] == "notify"
-    assert props["StatusText"].startswith("running: 4 collectors, 0 outputs"), props
+    assert props["StatusText"].startswith("running: 9 collectors, 0 outputs"), props
     assert props["WatchdogUSec"] == "30s"
     assert props["User"] == "hostwatch"
 

@@ -29,7 +29,8 @@ set -euo pipefail
 CACHE="${HOSTWATCH_PEERS_CACHE:-/var/cache/hostwatch-peers}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-SYSTEM_PACKAGES=(prometheus prometheus-node-exporter victoria-metrics redis-server rabbitmq-server golang-go)
+# btrfs-progs: mkfs.btrfs for the storage collector's parity test on a real (loop-device) Btrfs
+SYSTEM_PACKAGES=(prometheus prometheus-node-exporter victoria-metrics redis-server rabbitmq-server golang-go btrfs-progs)
 # package -> the service its postinst would start
 declare -A SERVICE_OF=(
     [prometheus]=prometheus [prometheus-node-exporter]=prometheus-node-exporter

@@ -160,7 +160,7 @@ def test_embedded_default_runs_node_exporters_default_collectors() -> None:
     """With the real plugins: node_exporter 1.5's default Linux collectors, under hostwatch's plugins."""
     config = loads_config(EMBEDDED_DEFAULT, environ={})
     types = [s.type for s in config.collectors]
-    assert types == ["cpu", "memory", "disk", "network", "netclass", "hardware", "system", "textfile"]
+    assert types == ["cpu", "memory", "disk", "network", "netclass", "hardware", "system", "storage", "textfile"]
     system = next(s for s in config.collectors if s.type == "system")
     assert sorted(system.config.exclude) == ["interrupts", "processes"]  # not default in node_exporter 1.5
     assert config.agent.interval == 10.0
