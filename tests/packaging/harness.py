@@ -102,8 +102,9 @@ def _children(pid: int) -> list[int]:
 class Booted:
     """A root booted with ``systemd-nspawn -b``; :meth:`sh` runs a shell script in it."""
 
-    def __init__(self, root: Path, name: str, log: Path) -> None:
+    def __init__(self, root: Path, name: str, log: Path, *, binds_ro: tuple[Path, ...] = ()) -> None:
         self.root, self.name, self.log = root, name, log
+        self.binds_ro = binds_ro  # host directories shown read-only at the same path inside
         self.proc: subprocess.Popen | None = None
         self.leader = 0
 
@@ -123,6 +124,7 @@ class Booted:
             "--private-network",
             "--console=passive",
             "--quiet",
+            *(f"--bind-ro={path}" for path in self.binds_ro),
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
