@@ -57,11 +57,20 @@ UNITS = {
 IDLE_INSTANCES = 60
 FAMILIES = {
     f"node_systemd_{name}"
-    for name in (
-        "version units system_running unit_state unit_start_time_seconds unit_tasks_current unit_tasks_max "
-        "service_restart_total socket_accepted_connections_total socket_current_connections "
-        "socket_refused_connections_total timer_last_trigger_seconds"
-    ).split()
+    for name in [
+        "version",
+        "units",
+        "system_running",
+        "unit_state",
+        "unit_start_time_seconds",
+        "unit_tasks_current",
+        "unit_tasks_max",
+        "service_restart_total",
+        "socket_accepted_connections_total",
+        "socket_current_connections",
+        "socket_refused_connections_total",
+        "timer_last_trigger_seconds",
+    ]
 }
 CONNECT = "import socket; socket.create_connection(('127.0.0.1', 7777), 5).close()"
 GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
@@ -75,12 +84,19 @@ def node_exporter_binary() -> Path:
     raise AssertionError  # unreachable
 
 
+# where the checkout, the venv's packages and node_exporter appear inside (not under /home or /root,
+# which the shipped unit's ProtectHome= hides)
+SRC, PACKAGES, EXPORTER = "/opt/hw/src", "/opt/hw/site-packages", "/opt/hw/node_exporter"
+PYTHON_ENV = f"PYTHONPATH={SRC}:{PACKAGES} PYTHONDONTWRITEBYTECODE=1"
+
+
 class Box:
     """The booted container plus the commands that run hostwatch and node_exporter inside it."""
 
-    def __init__(self, booted: Booted, packages: Path, exporter: Path) -> None:
-        self.booted, self.exporter = booted, exporter
-        self.env = f"PYTHONPATH={REPO}:{packages} PYTHONDONTWRITEBYTECODE=1"
+    def __init__(self, booted: Booted) -> None:
+        self.booted = booted
+        self.exporter = EXPORTER
+        self.env = PYTHON_ENV
 
     def hostwatch_once(self, config: str) -> tuple[str, str]:
         (self.booted.root / "root/hostwatch.toml").write_text(config)
@@ -89,7 +105,7 @@ class Box:
         return done.stdout, done.stderr
 
     def probe(self, *args: str) -> dict:
-        script = REPO / "tests/packaging/systemd_probe.py"
+        script = f"{SRC}/tests/packaging/systemd_probe.py"
         done = self.booted.sh(f"{self.env} python3.11 {script} {' '.join(args)}", timeout=300)
         return json.loads(done.stdout)
 
@@ -104,12 +120,12 @@ def box(tmp_path_factory):
     exporter = node_exporter_binary()
     if sys.version_info[:2] != (3, 11):
         unavailable("the test venv must be Python 3.11, the container's, to lend it its compiled packages")
-    packages = Path(sysconfig.get_paths()["purelib"])
+    packages = sysconfig.get_paths()["purelib"]
     work = tmp_path_factory.mktemp("systemd-nspawn")
     root = debian_root(work / "root")
     for name, text in UNITS.items():
         (root / "etc/systemd/system" / name).write_text(text)
-    binds = (REPO, exporter) + (() if packages.is_relative_to(REPO) else (packages,))
+    binds = (f"{REPO}:{SRC}", f"{packages}:{PACKAGES}", f"{exporter}:{EXPORTER}")
     booted = Booted(root, f"hw-sd-{uuid.uuid4().hex[:8]}", work / "console.log", binds_ro=binds).boot()
     try:
         idle = " ".join(f"hw-idle@{i}.service" for i in range(IDLE_INSTANCES))
@@ -117,7 +133,7 @@ def box(tmp_path_factory):
         booted.sh("systemctl start hw-fails.service", check=False)
         booted.sh(f'python3.11 -c "{CONNECT}"')
         booted.sh(
-            f"systemd-run --unit=node-exporter {exporter} --web.listen-address=127.0.0.1:9100 {NODE_EXPORTER_FLAGS}"
+            f"systemd-run --unit=node-exporter {EXPORTER} --web.listen-address=127.0.0.1:9100 {NODE_EXPORTER_FLAGS}"
         )
         settled = (
             "systemctl show -p NRestarts -p ActiveState hw-restarted.service; "
@@ -136,7 +152,7 @@ def box(tmp_path_factory):
             timeout=60,
             what="test units settled and node_exporter up",
         )
-        yield Box(booted, packages, exporter)
+        yield Box(booted)
     finally:
         booted.close()
 
@@ -245,3 +261,23 @@ def test_no_bus_exports_nothing_and_says_why(box: Box) -> None:
     out, errors = box.hostwatch_once('[[collectors.systemd]]\nbus_address = "unix:path=/run/no-such-bus"\n')
     assert "node_systemd" not in out
     assert "systemd over D-Bus at unix:path=/run/no-such-bus: FileNotFoundError" in errors, errors
+
+
+def test_the_shipped_units_sandbox_lets_it_read_systemd(box: Box) -> None:
+    """hostwatch.service's user, groups and sandbox (PrivateUsers, ProtectSystem=strict, the syscall
+    filter, AF_UNIX ...) on a oneshot that runs ``hostwatch once``: the system bus is still reachable."""
+    unit = (REPO / "systemd/hostwatch.service").read_text()
+    sandbox = unit[unit.index("\nUser=") : unit.index("\n[Install]")]
+    box.booted.sh("getent passwd hostwatch || useradd --system --no-create-home --shell /usr/sbin/nologin hostwatch")
+    (box.booted.root / "etc/hostwatch").mkdir(exist_ok=True)
+    (box.booted.root / "etc/hostwatch/hostwatch.toml").write_text("[[collectors.systemd]]\n")
+    (box.booted.root / "etc/systemd/system/hw-sandboxed.service").write_text(
+        "[Service]\nType=oneshot\n"
+        f"Environment={PYTHON_ENV}\n"
+        "ExecStart=/usr/bin/python3.11 -m agent.cli once --config /etc/hostwatch/hostwatch.toml\n"
+        "StandardOutput=file:/run/hw-sandboxed.out\nStandardError=file:/run/hw-sandboxed.err\n" + sandbox
+    )
+    box.booted.sh("systemctl daemon-reload && systemctl start hw-sandboxed.service")
+    assert box.booted.sh("cat /run/hw-sandboxed.err").stdout.strip() == ""
+    out = parse(box.booted.sh("cat /run/hw-sandboxed.out").stdout)
+    assert value(out, "node_systemd_unit_state", name="hw-fails.service", state="failed", type="simple") == 1
