@@ -24,7 +24,8 @@ from tests.support import collector_context
 
 def collector(tmp: Path):
     registry = load_registry()
-    spec = parse_config({"collectors": {"systemd": [{}]}}, environ={}, registry=registry).collectors[0]
+    table = {"enable_restarts_metrics": True, "enable_start_time_metrics": True, "enable_task_metrics": True}
+    spec = parse_config({"collectors": {"systemd": [table]}}, environ={}, registry=registry).collectors[0]
     return registry["collectors"]["systemd"](spec.config, collector_context(tmp))
 
 
