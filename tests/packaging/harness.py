@@ -102,8 +102,9 @@ def _children(pid: int) -> list[int]:
 class Booted:
     """A root booted with ``systemd-nspawn -b``; :meth:`sh` runs a shell script in it."""
 
-    def __init__(self, root: Path, name: str, log: Path) -> None:
+    def __init__(self, root: Path, name: str, log: Path, *, binds_ro: tuple[str, ...] = ()) -> None:
         self.root, self.name, self.log = root, name, log
+        self.binds_ro = binds_ro  # read-only bind mounts, nspawn's "HOST_PATH[:CONTAINER_PATH]"
         self.proc: subprocess.Popen | None = None
         self.leader = 0
 
@@ -123,6 +124,7 @@ class Booted:
             "--private-network",
             "--console=passive",
             "--quiet",
+            *(f"--bind-ro={path}" for path in self.binds_ro),
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -137,7 +139,13 @@ class Booted:
                 if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
                     self.leader = child
             time.sleep(0.1)
-        state = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout).stdout.strip()
+        while True:
+            answer = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
+            state = answer.stdout.strip() or answer.stderr.strip()
+            # init found before it opened its control socket: systemctl cannot connect yet
+            if answer.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if state not in ("running", "degraded"):
             failed = self.sh("systemctl --failed --no-legend", check=False).stdout
             self.close()
