@@ -41,7 +41,10 @@ _METRICS = {
     "parse_failures": "log_parse_failures",
     "rotations": "log_rotations",
     "file_errors": "log_file_errors",
+    "files_refused": "log_files_refused",
+    "checkpoint_corrupt": "log_checkpoint_corrupt",
 }
+_LABELLED = ("rotations", "file_errors", "files_refused")
 
 
 class Multiline(PluginConfig):
@@ -125,9 +128,7 @@ class LogsCollector(StreamingCollector):
 
     def __init__(self, config: LogsCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
-        self.stats: dict[str, Any] = {
-            key: collections.Counter() if key in ("rotations", "file_errors") else 0 for key in _METRICS
-        }
+        self.stats: dict[str, Any] = {key: collections.Counter() if key in _LABELLED else 0 for key in _METRICS}
         self._pushed: dict[str, Any] = {}
         self._ledger: Ledger | None = None
         self._store = Store(context.state_dir)
@@ -142,15 +143,27 @@ class LogsCollector(StreamingCollector):
         ctx, config = self.context, self.config
         run = ctx.run_blocking
         self._emit, self._stopped = emit, False
-        saved, problem = await run(self._store.load)
-        if problem:
-            emit.error(problem)
+        loaded = await run(self._store.load)
+        if loaded.problem:
+            emit.error(loaded.problem)
+        if loaded.corrupt:
+            self.stats["checkpoint_corrupt"] += 1
+        saved = loaded.files
         now = time.monotonic()
         ledger = self._ledger = Ledger(saved, now)
         patterns = Patterns(config.paths, config.exclude, config.include_compressed)
         run_id = format(ctx.clock() // 1_000_000, "x")
         tailer = Tailer(
-            config, patterns, ctx.static_labels, self.stats, ctx.clock, self._redactor(), saved, now, run_id
+            config,
+            patterns,
+            ctx.static_labels,
+            self.stats,
+            ctx.clock,
+            self._redactor(),
+            saved,
+            now,
+            run_id,
+            resume=loaded,
         )
         wake = asyncio.Event()
         watcher: Watcher | None = None

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.model import Labels, LogRecord, merge_labels
-from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Saved, _unhex
+from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Loaded, Saved, _unhex
 from collectors.logs.discovery import Patterns, is_compressed
 from collectors.logs.framing import Framer, resolve_encoding
 from collectors.logs.multiline import Multiline
@@ -120,6 +120,7 @@ class Tailer:
         saved: list[Saved],
         now: float,
         run_id: str,
+        resume: Loaded | None = None,
     ) -> None:
         self.config = config
         self.patterns = patterns
@@ -137,7 +138,10 @@ class Tailer:
             )
             for s in saved
         }
-        self.saved_paths = {s.path for s in saved}
+        # files read from their beginning when found at start-up: those with a checkpoint entry, and
+        # after a damaged checkpoint (``checkpoint.Loaded``) the files of bad entries, or all of them
+        self.saved_paths = {s.path for s in saved} | set(resume.resume_paths if resume else ())
+        self.resume_all = resume is not None and resume.resume_all
         self.ignored: set[tuple[int, int]] = set()  # compressed by their first bytes
         self.reported: dict[str, str] = {}  # path -> problem already reported
         self.scanned = False
@@ -347,7 +351,7 @@ class Tailer:
                         self.stats["rotations"]["copytruncate"] += 1
                     return known.offset, known.key, None
         # 4. new to us: read from the start, except for files already there when we first looked
-        if path in self.saved_paths or self.scanned or self.config.start_at == "beginning":
+        if path in self.saved_paths or self.scanned or self.resume_all or self.config.start_at == "beginning":
             return 0, "", None
         return _line_start_before(fd, st.st_size), "", None
 

@@ -174,6 +174,45 @@ async def test_a_corrupt_checkpoint_is_reported_and_never_a_crash(tmp_path, logs
     assert any(p.name.startswith("checkpoints.json.corrupt-") for p in (tmp_path / "state").iterdir())
 
 
+@pytest.mark.parametrize("damage", ["whole file", "one entry"])
+async def test_lines_written_while_down_survive_a_corrupt_checkpoint(tmp_path, logs, damage) -> None:
+    app, other = logs / "app.log", logs / "other.log"
+    app.write_text("")
+    other.write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")])  # start_at = "end"
+    append(app, ["seen 1", "seen 2"])
+    append(other, ["other seen"])
+    await until(lambda: len(sink.records) == 3)
+    await until(lambda: checkpoint(tmp_path).get(str(app)) == app.stat().st_size)
+    await run.stop()
+
+    append(app, ["while down 1", "while down 2"])  # the agent is down
+    append(other, ["other while down"])
+    state = tmp_path / "state" / "checkpoints.json"
+    if damage == "whole file":
+        state.write_bytes(state.read_bytes()[:40])
+    else:
+        data = json.loads(state.read_text())
+        for entry in data["files"]:
+            if entry["path"] == str(app):
+                entry["offset"] = "not a number"
+        state.write_text(json.dumps(data))
+
+    again = Sink()
+    run = await start(tmp_path, again, [str(logs / "*.log")])
+    await until(lambda: {"while down 1", "while down 2", "other while down"} <= set(again.bodies()))
+    await run.stop()
+    # duplicates over loss: the damaged file is read again from its start
+    assert again.bodies(app) == ["seen 1", "seen 2", "while down 1", "while down 2"]
+    if damage == "whole file":
+        assert again.bodies(other) == ["other seen", "other while down"]
+    else:
+        assert again.bodies(other) == ["other while down"], "an intact entry still resumes exactly"
+    assert run.collector.stats["checkpoint_corrupt"] == 1
+    assert len(run.emitter.errors) == 1 and "beginning" in str(run.emitter.errors[0])
+
+
 async def test_partial_last_line_is_sent_after_the_timeout(tmp_path, logs) -> None:
     app = logs / "app.log"
     app.write_text("")
