@@ -19,7 +19,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -29,6 +28,7 @@ import msgspec
 from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
 from collectors.logs.checkpoint import Ledger, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type
+from collectors.logs.multiline import check_pattern
 from collectors.logs.tailer import Tailer
 
 # stats key -> (telemetry attribute, label key or None); kept by the tailer, pushed after each round
@@ -68,10 +68,9 @@ class Multiline(PluginConfig):
         if self.start_pattern and self.continuation_pattern:
             raise ValueError("multiline: set start_pattern or continuation_pattern, not both")
         for name in ("start_pattern", "continuation_pattern"):
-            try:
-                re.compile(getattr(self, name))
-            except re.error as exc:
-                raise ValueError(f"multiline.{name}: invalid regular expression: {exc}") from None
+            problem = check_pattern(getattr(self, name))
+            if problem:
+                raise ValueError(f"{name}: {problem}")
 
 
 class LogsCollector(StreamingCollector):

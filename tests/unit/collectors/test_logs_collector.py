@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from agent.config import convert
 from agent.emitter import RunEmitter
 from agent.model import LogRecord
+from agent.telemetry import Telemetry
 from collectors.logs.logs import LogsCollector
 from tests.support import collector_context
 
@@ -366,22 +367,11 @@ async def test_redaction_and_multiline_on_the_laravel_corpus(tmp_path, logs) -> 
 async def test_metrics_reach_telemetry(tmp_path, logs) -> None:
     registry = CollectorRegistry()
 
-    class Telemetry:  # the definitions this collector asks agent/telemetry.py for
-        log_lines_read = Counter("hostwatch_log_lines_read", "", registry=registry)
-        log_bytes_read = Counter("hostwatch_log_bytes_read", "", registry=registry)
-        log_lines_truncated = Counter("hostwatch_log_lines_truncated", "", registry=registry)
-        log_lines_invalid_encoding = Counter("hostwatch_log_lines_invalid_encoding", "", registry=registry)
-        log_truncations = Counter("hostwatch_log_truncations", "", registry=registry)
-        log_parse_failures = Counter("hostwatch_log_parse_failures", "", registry=registry)
-        log_rotations = Counter("hostwatch_log_rotations", "", ["kind"], registry=registry)
-        log_file_errors = Counter("hostwatch_log_file_errors", "", ["reason"], registry=registry)
-        log_files = Gauge("hostwatch_log_files", "", ["collector"], registry=registry)
-
     app = logs / "app.log"
     app.write_text("")
     sink = Sink()
     config = convert({"paths": [str(app)], "max_line_bytes": 100, **FAST}, LogsCollector.Config)
-    collector = LogsCollector(config, collector_context(tmp_path, telemetry=Telemetry()))
+    collector = LogsCollector(config, collector_context(tmp_path, telemetry=Telemetry(registry)))
     task = asyncio.create_task(collector.run(RunEmitter(time.time_ns(), (), sink)))
     await asyncio.sleep(0.15)
     with open(app, "ab") as f:
