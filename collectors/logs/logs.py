@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
+from collectors.logs.access import Access
 from collectors.logs.checkpoint import Ledger, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type
 from collectors.logs.multiline import check_pattern
@@ -117,6 +118,13 @@ class LogsCollector(StreamingCollector):
         rotate_wait: Annotated[
             Duration, msgspec.Meta(description="How long a rotated-away or deleted file is watched after its end.")
         ] = Duration(5)
+        follow_symlinks_to: Annotated[
+            list[str],
+            msgspec.Meta(
+                description="Globs of files a symlink found by `paths` may point at, besides the `paths` globs"
+                " themselves (never /proc, /sys, /dev or the agent's secret files)."
+            ),
+        ] = msgspec.field(default_factory=list)
         include_compressed: Annotated[
             bool, msgspec.Meta(description="Also read compressed files (.gz, .zst ...), as raw bytes.")
         ] = False
@@ -152,6 +160,7 @@ class LogsCollector(StreamingCollector):
         ledger = self._ledger = Ledger(saved, now)
         patterns = Patterns(config.paths, config.exclude, config.include_compressed)
         run_id = format(ctx.clock() // 1_000_000, "x")
+        access = Access(patterns, config.follow_symlinks_to, ctx.denied_paths, {str(ctx.proc_root), str(ctx.sys_root)})
         tailer = Tailer(
             config,
             patterns,
@@ -163,6 +172,7 @@ class LogsCollector(StreamingCollector):
             now,
             run_id,
             resume=loaded,
+            access=access,
         )
         wake = asyncio.Event()
         watcher: Watcher | None = None
