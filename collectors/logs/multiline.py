@@ -24,6 +24,8 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+from collections.abc import Callable
+from typing import Any
 
 import re2
 
@@ -66,7 +68,7 @@ class LineMatcher:
     are matched line by line instead.
     """
 
-    __slots__ = ("_one", "_runs")
+    __slots__ = ("_one", "_runs", "_span")
 
     def __init__(self, pattern: str) -> None:
         self._one = re2.compile(pattern, _options())
@@ -75,6 +77,7 @@ class LineMatcher:
         if not escapes & _PER_LINE_ESCAPES and not _FLAGS_OFF_M.search(pattern):
             runs = r"(?m)(?:^[^\n]*?(?:" + pattern + r")[^\n]*$\C)+"
             self._runs = re2.compile(runs, _options(never_nl=True, longest_match=True))
+            self._span = _span_finder(self._runs)
 
     def flags(self, lines: list[str]) -> list[bool]:
         """For each line: does the pattern match somewhere in it?"""
@@ -84,19 +87,40 @@ class LineMatcher:
         if self._runs is None or text.count(b"\n") != len(lines):  # (a line holding a newline)
             search = self._one.search
             return [search(line) is not None for line in lines]
-        search = self._runs.search
+        span = self._span
         out: list[bool] = []
         pos, end = 0, len(text)
         while pos < end:
-            found = search(text, pos)
-            if found is None:
+            start, stop = span(text, pos, end)
+            if start < 0:
                 out.extend(itertools.repeat(False, text.count(b"\n", pos)))
                 break
-            start, stop = found.span()
             out.extend(itertools.repeat(False, text.count(b"\n", pos, start)))
             out.extend(itertools.repeat(True, text.count(b"\n", start, stop)))
             pos = stop
         return out
+
+
+def _span_finder(compiled: Any) -> Callable[[bytes, int, int], tuple[int, int]]:
+    """(start, end) of the next match in ``text[pos:end]``, (-1, -1) for none.
+
+    google-re2's ``search`` wraps every answer in a match object; its binding answers with the
+    span alone in about half the time (2.7 µs against 5 µs a call), so use it when it is there."""
+    raw, anchor = getattr(compiled, "_regexp", None), getattr(re2, "_Anchor", None)
+    if raw is not None and anchor is not None and hasattr(raw, "Match"):
+        match, unanchored = raw.Match, anchor.UNANCHORED
+        return lambda text, pos, end: match(unanchored, text, pos, end)[0]
+    return _public_span(compiled)
+
+
+def _public_span(compiled: Any) -> Callable[[bytes, int, int], tuple[int, int]]:
+    search = compiled.search
+
+    def span(text: bytes, pos: int, end: int) -> tuple[int, int]:
+        found = search(text, pos, end)
+        return found.span() if found is not None else (-1, -1)
+
+    return span
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,7 +12,7 @@ import pytest
 import re2
 
 from agent.config import ConfigError, loads_config
-from collectors.logs.multiline import LineMatcher, Multiline
+from collectors.logs.multiline import LineMatcher, Multiline, _public_span
 
 CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "real"
 CATASTROPHIC = r"^(\w+\s?)+:"
@@ -49,6 +49,15 @@ def test_the_batch_matcher_agrees_with_a_search_of_each_line(pattern: str) -> No
     pieces = ["abc", "a b", "ab", "x", " ", "\t", ":", "error", "GET", "[2023-01-01]", "2023-01-01", "WARN", "é", ""]
     lines = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(3000)]
     assert LineMatcher(pattern).flags(lines) == per_line(pattern, lines)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS[:6])
+def test_the_public_re2_api_gives_the_same_answers(pattern: str) -> None:
+    lines = ["2023-01-01 x", "  at y", "", "GET / error", "[2023-01-01] z", "tail"] * 50
+    matcher = LineMatcher(pattern)
+    if matcher._runs is not None:
+        matcher._span = _public_span(matcher._runs)  # as if google-re2's binding changed
+    assert matcher.flags(lines) == per_line(pattern, lines)
 
 
 @pytest.mark.parametrize("name", ["laravel_php.log", "linux_auth_sshd.log", "apache_access_semicomplete.log"])
