@@ -214,6 +214,28 @@ async def test_lines_written_while_down_survive_a_corrupt_checkpoint(tmp_path, l
     assert len(run.emitter.errors) == 1 and "beginning" in str(run.emitter.errors[0])
 
 
+async def test_a_binary_file_and_a_10_mb_line_lose_nothing_and_are_counted(tmp_path, logs) -> None:
+    import random
+
+    blob = random.Random(5).randbytes(1 << 20).replace(b"\n", b"\0")  # 1 MiB of binary, no line end
+    (logs / "data.log").write_bytes(b"text before\n" + blob + b"\ntext after\n")
+    app = logs / "app.log"
+    app.write_bytes(b"x" * (10 << 20) + b"\nafter the long line\n")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")], start_at="beginning", max_line_bytes="256KiB")
+    await until(lambda: len(sink.records) == 5, timeout=20)
+    await until(lambda: checkpoint(tmp_path).get(str(app)) == app.stat().st_size)
+    await run.stop()
+    assert sink.bodies(app) == ["x" * (256 << 10), "after the long line"], "cut, and the next line kept"
+    binary = sink.bodies(logs / "data.log")
+    assert binary[0] == "text before" and binary[2] == "text after"
+    # cut at 256 KiB of input (each invalid byte decodes to one U+FFFD)
+    assert 0 < len(binary[1]) <= 256 << 10 and "\ufffd" in binary[1]
+    stats = run.collector.stats
+    assert stats["lines_truncated"] == 2 and stats["lines_invalid"] == 1
+    assert stats["bytes_read"] == app.stat().st_size + (logs / "data.log").stat().st_size
+
+
 async def test_partial_last_line_is_sent_after_the_timeout(tmp_path, logs) -> None:
     app = logs / "app.log"
     app.write_text("")
