@@ -25,7 +25,7 @@ import select
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,9 @@ def glob_regex(pattern: str) -> Any:
         else:
             out.append(re.escape(c))
             i += 1
-    return re2.compile("(?s)" + "".join(out) + r"\z")
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile("(?s)" + "".join(out) + r"\z", options)
 
 
 def is_compressed(path: str, head: bytes = b"") -> bool:
@@ -108,7 +110,7 @@ class Patterns:
         problems: list[tuple[str, OSError]] = []
         special: dict[str, os.stat_result] = {}
         for pattern in self.paths:
-            for path in glob.iglob(pattern, recursive=True):
+            for path in expand(pattern):
                 if path in found or self.excluded(path):
                     continue
                 try:
@@ -141,6 +143,26 @@ class Patterns:
         # a directory under a recursively watched one is covered already
         covered = [d for d, r in plan.items() if r]
         return {d: r for d, r in plan.items() if not any(d != c and d.startswith(c.rstrip("/") + "/") for c in covered)}
+
+
+def expand(pattern: str) -> Iterator[str]:
+    """The paths a glob matches now, like ``glob.iglob(recursive=True)``, but ``**`` never enters a
+    symlinked directory: with ``glob``, two links to ``.`` planted in a tailed tree make 2**40 paths."""
+    if "**" not in pattern:
+        yield from glob.iglob(pattern)
+        return
+    head = pattern[: pattern.index("**")].rstrip("/") or "/"
+    regex = glob_regex(pattern)
+    hidden_ok = pattern.rsplit("/", 1)[-1].startswith(".")
+    for base in glob.iglob(head) if _MAGIC.search(head) else [head]:
+        if not os.path.isdir(base):
+            continue
+        for current, dirs, files in os.walk(base):  # followlinks=False
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # as glob: wildcards skip hidden names
+            for name in files if hidden_ok else (f for f in files if not f.startswith(".")):
+                path = os.path.join(current, name)
+                if regex.match(path):
+                    yield path
 
 
 def fixed_prefix(pattern: str) -> str:

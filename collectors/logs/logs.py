@@ -24,11 +24,12 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
+import re2
 
 from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
 from collectors.logs.access import Access
 from collectors.logs.checkpoint import Ledger, Store
-from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type
+from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
 from collectors.logs.multiline import check_pattern
 from collectors.logs.tailer import Tailer
 
@@ -132,6 +133,14 @@ class LogsCollector(StreamingCollector):
         def __post_init__(self) -> None:
             if not self.paths:
                 raise ValueError("paths: at least one glob is required")
+            for key in ("paths", "exclude", "follow_symlinks_to"):
+                for i, pattern in enumerate(getattr(self, key)):
+                    try:
+                        glob_regex(pattern)
+                    except re2.error as exc:
+                        detail = exc.args[0] if exc.args else exc
+                        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+                        raise ValueError(f"{key}[{i}]: not a valid glob: {pattern!r} ({detail})") from None
 
     def __init__(self, config: LogsCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import convert, loads_config
+from agent.config import ConfigError, convert, loads_config
 from agent.emitter import RunEmitter
 from agent.runtime import secret_paths
 from collectors.logs.logs import LogsCollector
@@ -176,3 +176,29 @@ def test_an_exclude_glob_that_backtracks_in_re_is_linear_on_re2() -> None:
     root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_a_glob_re2_cannot_compile_is_a_config_error_naming_the_key() -> None:
+    text = "[[collectors.logs]]\npaths = ['/var/log/*.log']\nexclude = ['ok', '[z-a].log']\n"
+    with pytest.raises(ConfigError) as caught:
+        loads_config(text)
+    assert "collectors.logs[0]: exclude[1]: not a valid glob" in str(caught.value)
+
+
+def test_symlink_loops_under_double_star_do_not_explode_the_scan(tmp_path) -> None:
+    # with glob.iglob, two links to "." make 2**40 paths: the scan never ends
+    script = textwrap.dedent(f"""
+        import os
+        from collectors.logs.discovery import Patterns
+        d = {str(tmp_path / "logs")!r}
+        os.makedirs(d + "/sub")
+        os.symlink(".", d + "/a")
+        os.symlink("..", d + "/sub/b")
+        open(d + "/sub/x.log", "w").close()
+        found, problems, special = Patterns([d + "/**/*.log"], [], False).scan()
+        print(sorted(found))
+    """)
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr([str(tmp_path / "logs" / "sub" / "x.log")])
