@@ -36,6 +36,7 @@ def test_a_catastrophic_multiline_pattern_leaves_the_agent_healthy(tmp_path: Pat
     collector = f"""
 [[collectors.logs]]
 paths = ["{app}"]
+start_at = "beginning"  # the lines may be there before the first scan
 multiline.start_pattern = '^(\\w+\\s?)+:'
 multiline.flush_timeout = "300ms"
 """
@@ -68,7 +69,10 @@ start_at = "end"
 """
     agent = Agent(tmp_path, collector, victoria_logs.loki_push_url)
     agent.start()
-    time.sleep(1.0)  # the first scan
+    deadline = time.monotonic() + 15
+    while 'hostwatch_log_files{collector="logs"} 1.0' not in agent.metrics():  # the first scan
+        assert time.monotonic() < deadline, "the file was never opened"
+        time.sleep(0.1)
     with open(app, "a") as f:
         f.write("".join(f"before {i}\n" for i in range(100)))
     wait_rows(victoria_logs, 100, timeout=30, settle=1.0)
