@@ -150,6 +150,10 @@ class CollectorContext:
     static_labels: Labels = ()
     """``[agent] labels`` plus the instance's ``labels``; the engine adds them to
     samples, log collectors also put them on their streams."""
+    denied_paths: frozenset[str] = frozenset()
+    """Files no collector may read or ship: the configuration files and every
+    plugin's secret files (``*_file`` options such as ``bearer_token_file``,
+    ``tls_key``), as absolute paths."""
 
 
 class PeriodicCollector(abc.ABC):

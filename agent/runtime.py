@@ -200,6 +200,7 @@ class Agent:
             redactor=self._redactor_for(config, spec),
             telemetry=self.telemetry,
             static_labels=static,
+            denied_paths=secret_paths(config),
         )
         collector = spec.plugin(spec.config, context)
         return CollectorRunner(
@@ -380,3 +381,15 @@ def install_event_loop_policy() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def secret_paths(config: Config) -> frozenset[str]:
+    """Files no collector may ship: the configuration files, every plugin's ``*_file`` options and TLS keys."""
+    paths = {source for source in config.sources if not source.startswith("<")}
+    for spec in (*config.collectors, *config.outputs):
+        for struct in (spec.common, spec.config):
+            for name in getattr(struct, "__struct_fields__", ()):
+                value = getattr(struct, name)
+                if isinstance(value, str) and value and (name.endswith("_file") or name == "tls_key"):
+                    paths.add(value)
+    return frozenset(os.path.abspath(p) for p in paths)

@@ -114,6 +114,18 @@ class Telemetry:
             ["reason"],
             registry=registry,
         )
+        self.log_files_refused = Counter(
+            "hostwatch_log_files_refused",
+            "Files matching a log glob that are never opened, by reason (not_regular, symlink_outside,"
+            " system, secret).",
+            ["reason"],
+            registry=registry,
+        )
+        self.log_checkpoint_corrupt = Counter(
+            "hostwatch_log_checkpoint_corrupt",
+            "Log checkpoint files found unreadable or damaged; their files are read again from the start.",
+            registry=registry,
+        )
         self.log_files = Gauge(
             "hostwatch_log_files", "Log files open (tailed), by collector instance.", ["collector"], registry=registry
         )

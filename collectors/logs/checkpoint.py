@@ -15,8 +15,17 @@ count the same bytes.
 
 The :class:`Store` writes the ledger to ``checkpoints.json`` in the instance's
 ``state_dir`` atomically (temporary file, fsync, rename, fsync of the
-directory). A file that cannot be read as a checkpoint is renamed aside and
-reported, and the collector starts as if it had none.
+directory). A checkpoint that cannot be used costs duplicates, never loss:
+
+* a file that cannot be read or parsed at all is renamed aside and reported,
+  and every file the globs find at start-up is read from its beginning,
+  whatever ``start_at`` says (the lines written while the agent was down are
+  in there);
+* an entry that cannot be used (wrong types, negative offsets) is dropped and
+  its file, when the entry still names one, is read from its beginning; when
+  it names none, every file found at start-up is.
+
+Either case is counted once (``hostwatch_log_checkpoint_corrupt_total``).
 """
 
 from __future__ import annotations
@@ -54,8 +63,34 @@ class _File(msgspec.Struct):
     files: list[Saved]
 
 
+class _Envelope(msgspec.Struct):
+    """The file with its entries left undecoded, so one bad entry spoils only itself."""
+
+    version: int
+    files: list[msgspec.Raw]
+
+
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(_File).decode
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+_decode_entry = msgspec.json.Decoder(Saved).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What :meth:`Store.load` found."""
+
+    files: list[Saved]
+    problem: str = ""
+    """To report once ("" when none)."""
+    resume_all: bool = False
+    """The checkpoint was lost: every file found at start-up is read from its beginning."""
+    resume_paths: frozenset[str] = frozenset()
+    """Files whose entry was damaged: read from their beginning."""
+
+    @property
+    def corrupt(self) -> bool:
+        return self.resume_all or bool(self.resume_paths)
 
 
 @dataclass(slots=True)
@@ -189,18 +224,23 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "checkpoints.json"
 
-    def load(self) -> tuple[list[Saved], str]:
-        """The saved entries, and a problem to report ("" when none); never raises for a bad file."""
+    def load(self) -> Loaded:
+        """The saved entries and what to resume from the start; never raises for a bad file."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return [], ""
+            return Loaded([])
         except OSError as exc:
-            return [], f"cannot read checkpoint file {self.path}: {exc.strerror or exc}; starting without it"
+            return Loaded(
+                [],
+                f"cannot read checkpoint file {self.path}: {exc.strerror or exc}; "
+                "files found at start-up are read from their beginning",
+                resume_all=True,
+            )
         try:
-            parsed = _decode(data)
-            if parsed.version != FORMAT_VERSION:
-                raise ValueError(f"unknown format version {parsed.version}")
+            envelope = _decode_envelope(data)
+            if envelope.version != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {envelope.version}")
         except (msgspec.DecodeError, ValueError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             try:
@@ -208,8 +248,34 @@ class Store:
                 where = f"moved to {aside.name}"
             except OSError as move_exc:
                 where = f"could not be moved aside ({move_exc.strerror})"
-            return [], f"checkpoint file {self.path} is corrupt ({exc}); {where}; files start as if new"
-        return parsed.files, ""
+            return Loaded(
+                [],
+                f"checkpoint file {self.path} is corrupt ({exc}); {where}; "
+                "files found at start-up are read from their beginning",
+                resume_all=True,
+            )
+        files: list[Saved] = []
+        damaged: set[str] = set()
+        nameless = 0
+        for raw in envelope.files:
+            entry = _entry(raw)
+            if entry is not None:
+                files.append(entry)
+                continue
+            path = _path_of(raw)
+            if path:
+                damaged.add(path)
+            else:
+                nameless += 1
+        if not damaged and not nameless:
+            return Loaded(files)
+        what = f"{len(damaged) + nameless} damaged entries in checkpoint file {self.path} dropped; "
+        if nameless:
+            what += "files found at start-up are read from their beginning"
+        else:
+            what += "read from their beginning: " + ", ".join(sorted(damaged)[:5])
+            what += f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        return Loaded(files, what, resume_all=nameless > 0, resume_paths=frozenset(damaged))
 
     def save(self, entries: list[Saved]) -> None:
         """Atomically replace the checkpoint file. Raises OSError."""
@@ -229,3 +295,25 @@ class Store:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _entry(raw: msgspec.Raw) -> Saved | None:
+    """One entry, or None when it cannot be trusted."""
+    try:
+        entry = _decode_entry(raw)
+        bytes.fromhex(entry.tail)
+    except (msgspec.DecodeError, ValueError):
+        return None
+    if min(entry.offset, entry.fp_len, entry.dev, entry.ino) < 0 or not entry.key:
+        return None
+    return entry
+
+
+def _path_of(raw: msgspec.Raw) -> str:
+    """The path a damaged entry names, if it still names one."""
+    try:
+        value = _decode_any(raw)
+    except msgspec.DecodeError:
+        return ""
+    path = value.get("path") if isinstance(value, dict) else None
+    return path if isinstance(path, str) and path.startswith("/") else ""

@@ -25,8 +25,11 @@ import select
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import re2
 
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".z", ".br", ".lzma", ".7z", ".tgz")
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18", b"PK\x03\x04")
@@ -37,8 +40,11 @@ NETWORK_FS = frozenset(
 _MAGIC = re.compile(r"[*?\[]")
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regex matching whole paths the way ``pattern`` does; ``**`` spans directories."""
+def glob_regex(pattern: str) -> Any:
+    """An RE2 regex matching whole paths the way ``pattern`` does; ``**`` spans directories.
+
+    RE2, not ``re``: file names come from whoever can write in the watched directories, and
+    several ``*`` in a row make a backtracking engine polynomial in the name's length."""
     out, i, n = [], 0, len(pattern)
     while i < n:
         c = pattern[i]
@@ -68,7 +74,9 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(c))
             i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile("(?s)" + "".join(out) + r"\z", options)
 
 
 def is_compressed(path: str, head: bytes = b"") -> bool:
@@ -95,12 +103,14 @@ class Patterns:
         name = path.rsplit("/", 1)[-1]
         return any(r.match(name if by_name else path) for r, by_name in self._exclude)
 
-    def scan(self) -> tuple[dict[str, os.stat_result], list[tuple[str, OSError]]]:
-        """Regular files matching now (symlinks followed), and the paths that could not be looked at."""
+    def scan(self) -> tuple[dict[str, os.stat_result], list[tuple[str, OSError]], dict[str, os.stat_result]]:
+        """Regular files matching now (symlinks followed), the paths that could not be looked at, and
+        the special files (FIFOs, sockets, devices) matching: never opened, reported."""
         found: dict[str, os.stat_result] = {}
         problems: list[tuple[str, OSError]] = []
+        special: dict[str, os.stat_result] = {}
         for pattern in self.paths:
-            for path in glob.iglob(pattern, recursive=True):
+            for path in expand(pattern):
                 if path in found or self.excluded(path):
                     continue
                 try:
@@ -112,7 +122,9 @@ class Patterns:
                     continue
                 if stat.S_ISREG(st.st_mode):
                     found[path] = st
-        return found, problems
+                elif not stat.S_ISDIR(st.st_mode):
+                    special[path] = st
+        return found, problems, special
 
     def watch_plan(self) -> dict[str, bool]:
         """Directory -> watch recursively; the nearest existing ancestor stands in for a missing one."""
@@ -131,6 +143,33 @@ class Patterns:
         # a directory under a recursively watched one is covered already
         covered = [d for d, r in plan.items() if r]
         return {d: r for d, r in plan.items() if not any(d != c and d.startswith(c.rstrip("/") + "/") for c in covered)}
+
+
+def expand(pattern: str) -> Iterator[str]:
+    """The paths a glob matches now, like ``glob.iglob(recursive=True)``, but ``**`` never enters a
+    symlinked directory: with ``glob``, two links to ``.`` planted in a tailed tree make 2**40 paths."""
+    if "**" not in pattern:
+        yield from glob.iglob(pattern)
+        return
+    head = pattern[: pattern.index("**")].rstrip("/") or "/"
+    regex = glob_regex(pattern)
+    hidden_ok = pattern.rsplit("/", 1)[-1].startswith(".")
+    for base in glob.iglob(head) if _MAGIC.search(head) else [head]:
+        if not os.path.isdir(base):
+            continue
+        for current, dirs, files in os.walk(base):  # followlinks=False
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # as glob: wildcards skip hidden names
+            for name in files if hidden_ok else (f for f in files if not f.startswith(".")):
+                path = os.path.join(current, name)
+                if regex.match(path):
+                    yield path
+
+
+def fixed_prefix(pattern: str) -> str:
+    """The directory of a glob before its first wildcard: ``/var/log`` of ``/var/log/*/x.log``."""
+    parts = pattern.split("/")
+    fixed = next((i for i, part in enumerate(parts) if _MAGIC.search(part)), len(parts) - 1)
+    return "/".join(parts[:fixed]) or "/"
 
 
 def filesystem_type(path: str, mounts_file: Path) -> str:

@@ -19,16 +19,18 @@ import asyncio
 import collections
 import contextlib
 import functools
-import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
+import re2
 
 from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
+from collectors.logs.access import Access
 from collectors.logs.checkpoint import Ledger, Store
-from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type
+from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
+from collectors.logs.multiline import check_pattern
 from collectors.logs.tailer import Tailer
 
 # stats key -> (telemetry attribute, label key or None); kept by the tailer, pushed after each round
@@ -41,7 +43,10 @@ _METRICS = {
     "parse_failures": "log_parse_failures",
     "rotations": "log_rotations",
     "file_errors": "log_file_errors",
+    "files_refused": "log_files_refused",
+    "checkpoint_corrupt": "log_checkpoint_corrupt",
 }
+_LABELLED = ("rotations", "file_errors", "files_refused")
 
 
 class Multiline(PluginConfig):
@@ -65,10 +70,9 @@ class Multiline(PluginConfig):
         if self.start_pattern and self.continuation_pattern:
             raise ValueError("multiline: set start_pattern or continuation_pattern, not both")
         for name in ("start_pattern", "continuation_pattern"):
-            try:
-                re.compile(getattr(self, name))
-            except re.error as exc:
-                raise ValueError(f"multiline.{name}: invalid regular expression: {exc}") from None
+            problem = check_pattern(getattr(self, name))
+            if problem:
+                raise ValueError(f"{name}: {problem}")
 
 
 class LogsCollector(StreamingCollector):
@@ -115,6 +119,13 @@ class LogsCollector(StreamingCollector):
         rotate_wait: Annotated[
             Duration, msgspec.Meta(description="How long a rotated-away or deleted file is watched after its end.")
         ] = Duration(5)
+        follow_symlinks_to: Annotated[
+            list[str],
+            msgspec.Meta(
+                description="Globs of files a symlink found by `paths` may point at, besides the `paths` globs"
+                " themselves (never /proc, /sys, /dev or the agent's secret files)."
+            ),
+        ] = msgspec.field(default_factory=list)
         include_compressed: Annotated[
             bool, msgspec.Meta(description="Also read compressed files (.gz, .zst ...), as raw bytes.")
         ] = False
@@ -122,12 +133,18 @@ class LogsCollector(StreamingCollector):
         def __post_init__(self) -> None:
             if not self.paths:
                 raise ValueError("paths: at least one glob is required")
+            for key in ("paths", "exclude", "follow_symlinks_to"):
+                for i, pattern in enumerate(getattr(self, key)):
+                    try:
+                        glob_regex(pattern)
+                    except re2.error as exc:
+                        detail = exc.args[0] if exc.args else exc
+                        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+                        raise ValueError(f"{key}[{i}]: not a valid glob: {pattern!r} ({detail})") from None
 
     def __init__(self, config: LogsCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
-        self.stats: dict[str, Any] = {
-            key: collections.Counter() if key in ("rotations", "file_errors") else 0 for key in _METRICS
-        }
+        self.stats: dict[str, Any] = {key: collections.Counter() if key in _LABELLED else 0 for key in _METRICS}
         self._pushed: dict[str, Any] = {}
         self._ledger: Ledger | None = None
         self._store = Store(context.state_dir)
@@ -142,15 +159,29 @@ class LogsCollector(StreamingCollector):
         ctx, config = self.context, self.config
         run = ctx.run_blocking
         self._emit, self._stopped = emit, False
-        saved, problem = await run(self._store.load)
-        if problem:
-            emit.error(problem)
+        loaded = await run(self._store.load)
+        if loaded.problem:
+            emit.error(loaded.problem)
+        if loaded.corrupt:
+            self.stats["checkpoint_corrupt"] += 1
+        saved = loaded.files
         now = time.monotonic()
         ledger = self._ledger = Ledger(saved, now)
         patterns = Patterns(config.paths, config.exclude, config.include_compressed)
         run_id = format(ctx.clock() // 1_000_000, "x")
+        access = Access(patterns, config.follow_symlinks_to, ctx.denied_paths, {str(ctx.proc_root), str(ctx.sys_root)})
         tailer = Tailer(
-            config, patterns, ctx.static_labels, self.stats, ctx.clock, self._redactor(), saved, now, run_id
+            config,
+            patterns,
+            ctx.static_labels,
+            self.stats,
+            ctx.clock,
+            self._redactor(),
+            saved,
+            now,
+            run_id,
+            resume=loaded,
+            access=access,
         )
         wake = asyncio.Event()
         watcher: Watcher | None = None

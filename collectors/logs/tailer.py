@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.model import Labels, LogRecord, merge_labels
-from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Saved, _unhex
+from collectors.logs.access import Access, Refused
+from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Loaded, Saved, _unhex
 from collectors.logs.discovery import Patterns, is_compressed
 from collectors.logs.framing import Framer, resolve_encoding
 from collectors.logs.multiline import Multiline
@@ -120,6 +121,8 @@ class Tailer:
         saved: list[Saved],
         now: float,
         run_id: str,
+        resume: Loaded | None = None,
+        access: Access | None = None,
     ) -> None:
         self.config = config
         self.patterns = patterns
@@ -137,9 +140,14 @@ class Tailer:
             )
             for s in saved
         }
-        self.saved_paths = {s.path for s in saved}
+        # files read from their beginning when found at start-up: those with a checkpoint entry, and
+        # after a damaged checkpoint (``checkpoint.Loaded``) the files of bad entries, or all of them
+        self.saved_paths = {s.path for s in saved} | set(resume.resume_paths if resume else ())
+        self.resume_all = resume is not None and resume.resume_all
         self.ignored: set[tuple[int, int]] = set()  # compressed by their first bytes
         self.reported: dict[str, str] = {}  # path -> problem already reported
+        self.access = access or Access(patterns, (), ())
+        self.refused: dict[str, str] = {}  # path -> why it is not opened, counted and reported once
         self.scanned = False
         self.polling = False
         self._run_id = run_id
@@ -188,9 +196,17 @@ class Tailer:
     # ------------------------------------------------------------------ discovery
 
     def _scan(self, now: float, res: StepResult) -> None:
-        found, problems = self.patterns.scan()
+        self.access.refresh()
+        found, problems, special = self.patterns.scan()
         for path, exc in problems:
             self._problem(path, "stat", exc, res)
+        for path, st in special.items():
+            try:
+                self.access.check_type(path, st)
+            except Refused as refused:
+                self._refuse(path, refused, res)
+        for path in [p for p in self.refused if p not in found and p not in special]:
+            del self.refused[path]  # gone: if it comes back, it is looked at (and reported) anew
         seen: set[str] = set()
         for path, st in found.items():
             tracker = self.by_inode.get((st.st_dev, st.st_ino))
@@ -241,7 +257,10 @@ class Tailer:
 
     def _open(self, path: str, now: float, res: StepResult) -> Tracker | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = self.access.open(path)
+        except Refused as refused:
+            self._refuse(path, refused, res)
+            return None
         except OSError as exc:
             if exc.errno == errno.EMFILE and _raise_file_limit():
                 return self._open(path, now, res)
@@ -266,6 +285,7 @@ class Tailer:
             return None
         if self.reported.pop(path, None):
             res.notes.append(f"{path} is readable again")
+        self.refused.pop(path, None)
         offset, pred, twin = self._start(path, st, fd, head, res)
         self._serial += 1
         key = f"{self._run_id}.{self._serial}"
@@ -347,7 +367,7 @@ class Tailer:
                         self.stats["rotations"]["copytruncate"] += 1
                     return known.offset, known.key, None
         # 4. new to us: read from the start, except for files already there when we first looked
-        if path in self.saved_paths or self.scanned or self.config.start_at == "beginning":
+        if path in self.saved_paths or self.scanned or self.resume_all or self.config.start_at == "beginning":
             return 0, "", None
         return _line_start_before(fd, st.st_size), "", None
 
@@ -590,6 +610,12 @@ class Tailer:
 
     def _ident(self, t: Tracker) -> tuple[str, int, int, int, str]:
         return (t.path, t.dev, t.ino, t.fp_len, t.fp)
+
+    def _refuse(self, path: str, refused: Refused, res: StepResult) -> None:
+        if self.refused.get(path) != refused.reason:
+            self.refused[path] = refused.reason
+            self.stats["files_refused"][refused.reason] += 1
+            res.errors.append(str(refused))
 
     def _problem(self, path: str, op: str, exc: OSError, res: StepResult) -> None:
         self.stats["file_errors"][op] += 1

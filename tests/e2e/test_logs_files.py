@@ -134,6 +134,7 @@ def test_hundreds_of_files_permissions_symlinks_and_a_late_directory(tmp_path, v
     collectors = f"""
 [[collectors.logs]]
 paths = ["{base}/**/*.log", "{tmp_path}/later/**/*.log"]
+follow_symlinks_to = ["{elsewhere}/*.log"]
 start_at = "beginning"
 glob_interval = "1s"
 rotate_wait = "1s"

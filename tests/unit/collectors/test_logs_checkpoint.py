@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Ledger, Saved, Store
+import msgspec
+
+from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Ledger, Loaded, Saved, Store
 
 FP = "0123456789abcdef"
 
@@ -74,7 +76,7 @@ def test_store_round_trip_is_atomic(tmp_path) -> None:
     store = Store(tmp_path)
     entries = [Saved("r.1", "/var/log/a.log", 3, 4, 1024, FP, 777, "0a0b", False, 0.0)]
     store.save(entries)
-    assert store.load() == (entries, "")
+    assert store.load() == Loaded(entries)
     assert sorted(os.listdir(tmp_path)) == ["checkpoints.json"], "no temporary file left behind"
     assert json.loads((tmp_path / "checkpoints.json").read_text())["files"][0]["offset"] == 777
 
@@ -82,15 +84,44 @@ def test_store_round_trip_is_atomic(tmp_path) -> None:
 def test_a_corrupt_checkpoint_file_is_reported_and_set_aside(tmp_path) -> None:
     store = Store(tmp_path)
     (tmp_path / "checkpoints.json").write_bytes(b'{"version": 1, "files": [{"key": ')
-    entries, problem = store.load()
-    assert entries == []
+    loaded = store.load()
+    problem = loaded.problem
+    assert loaded.files == [] and loaded.resume_all and loaded.corrupt
     assert "corrupt" in problem and "checkpoints.json" in problem
     aside = [p for p in os.listdir(tmp_path) if p.startswith("checkpoints.json.corrupt-")]
     assert len(aside) == 1 and aside[0] in problem
-    assert store.load() == ([], ""), "set aside: the next start finds no file"
+    assert store.load() == Loaded([]), "set aside: the next start finds no file"
 
 
 def test_a_checkpoint_of_another_format_version_is_set_aside(tmp_path) -> None:
     (tmp_path / "checkpoints.json").write_text('{"version": 99, "files": []}')
-    entries, problem = Store(tmp_path).load()
-    assert entries == [] and "version 99" in problem
+    loaded = Store(tmp_path).load()
+    assert loaded.files == [] and loaded.resume_all and "version 99" in loaded.problem
+
+
+def test_a_damaged_entry_spoils_only_itself_and_its_file_is_read_again(tmp_path) -> None:
+    good = Saved("r.1", "/var/log/a.log", 3, 4, 1024, FP, 777, "0a0b", False, 0.0)
+    entries = [
+        json.loads(msgspec.json.encode(good)),
+        {**json.loads(msgspec.json.encode(good)), "key": "r.2", "path": "/var/log/b.log", "offset": "x"},
+        {**json.loads(msgspec.json.encode(good)), "key": "r.3", "path": "/var/log/c.log", "offset": -5},
+        {**json.loads(msgspec.json.encode(good)), "key": "r.4", "path": "/var/log/d.log", "tail": "zz"},
+    ]
+    (tmp_path / "checkpoints.json").write_text(json.dumps({"version": 1, "files": entries}))
+    loaded = Store(tmp_path).load()
+    assert loaded.files == [good]
+    assert loaded.resume_paths == {"/var/log/b.log", "/var/log/c.log", "/var/log/d.log"}
+    assert not loaded.resume_all and loaded.corrupt
+    assert "3 damaged entries" in loaded.problem and "/var/log/b.log" in loaded.problem
+
+
+def test_a_damaged_entry_naming_no_file_resumes_every_file(tmp_path) -> None:
+    (tmp_path / "checkpoints.json").write_text('{"version": 1, "files": [17]}')
+    loaded = Store(tmp_path).load()
+    assert loaded.files == [] and loaded.resume_all and "damaged" in loaded.problem
+
+
+def test_an_unreadable_checkpoint_resumes_every_file(tmp_path) -> None:
+    (tmp_path / "checkpoints.json").mkdir()  # read_bytes fails with EISDIR
+    loaded = Store(tmp_path).load()
+    assert loaded.files == [] and loaded.resume_all and "cannot read" in loaded.problem

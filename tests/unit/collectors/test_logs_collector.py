@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from agent.config import convert
 from agent.emitter import RunEmitter
 from agent.model import LogRecord
+from agent.telemetry import Telemetry
 from collectors.logs.logs import LogsCollector
 from tests.support import collector_context
 
@@ -174,6 +175,67 @@ async def test_a_corrupt_checkpoint_is_reported_and_never_a_crash(tmp_path, logs
     assert any(p.name.startswith("checkpoints.json.corrupt-") for p in (tmp_path / "state").iterdir())
 
 
+@pytest.mark.parametrize("damage", ["whole file", "one entry"])
+async def test_lines_written_while_down_survive_a_corrupt_checkpoint(tmp_path, logs, damage) -> None:
+    app, other = logs / "app.log", logs / "other.log"
+    app.write_text("")
+    other.write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")])  # start_at = "end"
+    append(app, ["seen 1", "seen 2"])
+    append(other, ["other seen"])
+    await until(lambda: len(sink.records) == 3)
+    await until(lambda: checkpoint(tmp_path).get(str(app)) == app.stat().st_size)
+    await run.stop()
+
+    append(app, ["while down 1", "while down 2"])  # the agent is down
+    append(other, ["other while down"])
+    state = tmp_path / "state" / "checkpoints.json"
+    if damage == "whole file":
+        state.write_bytes(state.read_bytes()[:40])
+    else:
+        data = json.loads(state.read_text())
+        for entry in data["files"]:
+            if entry["path"] == str(app):
+                entry["offset"] = "not a number"
+        state.write_text(json.dumps(data))
+
+    again = Sink()
+    run = await start(tmp_path, again, [str(logs / "*.log")])
+    await until(lambda: {"while down 1", "while down 2", "other while down"} <= set(again.bodies()))
+    await run.stop()
+    # duplicates over loss: the damaged file is read again from its start
+    assert again.bodies(app) == ["seen 1", "seen 2", "while down 1", "while down 2"]
+    if damage == "whole file":
+        assert again.bodies(other) == ["other seen", "other while down"]
+    else:
+        assert again.bodies(other) == ["other while down"], "an intact entry still resumes exactly"
+    assert run.collector.stats["checkpoint_corrupt"] == 1
+    assert len(run.emitter.errors) == 1 and "beginning" in str(run.emitter.errors[0])
+
+
+async def test_a_binary_file_and_a_10_mb_line_lose_nothing_and_are_counted(tmp_path, logs) -> None:
+    import random
+
+    blob = random.Random(5).randbytes(1 << 20).replace(b"\n", b"\0")  # 1 MiB of binary, no line end
+    (logs / "data.log").write_bytes(b"text before\n" + blob + b"\ntext after\n")
+    app = logs / "app.log"
+    app.write_bytes(b"x" * (10 << 20) + b"\nafter the long line\n")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")], start_at="beginning", max_line_bytes="256KiB")
+    await until(lambda: len(sink.records) == 5, timeout=20)
+    await until(lambda: checkpoint(tmp_path).get(str(app)) == app.stat().st_size)
+    await run.stop()
+    assert sink.bodies(app) == ["x" * (256 << 10), "after the long line"], "cut, and the next line kept"
+    binary = sink.bodies(logs / "data.log")
+    assert binary[0] == "text before" and binary[2] == "text after"
+    # cut at 256 KiB of input (each invalid byte decodes to one U+FFFD)
+    assert 0 < len(binary[1]) <= 256 << 10 and "\ufffd" in binary[1]
+    stats = run.collector.stats
+    assert stats["lines_truncated"] == 2 and stats["lines_invalid"] == 1
+    assert stats["bytes_read"] == app.stat().st_size + (logs / "data.log").stat().st_size
+
+
 async def test_partial_last_line_is_sent_after_the_timeout(tmp_path, logs) -> None:
     app = logs / "app.log"
     app.write_text("")
@@ -267,7 +329,12 @@ async def test_a_symlinked_log_and_a_directory_created_later(tmp_path, logs) -> 
     target.write_text("")
     (logs / "link.log").symlink_to(target)
     sink = Sink()
-    run = await start(tmp_path, sink, [str(logs / "*.log"), str(tmp_path / "later" / "sub" / "*.log")])
+    run = await start(
+        tmp_path,
+        sink,
+        [str(logs / "*.log"), str(tmp_path / "later" / "sub" / "*.log")],
+        follow_symlinks_to=[str(elsewhere / "*.log")],  # a target outside the paths globs must be allowed
+    )
     append(target, ["through the link"])
     await until(lambda: len(sink.records) == 1)
     (tmp_path / "later" / "sub").mkdir(parents=True)
@@ -327,22 +394,11 @@ async def test_redaction_and_multiline_on_the_laravel_corpus(tmp_path, logs) -> 
 async def test_metrics_reach_telemetry(tmp_path, logs) -> None:
     registry = CollectorRegistry()
 
-    class Telemetry:  # the definitions this collector asks agent/telemetry.py for
-        log_lines_read = Counter("hostwatch_log_lines_read", "", registry=registry)
-        log_bytes_read = Counter("hostwatch_log_bytes_read", "", registry=registry)
-        log_lines_truncated = Counter("hostwatch_log_lines_truncated", "", registry=registry)
-        log_lines_invalid_encoding = Counter("hostwatch_log_lines_invalid_encoding", "", registry=registry)
-        log_truncations = Counter("hostwatch_log_truncations", "", registry=registry)
-        log_parse_failures = Counter("hostwatch_log_parse_failures", "", registry=registry)
-        log_rotations = Counter("hostwatch_log_rotations", "", ["kind"], registry=registry)
-        log_file_errors = Counter("hostwatch_log_file_errors", "", ["reason"], registry=registry)
-        log_files = Gauge("hostwatch_log_files", "", ["collector"], registry=registry)
-
     app = logs / "app.log"
     app.write_text("")
     sink = Sink()
     config = convert({"paths": [str(app)], "max_line_bytes": 100, **FAST}, LogsCollector.Config)
-    collector = LogsCollector(config, collector_context(tmp_path, telemetry=Telemetry()))
+    collector = LogsCollector(config, collector_context(tmp_path, telemetry=Telemetry(registry)))
     task = asyncio.create_task(collector.run(RunEmitter(time.time_ns(), (), sink)))
     await asyncio.sleep(0.15)
     with open(app, "ab") as f:

@@ -27,7 +27,11 @@ class Rig:
         self.dir.mkdir(exist_ok=True)
         options.setdefault("start_at", "beginning")
         self.config = make_config([str(self.dir / pattern)], **options)
-        self.stats = {"rotations": collections.Counter(), "file_errors": collections.Counter()}
+        self.stats = {
+            "rotations": collections.Counter(),
+            "file_errors": collections.Counter(),
+            "files_refused": collections.Counter(),
+        }
         self.stats.update(dict.fromkeys(
             ["lines_read", "bytes_read", "lines_truncated", "lines_invalid", "truncations", "parse_failures"], 0
         ))  # fmt: skip
