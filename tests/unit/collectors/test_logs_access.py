@@ -134,6 +134,8 @@ async def test_a_symlink_in_the_configured_directory_itself_is_trusted(tmp_path)
 
 def test_the_engine_denies_the_config_files_and_every_secret_file(tmp_path) -> None:
     token, key = tmp_path / "token", tmp_path / "client.key"
+    for secret in (token, key, tmp_path / "pw", tmp_path / "client.crt"):
+        secret.write_text("x\n")  # `check` wants them readable
     config = loads_config(
         textwrap.dedent(f"""
             [[outputs.loki]]
@@ -182,7 +184,7 @@ def test_a_glob_re2_cannot_compile_is_a_config_error_naming_the_key() -> None:
     text = "[[collectors.logs]]\npaths = ['/var/log/*.log']\nexclude = ['ok', '[z-a].log']\n"
     with pytest.raises(ConfigError) as caught:
         loads_config(text)
-    assert "collectors.logs[0]: exclude[1]: not a valid glob" in str(caught.value)
+    assert "collectors.logs[0].exclude[1]: not a valid glob" in str(caught.value)
 
 
 def test_symlink_loops_under_double_star_do_not_explode_the_scan(tmp_path) -> None:
