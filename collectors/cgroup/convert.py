@@ -45,6 +45,10 @@ _IO_STAT = (
     ("rios", "container_fs_reads_total", "1"),
     ("wios", "container_fs_writes_total", "1"),
 )
+_CPU_STAT = frozenset({"usage_usec", "user_usec", "system_usec", *(key for key, *_ in _CFS)})
+_MEMORY_STAT_KEYS = frozenset({"inactive_file", "pgfault", "pgmajfault", *(key for key, _ in _MEMORY_STAT)})
+_OOM_KILL = frozenset({"oom_kill"})
+_PSI_STATE = {"some": "waiting", "full": "stalled"}  # cAdvisor's names for the two PSI lines
 _FAILURES = tuple((f, s) for f in ("pgfault", "pgmajfault") for s in ("container", "hierarchy"))
 
 
@@ -102,7 +106,7 @@ def usage(
 ) -> None:
     """Everything that changes between runs: CPU, memory, I/O, tasks, pressure, OOM kills."""
     base = labels.base
-    stat = files.keyed("cpu.stat")
+    stat = files.keyed("cpu.stat", _CPU_STAT)
     if "usage_usec" in stat:  # cAdvisor without per-CPU metrics: one series, cpu="total"
         out.append((True, "container_cpu_usage_seconds_total", stat["usage_usec"] / 1e6, labels.cpu_total, "s"))
     if "user_usec" in stat:
@@ -126,7 +130,7 @@ def usage(
 def _memory(files: CgroupFiles, labels: SeriesLabels, out: list[Pending]) -> None:
     base = labels.base
     current = files.number("memory.current")
-    stat = files.keyed("memory.stat")
+    stat = files.keyed("memory.stat", _MEMORY_STAT_KEYS)
     if current is not None:
         out.append((False, "container_memory_usage_bytes", current, base, "By"))
         working_set = max(0, current - stat.get("inactive_file", 0))
@@ -140,7 +144,7 @@ def _memory(files: CgroupFiles, labels: SeriesLabels, out: list[Pending]) -> Non
     for file, name in _MEMORY_ONE:
         if (value := files.number(file)) is not None:
             out.append((False, name, value, base, "By"))
-    events = files.keyed("memory.events")
+    events = files.keyed("memory.events", _OOM_KILL)
     if "oom_kill" in events:
         out.append((True, "container_oom_events_total", events["oom_kill"], base, "1"))
 
@@ -148,17 +152,15 @@ def _memory(files: CgroupFiles, labels: SeriesLabels, out: list[Pending]) -> Non
 def _io(files: CgroupFiles, labels: SeriesLabels, device_name: Callable[[str], str], out: list[Pending]) -> None:
     bad, first = 0, ""
     for line in (files.text("io.stat") or "").splitlines():
-        if not line.strip():
-            continue
-        device, _, rest = line.partition(" ")
-        pairs = dict(field.partition("=")[::2] for field in rest.split())
-        if ":" not in device or not all(value.isdigit() for value in pairs.values()):
+        device, *fields = line.split()
+        pairs = dict(field.split("=", 1) for field in fields if "=" in field)
+        if ":" not in device or len(pairs) != len(fields) or not all(v.isdigit() for v in pairs.values()):
             bad, first = bad + 1, first or line
             continue
         device_labels = labels.device(device_name(device))
         for key, name, unit in _IO_STAT:
-            if key in pairs:
-                out.append((True, name, int(pairs[key]), device_labels, unit))
+            if (value := pairs.get(key)) is not None:
+                out.append((True, name, int(value), device_labels, unit))
     if bad:
         files.malformed("io.stat", bad, first)
 
@@ -168,14 +170,12 @@ def _pressure(files: CgroupFiles, base: Labels, out: list[Pending]) -> None:
         name = f"{resource}.pressure"
         bad, first = 0, ""
         for line in (files.text(name) or "").splitlines():
-            if not line.strip():
-                continue
-            kind, *fields = line.split()
-            total = next((f[6:] for f in fields if f.startswith("total=")), "")
-            if kind not in ("some", "full") or not total.isdigit():
+            kind, _, rest = line.partition(" ")
+            total = rest.rpartition(" total=")[2] if rest.startswith("avg10=") else ""
+            if kind not in _PSI_STATE or not total.isdigit():
                 bad, first = bad + 1, first or line
                 continue
-            state = "waiting" if kind == "some" else "stalled"  # cAdvisor: some = waiting, full = stalled
-            out.append((True, f"container_pressure_{resource}_{state}_seconds_total", int(total) / 1e6, base, "s"))
+            metric = f"container_pressure_{resource}_{_PSI_STATE[kind]}_seconds_total"
+            out.append((True, metric, int(total) / 1e6, base, "s"))
         if bad:
             files.malformed(name, bad, first)

@@ -75,16 +75,25 @@ class CgroupFiles:
             return None
         return 0 if limit and int(value) > NO_LIMIT else int(value)
 
-    def keyed(self, name: str) -> dict[str, int]:
-        """A flat-keyed file (``key value`` lines) such as cpu.stat, memory.stat, memory.events."""
-        values: dict[str, int] = {}
+    def keyed(self, name: str, wanted: frozenset[str]) -> dict[str, int]:
+        """The ``wanted`` keys of a flat-keyed file (``key value`` lines: cpu.stat, memory.stat ...)."""
+        text = self.text(name)
+        if not text:
+            return {}
+        tokens = text.split()
+        if len(tokens) == 2 * text.count("\n"):  # well-formed (the usual case): no per-line work
+            values = {key: value for key, value in zip(tokens[::2], tokens[1::2], strict=True) if key in wanted}
+            if all(value.isdigit() for value in values.values()):
+                return {key: int(value) for key, value in values.items()}
+        found: dict[str, int] = {}
         bad, first = 0, ""
-        for line in (self.text(name) or "").splitlines():
+        for line in text.splitlines():
             key, _, value = line.partition(" ")
             if value.isdigit():
-                values[key] = int(value)
+                if key in wanted:
+                    found[key] = int(value)
             elif line.strip():
                 bad, first = bad + 1, first or line
         if bad:
             self.malformed(name, bad, first)
-        return values
+        return found
