@@ -161,7 +161,7 @@ class CgroupCollector(PeriodicCollector):
         raise CgroupError(f"{source} has no cgroup v2 (0::) line: the agent is in no cgroup v2 group; set `path`")
 
     def _units(self, mount: Path, emit: Emitter) -> None:
-        start = self.config.path or "/"
+        start = self.config.path.rstrip("/") or "/"
         if not (mount / start.lstrip("/")).is_dir():
             raise CgroupError(f"cgroup {start} not found: {mount / start.lstrip('/')} is not a directory")
         self._runs += 1

@@ -11,6 +11,7 @@ that a cgroup which vanished half-way through its reads can be dropped whole.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from agent.model import Labels
@@ -48,7 +49,15 @@ _IO_STAT = (
 _CPU_STAT = frozenset({"usage_usec", "user_usec", "system_usec", *(key for key, *_ in _CFS)})
 _MEMORY_STAT_KEYS = frozenset({"inactive_file", "pgfault", "pgmajfault", *(key for key, _ in _MEMORY_STAT)})
 _OOM_KILL = frozenset({"oom_kill"})
-_PSI_STATE = {"some": "waiting", "full": "stalled"}  # cAdvisor's names for the two PSI lines
+# the kernel's layouts, matched whole in one call per file (a line by line parse costs more than the read)
+_IO_LINE = re.compile(r"^(\d+:\d+) rbytes=(\d+) wbytes=(\d+) rios=(\d+) wios=(\d+)\b[^\n]*\n", re.M)
+_PSI_LINE = re.compile(r"^(some|full) [^\n]*\btotal=(\d+)\n", re.M)
+# cAdvisor's names: the "some" line is waiting, the "full" line stalled
+_PSI_METRIC = {
+    (resource, kind): f"container_pressure_{resource}_{state}_seconds_total"
+    for resource in ("cpu", "memory", "io")
+    for kind, state in (("some", "waiting"), ("full", "stalled"))
+}
 _FAILURES = tuple((f, s) for f in ("pgfault", "pgmajfault") for s in ("container", "hierarchy"))
 
 
@@ -150,32 +159,41 @@ def _memory(files: CgroupFiles, labels: SeriesLabels, out: list[Pending]) -> Non
 
 
 def _io(files: CgroupFiles, labels: SeriesLabels, device_name: Callable[[str], str], out: list[Pending]) -> None:
-    bad, first = 0, ""
-    for line in (files.text("io.stat") or "").splitlines():
-        device, *fields = line.split()
+    text = files.text("io.stat")
+    if not text:
+        return
+    lines = _IO_LINE.findall(text)
+    if len(lines) != text.count("\n"):  # not the kernel's usual layout: field by field
+        lines = _io_lines(files, text)
+    for device, *values in lines:
+        device_labels = labels.device(device_name(device))
+        for (_, name, unit), value in zip(_IO_STAT, values, strict=True):
+            out.append((True, name, int(value), device_labels, unit))
+
+
+def _io_lines(files: CgroupFiles, text: str) -> list[tuple[str, ...]]:
+    lines, bad, first = [], 0, ""
+    for line in text.splitlines():
+        device, *fields = line.split() or [""]
         pairs = dict(field.split("=", 1) for field in fields if "=" in field)
         if ":" not in device or len(pairs) != len(fields) or not all(v.isdigit() for v in pairs.values()):
             bad, first = bad + 1, first or line
-            continue
-        device_labels = labels.device(device_name(device))
-        for key, name, unit in _IO_STAT:
-            if (value := pairs.get(key)) is not None:
-                out.append((True, name, int(value), device_labels, unit))
+        elif all(key in pairs for key, *_ in _IO_STAT):
+            lines.append((device, *(pairs[key] for key, *_ in _IO_STAT)))
     if bad:
         files.malformed("io.stat", bad, first)
+    return lines
 
 
 def _pressure(files: CgroupFiles, base: Labels, out: list[Pending]) -> None:
     for resource in ("cpu", "memory", "io"):
         name = f"{resource}.pressure"
-        bad, first = 0, ""
-        for line in (files.text(name) or "").splitlines():
-            kind, _, rest = line.partition(" ")
-            total = rest.rpartition(" total=")[2] if rest.startswith("avg10=") else ""
-            if kind not in _PSI_STATE or not total.isdigit():
-                bad, first = bad + 1, first or line
-                continue
-            metric = f"container_pressure_{resource}_{_PSI_STATE[kind]}_seconds_total"
-            out.append((True, metric, int(total) / 1e6, base, "s"))
-        if bad:
-            files.malformed(name, bad, first)
+        text = files.text(name)
+        if not text:
+            continue
+        lines = _PSI_LINE.findall(text)
+        if len(lines) != text.count("\n"):
+            bad = [line for line in text.splitlines() if line.strip() and not _PSI_LINE.fullmatch(line + "\n")]
+            files.malformed(name, len(bad), bad[0] if bad else text[:80])
+        for kind, total in lines:
+            out.append((True, _PSI_METRIC[resource, kind], int(total) / 1e6, base, "s"))

@@ -81,8 +81,10 @@ class CgroupFiles:
         if not text:
             return {}
         tokens = text.split()
-        if len(tokens) == 2 * text.count("\n"):  # well-formed (the usual case): no per-line work
-            values = {key: value for key, value in zip(tokens[::2], tokens[1::2], strict=True) if key in wanted}
+        if len(tokens) == 2 * text.count("\n"):  # two fields a line (the usual case): no per-line work
+            pairs = iter(tokens)
+            every = dict(zip(pairs, pairs, strict=True))
+            values = {key: every[key] for key in wanted if key in every}
             if all(value.isdigit() for value in values.values()):
                 return {key: int(value) for key, value in values.items()}
         found: dict[str, int] = {}

@@ -457,9 +457,13 @@ async def test_units_mode_include_exclude_and_path(tmp_path):
         "/user.slice/user-1000.slice/user@1000.service",
         "/user.slice/user-1000.slice/session-1.scope",
     }
-    emitter = await collect_once(units(tmp_path, tree, path="/system.slice", include=["*"]))
-    assert emitter.errors == []
-    assert ids(emitter) == {cgroup for cgroup in UNIT_CGROUPS if cgroup.startswith("/system.slice")}
+    for path in ("/system.slice", "/system.slice/"):
+        emitter = await collect_once(units(tmp_path, tree, path=path, include=["*"]))
+        assert emitter.errors == []
+        assert ids(emitter) == {cgroup for cgroup in UNIT_CGROUPS if cgroup.startswith("/system.slice")}
+        assert {dict(s.labels)["name"] for s in emitter.samples if dict(s.labels)["id"] == "/system.slice"} == {
+            "system.slice"
+        }
     emitter = await collect_once(units(tmp_path, tree, path="/nothing.slice"))
     assert emitter.samples == [] and "/nothing.slice not found" in str(emitter.errors[0])
 
