@@ -18,6 +18,7 @@ is dropped whole and counted, never half-reported.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -202,6 +203,7 @@ class CgroupCollector(PeriodicCollector):
                 "vanished",
                 f"a unit's cgroup went away while being read (a unit stopping): its series are left out of that run "
                 f'and counted in {SKIPPED}{{reason="vanished"}}',
+                level=logging.INFO,  # units stop: worth a line, not a warning
             )
         for (file, _kind), (count, cgroup, problem) in sorted(trouble.items()):
             path = f"{root}{cgroup.rstrip('/')}/{file}".rstrip("/")
@@ -233,7 +235,7 @@ class CgroupCollector(PeriodicCollector):
         if files.missing and not _same_directory(directory, entry.inode):
             return None
         for file, problem in files.problems:
-            kind = problem.split(":", 1)[0]
+            kind = "unreadable" if problem.startswith("cannot read") else "malformed"
             trouble.setdefault((file, kind), [0, cgroup, problem])[0] += 1
         return out
 
@@ -248,10 +250,10 @@ class CgroupCollector(PeriodicCollector):
             name = self._devices[major_minor] = _device_from_sysfs(self.context.sys_root, major_minor)
         return name
 
-    def _tell_once(self, key: str, message: str) -> None:
+    def _tell_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
         if key not in self._told:
             self._told.add(key)
-            self.context.logger.warning("collector %s: %s", self.context.instance, message)
+            self.context.logger.log(level, "collector %s: %s", self.context.instance, message)
 
 
 def _emit(emit: Emitter, out: list[Pending]) -> None:
