@@ -690,3 +690,26 @@ async def test_units_mode_cost_with_200_services(tmp_path):
     print(f"\ncgroup units collect(): 202 cgroups, {len(emitter.samples)} samples, {cost_ms:.1f} ms CPU per run")
     assert len(emitter.samples) == len(first.samples)
     assert cost_ms < 250  # generous for a shared CI machine; the README gives the measured figure
+
+
+async def test_units_mode_on_this_machines_hierarchy(tmp_path):
+    """The real cgroupfs of the test machine, every cgroup at the top (include "*"): the root's CPU
+    time lies between two reads of its cpu.stat taken around the run."""
+    base = Path("/sys/fs/cgroup")
+    mount = next((d for d in (base, base / "unified") if (d / "cgroup.controllers").is_file()), None)
+    if mount is None:
+        pytest.skip("cgroup v2 is not mounted on this machine")
+    collector = CgroupCollector(CgroupCollector.Config(mode="units", include=["*"]), collector_context(tmp_path))
+
+    def tops() -> set[str]:
+        return {entry.name for entry in os.scandir(mount) if entry.is_dir()}
+
+    tops_before, before = tops(), keyed_lenient(mount / "cpu.stat")["usage_usec"] / 1e6
+    emitter = await collect_once(collector)
+    tops_after, after = tops(), keyed_lenient(mount / "cpu.stat")["usage_usec"] / 1e6
+    assert emitter.errors == []
+    names = {dict(s.labels)["id"]: dict(s.labels)["name"] for s in emitter.samples if s.name.startswith("container")}
+    assert names["/"] == "-.slice"
+    assert {f"/{top}" for top in tops_before & tops_after} <= set(names)  # present throughout: reported
+    root = (("cpu", "total"), ("id", "/"), ("name", "-.slice"))
+    assert before <= by_series(emitter.samples)[("container_cpu_usage_seconds_total", root)] <= after
