@@ -1,104 +1,120 @@
-"""Resource usage of one cgroup (v2 only), named as cAdvisor names container metrics.
+"""Resource usage of cgroups (v2), named as cAdvisor names container metrics.
 
-A sidecar's psutil numbers describe the whole node; the files of its own cgroup
-describe the container. Each run locates the cgroup, then reads its
-``cpu.stat``, ``cpu.max``, ``cpu.weight``, ``memory.*``, ``io.stat``, ``pids.*``,
-``cgroup.procs`` and pressure files in one worker call, and converts them the
-way cAdvisor converts cgroup v2 files (``container/libcontainer/handler.go``,
-``container/common/helpers.go``): microseconds to seconds, working set = usage
-minus ``inactive_file``, a limit of ``max`` (or above 2^62) exported as 0.
+Two modes. ``single``: one cgroup, ``path`` or the agent's own (the ``0::`` line of
+``{proc_root}/self/cgroup``, looked up every run because a service manager may move the
+agent) — what a sidecar reports about its pod. ``units``: the cgroup of every systemd
+unit (services and slices by default) under ``path``, each with its unit as ``name`` —
+per-service resource use on a systemd host.
 
 The cgroup v2 hierarchy is ``{sys_root}/fs/cgroup`` (unified mode) or
-``{sys_root}/fs/cgroup/unified`` (systemd's hybrid mode). Without ``path`` the
-cgroup is the agent's own, the ``0::`` line of ``{proc_root}/self/cgroup``,
-looked up every run because a service manager may move the agent.
+``{sys_root}/fs/cgroup/unified`` (systemd's hybrid mode, where v2 carries no memory, io
+or pids controller: only CPU time, processes and pressure exist there).
 
-A file that does not exist is not an error: interface files appear only for the
-controllers enabled for the cgroup (and the root cgroup has few), so those
-series are simply absent. A file that exists but cannot be read, or a malformed
-line, is reported as a collector error naming the file.
+Each run is one worker call. In ``units`` mode a cgroup's limits, the files it lacks
+and its label sets are kept between runs (re-read every ``SPEC_REFRESH_RUNS`` runs and
+whenever the cgroup is re-created, as on a restart); a unit that stops while being read
+is dropped whole and counted, never half-reported.
 """
 
 from __future__ import annotations
 
-import errno
+import logging
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
-from agent.model import Labels, labels_from
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
 
-_NO_LIMIT = 1 << 62  # cAdvisor's specMemoryValue: bigger limits mean "none" and export as 0
-_ABSENT = frozenset({errno.ENOENT, errno.EOPNOTSUPP, errno.ENODEV})  # EOPNOTSUPP: PSI off (psi=0)
-_MEMORY_STAT = (
-    ("anon", "container_memory_rss"),
-    ("file", "container_memory_cache"),
-    ("file_mapped", "container_memory_mapped_file"),
-)
-_MEMORY_ONE = (
-    ("memory.swap.current", "container_memory_swap"),
-    ("memory.peak", "container_memory_max_usage_bytes"),
-)
-_MEMORY_LIMITS = (
-    ("memory.max", "container_spec_memory_limit_bytes"),
-    ("memory.swap.max", "container_spec_memory_swap_limit_bytes"),
-    ("memory.min", "container_spec_memory_reservation_limit_bytes"),
-)
-_IO_STAT = (
-    ("rbytes", "container_fs_reads_bytes_total", "By"),
-    ("wbytes", "container_fs_writes_bytes_total", "By"),
-    ("rios", "container_fs_reads_total", "1"),
-    ("wios", "container_fs_writes_total", "1"),
-)
+from .convert import Pending, SeriesLabels, Spec, usage
+from .files import CgroupFiles
+from .walk import glob_matcher, list_units
+
+SPEC_REFRESH_RUNS = 10
+SKIPPED = "hostwatch_cgroup_skipped_total"
 
 
 class CgroupError(Exception):
     """The cgroup cannot be located (no cgroup v2, unknown path)."""
 
 
+class _Known:
+    """What is kept about one unit's cgroup between runs."""
+
+    __slots__ = ("absent", "inode", "labels", "refresh_at", "spec")
+
+    def __init__(self, inode: int, labels: SeriesLabels, refresh_at: int) -> None:
+        self.inode, self.labels, self.refresh_at = inode, labels, refresh_at
+        self.absent: set[str] = set()
+        self.spec: Spec | None = None
+
+
 class CgroupCollector(PeriodicCollector):
     class Config(PluginConfig):
+        mode: Annotated[
+            Literal["single", "units"],
+            msgspec.Meta(
+                description='"single": one cgroup (`path`, or the agent\'s own). "units": the cgroup of every '
+                "systemd unit under `path` whose name passes `include`/`exclude`, labelled with the unit as `name`."
+            ),
+        ] = "single"
         path: Annotated[
             str,
             msgspec.Meta(
-                description="The cgroup to read, as /proc/PID/cgroup shows it (e.g. /system.slice/nginx.service), "
-                "relative to the cgroup v2 hierarchy. Empty: the agent's own cgroup."
+                description="The cgroup to read (single) or to walk (units), as /proc/PID/cgroup shows it "
+                "(e.g. /system.slice/nginx.service), relative to the cgroup v2 hierarchy. Empty: the agent's own "
+                "cgroup (single), the whole hierarchy (units)."
             ),
         ] = ""
         name: Annotated[
-            str, msgspec.Meta(description="Value of the `name` label (cAdvisor's container name); empty: no label.")
+            str,
+            msgspec.Meta(description="single: value of the `name` label (cAdvisor's container name); empty: none."),
         ] = ""
+        include: Annotated[list[str], msgspec.Meta(description="units: shell globs of the unit names to report.")] = (
+            msgspec.field(default_factory=lambda: ["*.service", "*.slice"])
+        )
+        exclude: Annotated[list[str], msgspec.Meta(description="units: shell globs of unit names to leave out.")] = (
+            msgspec.field(default_factory=list)
+        )
+        max_cgroups: Annotated[
+            int,
+            msgspec.Meta(
+                ge=1, description="units: at most this many cgroups per run (in path order); the rest are counted."
+            ),
+        ] = 1000
 
         def __post_init__(self) -> None:
             if self.path and (not self.path.startswith("/") or ".." in self.path.split("/") or "\0" in self.path):
                 raise ValueError(f"path: expected an absolute cgroup path like /system.slice/x.service: {self.path!r}")
+            if self.mode == "units" and self.name:
+                raise ValueError('name: only for mode = "single"; in "units" mode `name` is each unit\'s name')
 
     def __init__(self, config: CgroupCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
         self._mount: Path | None = None
+        self._include = glob_matcher(config.include)
+        self._exclude = glob_matcher(config.exclude)
+        self._known: dict[str, _Known] = {}
+        self._devices: dict[str, str] = {}
+        self._runs = 0
+        self._skipped = {"vanished": 0, "over_limit": 0}
+        self._told: set[str] = set()
 
     async def collect(self, emit: Emitter) -> None:
         await self.context.run_blocking(self._collect, emit)
 
     def _collect(self, emit: Emitter) -> None:
         try:
-            cgroup_id, directory = self._locate()
+            mount = self._hierarchy()
+            if self.config.mode == "units":
+                self._units(mount, emit)
+            else:
+                self._single(mount, emit)
         except CgroupError as exc:
             emit.error(str(exc))
-            return
-        labels = labels_from({"id": cgroup_id, "name": self.config.name} if self.config.name else {"id": cgroup_id})
-        files = _Files(directory)
-        _cpu(files, emit, labels)
-        _memory(files, emit, labels)
-        _io(files, emit, labels, self.context.sys_root / "dev" / "block")
-        _pids(files, emit, labels)
-        _pressure(files, emit, labels)
-        for problem in files.problems:
-            emit.error(problem)
 
-    def _locate(self) -> tuple[str, Path]:
+    def _hierarchy(self) -> Path:
         if self._mount is None:
             base = self.context.sys_root / "fs" / "cgroup"
             self._mount = next((d for d in (base, base / "unified") if (d / "cgroup.controllers").is_file()), None)
@@ -107,11 +123,32 @@ class CgroupCollector(PeriodicCollector):
                     f"no cgroup v2 hierarchy at {base} or {base / 'unified'} (a cgroup v1-only host?): "
                     "the cgroup collector reads cgroup v2 only"
                 )
+            if self._mount.name == "unified":
+                self._tell_once(
+                    "hybrid",
+                    f"cgroup v2 is mounted in systemd's hybrid mode ({self._mount}): it has no memory, io or pids "
+                    "controller, so only CPU time, processes and pressure are reported (boot with "
+                    "systemd.unified_cgroup_hierarchy=1 for the rest)",
+                )
+        return self._mount
+
+    def _single(self, mount: Path, emit: Emitter) -> None:
         path = self.config.path or self._own_cgroup()
-        directory = self._mount / path.lstrip("/")
+        directory = mount / path.lstrip("/")
         if not directory.is_dir():
             raise CgroupError(f"cgroup {path} not found: {directory} is not a directory")
-        return path, directory
+        labels = SeriesLabels(path, self.config.name)
+        try:
+            files = CgroupFiles(str(directory), set())
+        except OSError as exc:
+            raise CgroupError(f"cannot open {directory}: {exc.strerror or exc}") from None
+        try:
+            out = self._read(files, labels, Spec(files, labels))
+        finally:
+            files.close()
+        _emit(emit, out)
+        for file, problem in files.problems:
+            emit.error(_describe(str(directory / file), problem))
 
     def _own_cgroup(self) -> str:
         source = self.context.proc_root / "self" / "cgroup"
@@ -124,172 +161,126 @@ class CgroupCollector(PeriodicCollector):
                 return line[3:]
         raise CgroupError(f"{source} has no cgroup v2 (0::) line: the agent is in no cgroup v2 group; set `path`")
 
+    def _units(self, mount: Path, emit: Emitter) -> None:
+        start = self.config.path.rstrip("/") or "/"
+        if not (mount / start.lstrip("/")).is_dir():
+            raise CgroupError(f"cgroup {start} not found: {mount / start.lstrip('/')} is not a directory")
+        self._runs += 1
+        if self._runs % SPEC_REFRESH_RUNS == 0:
+            self._devices.clear()  # major:minor numbers can be reused by another device
+        root = str(mount)
+        listing = list_units(root, start, self._include, self._exclude)
+        for problem in listing.problems:
+            emit.error(problem)
+        found = listing.found
+        if len(found) > self.config.max_cgroups:
+            over = len(found) - self.config.max_cgroups
+            self._skipped["over_limit"] += over
+            emit.error(
+                f"more unit cgroups under {start} than max_cgroups = {self.config.max_cgroups}: the last ones in "
+                f'path order are not read (counted in {SKIPPED}{{reason="over_limit"}}); raise max_cgroups or '
+                "narrow include/exclude"
+            )
+            found = found[: self.config.max_cgroups]
+        vanished = listing.vanished
+        trouble: dict[tuple[str, str], list] = {}  # (file, kind of problem) -> [count, first cgroup, message]
+        known, self._known = self._known, {}
+        for position, (cgroup, unit, inode) in enumerate(found):
+            entry = known.get(cgroup)
+            if entry is None or entry.inode != inode:  # new, or re-created (a restart): start afresh
+                # later spec refreshes are spread over the runs rather than all in one
+                refresh_at = self._runs + SPEC_REFRESH_RUNS + position % SPEC_REFRESH_RUNS
+                entry = _Known(inode, SeriesLabels(cgroup, unit), refresh_at)
+            out = self._read_unit(root + cgroup if cgroup != "/" else root, entry, trouble, cgroup)
+            if out is None:
+                vanished += 1
+                continue
+            self._known[cgroup] = entry
+            _emit(emit, out)
+        if vanished:
+            self._skipped["vanished"] += vanished
+            self._tell_once(
+                "vanished",
+                f"a unit's cgroup went away while being read (a unit stopping): its series are left out of that run "
+                f'and counted in {SKIPPED}{{reason="vanished"}}',
+                level=logging.INFO,  # units stop: worth a line, not a warning
+            )
+        for (file, _kind), (count, cgroup, problem) in sorted(trouble.items()):
+            path = f"{root}{cgroup.rstrip('/')}/{file}".rstrip("/")
+            emit.error(f"{file or 'a cgroup directory'} in {count} cgroup(s), e.g. {_describe(path, problem)}")
+        collector = (("collector", self.context.instance),)
+        for reason, count in self._skipped.items():
+            if count:
+                emit.counter(SKIPPED, count, (*collector, ("reason", reason)), unit="1")
 
-class _Files:
-    """One cgroup directory's files: absent ones read as None, other problems are collected."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.problems: list[str] = []
-
-    def text(self, name: str) -> str | None:
+    def _read_unit(self, directory: str, entry: _Known, trouble: dict, cgroup: str) -> list[Pending] | None:
+        """One unit's samples; None when its cgroup went away (or was replaced) while being read."""
+        refresh = entry.spec is None or self._runs >= entry.refresh_at
+        if refresh and entry.spec is not None:
+            entry.absent = set()  # a controller may have been enabled since
+            entry.refresh_at = self._runs + SPEC_REFRESH_RUNS
         try:
-            return (self.directory / name).read_bytes().decode("ascii", "replace")
+            files = CgroupFiles(directory, entry.absent)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
-            if exc.errno not in _ABSENT:
-                self.problems.append(f"cannot read {self.directory / name}: {exc.strerror or exc}")
+            trouble.setdefault(("", "open"), [0, cgroup, f"cannot read: {exc.strerror or exc}"])[0] += 1
             return None
-
-    def malformed(self, name: str, bad: int, first: str) -> None:
-        self.problems.append(f"{self.directory / name}: skipped {bad} malformed line(s), first: {first[:80]!r}")
-
-    def number(self, name: str, *, limit: bool = False) -> int | None:
-        """A one-value file; with ``limit``, ``max`` (no limit) reads as 0, as cAdvisor exports it."""
-        text = self.text(name)
-        if text is None:
+        try:
+            if refresh:
+                entry.spec = Spec(files, entry.labels)
+            out = self._read(files, entry.labels, entry.spec)
+        finally:
+            files.close()
+        if files.missing and not _same_directory(directory, entry.inode):
             return None
-        value = text.strip()
-        if limit and value == "max":
-            return 0
-        if not value.isdigit():
-            self.malformed(name, 1, value)
-            return None
-        return 0 if limit and int(value) > _NO_LIMIT else int(value)
+        for file, problem in files.problems:
+            kind = "unreadable" if problem.startswith("cannot read") else "malformed"
+            trouble.setdefault((file, kind), [0, cgroup, problem])[0] += 1
+        return out
 
-    def keyed(self, name: str) -> dict[str, int]:
-        """A flat-keyed file (``key value`` lines) such as cpu.stat, memory.stat, memory.events."""
-        values: dict[str, int] = {}
-        bad, first = 0, ""
-        for line in (self.text(name) or "").splitlines():
-            fields = line.split()
-            if len(fields) == 2 and fields[1].isdigit():
-                values[fields[0]] = int(fields[1])
-            elif fields:
-                bad, first = bad + 1, first or line
-        if bad:
-            self.malformed(name, bad, first)
-        return values
+    def _read(self, files: CgroupFiles, labels: SeriesLabels, spec: Spec) -> list[Pending]:
+        out = list(spec.samples)
+        usage(files, labels, spec, self._device_name, out)
+        return out
 
+    def _device_name(self, major_minor: str) -> str:
+        """``/dev/NAME`` as cAdvisor labels devices, from sysfs; ``MAJOR:MINOR`` when sysfs does not know it."""
+        if (name := self._devices.get(major_minor)) is None:
+            name = self._devices[major_minor] = _device_from_sysfs(self.context.sys_root, major_minor)
+        return name
 
-def _with(labels: Labels, **extra: str) -> Labels:
-    return labels_from({**dict(labels), **extra})
+    def _tell_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
+        if key not in self._told:
+            self._told.add(key)
+            self.context.logger.log(level, "collector %s: %s", self.context.instance, message)
 
 
-def _cpu(files: _Files, emit: Emitter, labels: Labels) -> None:
-    stat = files.keyed("cpu.stat")
-    if "usage_usec" in stat:  # cAdvisor without per-CPU metrics: one series, cpu="total"
-        emit.counter(
-            "container_cpu_usage_seconds_total", stat["usage_usec"] / 1e6, _with(labels, cpu="total"), unit="s"
-        )
-    for key, name in (
-        ("user_usec", "container_cpu_user_seconds_total"),
-        ("system_usec", "container_cpu_system_seconds_total"),
-    ):
-        if key in stat:
-            emit.counter(name, stat[key] / 1e6, labels, unit="s")
-    quota = None
-    text = files.text("cpu.max")
-    if text is not None:
-        parts = text.split()
-        if len(parts) == 2 and (parts[0] == "max" or parts[0].isdigit()) and parts[1].isdigit():
-            emit.gauge("container_spec_cpu_period", int(parts[1]), labels, unit="us")
-            if parts[0] != "max":
-                quota = int(parts[0])
-                emit.gauge("container_spec_cpu_quota", quota, labels, unit="us")
-        else:
-            files.malformed("cpu.max", 1, text.strip())
-    if quota is not None:  # cAdvisor exports CFS statistics only for a cgroup with a quota
-        for key, name, scale, unit in (
-            ("nr_periods", "container_cpu_cfs_periods_total", 1, "1"),
-            ("nr_throttled", "container_cpu_cfs_throttled_periods_total", 1, "1"),
-            ("throttled_usec", "container_cpu_cfs_throttled_seconds_total", 1e-6, "s"),
-        ):
-            if key in stat:
-                emit.counter(name, stat[key] * scale, labels, unit=unit)
-    weight = files.number("cpu.weight")
-    if weight is not None and 1 <= weight <= 10000:  # cAdvisor's convertCPUWeightToCPULimit
-        emit.gauge("container_spec_cpu_shares", 2 + ((weight - 1) * 262142) // 9999, labels, unit="1")
+def _emit(emit: Emitter, out: list[Pending]) -> None:
+    gauge, counter = emit.gauge, emit.counter
+    for is_counter, name, value, labels, unit in out:
+        (counter if is_counter else gauge)(name, value, labels, unit=unit)
 
 
-def _memory(files: _Files, emit: Emitter, labels: Labels) -> None:
-    current = files.number("memory.current")
-    stat = files.keyed("memory.stat")
-    if current is not None:
-        emit.gauge("container_memory_usage_bytes", current, labels, unit="By")
-        working_set = max(0, current - stat.get("inactive_file", 0))
-        emit.gauge("container_memory_working_set_bytes", working_set, labels, unit="By")
-    for key, name in _MEMORY_STAT:
-        if key in stat:
-            emit.gauge(name, stat[key], labels, unit="By")
-    for failure in ("pgfault", "pgmajfault"):  # v2 has one value; cAdvisor repeats it for both scopes
-        if failure in stat:
-            for scope in ("container", "hierarchy"):
-                extra = _with(labels, failure_type=failure, scope=scope)
-                emit.counter("container_memory_failures_total", stat[failure], extra, unit="1")
-    for file, name in _MEMORY_ONE:
-        if (value := files.number(file)) is not None:
-            emit.gauge(name, value, labels, unit="By")
-    for file, name in _MEMORY_LIMITS:
-        if (value := files.number(file, limit=True)) is not None:
-            emit.gauge(name, value, labels, unit="By")
-    events = files.keyed("memory.events")
-    if "oom_kill" in events:
-        emit.counter("container_oom_events_total", events["oom_kill"], labels, unit="1")
+def _describe(path: str, problem: str) -> str:
+    if problem.startswith("cannot read"):
+        return f"cannot read {path}: {problem.split(': ', 1)[1]}"
+    return f"{path}: {problem}"
 
 
-def _io(files: _Files, emit: Emitter, labels: Labels, dev_block: Path) -> None:
-    bad, first = 0, ""
-    for line in (files.text("io.stat") or "").split("\n"):
-        if not line.strip():
-            continue
-        device, _, rest = line.partition(" ")
-        pairs = dict(field.partition("=")[::2] for field in rest.split())
-        if ":" not in device or not all(value.isdigit() for value in pairs.values()):
-            bad, first = bad + 1, first or line
-            continue
-        device_labels = _with(labels, device=_device_name(dev_block, device))
-        for key, name, unit in _IO_STAT:
-            if key in pairs:
-                emit.counter(name, int(pairs[key]), device_labels, unit=unit)
-    if bad:
-        files.malformed("io.stat", bad, first)
-
-
-def _device_name(dev_block: Path, major_minor: str) -> str:
-    """``/dev/NAME`` as cAdvisor labels devices, from sysfs; ``MAJOR:MINOR`` when sysfs does not know it."""
+def _same_directory(directory: str, inode: int) -> bool:
     try:
-        uevent = (dev_block / major_minor / "uevent").read_text(errors="replace")
+        return os.stat(directory).st_ino == inode
+    except OSError:
+        return False
+
+
+def _device_from_sysfs(sys_root: Path, major_minor: str) -> str:
+    try:
+        uevent = (sys_root / "dev" / "block" / major_minor / "uevent").read_text(errors="replace")
     except OSError:
         return major_minor
     for line in uevent.splitlines():
         if line.startswith("DEVNAME="):
             return "/dev/" + line[8:]
     return major_minor
-
-
-def _pids(files: _Files, emit: Emitter, labels: Labels) -> None:
-    if (current := files.number("pids.current")) is not None:
-        emit.gauge("container_threads", current, labels, unit="1")
-    if (maximum := files.number("pids.max", limit=True)) is not None:
-        emit.gauge("container_threads_max", maximum, labels, unit="1")
-    procs = files.text("cgroup.procs")
-    if procs is not None:
-        emit.gauge("container_processes", sum(1 for line in procs.splitlines() if line.strip()), labels, unit="1")
-
-
-def _pressure(files: _Files, emit: Emitter, labels: Labels) -> None:
-    for resource in ("cpu", "memory", "io"):
-        name = f"{resource}.pressure"
-        bad, first = 0, ""
-        for line in (files.text(name) or "").splitlines():
-            if not line.strip():
-                continue
-            kind, *fields = line.split()
-            total = next((f[6:] for f in fields if f.startswith("total=")), "")
-            if kind not in ("some", "full") or not total.isdigit():
-                bad, first = bad + 1, first or line
-                continue
-            state = "waiting" if kind == "some" else "stalled"  # cAdvisor: some = waiting, full = stalled
-            emit.counter(f"container_pressure_{resource}_{state}_seconds_total", int(total) / 1e6, labels, unit="s")
-        if bad:
-            files.malformed(name, bad, first)
