@@ -150,6 +150,12 @@ class CollectorContext:
     static_labels: Labels = ()
     """``[agent] labels`` plus the instance's ``labels``; the engine adds them to
     samples, log collectors also put them on their streams."""
+    interval: float = 10.0
+    """The instance's ``interval`` in seconds (its own, else ``[agent] interval``)."""
+    timeout: float = 10.0
+    """The instance's ``timeout`` in seconds: the engine abandons a run that takes longer.
+    A collector that waits on many peers (scrape targets) uses it to give up on a
+    slow one in time to still report the others."""
 
 
 class PeriodicCollector(abc.ABC):

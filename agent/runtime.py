@@ -149,6 +149,8 @@ class Agent:
             redactor=self._redactor_for(config, spec),
             telemetry=self.telemetry,
             static_labels=static,
+            interval=interval,
+            timeout=spec.common.timeout or interval,
         )
         collector = spec.plugin(spec.config, context)
         return CollectorRunner(
@@ -156,7 +158,7 @@ class Agent:
             collector,
             worker=worker,
             interval=interval,
-            timeout=spec.common.timeout or interval,
+            timeout=context.timeout,
             static_labels=static,
             publish=self.pipeline.publish_samples,
             log_sink=self.pipeline.publish_logs,
