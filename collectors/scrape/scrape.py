@@ -69,7 +69,9 @@ class Config(PluginConfig):
     honor_labels: Annotated[bool, Desc(description="Scraped labels win over target labels.")] = False
     honor_timestamps: Annotated[bool, Desc(description="Keep timestamps the target exposes.")] = True
     sample_limit: Annotated[int, Desc(ge=0, description="More samples fail the scrape; 0: no limit.")] = 100_000
-    body_size_limit: Annotated[Size, Desc(description="Larger bodies fail the scrape; 0: no limit.")] = Size(16 << 20)
+    body_size_limit: Annotated[
+        Size.at_least("1KiB"), Desc(description="A larger (uncompressed) body fails the scrape.")
+    ] = Size(16 << 20)
     label_limit: Annotated[int, Desc(ge=0, description="Labels per series at most; 0: no limit.")] = 64
     label_name_length_limit: Annotated[int, Desc(ge=0, description="0: no limit.")] = 256
     label_value_length_limit: Annotated[int, Desc(ge=0, description="0: no limit.")] = 4096
@@ -233,7 +235,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
                 emit.counter(metric, count, merge_labels(labels, (("reason", reason),)), time_ns=start_ns)
 
     async def _fetch(self, session: aiohttp.ClientSession, target: Target, headers: dict) -> tuple[bytes, str]:
-        limit = int(self.config.body_size_limit)
+        limit = int(self.config.body_size_limit)  # counted after decompression, as Prometheus does
         try:
             server_name = self.config.tls_server_name or None
             async with session.get(target.url, headers=headers, server_hostname=server_name) as r:
@@ -242,7 +244,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
                 chunks, size = [], 0
                 async for chunk in r.content.iter_chunked(1 << 16):
                     size += len(chunk)
-                    if limit and size > limit:
+                    if size > limit:
                         raise ScrapeFailed(
                             "body_size_limit", f"body larger than body_size_limit ({limit} bytes); not read further"
                         )

@@ -30,8 +30,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import msgspec
-
+from agent.config_validate import convert
 from collectors.scrape.scrape import Config, PrometheusScrapeCollector
 from tests.support import collector_context
 
@@ -70,7 +69,7 @@ def exposition(target_bytes: int = 10 << 20) -> bytes:
 
 
 def hostwatch_parse(body: bytes, rounds: int = 5) -> dict[str, float]:
-    config = msgspec.convert({"job": "bench", "targets": ["127.0.0.1:9999"], "sample_limit": 0}, Config)
+    config = convert({"job": "bench", "targets": ["127.0.0.1:9999"], "sample_limit": 0}, Config)
     collector = PrometheusScrapeCollector(config, collector_context(Path(tempfile.mkdtemp())))
     state = collector._new_state(collector._static[0])
     gc.collect()
@@ -202,7 +201,7 @@ async def hostwatch_scrape(body: bytes, scrapes: int = 5) -> list[float]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Body)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     target = f"127.0.0.1:{server.server_port}"
-    config = msgspec.convert({"job": "bench", "targets": [target], "sample_limit": 0, "body_size_limit": 0}, Config)
+    config = convert({"job": "bench", "targets": [target], "sample_limit": 0, "body_size_limit": "1GiB"}, Config)
     from agent.emitter import RunEmitter
 
     collector = PrometheusScrapeCollector(config, collector_context(Path(tempfile.mkdtemp()), timeout=30.0))
