@@ -149,8 +149,8 @@ cert_created 1.6e9
 def test_malformed_bodies_name_the_line(text: str, openmetrics: bool, message: str) -> None:
     with pytest.raises(ExpositionError) as info:
         current: dict = {}
-        from collectors.scrape.series import Resolver
         from collectors.scrape.relabel import Relabeler
+        from collectors.scrape.series import Resolver
 
         resolver = Resolver((), honor_labels=False, relabeler=Relabeler([]))
         scan(text, openmetrics=openmetrics, resolve=resolver.resolve, previous={}, current=current, time_ns=T)
