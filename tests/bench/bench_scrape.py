@@ -6,10 +6,11 @@ instrumented web app exposes, scaled up) through the collector's own parse
 step: body bytes to ``Sample`` values with the target's labels attached.
 "Cold" is a target's first scrape (every series is new: its labels are taken
 apart, target labels and relabeling applied); "warm" is every scrape after
-that (series found in the target's cache). ``--peers`` also serves the same
-body over HTTP to Prometheus 2.42 and to vmagent and reads back the
-``scrape_duration_seconds`` each of them records for it (request, parse and
-append), next to hostwatch's own for a full scrape.
+that (series found in the target's cache). Then (unless ``--no-peers``) the
+same body is served over HTTP to Prometheus 2.42 and to vmagent (writing into
+VictoriaMetrics), and the ``scrape_duration_seconds`` each of them records for
+it (request, parse and append: the fair common measure, neither exposes its
+parser alone) is printed next to hostwatch's own for the same scrape.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def exposition(target_bytes: int = 10 << 20) -> bytes:
                     lines.append(f"http_request_duration_seconds_{shard}_sum{{{labels}}} 123.456")
                     lines.append(f"http_request_duration_seconds_{shard}_count{{{labels}}} 77")
         lines.append(f"# TYPE app_queue_depth_{shard} gauge")
-        lines.extend(f"app_queue_depth_{shard}{{queue=\"q{i}\"}} {i}" for i in range(200))
+        lines.extend(f'app_queue_depth_{shard}{{queue="q{i}"}} {i}' for i in range(200))
         lines.append(f"# TYPE app_events_{shard}_total counter")
         lines.extend(f"app_events_{shard}_total {i}" for i in range(1))
         chunk = "\n".join(lines) + "\n"
@@ -164,15 +165,28 @@ def peers(body: bytes, scrapes: int = 5) -> dict[str, list[float]]:
                 stderr=subprocess.DEVNULL,
             )
         )
+        vmagent_port = _free_port()
         procs.append(
             subprocess.Popen(
                 [
                     shutil.which("victoria-metrics") or "victoria-metrics",
                     f"-storageDataPath={home / 'vm'}",
                     f"-httpListenAddr=127.0.0.1:{vm_port}",
+                    "-search.latencyOffset=0s",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    shutil.which("vmagent") or "vmagent",
                     f"-promscrape.config={home / 'prom.yml'}",
                     "-promscrape.maxScrapeSize=64MB",
-                    "-search.latencyOffset=0s",
+                    f"-remoteWrite.url=http://127.0.0.1:{vm_port}/api/v1/write",
+                    f"-remoteWrite.tmpDataPath={home / 'vmagent'}",
+                    f"-httpListenAddr=127.0.0.1:{vmagent_port}",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -181,11 +195,14 @@ def peers(body: bytes, scrapes: int = 5) -> dict[str, list[float]]:
         query = "scrape_duration_seconds[10m]"
         for name, port in (("prometheus", prom_port), ("vmagent", vm_port)):
             url = f"http://127.0.0.1:{port}"
-            found[name] = _wait(
-                lambda url=url: (r := _query(url, query)) and len(r[0]["values"]) >= scrapes and r,
-                timeout=30 + 6 * scrapes,
-            )[0]["values"]
-            found[name] = [float(v) for _, v in found[name]]
+
+            def fetch(url: str = url, flush: bool = name == "vmagent") -> list:
+                if flush:
+                    urllib.request.urlopen(f"{url}/internal/force_flush").read()
+                result = _query(url, query)
+                return result if result and len(result[0]["values"]) >= scrapes else []
+
+            found[name] = [float(v) for _, v in _wait(fetch, timeout=30 + 6 * scrapes)[0]["values"]]
     finally:
         for proc in procs:
             proc.terminate()
@@ -220,7 +237,7 @@ async def hostwatch_scrape(body: bytes, scrapes: int = 5) -> list[float]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=10.0, help="exposition size in MB")
-    parser.add_argument("--peers", action="store_true", help="also time Prometheus and vmagent on the same body")
+    parser.add_argument("--no-peers", action="store_true", help="skip timing Prometheus and vmagent on the same body")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     body = exposition(int(args.mb * (1 << 20)))
@@ -230,7 +247,10 @@ def main(argv: list[str]) -> int:
         f"cold {figures['cold_seconds']:.3f}s = {figures['cold_samples_per_s'] / 1e6:.2f} M samples/s, "
         f"warm {figures['warm_seconds']:.3f}s = {figures['warm_samples_per_s'] / 1e6:.2f} M samples/s"
     )
-    if args.peers:
+    missing = [b for b in ("prometheus", "vmagent", "victoria-metrics") if not shutil.which(b)]
+    if missing and not args.no_peers:
+        print(f"peers not timed: {', '.join(missing)} not installed (tests/peers/install.sh)")
+    elif not args.no_peers:
         ours = asyncio.run(hostwatch_scrape(body))
         print(f"scrape_duration_seconds hostwatch: first {ours[0]:.3f}s, then min {min(ours[1:]):.3f}s")
         for name, values in peers(body).items():
