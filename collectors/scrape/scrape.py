@@ -164,7 +164,8 @@ class PrometheusScrapeCollector(PeriodicCollector):
     def _new_state(self, target: Target) -> TargetState:
         cfg = self.config
         resolver = Resolver(
-            target.labels,
+            # the instance's and [agent] labels are target labels too: honor_labels decides a clash
+            merge_labels(self.context.static_labels, target.labels),
             honor_labels=cfg.honor_labels,
             relabeler=self._relabeler,
             label_limit=cfg.label_limit,
@@ -206,13 +207,12 @@ class PrometheusScrapeCollector(PeriodicCollector):
         result: Scan | None = None
         try:
             body, content_type = await self._fetch(session, target, headers)
-            result = await self.context.run_blocking(self._parse, state, body, content_type, start_ns)
+            result = await self.context.run_blocking(self._parse, state, body, content_type, start_ns, emit)
         except ScrapeFailed as exc:
             self._failed(state, exc.reason, str(exc), emit)
         duration = time.perf_counter() - started
         labels = target.labels
         if result is not None:
-            emit.add(result.rows)
             if result.duplicates:
                 state.dropped["duplicate"] = state.dropped.get("duplicate", 0) + result.duplicates
                 self._log_once(state, "duplicate", f"{result.duplicates} samples of series already in the body")
@@ -255,8 +255,11 @@ class PrometheusScrapeCollector(PeriodicCollector):
         except (aiohttp.ClientError, OSError) as exc:
             raise ScrapeFailed("connection", f"{type(exc).__name__}: {exc}") from None
 
-    def _parse(self, state: TargetState, body: bytes, content_type: str, start_ns: int) -> Scan:
-        """Worker thread: body -> samples, through the target's series cache."""
+    def _parse(self, state: TargetState, body: bytes, content_type: str, start_ns: int, emit: Emitter) -> Scan:
+        """Worker thread: body -> samples, through the target's series cache, handed to ``emit``.
+
+        ``emit.add`` runs here too: with ``[agent] labels`` it merges them into every
+        sample, which for a big target would hold the event loop for a while."""
         cfg = self.config
         current: dict = {}
         try:
@@ -280,6 +283,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
             state.cache.update(current)
             raise ScrapeFailed("sample_limit", f"more than sample_limit = {cfg.sample_limit} samples")
         state.cache = current
+        emit.add(result.rows)
         return result
 
     def _failed(self, state: TargetState, reason: str, message: str, emit: Emitter) -> None:

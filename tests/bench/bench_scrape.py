@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from agent.config_validate import convert
+from agent.emitter import RunEmitter
 from collectors.scrape.scrape import Config, PrometheusScrapeCollector
 from tests.support import collector_context
 
@@ -75,12 +76,12 @@ def hostwatch_parse(body: bytes, rounds: int = 5) -> dict[str, float]:
     state = collector._new_state(collector._static[0])
     gc.collect()
     started = time.perf_counter()
-    result = collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns())
+    result = collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns(), RunEmitter(0))
     cold = time.perf_counter() - started
     warm = []
     for _ in range(rounds):
         started = time.perf_counter()
-        result = collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns())
+        result = collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns(), RunEmitter(0))
         warm.append(time.perf_counter() - started)
     samples = len(result.rows)
     best = min(warm)
@@ -219,8 +220,6 @@ async def hostwatch_scrape(body: bytes, scrapes: int = 5) -> list[float]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     target = f"127.0.0.1:{server.server_port}"
     config = convert({"job": "bench", "targets": [target], "sample_limit": 0, "body_size_limit": "1GiB"}, Config)
-    from agent.emitter import RunEmitter
-
     collector = PrometheusScrapeCollector(config, collector_context(Path(tempfile.mkdtemp()), timeout=30.0))
     durations = []
     try:

@@ -27,10 +27,11 @@ from tests.support import collector_context
 README = Path(__file__).parents[3] / "collectors" / "scrape" / "README.md"
 
 
-def collector(tmp_path: Path, timeout: float = 5.0, **options) -> PrometheusScrapeCollector:
+def collector(tmp_path: Path, timeout: float = 5.0, static_labels=(), **options) -> PrometheusScrapeCollector:
     options.setdefault("job", "app")
     config = convert(options, Config)
-    return PrometheusScrapeCollector(config, collector_context(tmp_path, timeout=timeout, interval=timeout))
+    context = collector_context(tmp_path, timeout=timeout, interval=timeout, static_labels=static_labels)
+    return PrometheusScrapeCollector(config, context)
 
 
 async def run(c: PrometheusScrapeCollector) -> RunEmitter:
@@ -120,12 +121,13 @@ async def test_the_second_scrape_adds_no_series_and_relabeling_applies(app: str,
 
 async def test_honor_labels_and_timestamps(tmp_path) -> None:
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text='m{job="inner"} 1 1700000000000\n', content_type="text/plain")
+        return web.Response(text='m{job="inner",env="dev"} 1 1700000000000\n', content_type="text/plain")
 
     runner, target = await serve(page)
+    env = (("env", "prod"),)  # [agent] labels or the instance's labels: target labels as well
     try:
-        honoring = collector(tmp_path, targets=[target], honor_labels=True)
-        ignoring = collector(tmp_path, targets=[target], honor_timestamps=False)
+        honoring = collector(tmp_path, targets=[target], honor_labels=True, static_labels=env)
+        ignoring = collector(tmp_path, targets=[target], honor_timestamps=False, static_labels=env)
         a, b = await run(honoring), await run(ignoring)
         await honoring.close()
         await ignoring.close()
@@ -133,8 +135,15 @@ async def test_honor_labels_and_timestamps(tmp_path) -> None:
         await runner.cleanup()
     [ma] = [s for s in a.samples if s.name == "m"]
     [mb] = [s for s in b.samples if s.name == "m"]
-    assert dict(ma.labels)["job"] == "inner" and ma.time_ns == 1_700_000_000_000_000_000
-    assert dict(mb.labels)["job"] == "app" and dict(mb.labels)["exported_job"] == "inner"
+    assert dict(ma.labels) == {"job": "inner", "env": "dev", "instance": target}
+    assert ma.time_ns == 1_700_000_000_000_000_000
+    assert dict(mb.labels) == {
+        "job": "app",
+        "exported_job": "inner",
+        "env": "prod",
+        "exported_env": "dev",
+        "instance": target,
+    }
     assert mb.time_ns > 1_700_000_000_000_000_000 * 1.01
 
 
@@ -322,7 +331,8 @@ async def test_parsing_a_10mb_body_leaves_the_event_loop_free(tmp_path) -> None:
         return web.Response(body=body, content_type="text/plain")
 
     runner, target = await serve(page)
-    c = collector(tmp_path, timeout=60.0, targets=[target], sample_limit=0)
+    # with [agent] labels every sample gets them merged in: that work must stay off the loop too
+    c = collector(tmp_path, timeout=60.0, targets=[target], sample_limit=0, static_labels=(("env", "prod"),))
     gaps: list[float] = []
     done = asyncio.Event()
 
@@ -346,5 +356,6 @@ async def test_parsing_a_10mb_body_leaves_the_event_loop_free(tmp_path) -> None:
         await runner.cleanup()
     assert value(emitter, "up") == 1.0 and value(emitter, "scrape_samples_scraped") > 100_000
     # the loop kept ticking while the worker thread parsed (it only shares the GIL)
-    assert max(gaps) < max(0.25, took / 5), (max(gaps), took)
+    # (about 0.06 s here, the GIL's hand-overs; merging [agent] labels on the loop took 0.27 s alone)
+    assert max(gaps) < 0.2, (max(gaps), took)
     assert not math.isnan(value(emitter, "scrape_duration_seconds"))
