@@ -23,6 +23,7 @@ from agent.model import is_stale
 from agent.staleness import SeriesTracker
 from collectors.scrape.scrape import Config, PrometheusScrapeCollector
 from tests.support import collector_context
+from tests.unit.outputs.conftest import certs  # noqa: F401  (the throwaway CA fixture)
 
 README = Path(__file__).parents[3] / "collectors" / "scrape" / "README.md"
 
@@ -359,3 +360,43 @@ async def test_parsing_a_10mb_body_leaves_the_event_loop_free(tmp_path) -> None:
     # (about 0.06 s here, the GIL's hand-overs; merging [agent] labels on the loop took 0.27 s alone)
     assert max(gaps) < 0.2, (max(gaps), took)
     assert not math.isnan(value(emitter, "scrape_duration_seconds"))
+
+
+async def test_tls_with_a_private_ca_server_name_and_client_certificate(certs, tmp_path) -> None:  # noqa: F811
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs.ca))
+    context.load_cert_chain(certs.server_cert, certs.server_key)
+    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the scraper must show its certificate
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="secure 1\n")
+
+    application = web.Application()
+    application.router.add_get("/metrics", page)
+    runner = web.AppRunner(application, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    target = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/metrics"
+    client = {"tls_cert": str(certs.client_cert), "tls_key": str(certs.client_key)}
+    cases = {
+        "right": {"tls_ca": str(certs.ca), "tls_server_name": certs.server_name, **client},
+        "wrong_name": {"tls_ca": str(certs.ca), **client},  # the certificate is for hostwatch.test only
+        "unknown_ca": {"tls_server_name": certs.server_name, **client},
+        "no_client_cert": {"tls_ca": str(certs.ca), "tls_server_name": certs.server_name},
+    }
+    up = {}
+    try:
+        for case, options in cases.items():
+            c = collector(tmp_path, targets=[target], **options)
+            emitter = await run(c)
+            await c.close()
+            up[case] = value(emitter, "up")
+            if case == "right":
+                assert value(emitter, "secure") == 1.0
+            else:
+                assert value(emitter, "hostwatch_scrape_failures_total", reason="connection") == 1.0
+    finally:
+        await runner.cleanup()
+    assert up == {"right": 1.0, "wrong_name": 0.0, "unknown_ca": 0.0, "no_client_cert": 0.0}
