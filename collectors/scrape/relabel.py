@@ -50,6 +50,7 @@ class RelabelRule(PluginConfig):
 
     def __post_init__(self) -> None:
         try:
+            re2.compile(self.regex, _options())  # alone first, so an error quotes the user's pattern
             re2.compile(f"^(?:{self.regex})$", _options())
         except re2.error as exc:
             message = exc.args[0] if exc.args else exc

@@ -152,7 +152,10 @@ class PrometheusScrapeCollector(PeriodicCollector):
         self._states = {t: self._states.get(t) or self._new_state(t) for t in wanted}
         if not self._states:
             return
-        headers = await self._headers()
+        try:
+            headers: dict[str, str] | ScrapeFailed = await self._headers()
+        except OSError as exc:  # a secret file gone: every target is down for it, as in Prometheus
+            headers = ScrapeFailed("credentials", str(exc))
         session = await self._open()
         await asyncio.gather(*(self._scrape(session, headers, state, emit) for state in self._states.values()))
 
@@ -200,12 +203,16 @@ class PrometheusScrapeCollector(PeriodicCollector):
             headers["Authorization"] = await self.context.run_blocking(_authorization, cfg)
         return headers
 
-    async def _scrape(self, session: aiohttp.ClientSession, headers: dict, state: TargetState, emit: Emitter) -> None:
+    async def _scrape(
+        self, session: aiohttp.ClientSession, headers: dict | ScrapeFailed, state: TargetState, emit: Emitter
+    ) -> None:
         target = state.target
         start_ns = self.context.clock()
         started = time.perf_counter()
         result: Scan | None = None
         try:
+            if isinstance(headers, ScrapeFailed):
+                raise headers
             body, content_type = await self._fetch(session, target, headers)
             result = await self.context.run_blocking(self._parse, state, body, content_type, start_ns, emit)
         except ScrapeFailed as exc:
