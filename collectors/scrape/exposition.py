@@ -193,8 +193,8 @@ def scan(
 ) -> Scan:
     """Parse ``text`` into ``Sample`` rows; each series text goes through ``previous``, else ``resolve``.
 
-    ``resolve(series_text)`` returns ``(metric_name, (name, labels))``, or
-    ``(metric_name, None)`` to drop the series (counted in ``dropped``); it may
+    ``resolve(series_text)`` returns ``(metric_name, name, labels)``, or
+    ``(metric_name, None, ())`` to drop the series (counted in ``dropped``); it may
     raise ``ValueError`` (an :class:`ExpositionError` with the line number, the
     original as its ``__cause__``). ``previous`` is the last scrape's cache and
     is emptied (entries move to ``current``, the next scrape's cache, so series
@@ -207,7 +207,6 @@ def scan(
     append = rows.append
     types: dict[str, str] = {}
     kinds: dict[str, str] = {}
-    kind_get = kinds.get
     current_get = current.get
     take = previous.pop
     lines = text.split("\n")
@@ -240,22 +239,22 @@ def scan(
             except ValueError as exc:
                 raise ExpositionError(_number(lines, line), str(exc)) from exc
         current[series] = entry
-        name = entry[0]
-        kind = kind_get(name)
-        if kind is None:
-            kind = kinds[name] = kind_of(name, types)
+        try:
+            kind = kinds[entry[0]]
+        except KeyError:
+            kind = kinds[entry[0]] = kind_of(entry[0], types)
         if kind is SKIP:
             out.created += 1
             continue
-        resolved = entry[1]
-        if resolved is None:
+        name = entry[1]
+        if name is None:
             out.dropped += 1
             continue
         try:
-            append(Sample(resolved[0], float(line[end:]), kind, resolved[1], time_ns))  # no timestamp: the usual
+            append(Sample(name, float(line[end:]), kind, entry[2], time_ns))  # no timestamp: the usual line
         except ValueError:
             value, stamp = _value_and_stamp(line, end, lines, openmetrics, honor_timestamps, time_ns)
-            append(Sample(resolved[0], value, kind, resolved[1], stamp))
+            append(Sample(name, value, kind, entry[2], stamp))
         if fresh:
             out.new_series += 1
         if limit and len(rows) > limit:

@@ -19,7 +19,7 @@ class LabelLimitError(ValueError):
 
 
 class Resolver:
-    """``resolve(series_text)`` -> ``(scraped name, (name, labels) or None when relabeling dropped it)``."""
+    """``resolve(series_text)`` -> ``(scraped name, name, labels)``; name is None when relabeling dropped it."""
 
     def __init__(
         self,
@@ -40,7 +40,7 @@ class Resolver:
         self._target = dict(target_labels)
         self._limited = bool(label_limit or name_length_limit or value_length_limit)
 
-    def resolve(self, series: str) -> tuple[str, tuple[str, Labels] | None]:
+    def resolve(self, series: str) -> tuple[str, str | None, Labels]:
         scraped, pairs = parse_series(series)
         labels = dict(pairs)
         if len(labels) != len(pairs):
@@ -62,14 +62,14 @@ class Resolver:
             labels["__name__"] = name
             relabeled = self.relabeler.apply(labels)
             if relabeled is None:
-                return scraped, None
+                return scraped, None, ()
             name = relabeled.pop("__name__", "")
             if not name:
-                return scraped, None  # a rule removed the name: Prometheus drops such a series too
+                return scraped, None, ()  # a rule removed the name: Prometheus drops such a series too
             labels = relabeled
         if self._limited:
             self._check_limits(name, labels)
-        return scraped, (name, tuple(sorted(labels.items())))
+        return scraped, name, tuple(sorted(labels.items()))
 
     def _check_limits(self, name: str, labels: dict[str, str]) -> None:
         if self.label_limit and len(labels) + 1 > self.label_limit:  # + 1: the name, as Prometheus counts

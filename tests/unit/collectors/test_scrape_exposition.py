@@ -13,7 +13,7 @@ T = 1_700_000_000_000_000_000
 
 def resolve(series: str):
     name, pairs = parse_series(series)
-    return name, (name, tuple(sorted(pairs)))
+    return name, name, tuple(sorted(pairs))
 
 
 def parse(text: str, *, openmetrics: bool = False, previous: dict | None = None, **options):

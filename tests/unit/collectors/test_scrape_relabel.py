@@ -20,7 +20,7 @@ def resolver(*tables: dict, **options) -> Resolver:
 
 
 def test_target_labels_win_and_the_scraped_ones_become_exported() -> None:
-    name, (final, labels) = resolver().resolve('up_total{job="inner",instance="x",exported_job="y",z=""}')
+    name, final, labels = resolver().resolve('up_total{job="inner",instance="x",exported_job="y",z=""}')
     assert (name, final) == ("up_total", "up_total")
     assert dict(labels) == {
         "job": "app",
@@ -32,7 +32,7 @@ def test_target_labels_win_and_the_scraped_ones_become_exported() -> None:
 
 
 def test_honor_labels_keeps_the_scraped_ones() -> None:
-    _, (_, labels) = resolver(honor_labels=True).resolve('m{job="inner"}')
+    _, _, labels = resolver(honor_labels=True).resolve('m{job="inner"}')
     assert dict(labels) == {"job": "inner", "instance": "127.0.0.1:8000"}
 
 
@@ -64,7 +64,7 @@ def test_replace_expands_groups_and_can_rename_the_metric() -> None:
         {"source_labels": ["code"], "regex": "(.*)", "target_label": "go_way", "replacement": "$1x"},
         {"source_labels": ["gone"], "regex": "", "target_label": "method", "replacement": ""},
     )
-    _, (name, labels) = r.resolve('lat_seconds_bucket{path="/api/v2/users",code="200",method="GET"}')
+    _, name, labels = r.resolve('lat_seconds_bucket{path="/api/v2/users",code="200",method="GET"}')
     assert name == "lat_s_bucket"
     assert dict(labels)["api"] == "v2" and dict(labels)["code"] == "200x$"
     assert "method" not in dict(labels)  # an empty replacement deletes the label
@@ -76,10 +76,10 @@ def test_labeldrop_labelkeep_and_labelmap() -> None:
         {"action": "labelmap", "regex": "pod_(.+)", "replacement": "k8s_$1"},
         {"action": "labeldrop", "regex": "pod_.*|instance"},
     )
-    _, (_, labels) = r.resolve('m{pod_name="a",other="b"}')
+    _, _, labels = r.resolve('m{pod_name="a",other="b"}')
     assert dict(labels) == {"job": "app", "other": "b", "k8s_name": "a"}
     keep = resolver({"action": "labelkeep", "regex": "__name__|job|le"})
-    _, (_, labels) = keep.resolve('m_bucket{le="1",noise="x"}')
+    _, _, labels = keep.resolve('m_bucket{le="1",noise="x"}')
     assert dict(labels) == {"job": "app", "le": "1"}
 
 
