@@ -56,6 +56,8 @@ def make_target(address: str, labels: dict[str, str], defaults: Defaults) -> Tar
         query = parts.query
     else:
         query = ""
+    if "@" in address:  # it would end up in the instance label and in logs
+        raise ValueError(f"target {address.rsplit('@', 1)[-1]!r}: no credentials in the address; use basic_auth_*")
     if scheme not in ("http", "https"):
         raise ValueError(f"target {address!r}: scheme {scheme!r} is not http or https")
     if not address or "/" in address or any(c.isspace() for c in address):

@@ -30,10 +30,11 @@ def test_addresses(address: str, labels: dict, url: str, instance: str) -> None:
     assert not [k for k in dict(target.labels) if k.startswith("__")]
 
 
-@pytest.mark.parametrize("address", ["h:0", "h:65536", "h:x", "ftp://h:1", "a b:1", ""])
+@pytest.mark.parametrize("address", ["h:0", "h:65536", "h:x", "ftp://h:1", "a b:1", "", "http://u:secret@h:1/m"])
 def test_bad_addresses(address: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as info:
         make_target(address, {}, DEFAULTS)
+    assert "secret" not in str(info.value)
 
 
 def test_groups_are_checked_and_name_the_group() -> None:
