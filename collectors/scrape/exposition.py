@@ -103,8 +103,10 @@ def parse_series(text: str) -> tuple[str, list[tuple[str, str]]]:
     # between two values comes ',key=': with a comma in front of the first, every key looks alike
     parts[0] = "," + parts[0]
     raws = parts[::2]
-    keys = [_keys.get(raw) or _label_key(raw, name) for raw in raws]
-    return name, list(zip(keys, parts[1::2], strict=True))
+    keys = list(map(_keys.get, raws))
+    if None in keys:
+        keys = [key or _label_key(raw, name) for key, raw in zip(keys, raws, strict=True)]
+    return name, list(zip(keys, parts[1::2]))  # as many keys as values: parts has odd length
 
 
 _names: set[str] = set()

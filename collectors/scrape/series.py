@@ -50,12 +50,14 @@ class Resolver:
         if self.honor_labels:
             for key, value in self.target_labels:
                 labels.setdefault(key, value)
-        else:
-            for key in labels.keys() & self._target:
+        elif not self._target.keys().isdisjoint(labels):
+            for key in labels.keys() & self._target.keys():
                 exported = "exported_" + key
                 while exported in labels:
                     exported = "exported_" + exported
                 labels[exported] = labels[key]
+            labels.update(self._target)
+        else:
             labels.update(self._target)
         name = scraped
         if self.relabeler:
@@ -74,14 +76,14 @@ class Resolver:
     def _check_limits(self, name: str, labels: dict[str, str]) -> None:
         if self.label_limit and len(labels) + 1 > self.label_limit:  # + 1: the name, as Prometheus counts
             raise LabelLimitError(f"{name} has {len(labels) + 1} labels, more than label_limit = {self.label_limit}")
-        if self.name_length_limit and max(map(len, labels), default=0) > self.name_length_limit:
+        limit = self.name_length_limit
+        if limit and max(map(len, labels), default=0) > limit:
             key = max(labels, key=len)
-            raise LabelLimitError(
-                f"{name}: label name {key[:40]}... is longer than label_name_length_limit = {self.name_length_limit}"
-            )
-        if self.value_length_limit and max(map(len, labels.values()), default=0) > self.value_length_limit:
+            raise LabelLimitError(f"{name}: label name {key[:40]}... is longer than label_name_length_limit = {limit}")
+        limit = self.value_length_limit
+        if limit and max(map(len, labels.values()), default=0) > limit:
             key = max(labels, key=lambda k: len(labels[k]))
             raise LabelLimitError(
                 f"{name}: the value of label {key} is {len(labels[key])} characters long,"
-                f" more than label_value_length_limit = {self.value_length_limit}"
+                f" more than label_value_length_limit = {limit}"
             )
