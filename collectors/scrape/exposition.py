@@ -106,7 +106,7 @@ def parse_series(text: str) -> tuple[str, list[tuple[str, str]]]:
     keys = list(map(_keys.get, raws))
     if None in keys:
         keys = [key or _label_key(raw, name) for key, raw in zip(keys, raws, strict=True)]
-    return name, list(zip(keys, parts[1::2]))  # as many keys as values: parts has odd length
+    return name, list(zip(keys, parts[1::2], strict=True))
 
 
 _names: set[str] = set()

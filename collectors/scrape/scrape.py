@@ -139,7 +139,6 @@ class PrometheusScrapeCollector(PeriodicCollector):
         self._session: aiohttp.ClientSession | None = None
         # the run's bound, less a reserve for parsing: a hung target is up 0, the others still count
         self._fetch_timeout = max(0.1, context.timeout - min(1.0, 0.1 * context.timeout))
-        self._file_problems: set[str] = set()
 
     async def collect(self, emit: Emitter) -> None:
         targets = list(self._static)
@@ -212,7 +211,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
         result: Scan | None = None
         try:
             if isinstance(headers, ScrapeFailed):
-                raise headers
+                raise ScrapeFailed(headers.reason, str(headers))
             body, content_type = await self._fetch(session, target, headers)
             result = await self.context.run_blocking(self._parse, state, body, content_type, start_ns, emit)
         except ScrapeFailed as exc:
