@@ -404,3 +404,22 @@ async def test_tls_with_a_private_ca_server_name_and_client_certificate(certs, t
     finally:
         await runner.cleanup()
     assert up == {"right": 1.0, "wrong_name": 0.0, "unknown_ca": 0.0, "no_client_cert": 0.0}
+
+
+def test_the_engine_hands_the_instance_its_interval_and_timeout(tmp_path) -> None:
+    from agent.config import parse_config
+    from agent.registry import load_registry
+    from agent.runtime import Agent
+
+    table = {"job": "app", "targets": ["127.0.0.1:9"], "interval": "30s", "timeout": "20s"}
+    config = parse_config(
+        {"agent": {"state_dir": str(tmp_path)}, "collectors": {"prometheus_scrape": [table, {"interval": "5s"}]}},
+        environ={},
+        registry=load_registry(),
+    )
+    agent = Agent(config)
+    timed, defaulted = (agent.build_runner(config, spec) for spec in config.collectors)
+    assert (timed.collector.context.interval, timed.collector.context.timeout, timed.timeout) == (30, 20, 20)
+    assert timed.collector._fetch_timeout == 19.0  # a second kept for parsing
+    assert (defaulted.collector.context.interval, defaulted.collector.context.timeout) == (5, 5)
+    assert defaulted.collector._fetch_timeout == 4.5
