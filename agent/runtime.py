@@ -158,7 +158,7 @@ class Agent:
             collector,
             worker=worker,
             interval=interval,
-            timeout=context.timeout,
+            timeout=spec.common.timeout or interval,
             static_labels=static,
             publish=self.pipeline.publish_samples,
             log_sink=self.pipeline.publish_logs,
