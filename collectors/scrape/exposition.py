@@ -21,8 +21,9 @@ Exemplars are ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from agent.model import Sample
@@ -31,6 +32,8 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
 _CACHE_MAX = 4096  # distinct metric names and label keys remembered (a hostile body has millions)
+SERIES_PER_SAMPLE_LIMIT = 4
+"""Distinct series (kept or not) a body may hold, per sample of ``sample_limit``."""
 SKIP = "skip"
 """Kind of a ``_created`` series: not a sample."""
 
@@ -72,7 +75,8 @@ class Scan:
     new_series: int = 0
     """Series the previous scrape's cache did not hold (``scrape_series_added``)."""
     truncated: bool = False
-    """Parsing stopped at ``max_samples``."""
+    """Parsing stopped at ``max_samples``, or at ``SERIES_PER_SAMPLE_LIMIT`` times as many series."""
+    too_many_series: bool = False
 
 
 def parse_series(text: str) -> tuple[str, list[tuple[str, str]]]:
@@ -211,16 +215,17 @@ def scan(
     kinds: dict[str, str] = {}
     current_get = current.get
     take = previous.pop
-    lines = text.split("\n")
     if openmetrics:
-        lines = _until_eof(lines)
-    limit = max_samples if len(lines) > max_samples else 0  # fewer lines than the limit: no need to count
-    for line in lines:
+        text = _until_eof(text)
+    limit = max_samples if text.count("\n") >= max_samples else 0  # fewer lines than the limit: no need to count
+    # series never seen before, relabeling dropped or _created ones included: bounds the cache
+    series_cap = SERIES_PER_SAMPLE_LIMIT * max_samples
+    for line in chain.from_iterable(_blocks(text)):
         if not line:
             continue
         if line[0] == "#":
             if line.startswith("# TYPE "):
-                _type_line(line, lines, types, kinds)
+                _type_line(line, text, types, kinds)
             continue
         if openmetrics and " # " in line:
             line = _without_exemplar(line)
@@ -234,12 +239,18 @@ def scan(
         fresh = entry is None
         if fresh:
             if current_get(series) is not None:
-                out.duplicates += 1
+                out.duplicates += 1  # they count against sample_limit, as in Prometheus
+                if limit and len(rows) + out.duplicates > limit:
+                    out.truncated = True
+                    break
                 continue
             try:
                 entry = resolve(series)
             except ValueError as exc:
-                raise ExpositionError(_number(lines, line), str(exc)) from exc
+                raise ExpositionError(_number(text, line), str(exc)) from exc
+            if series_cap and len(current) >= series_cap:
+                out.truncated = out.too_many_series = True
+                break
         current[series] = entry
         try:
             kind = kinds[entry[0]]
@@ -255,7 +266,7 @@ def scan(
         try:
             append(Sample(name, float(line[end:]), kind, entry[2], time_ns))  # no timestamp: the usual line
         except ValueError:
-            value, stamp = _value_and_stamp(line, end, lines, openmetrics, honor_timestamps, time_ns)
+            value, stamp = _value_and_stamp(line, end, text, openmetrics, honor_timestamps, time_ns)
             append(Sample(name, value, kind, entry[2], stamp))
         if fresh:
             out.new_series += 1
@@ -266,9 +277,7 @@ def scan(
     return out
 
 
-def _value_and_stamp(
-    line: str, end: int, lines: list[str], openmetrics: bool, honor: bool, time_ns: int
-) -> tuple[float, int]:
+def _value_and_stamp(line: str, end: int, text: str, openmetrics: bool, honor: bool, time_ns: int) -> tuple[float, int]:
     fields = line[end:].split()
     try:
         if len(fields) != 2:
@@ -277,35 +286,42 @@ def _value_and_stamp(
         # OpenMetrics timestamps are seconds, the text format's milliseconds
         stamp = (round(float(fields[1]) * 1000) if openmetrics else int(fields[1])) * 1_000_000  # ms, as Prometheus
     except ValueError:
-        raise ExpositionError(_number(lines, line), f"bad value or timestamp {line[end:].strip()[:60]!r}") from None
+        raise ExpositionError(_number(text, line), f"bad value or timestamp {line[end:].strip()[:60]!r}") from None
     return value, stamp if honor else time_ns
 
 
-def _number(lines: list[str], line: str) -> int:
-    """1-based number of ``line`` (its first occurrence), for an error message."""
-    try:
-        return lines.index(line) + 1
-    except ValueError:
-        return next((i + 1 for i, text in enumerate(lines) if text.startswith(line[:20])), 0)
+def _number(text: str, line: str) -> int:
+    """1-based number of ``line`` (its first occurrence) in ``text``, for an error message."""
+    at = text.find(line)
+    return text.count("\n", 0, at) + 1 if at >= 0 else 0
 
 
-def _until_eof(lines: list[str]) -> list[str]:
-    """The lines before OpenMetrics' ``# EOF``, which must end the body."""
-    last = len(lines) - 1
-    while last >= 0 and not lines[last].strip():
-        last -= 1
-    if last < 0 or lines[last].rstrip() != "# EOF":
-        raise ExpositionError(last + 2, "OpenMetrics body does not end with # EOF (cut short?)")
-    return lines[:last]
+def _blocks(text: str, size: int = 1 << 18) -> Iterator[list[str]]:
+    """The lines of ``text``, about ``size`` characters at a time: a body of millions of tiny
+    lines never becomes one list of millions of strings (the parse may stop early)."""
+    start, length = 0, len(text)
+    while start < length:
+        end = text.find("\n", start + size)
+        end = length if end < 0 else end + 1
+        yield text[start:end].split("\n")
+        start = end
 
 
-def _type_line(line: str, lines: list[str], types: dict[str, str], kinds: dict[str, str]) -> None:
+def _until_eof(text: str) -> str:
+    """The body before OpenMetrics' ``# EOF``, which must end it."""
+    body = text.rstrip()
+    if body != "# EOF" and not body.endswith("\n# EOF"):
+        raise ExpositionError(text.count("\n") + 1, "OpenMetrics body does not end with # EOF (cut short?)")
+    return body[:-5]
+
+
+def _type_line(line: str, text: str, types: dict[str, str], kinds: dict[str, str]) -> None:
     parts = line.split()
     if len(parts) != 4:
-        raise ExpositionError(_number(lines, line), f"malformed TYPE line {line[:80]!r}")
+        raise ExpositionError(_number(text, line), f"malformed TYPE line {line[:80]!r}")
     name, family = parts[2], parts[3].lower()
     if family not in _SUFFIXES:
-        raise ExpositionError(_number(lines, line), f"unknown metric type {family[:40]!r} of {name[:80]}")
+        raise ExpositionError(_number(text, line), f"unknown metric type {family[:40]!r} of {name[:80]}")
     types[name] = family
     # a name resolved before this line (invalid order, tolerated) must be looked up again
     for suffix in ("", *_STRIPPABLE):

@@ -32,7 +32,7 @@ import msgspec
 from agent.model import merge_labels
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, Size, readable_file
 from collectors.scrape.discovery import Defaults, FileTargets, Target, static_targets
-from collectors.scrape.exposition import ExpositionError, Scan, scan
+from collectors.scrape.exposition import SERIES_PER_SAMPLE_LIMIT, ExpositionError, Scan, scan
 from collectors.scrape.relabel import Relabeler, RelabelRule
 from collectors.scrape.series import LabelLimitError, Resolver
 
@@ -287,6 +287,12 @@ class PrometheusScrapeCollector(PeriodicCollector):
             raise ScrapeFailed("parse_error", f"{exc}{html}") from None
         if result.truncated:
             state.cache.update(current)
+            if result.too_many_series:
+                raise ScrapeFailed(
+                    "sample_limit",
+                    f"more than {SERIES_PER_SAMPLE_LIMIT} x sample_limit = {cfg.sample_limit} series"
+                    " (counting those metric_relabel_configs drops)",
+                )
             raise ScrapeFailed("sample_limit", f"more than sample_limit = {cfg.sample_limit} samples")
         state.cache = current
         emit.add(result.rows)

@@ -423,3 +423,30 @@ def test_the_engine_hands_the_instance_its_interval_and_timeout(tmp_path) -> Non
     assert timed.collector._fetch_timeout == 19.0  # a second kept for parsing
     assert (defaulted.collector.context.interval, defaulted.collector.context.timeout) == (5, 5)
     assert defaulted.collector._fetch_timeout == 4.5
+
+
+def test_a_body_of_millions_of_tiny_lines_stays_bounded_in_memory(tmp_path) -> None:
+    import tracemalloc
+
+    c = collector(tmp_path, targets=["127.0.0.1:9"], sample_limit=10_000)
+    state = c._new_state(c._static[0])
+    body = b"m 1\n" * 2_000_000  # 8 MB: as one list of lines, 2 million strings (over 100 MB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(Exception, match="sample_limit") as info:
+            c._parse(state, body, "text/plain", 1, RunEmitter(1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.reason == "sample_limit"
+    assert peak < 30 << 20, peak  # the decoded text and one block of lines at a time
+
+
+def test_series_relabeling_drops_still_count_against_a_bound(tmp_path) -> None:
+    rules = [{"action": "drop", "source_labels": ["__name__"], "regex": "m.*"}]
+    c = collector(tmp_path, targets=["127.0.0.1:9"], sample_limit=100, metric_relabel_configs=rules)
+    state = c._new_state(c._static[0])
+    body = "".join(f"m{i} 1\n" for i in range(1000)).encode()
+    with pytest.raises(Exception, match="series") as info:
+        c._parse(state, body, "text/plain", 1, RunEmitter(1))
+    assert info.value.reason == "sample_limit" and len(state.cache) <= 400
