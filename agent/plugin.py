@@ -154,6 +154,12 @@ class CollectorContext:
     """Files no collector may read or ship: the configuration files and every
     plugin's secret files (``*_file`` options such as ``bearer_token_file``,
     ``tls_key``), as absolute paths."""
+    interval: float = 10.0
+    """The instance's ``interval`` in seconds (its own, else ``[agent] interval``)."""
+    timeout: float = 10.0
+    """The instance's ``timeout`` in seconds: the engine abandons a run that takes longer.
+    A collector that waits on many peers (scrape targets) uses it to give up on a
+    slow one in time to still report the others."""
 
 
 class PeriodicCollector(abc.ABC):

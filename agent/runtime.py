@@ -201,6 +201,8 @@ class Agent:
             telemetry=self.telemetry,
             static_labels=static,
             denied_paths=secret_paths(config),
+            interval=interval,
+            timeout=spec.common.timeout or interval,
         )
         collector = spec.plugin(spec.config, context)
         return CollectorRunner(

@@ -1,4 +1,4 @@
-"""A private rabbitmq-server (Debian's) with the management plugin, once per test session.
+"""A private rabbitmq-server (Debian's) with the management and prometheus plugins, once per test session.
 
 The broker runs from the package's scripts with everything of its own in a temp
 directory: node name, AMQP, distribution and management ports (free loopback
@@ -45,15 +45,17 @@ class Broker:
         self.workdir = workdir
         self.amqp_port, self.http_port, dist_port = _free_port(), _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
+        self.prometheus_port = _free_port()  # rabbitmq_prometheus' /metrics, a scrape target
         self.user, self.password = USER, PASSWORD
         (workdir / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.http_port}\n"
+            f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"
             f"default_user = {USER}\ndefault_pass = {PASSWORD}\ndefault_user_tags.administrator = true\n"
             "loopback_users = none\ncollect_statistics_interval = 500\n"
             "log.console = false\nlog.file.level = warning\n"
         )
-        (workdir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (workdir / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
         env |= {
             "HOME": str(workdir),  # the Erlang cookie goes here, not into root's home
