@@ -1,5 +1,6 @@
 """The disk buffer on a hostile file system, with the agent as a process: a full ``state_dir``
-(a 256 KiB tmpfs) that must not stall delivery, with and without a restart, and a read-only one.
+(a 256 KiB tmpfs) that must not stall delivery, with and without a restart, a read-only one,
+and damage (the items lost counted exactly, a segment replaced by a directory).
 
 The source is the ``sequence`` collector (numbers 0, 1, 2, … resumed after a restart from the
 last number every output took durably), so a receiver holding every number lost nothing.
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.segments import HEADER, scan
 from tests.e2e.agentproc import AgentProcess
-from tests.e2e.test_delivery_process import acked_next, numbers_at, queued, report, restart
+from tests.e2e.test_delivery_process import _closed_port, acked_next, numbers_at, queued, report, restart, segments
 
 pytestmark = [pytest.mark.e2e]
 
@@ -199,3 +201,50 @@ buffer = "disk"
     assert f"disk buffer {buffers / 'remote_write' / 'metrics'} is not writable" in log, log
     assert 'buffer = \\"memory\\"' in log, "the way out is named"
     assert "Traceback" not in log
+
+
+@pytest.mark.peers
+def test_damaged_records_count_their_items_and_a_directory_segment_is_set_aside(victoria_metrics, tmp_path) -> None:
+    dead = f"http://127.0.0.1:{_closed_port()}/api/v1/write"
+    body = """
+[[collectors.sequence]]
+rate = 5000
+count = 6000
+[[outputs.remote_write]]
+url = "{url}"
+flush_interval = "100ms"
+batch_max_items = 200
+buffer_max_bytes = "1MiB"
+"""
+    agent = AgentProcess(tmp_path, body.format(url=dead))
+    try:
+        agent.start()
+        agent.wait(lambda: acked_next(agent) == 6000, 30, "all numbers buffered")
+        agent.kill()
+        segs = [p for p in segments(agent, "remote_write") if p.stat().st_size]
+        assert len(segs) >= 3
+        data = bytearray(segs[0].read_bytes())
+        refs, _, _ = scan(bytes(data), 0, 0)
+        data[refs[2].offset + HEADER.size + 10] ^= 0xFF  # inside a payload: the header tells the count
+        segs[0].write_bytes(bytes(data))
+        in_directory = sum(ref.items for ref in scan(segs[1].read_bytes(), 0, 1)[0])
+        segs[1].unlink()
+        segs[1].mkdir()  # a segment replaced by a directory: its items are unknown, counted as one
+        with open(segs[-1], "r+b") as f:  # a torn tail: the last record cut short
+            f.truncate(f.seek(0, 2) - 50)
+        agent.config.write_text(agent.config.read_text().replace(dead, victoria_metrics.remote_write_url))
+        agent.start()
+        agent.wait(lambda: queued(agent) == 0, 30, "intact records delivered")
+        records = agent.metric('hostwatch_buffer_corrupt_records_total{output="remote_write"}')
+        counted = agent.metric('hostwatch_output_dropped_items_total{output="remote_write",reason="corrupt"}')
+        detailed = agent.detailed()["outputs"]["remote_write"]["dropped_items"]
+        assert agent.stop() == 0
+    finally:
+        agent.close()
+    lost, _ = report("damage", 6000, numbers_at(victoria_metrics))
+    print(f"[damage] {counted:.0f} counted as corrupt, {in_directory} of them in the directory segment")
+    assert records == 3
+    assert counted == lost - in_directory + 1, "the payload and torn-tail losses exactly, the directory as one"
+    assert detailed == {"corrupt": counted}
+    assert segs[1].with_name(segs[1].name + ".corrupt").is_dir()
+    assert "cannot be read" in agent.log_tail(50_000)
