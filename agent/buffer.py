@@ -6,7 +6,8 @@ output has delivered (or given up on) it. ``drop_oldest`` discards the oldest
 batches not yet handed out, to make room when ``when_full = "drop_oldest"``.
 
 The disk queue is an append-only series of segment files of CRC-checked records
-(format and damage scanning in ``agent.segments``). Damage costs only the damaged
+(the format and damage scanning are in ``agent.segments``; careful file access and
+what the directory holds at start in ``agent.segment_files``). Damage costs only the damaged
 records: they are skipped, counted (records, and the items in them) and logged.
 The read position ("cursor") is persisted after each ack; a segment is deleted
 once every record in it is retired, and the segment being written too, when a
@@ -29,9 +30,7 @@ import errno
 import logging
 import os
 import stat
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,17 @@ from typing import Any
 import msgspec
 
 from agent.model import LogRecord, Sample, Signal
-from agent.segments import HEADER, Damage, NotRegularFile, Ref, encode, parse_at, read_regular, scan, segment_number
-from agent.segments import set_aside as _set_aside
+from agent.segment_files import (
+    CURSOR,
+    NotRegularFile,
+    open_regular,
+    recover,
+    remove,
+    segment_number,
+    segment_path,
+    write_cursor,
+)
+from agent.segments import HEADER, Ref, encode, parse_at
 from agent.workers import Worker
 
 log = logging.getLogger("hostwatch.buffer")
@@ -134,7 +142,7 @@ class MemoryQueue:
 
 
 class DiskQueue:
-    """Durable queue under ``directory``; see the module docstring and ``agent.segments``.
+    """Durable queue under ``directory``; see the module docstring.
 
     ``on_corrupt(records, items)`` is told of damaged records skipped and the items
     lost in them (for records whose header is damaged too, an estimate: their bytes
@@ -195,7 +203,7 @@ class DiskQueue:
             self._available.set()
 
     def _segment_path(self, number: int) -> Path:
-        return self.directory / f"{number:010d}.seg"
+        return segment_path(self.directory, number)
 
     def _segment_numbers(self) -> list[int]:
         return sorted(n for path in self.directory.iterdir() if (n := segment_number(path)) is not None)
@@ -208,102 +216,15 @@ class DiskQueue:
             raise BufferUnavailable(
                 exc.errno, f'disk buffer {self.directory}: {exc.strerror or exc}; fix it or set buffer = "memory"'
             ) from exc
-        cursor_segment, cursor_offset = self._read_cursor()
-        self._retired_until = (cursor_segment, cursor_offset)
-        damaged: list[tuple[str, Damage]] = []
-        for number in numbers:
-            if number < cursor_segment:
-                self._remove(self._segment_path(number))  # retired before a crash
-                continue
-            start = cursor_offset if number == cursor_segment else 0
-            damage = self._scan_segment(number, start, is_last=number == numbers[-1])
-            if damage.records:
-                damaged.append((self._segment_path(number).name, damage))
-        self._write_segment = (numbers[-1] + 1) if numbers else max(cursor_segment, 1)
+        found = recover(self.directory, numbers)
+        self._index.extend(found.refs)
+        self._retired_until = found.retired_until
+        self._write_segment = found.write_segment
+        self.corrupt_records, self.corrupt_items = found.corrupt_records, found.corrupt_items
         for ref in self._index:
             self.items += ref.items
             self.bytes += ref.length
-        self._account_damage(damaged)
-        # a segment with nothing left to deliver (all retired, or only damage) is space to give back
-        first_needed = self._index[0].segment if self._index else self._write_segment
-        for number in numbers:
-            if cursor_segment <= number < first_needed:
-                self._remove(self._segment_path(number))
         self._open_first_write_segment()
-
-    def _read_cursor(self) -> tuple[int, int]:
-        path = self.directory / "cursor"
-        try:
-            raw = read_regular(path)
-        except FileNotFoundError:
-            return 0, 0
-        except OSError as exc:
-            aside = _set_aside(path) if isinstance(exc, NotRegularFile) or exc.errno == errno.ELOOP else None
-            log.error(
-                "buffer %s: unreadable cursor (%s)%s; replaying from the oldest segment",
-                self.directory,
-                exc.strerror or exc,
-                f", set aside as {aside.name}" if aside else "",
-            )
-            return 0, 0
-        try:
-            segment, offset, crc = struct.unpack_from("<QQI", raw)
-            if zlib.crc32(raw[:16]) != crc:
-                raise ValueError("checksum mismatch")
-        except (struct.error, ValueError) as exc:
-            log.error("buffer %s: damaged cursor (%s): replaying from the oldest segment", self.directory, exc)
-            return 0, 0
-        return segment, offset
-
-    def _scan_segment(self, number: int, start: int, *, is_last: bool) -> Damage:
-        path = self._segment_path(number)
-        try:
-            data = read_regular(path)
-        except OSError as exc:
-            return self._unreadable_segment(path, exc)
-        refs, damage, good_end = scan(data, start, number)
-        self._index.extend(refs)
-        if damage.records and good_end < len(data) and is_last:
-            try:  # cut the torn tail, so it is not counted again at the next start
-                with open(path, "r+b") as f:
-                    f.truncate(good_end)
-            except OSError as exc:
-                log.warning("buffer %s: cannot cut the torn tail of %s: %s", self.directory, path.name, exc)
-        return damage
-
-    def _unreadable_segment(self, path: Path, exc: OSError) -> Damage:
-        """A segment that vanished, or that is not a readable file: set aside, counted, and on we go."""
-        size, aside = 0, None
-        if not isinstance(exc, FileNotFoundError):
-            try:
-                st = os.lstat(path)
-                size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-            except OSError:
-                pass
-            aside = _set_aside(path)
-        why = f"cannot be read ({exc.strerror or exc})" + (f", set aside as {aside.name}" if aside else "")
-        return Damage(records=1, unknown_records=1, unknown_bytes=size, why=why)
-
-    def _account_damage(self, damaged: list[tuple[str, Damage]]) -> None:
-        intact_items = sum(ref.items for ref in self._index)
-        per_item = sum(ref.length for ref in self._index) / intact_items if intact_items else 0.0
-        for name, damage in damaged:
-            guessed = damage.unknown_records
-            if damage.unknown_bytes and per_item:
-                guessed = max(guessed, round(damage.unknown_bytes / per_item))
-            items = damage.items + guessed
-            self.corrupt_records += damage.records
-            self.corrupt_items += items
-            log.error(
-                "buffer %s: segment %s %s: %d record(s) holding %d item(s)%s are lost and counted; "
-                "delivery goes on with the intact records",
-                self.directory,
-                name,
-                damage.why,
-                damage.records,
-                items,
-                f" ({guessed} estimated from the size)" if damage.unknown_records else "",
-            )
 
     def _open_first_write_segment(self) -> None:
         """Open the segment to write now, so a buffer that can never be written is said at start."""
@@ -405,24 +326,8 @@ class DiskQueue:
         if self._write_fd is not None:
             self._close_write_segment()
         path = self._segment_path(self._write_segment)
-        self._write_fd = self._open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self._write_fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self._write_size = os.fstat(self._write_fd).st_size
-
-    def _open_regular(self, path: Path, flags: int) -> int:
-        """Open (or create) a regular file of ours; whatever else is in the way is set aside first."""
-        flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        for _ in range(2):
-            try:
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    fd = os.open(path, flags, 0o600)
-                    if stat.S_ISREG(os.fstat(fd).st_mode):
-                        return fd
-                    os.close(fd)  # swapped between lstat and open
-            except FileNotFoundError:
-                return os.open(path, flags, 0o600)
-            aside = _set_aside(path)
-            log.error("buffer %s: %s is not a regular file; set aside as %s", self.directory, path.name, aside)
-        raise NotRegularFile(path, os.lstat(path).st_mode)
 
     # ---------------------------------------------------------------- read
 
@@ -571,19 +476,13 @@ class DiskQueue:
             raise failed
 
     def _write_cursor_sync(self, position: tuple[int, int]) -> None:
-        # overwritten in place: 20 bytes in an existing block need no free space
         if self._cursor_fd is None:
-            self._cursor_fd = self._open_regular(self.directory / "cursor", os.O_RDWR | os.O_CREAT)
-        body = struct.pack("<QQ", *position)
-        os.pwrite(self._cursor_fd, body + struct.pack("<I", zlib.crc32(body)), 0)
+            self._cursor_fd = open_regular(self.directory / CURSOR, os.O_RDWR | os.O_CREAT)
+        write_cursor(self._cursor_fd, position)
 
     def _remove(self, path: Path) -> None:
         try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:  # not ours, in the way of the numbering
-            _set_aside(path)
+            remove(path)
         except OSError as exc:
             self._say(f"remove:{exc.errno}", "cannot delete delivered segment %s: %s", path.name, exc.strerror)
 

@@ -1,4 +1,4 @@
-"""The disk buffer's files: record framing, damage-tolerant scanning, and careful file access.
+"""The disk buffer's record format: framing, and damage-tolerant scanning of a segment.
 
 A segment file is a series of records::
 
@@ -10,28 +10,17 @@ record that fails its check to the next record that passes. The items lost in it
 are read from the headers found in the region (magic intact, item count plausible);
 a stretch with no such header (its header is damaged too) is reported as unknown
 bytes, which the queue turns into an item estimate.
-
-The state directory may hold anything an operator, a full disk or an attacker left
-there: a segment or the cursor may be a directory, a FIFO (opening it for reading
-blocks), a device or a symlink. :func:`read_regular` reads only regular files and
-never follows a symlink; :func:`set_aside` renames what is in the way to
-``<name>.corrupt`` so the agent keeps going and the operator can look at it.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 HEADER = struct.Struct("<4sIIIQ")
 MAGIC = b"HWB1"
 _CRC_FROM = 12  # the CRC covers item count, created time and payload
-MAX_SEGMENT_NAME = 19  # digits: a segment number is persisted as u64 in the cursor
 
 
 @dataclass(slots=True)
@@ -146,50 +135,3 @@ def _readable_header(data: bytes, pos: int, stop: int, at_end: bool) -> tuple[in
     if pos + total > stop and not at_end:
         return 0, 0
     return items, total
-
-
-# ------------------------------------------------------------------ files
-
-
-class NotRegularFile(OSError):
-    def __init__(self, path: Path, mode: int) -> None:
-        kind = "directory" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "special file"
-        super().__init__(errno.EINVAL, f"is a {kind}, not a regular file", str(path))
-
-
-def read_regular(path: Path) -> bytes:
-    """The bytes of a regular file; never follows a symlink, never blocks on a FIFO."""
-    mode = os.lstat(path).st_mode
-    if not stat.S_ISREG(mode):
-        raise NotRegularFile(path, mode)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):  # swapped between lstat and open
-            raise NotRegularFile(path, mode)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
-
-
-def set_aside(path: Path) -> Path | None:
-    """Rename ``path`` to ``<name>.corrupt`` (``.corrupt.N`` when taken); None if that fails."""
-    for n in range(100):
-        target = path.with_name(f"{path.name}.corrupt" + (f".{n}" if n else ""))
-        if os.path.lexists(target):
-            continue
-        try:
-            os.rename(path, target)
-        except OSError:
-            return None
-        return target
-    return None
-
-
-def segment_number(path: Path) -> int | None:
-    """The number in a segment's name (``0000000042.seg``), None for any other name."""
-    stem = path.stem
-    if path.suffix != ".seg" or not (stem.isascii() and stem.isdigit()) or len(stem) > MAX_SEGMENT_NAME:
-        return None
-    return int(stem)

@@ -370,16 +370,16 @@ async def test_a_segment_replaced_by_a_directory_is_set_aside_and_counted(tmp_pa
 
 async def test_an_unreadable_segment_is_estimated_from_its_size(tmp_path, monkeypatch) -> None:
     segments = await two_segments(tmp_path)
-    import agent.buffer
+    import agent.segment_files
 
-    real = agent.buffer.read_regular
+    real = agent.segment_files.read_regular
 
     def denied(path):
         if path == segments[0]:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return real(path)
 
-    monkeypatch.setattr(agent.buffer, "read_regular", denied)
+    monkeypatch.setattr(agent.segment_files, "read_regular", denied)
     queue, corrupt = await reopen(tmp_path)
     lost = 60 - queue.items
     assert lost >= 10
