@@ -326,7 +326,16 @@ class DiskQueue:
         if self._write_fd is not None:
             self._close_write_segment()
         path = self._segment_path(self._write_segment)
-        self._write_fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            self._write_fd = open_regular(path, flags)
+        except FileNotFoundError:  # the directory itself was deleted (a clean-up of state_dir)
+            log.error("buffer %s: the directory is gone; made again", self.directory)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if self._cursor_fd is not None:  # the cursor went with it: write a new one
+                fd, self._cursor_fd = self._cursor_fd, None
+                os.close(fd)
+            self._write_fd = open_regular(path, flags)
         self._write_size = os.fstat(self._write_fd).st_size
 
     # ---------------------------------------------------------------- read

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -475,6 +476,26 @@ async def test_a_directory_where_the_next_segment_goes_is_set_aside(tmp_path) ->
     assert await drain(queue) == [float(i) for i in range(60)]
     assert (tmp_path / "0000000002.seg.corrupt").is_dir()
     await queue.close()
+
+
+async def test_a_deleted_buffer_directory_is_made_again(tmp_path) -> None:
+    directory = tmp_path / "buffer"
+    queue = DiskQueue(directory, 10_000_000, signal=Signal.METRICS, segment_bytes=512, cache_bytes=0)
+    await queue.open()
+    await queue.put(sample_batch(0))
+    assert await drain(queue) == [float(i) for i in range(10)]
+    shutil.rmtree(directory)  # a clean-up of state_dir while the agent runs
+    for start in range(10, 60, 10):
+        await queue.put(sample_batch(start))
+    values = await drain(queue)
+    # what went on into the deleted segment (still open) is lost with it, and counted
+    assert values == [float(i) for i in range(60 - len(values), 60)] and len(values) >= 30
+    assert queue.corrupt_items == 50 - len(values)
+    await queue.close()
+    reopened = DiskQueue(directory, 10_000_000, signal=Signal.METRICS)
+    await reopened.open()
+    assert reopened.items == 0, "a new cursor: nothing delivered is sent again"
+    await reopened.close()
 
 
 @pytest.fixture
