@@ -6,14 +6,14 @@ output has delivered (or given up on) it. ``drop_oldest`` discards the oldest
 batches not yet handed out, to make room when ``when_full = "drop_oldest"``.
 
 The disk queue is an append-only series of segment files of CRC-checked records
-(the format and damage scanning are in ``agent.segments``; careful file access and
-what the directory holds at start in ``agent.segment_files``). Damage costs only the damaged
-records: they are skipped, counted (records, and the items in them) and logged.
-The read position ("cursor") is persisted after each ack; a segment is deleted
-once every record in it is retired, and the segment being written too, when a
-write fails while everything in it is delivered: on a full disk that segment is
-the space the next write needs. All file I/O runs on the queue's own worker
-thread, never on the event loop.
+(the format and damage scanning are in ``agent.segments``; careful file access,
+and what the directory holds at start, in ``agent.segment_files``). Damage costs
+only the damaged records: they are skipped, counted (records, and the items in
+them) and logged. The read position ("cursor") is persisted after each ack; a
+segment is deleted once every record in it is retired, and the segment being
+written too, when a write fails while everything in it is delivered: on a full
+disk that segment is the space the next write needs. All file I/O runs on the
+queue's own worker thread, never on the event loop.
 
 The disk queue also keeps the items of the batches it wrote last in memory
 (bounded by ``cache_bytes`` of their records), so a sender that keeps up hands

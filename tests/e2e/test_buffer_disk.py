@@ -17,7 +17,8 @@ import pytest
 
 from agent.segments import HEADER, scan
 from tests.e2e.agentproc import AgentProcess
-from tests.e2e.test_delivery_process import _closed_port, acked_next, numbers_at, queued, report, restart, segments
+from tests.e2e.test_delivery_process import acked_next, numbers_at, queued, report, restart, segments
+from tests.support import free_port
 
 pytestmark = [pytest.mark.e2e]
 
@@ -205,7 +206,7 @@ buffer = "disk"
 
 @pytest.mark.peers
 def test_damaged_records_count_their_items_and_a_directory_segment_is_set_aside(victoria_metrics, tmp_path) -> None:
-    dead = f"http://127.0.0.1:{_closed_port()}/api/v1/write"
+    dead = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nothing listens there
     body = """
 [[collectors.sequence]]
 rate = 5000
