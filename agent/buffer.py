@@ -187,6 +187,7 @@ class DiskQueue:
         self._retired_until = (0, 0)
         self._cursor_fd: int | None = None
         self._commit_failed = False
+        self._short_of_space = False  # a write failed: reclaim delivered space eagerly from now on
         self._said: set[str] = set()  # problems logged once
         self.items = 0
         self.bytes = 0
@@ -252,6 +253,7 @@ class DiskQueue:
             try:
                 ref = await self._worker.run(self._append_sync, *args)
             except OSError as exc:
+                self._short_of_space = True
                 if self._index or self._inflight is not None:
                     raise
                 # every record written is retired: the segment being written can go, and on a
@@ -467,6 +469,10 @@ class DiskQueue:
             self._retired_until = end
 
     def _commit_sync(self, position: tuple[int, int], drained: bool) -> None:
+        if drained and self._short_of_space and self._write_size and position == self._write_end():
+            # a disk that was full once: a delivered write segment goes now, not only when a
+            # write fails, which may be while a batch is in flight (and cost that write)
+            self._close_write_segment()
         if drained and position[0] < self._write_segment:
             # every record indexed is retired, and an append not yet indexed is in the write
             # segment: the segments before it (a replay's, the last rolled one) are all delivered
@@ -483,6 +489,9 @@ class DiskQueue:
                 self._remove(self._segment_path(number))
         if failed is not None:
             raise failed
+
+    def _write_end(self) -> tuple[int, int]:
+        return (self._write_segment, self._write_size)
 
     def _write_cursor_sync(self, position: tuple[int, int]) -> None:
         if self._cursor_fd is None:

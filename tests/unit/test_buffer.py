@@ -177,6 +177,20 @@ async def test_a_full_disk_gives_back_the_delivered_write_segment(tmp_path) -> N
     await queue.close()
 
 
+async def test_after_a_full_disk_writes_go_on_while_a_batch_is_in_flight(tmp_path) -> None:
+    queue = SmallDisk(tmp_path, 10_000_000, signal=Signal.METRICS)
+    await queue.open()
+    written = await fill(queue)
+    await drain(queue)
+    for start in range(written, written + 2000, 20):  # the receiver keeps up again
+        await queue.put(sample_batch(start))
+        in_flight = await asyncio.wait_for(queue.take(), 5)
+        await queue.put(sample_batch(start + 10))  # not drained now: this write needs free space
+        await queue.ack()
+        assert [i.value for i in in_flight.items] + await drain(queue) == [float(start + i) for i in range(20)]
+    await queue.close()
+
+
 async def test_a_full_disk_delivered_before_a_restart_is_given_back_at_start(tmp_path) -> None:
     queue = SmallDisk(tmp_path, 10_000_000, signal=Signal.METRICS)
     await queue.open()
