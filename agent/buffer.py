@@ -383,10 +383,10 @@ class DiskQueue:
         """A record that passed its CRC at write or scan time and cannot be read now: damage."""
         if not self._index or self._index[0] is not ref:
             return  # dropped (drop_oldest) while it was being read
-        log.error(
-            "buffer %s: cannot read a record of %d item(s) (%s); it is skipped and counted",
-            self.directory,
-            ref.items,
+        self._say(  # once per segment: a vanished segment fails every record in it
+            f"lost:{ref.segment}",
+            "cannot read a record of segment %s (%s); such records are skipped and counted",
+            self._segment_path(ref.segment).name,
             getattr(exc, "strerror", None) or exc,
         )
         self._index.popleft()

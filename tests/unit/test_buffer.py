@@ -492,19 +492,20 @@ async def test_a_directory_where_the_next_segment_goes_is_set_aside(tmp_path) ->
     await queue.close()
 
 
-async def test_a_deleted_buffer_directory_is_made_again(tmp_path) -> None:
+async def test_a_deleted_buffer_directory_is_made_again(tmp_path, caplog) -> None:
     directory = tmp_path / "buffer"
-    queue = DiskQueue(directory, 10_000_000, signal=Signal.METRICS, segment_bytes=512, cache_bytes=0)
+    queue = DiskQueue(directory, 10_000_000, signal=Signal.METRICS, segment_bytes=2048, cache_bytes=0)
     await queue.open()
     await queue.put(sample_batch(0))
     assert await drain(queue) == [float(i) for i in range(10)]
     shutil.rmtree(directory)  # a clean-up of state_dir while the agent runs
-    for start in range(10, 60, 10):
+    for start in range(10, 160, 10):
         await queue.put(sample_batch(start))
     values = await drain(queue)
     # what went on into the deleted segment (still open) is lost with it, and counted
-    assert values == [float(i) for i in range(60 - len(values), 60)] and len(values) >= 30
-    assert queue.corrupt_items == 50 - len(values)
+    assert values == [float(i) for i in range(160 - len(values), 160)] and len(values) >= 50
+    assert queue.corrupt_items == 150 - len(values) >= 20
+    assert caplog.text.count("cannot read a record") == 1, "said once, then counted"
     await queue.close()
     reopened = DiskQueue(directory, 10_000_000, signal=Signal.METRICS)
     await reopened.open()
