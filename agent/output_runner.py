@@ -158,8 +158,9 @@ class OutputRunner:
                 extra={"output": self.name},
             )
 
-    def _corrupt(self, count: int) -> None:
-        self.telemetry.buffer_corrupt_records.labels(self.name).inc(count)
+    def _corrupt(self, records: int, items: int) -> None:
+        self.telemetry.buffer_corrupt_records.labels(self.name).inc(records)
+        self.dropped(items, "corrupt", "damaged records in the disk buffer (torn write or corruption)")
 
     def update_gauges(self) -> None:
         items = sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values())
