@@ -16,7 +16,9 @@ Drop reasons: ``buffer_full`` (drop_oldest), ``rejected`` (a 4xx), ``too_large``
 refused in an accepted request), ``retry_expired`` (``retry_max_elapsed``),
 ``buffer_write_error`` (a metrics batch the disk refused), ``error`` (the
 output's export, or the sender itself, raised ``ERROR_ATTEMPTS`` times for
-the batch: a bug), ``shutdown`` (a memory buffer's leftovers at exit).
+the batch: a bug), ``shutdown`` (a memory buffer's leftovers at exit),
+``corrupt`` (items of disk-buffer records found damaged, counted from their
+headers or estimated).
 """
 
 from __future__ import annotations
