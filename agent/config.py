@@ -79,8 +79,9 @@ class ConfigError(Exception):
 
 
 Struct = PluginConfig  # every section is frozen and rejects unknown keys
-# Floors of an output's sizes: below them a batch is a few samples and the buffer holds nothing.
-MIN_BATCH_BYTES, MIN_BUFFER_BYTES = "1KiB", "1MiB"
+# Floors of an output's sizes: below them a batch is a few samples and the buffer holds nothing
+# (64 KiB is also the disk buffer's smallest segment).
+MIN_BATCH_BYTES, MIN_BUFFER_BYTES = "1KiB", "64KiB"
 
 
 class AgentSection(Struct):

@@ -216,6 +216,7 @@ url = "{url}"
 flush_interval = "100ms"
 batch_max_items = 200
 buffer_max_bytes = "1MiB"
+batch_max_bytes = "256KiB"
 """
     agent = AgentProcess(tmp_path, body.format(url=dead))
     try:

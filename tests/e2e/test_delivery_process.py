@@ -153,6 +153,7 @@ count = 40000
 url = "{victoria_metrics.remote_write_url}"
 flush_interval = "200ms"
 buffer_max_bytes = "256KiB"
+batch_max_bytes = "64KiB"
 retry_initial = "200ms"
 retry_max = "500ms"
 """,
@@ -197,6 +198,7 @@ url = "{victoria_logs.loki_push_url}"
 flush_interval = "200ms"
 batch_max_items = 2000
 buffer_max_bytes = "256KiB"
+batch_max_bytes = "64KiB"
 retry_initial = "200ms"
 retry_max = "500ms"
 """,
@@ -244,6 +246,7 @@ url = "{url}"
 flush_interval = "100ms"
 batch_max_items = 200
 buffer_max_bytes = "1MiB"
+batch_max_bytes = "256KiB"
 """
     agent = AgentProcess(tmp_path, body.format(url=dead))
     try:

@@ -178,8 +178,8 @@ MISSING = "/nonexistent/hostwatch-test/secret"
 REJECTED = [
     # zero or tiny sizes: log delivery stalled silently
     (LOKI + "batch_max_bytes = 0", "outputs.loki[0].batch_max_bytes: size must be at least 1KiB"),
-    (LOKI + "buffer_max_bytes = 0", "outputs.loki[0].buffer_max_bytes: size must be at least 1MiB"),
-    (LOKI + "buffer_max_bytes = 100", "outputs.loki[0].buffer_max_bytes: size must be at least 1MiB"),
+    (LOKI + "buffer_max_bytes = 0", "outputs.loki[0].buffer_max_bytes: size must be at least 64KiB"),
+    (LOKI + "buffer_max_bytes = 100", "outputs.loki[0].buffer_max_bytes: size must be at least 64KiB"),
     (
         LOKI + 'buffer_max_bytes = "2MiB"',
         "outputs.loki[0].buffer_max_bytes: 2MiB cannot hold one full batch; it must be >= batch_max_bytes (4MiB)",
