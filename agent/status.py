@@ -75,6 +75,7 @@ class Ring:
 
     def add(self, t: float, values: Sequence[float | None]) -> None:
         points = self._points
+        t = round(t, 3)  # milliseconds: enough for a chart, shorter JSON
         if points and t <= points[-1][0]:
             return  # a clock step back: keep the axis monotonic
         points.append((t, tuple(v if v is None or math.isfinite(v) else None for v in values)))
@@ -140,7 +141,7 @@ class History:
                 self._feeds.clear()
         if not feeds[1]:
             return
-        t = samples[0].time_ns / 1e9
+        t = round(samples[0].time_ns / 1e9, 3)  # as the ring keeps it
         for chart in feeds[1]:
             owner = self._owner.setdefault(chart, instance)
             ring = self.charts[chart]
