@@ -105,9 +105,11 @@
     const text = themeColour("--muted");
     const grid = themeColour("--line");
     const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
-    const scales = { x: { time: true } };
-    if (opts && opts.range) scales.y = { range: opts.range };
-    const axes = [Object.assign({}, axis), Object.assign({}, axis, { size: 72, values: (u, vals) => vals.map(format) })];
+    // from zero, with room above the highest value; an idle series (all zero) lies on the axis
+    const fromZero = (u, min, max) => [0, max > 0 ? max * 1.1 : 1];
+    const scales = { x: { time: true }, y: { range: (opts && opts.range) || fromZero } };
+    if (opts && opts.right) scales[opts.right.scale] = { range: fromZero };
+    const axes = [Object.assign({}, axis), Object.assign({}, axis, { size: 84, values: (u, vals) => vals.map(format) })];
     const uSeries = [{}].concat(series.map((s, i) => {
       const colour = COLOURS[i % COLOURS.length];
       const entry = { label: s.label, stroke: colour, width: 1.5, value: (u, v) => (s.format || format)(v), spanGaps: false };
@@ -144,14 +146,24 @@
     }
     const total = doc.host && doc.host.memory_total_bytes;
     byId("memory-total").textContent = total ? "of " + bytes(total) : "";
+    if (hasCharts) return;
+    // no chart library: the latest point of every chart, as a table
+    const formats = { cpu: pct, memory: bytes, disk: rate, network: rate };
+    const rows = Object.keys(formats).filter((name) => charts[name]).map((name) => {
+      const c = charts[name];
+      const parts = c.series.map((label, i) => {
+        const values = c.data[i + 1] || [];
+        return label + " " + formats[name](values.length ? values[values.length - 1] : null);
+      });
+      return { name: name, now: parts.join(" · ") };
+    });
+    table("host-now", [["", (r) => r.name], ["Now", (r) => r.now]], rows, "no data yet");
   }
 
   function outputCharts(outputs) {
     const holder = byId("output-charts");
-    const wanted = new Set();
-    for (const o of outputs) {
+    const figures = outputs.map((o) => {
       const id = "output-chart-" + o.name.replace(/[^A-Za-z0-9_-]/g, "_");
-      wanted.add(id);
       let figure = byId(id);
       if (!figure) {
         figure = el("figure");
@@ -161,13 +173,9 @@
         figure.append(caption);
         holder.append(figure);
       }
-      const d = o.history.data; // [t, sent, dropped, queued, fill]
-      chart(figure, "output", [
-        { label: "sent/s" },
-        { label: "dropped/s" },
-        { label: "queued", scale: "items", format: (v) => num(v, 0) },
-      ], [d[0], d[1], d[2], d[3]], (v) => num(v), { right: { scale: "items", format: (v) => num(v, 0) } });
-    }
+      return figure;
+    });
+    const wanted = new Set(figures.map((f) => f.id));
     for (const figure of Array.from(holder.children)) {
       if (!wanted.has(figure.id)) {
         const p = plots.get(figure.id);
@@ -175,6 +183,15 @@
         figure.remove();
       }
     }
+    // drawn once every figure is in the grid, so that each is sized to its final column
+    outputs.forEach((o, i) => {
+      const d = o.history.data; // [t, sent, dropped, queued, fill]
+      chart(figures[i], "output", [
+        { label: "sent/s" },
+        { label: "dropped/s" },
+        { label: "queued", scale: "items", format: (v) => num(v, 0) },
+      ], [d[0], d[1], d[2], d[3]], (v) => num(v), { right: { scale: "items", format: (v) => num(v, 0) } });
+    });
   }
 
   // ---------------------------------------------------------------- tables
@@ -275,6 +292,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     byId("no-charts").hidden = hasCharts;
+    document.body.classList.toggle("no-charts", !hasCharts);
     schedule();
     document.addEventListener("visibilitychange", schedule);
     let resizing = null;
