@@ -17,7 +17,8 @@
     let i = 0;
     let n = Math.abs(v);
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return (v < 0 ? "-" : "") + (i === 0 ? n.toFixed(0) : n.toFixed(n < 10 ? 2 : 1)) + " " + units[i];
+    const digits = i === 0 ? (Number.isInteger(n) ? 0 : 1) : n < 10 ? 2 : 1;
+    return (v < 0 ? "-" : "") + n.toFixed(digits) + " " + units[i];
   }
   function rate(v) { return v === null || v === undefined ? "–" : bytes(v) + "/s"; }
   function num(v, digits) {
@@ -118,7 +119,9 @@
       return entry;
     }));
     if (opts && opts.right) {
-      axes.push(Object.assign({}, axis, { scale: opts.right.scale, side: 1, size: 60, grid: { show: false }, values: (u, vals) => vals.map(opts.right.format) }));
+      // whole items: ticks at whole numbers only
+      const incrs = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7];
+      axes.push(Object.assign({}, axis, { scale: opts.right.scale, side: 1, size: 60, incrs: incrs, grid: { show: false }, values: (u, vals) => vals.map(opts.right.format) }));
     }
     const plot = new window.uPlot(
       { width: width, height: 180, series: uSeries, axes: axes, scales: scales, cursor: { drag: { x: false, y: false } } },
