@@ -24,6 +24,8 @@ from typing import Any
 from agent import __version__
 from agent.model import Sample
 
+log = logging.getLogger("hostwatch.status")
+
 WINDOW_SECONDS = 15 * 60
 MAX_POINTS = 900  # 15 minutes at a 1 s interval; a faster interval keeps less time, never more points
 PROBLEMS_KEPT = 30
@@ -128,8 +130,17 @@ class History:
         self._owner: dict[str, str] = {}  # chart -> the instance that feeds it
         self._rates = Rates()
         self._outputs_at = 0.0
+        self._failed = False
 
     def observe(self, instance: str, samples: list[Sample]) -> None:
+        try:
+            self._observe(instance, samples)
+        except Exception:  # a bug here must not cost a collector its run, nor /metrics its samples
+            if not self._failed:
+                self._failed = True
+                log.exception("status page history: cannot take a point from %s; its charts may have gaps", instance)
+
+    def _observe(self, instance: str, samples: list[Sample]) -> None:
         if not samples:
             return
         first = samples[0].name

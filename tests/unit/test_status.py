@@ -135,6 +135,21 @@ def test_outputs_are_sampled_at_the_pace_of_the_host_charts() -> None:
     assert history.outputs == {}
 
 
+def test_a_failing_history_never_fails_the_run_that_feeds_it(caplog) -> None:
+    def broken():
+        raise RuntimeError("bug")
+
+    history = History(outputs=broken)
+    latest = LatestSamples(on_replace=history.observe)
+    for t in (100, 110, 120):
+        latest.replace("cpu", cpu_run(t, t, t, t))
+    assert len(latest.samples()) == 12  # /metrics has the run
+    assert len(history.charts["cpu"]) == 2  # the chart too; only the outputs' points are missing
+    assert [r.getMessage() for r in caplog.records].count(
+        "status page history: cannot take a point from cpu; its charts may have gaps"
+    ) == 1  # logged once
+
+
 def test_latest_samples_hands_each_run_to_its_hook() -> None:
     seen = []
     latest = LatestSamples(on_replace=lambda instance, samples: seen.append((instance, len(samples))))
