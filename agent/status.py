@@ -109,9 +109,8 @@ class Rates:
         span = t - last[0]
         return tuple(None if now < then else (now - then) / span for now, then in zip(totals, last[1], strict=True))
 
-    def forget(self, keep: Iterable[Any]) -> None:
-        keep = set(keep)
-        for key in [k for k in self._last if k not in keep]:
+    def forget(self, gone: Callable[[Any], bool]) -> None:
+        for key in [k for k in self._last if gone(k)]:
             del self._last[key]
 
 
@@ -209,7 +208,7 @@ class History:
         current = self._outputs_source()
         for name in [n for n in self.outputs if n not in current]:
             del self.outputs[name]
-        self._rates.forget([key for key in self._rates._last if key[0] != "output" or key[1] in current])
+        self._rates.forget(lambda key: key[0] == "output" and key[1] not in current)
         for name, (sent, dropped, queued, fill) in current.items():
             ring = self.outputs.get(name)
             if ring is None:
