@@ -5,9 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit lint bench peers venv clean
+.PHONY: run test test-unit lint bench peers venv assets clean
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed assets
+
+# the status page's chart library: a pinned npm package, integrity-checked (packaging/assets.lock)
+assets:
+	bash packaging/assets.sh
 
 $(VENV)/.installed: pyproject.toml
 	@# Debian ships venv's pip bootstrap separately (python3-venv): install it when venv fails
@@ -24,6 +28,7 @@ run: venv
 
 peers:
 	bash tests/peers/install.sh
+	bash tests/peers/install_browser.sh
 
 test: venv peers packages-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -1,9 +1,11 @@
-"""``hostwatch`` command line: run, check, once, redact, version.
+"""``hostwatch`` command line: run, check, once, redact, status, version.
 
 Exit codes: 0 success, 2 configuration error (every error printed, one per
 line, with the key's path), 1 runtime failure. User mistakes never print a
 traceback. ``check`` also prints the configuration's warnings (valid but
 risky, e.g. a non-loopback ``listen``); ``run`` logs them at start.
+``status`` exits 1 when the agent cannot be reached and 3 when it answers
+but is not ready (see ``agent.status_text``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--format", choices=("prometheus", "json"), default="prometheus")
     redact = commands.add_parser("redact", help="apply the configured redaction to standard input, print the result")
     redact.add_argument("--config", "-c", help=config_help)
+    status = commands.add_parser("status", help="show the running agent's status: host, outputs, log files, errors")
+    status.add_argument("--config", "-c", help=config_help + "; gives the default --url")
+    status.add_argument("--url", help="the agent's address (default: http:// and the config's [http] listen)")
+    status.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS", help="refresh every SECONDS (2) until Ctrl-C"
+    )
+    status.add_argument("--json", action="store_true", help="print the agent's /status.json as it is")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the agent (5)")
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -44,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"hostwatch {__version__} (Python {sys.version.split()[0]})")
         return EXIT_OK
+    if args.command == "status" and args.url:
+        return _status(args.url, args)
     from agent.config import ConfigError, load_config
 
     try:
@@ -67,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _once(config, args.format)
     if args.command == "redact":
         return _redact(config)
+    if args.command == "status":
+        if not config.http.listen:
+            print("hostwatch status: the configuration has no [http] listen; pass --url", file=sys.stderr)
+            return EXIT_CONFIG
+        from agent.status_text import default_url
+
+        return _status(default_url(config.http.listen), args)
     return _run(args.config, config)
 
 
@@ -86,6 +105,15 @@ def _run(config_path: str | None, config) -> int:
         return asyncio.run(run_agent(config_path, config, notifier=notifier, mask=mask))
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _status(url: str, args: argparse.Namespace) -> int:
+    from agent.status_text import run
+
+    if args.watch is not None and args.watch <= 0:
+        print("hostwatch status: --watch needs a positive number of seconds", file=sys.stderr)
+        return EXIT_CONFIG
+    return run(url, watch=args.watch, as_json=args.json, timeout=args.timeout)
 
 
 def _redact(config) -> int:

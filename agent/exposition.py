@@ -4,13 +4,14 @@ Each collector instance's last run replaces its previous samples, so a series
 that stops being produced (an unmounted file system, a removed interface)
 disappears from the page, as it does from node_exporter's. The page is
 rendered once per change and then served from cache: a scrape between two
-collection runs costs nothing but the copy.
+collection runs costs nothing but the copy. An ``on_replace`` hook sees each
+run as it arrives (the status page's history, ``agent.status``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from agent.model import Labels, Sample
 
@@ -72,14 +73,17 @@ def render_samples(
 class LatestSamples:
     """The last samples of every collector instance."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_replace: Callable[[str, list[Sample]], None] | None = None) -> None:
         self._by_instance: dict[str, list[Sample]] = {}
+        self._on_replace = on_replace
         self._page: bytes | None = None
         self._prefixes: dict[tuple[str, Labels], str] = {}
 
     def replace(self, instance: str, samples: list[Sample]) -> None:
         self._by_instance[instance] = samples
         self._page = None
+        if self._on_replace is not None:
+            self._on_replace(instance, samples)
 
     def forget(self, instance: str) -> None:
         if self._by_instance.pop(instance, None) is not None:

@@ -1,7 +1,7 @@
-"""The local HTTP server: liveness, readiness, details, and /metrics.
+"""The local HTTP server: liveness, readiness, details, /metrics, and the status page.
 
 A small HTTP/1.1 server on asyncio streams rather than aiohttp's: it answers
-five GET endpoints, and aiohttp's server would cost the agent about 12 MiB of
+a handful of GET endpoints, and aiohttp's server would cost the agent about 12 MiB of
 RSS and 150 ms of start-up at the embedded default, where no output (and so no
 HTTP client) is loaded at all. Keep-alive is supported (Prometheus reuses its
 scrape connection); request heads are bounded in size and time, bodies refused.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import generate_latest
 
 from agent import config_types
+from agent.status import build_status
+from agent.status_assets import STATIC, PageAssets
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -55,7 +58,9 @@ REASONS = {
     503: "Service Unavailable",
 }
 
-Response = tuple[int, str, bytes]
+# (status, content type, body) and, for the status page, extra headers
+Response = tuple[int, str, bytes] | tuple[int, str, bytes, dict[str, str]]
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -88,13 +93,18 @@ class HttpServer:
         # each connection's task -> since when it waits for a request (inf while it is answered)
         self._connections: dict[asyncio.Task, float] = {}
         self._logged: set[str] = set()
+        self._assets: PageAssets | None = None
         self.routes: dict[str, Callable[[], Awaitable[Response]]] = {
             "/health": self.live,
             "/live": self.live,
             "/ready": self.ready,
             "/health/detailed": self.detailed,
             "/metrics": self.metrics,
+            "/": self.page,
+            "/status.json": self.status_json,
         }
+        for path in STATIC:
+            self.routes[path] = functools.partial(self.asset, path)
 
     @property
     def serving(self) -> bool:
@@ -225,7 +235,11 @@ class HttpServer:
         if method not in ("GET", "HEAD"):
             response: Response = (405, "text/plain", b"only GET\n")
         elif handler is None:
-            response = (404, "text/plain", b"not found; try /health, /ready, /health/detailed, /metrics\n")
+            response = (
+                404,
+                "text/plain",
+                b"not found; try /, /status.json, /health, /ready, /health/detailed, /metrics\n",
+            )
         else:
             try:
                 response = await handler()
@@ -239,10 +253,11 @@ class HttpServer:
     async def _send(
         writer: asyncio.StreamWriter, response: Response, *, keep_alive: bool, head_only: bool = False
     ) -> None:
-        status, content_type, body = response
+        status, content_type, body, *extra = response
+        headers = "".join(f"{name}: {value}\r\n" for name, value in extra[0].items()) if extra else ""
         head = (
             f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{headers}"
             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
         ).encode("latin-1")
         writer.write(head if head_only else head + body)
@@ -268,3 +283,21 @@ class HttpServer:
         # the process collector reads /proc/self: keep even that off the loop
         own = await asyncio.to_thread(generate_latest, self.agent.telemetry.registry)
         return 200, PROMETHEUS_TEXT, own + self.agent.latest.page()
+
+    # ------------------------------------------------------------ status page (built on request only)
+
+    @property
+    def assets(self) -> PageAssets:
+        if self._assets is None:
+            self._assets = PageAssets()
+        return self._assets
+
+    async def page(self) -> Response:
+        return await self.assets.index()
+
+    async def asset(self, path: str) -> Response:
+        return await self.assets.static(path)
+
+    async def status_json(self) -> Response:
+        document = await build_status(self.agent)
+        return 200, JSON, json.dumps(document, separators=(",", ":")).encode(), NO_STORE

@@ -50,6 +50,7 @@ class OutputRunner:
         self.consecutive_failures = 0
         self.last_success_ns = 0
         self.last_error = ""
+        self.sent_items = 0  # for the status page's rates (the counters live in telemetry)
         self.dropped_by_reason: dict[str, int] = {}
         self._logged: set[str] = set()
         self.lanes: dict[Signal, Lane] = {}
@@ -114,6 +115,7 @@ class OutputRunner:
     def succeeded(self, signal: Signal, items: int) -> None:
         self.consecutive_failures = 0
         self.last_success_ns = self.clock()
+        self.sent_items += items
         self._m_sent[signal].inc(items)
 
     def note_error(self, reason: str) -> None:
@@ -190,6 +192,7 @@ class OutputRunner:
             "last_success": iso_time(self.last_success_ns),
             "last_error": self.last_error or None,
             "consecutive_failures": self.consecutive_failures,
+            "sent_items": self.sent_items,
             "queued_items": sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values()),
             "queued_bytes": sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values()),
             "buffer_max_bytes": self.common.buffer_max_bytes,

@@ -192,6 +192,14 @@ class PeriodicCollector(abc.ABC):
     async def close(self) -> None:
         """Release resources. Idempotent."""
 
+    async def status(self) -> dict[str, Any] | None:
+        """Optional: what the status page shows of this instance beyond its runs, e.g. a log
+        tailer's ``{"files": [{"path", "size_bytes", "offset", "behind_bytes"}, ...]}``.
+
+        Called only when the page is requested, from the event loop: blocking work goes through
+        ``run_blocking`` (which also orders it after the instance's current blocking call)."""
+        return None
+
 
 class StreamingCollector(abc.ABC):
     """A collector that runs until cancelled (log tailing)."""
@@ -211,6 +219,14 @@ class StreamingCollector(abc.ABC):
 
     async def close(self) -> None:
         """Release resources. Idempotent."""
+
+    async def status(self) -> dict[str, Any] | None:
+        """Optional: what the status page shows of this instance beyond its runs, e.g. a log
+        tailer's ``{"files": [{"path", "size_bytes", "offset", "behind_bytes"}, ...]}``.
+
+        Called only when the page is requested, from the event loop: blocking work goes through
+        ``run_blocking`` (which also orders it after the instance's current blocking call)."""
+        return None
 
 
 Collector = PeriodicCollector | StreamingCollector

@@ -29,6 +29,7 @@ from agent.pipeline import ApplyError, Pipeline
 from agent.plugin import CollectorContext
 from agent.scheduler import CollectorRunner, iso_time, scrape_key
 from agent.secrets import config_secrets
+from agent.status import History, RecentProblems, output_totals
 from agent.systemd import Notifier
 from agent.telemetry import Telemetry
 from agent.workers import Worker
@@ -55,7 +56,10 @@ class Agent:
         self.last_reload: dict[str, Any] | None = None
         self.clock = clock
         self.notify = notify or (lambda _state: None)
-        self.latest = LatestSamples()
+        # the status page's charts: fed by the runs /metrics keeps anyway (see agent.status)
+        self.history = History(outputs=lambda: output_totals(self.pipeline))
+        self.problems = RecentProblems()
+        self.latest = LatestSamples(on_replace=self.history.observe)
         self.pipeline = Pipeline(self.telemetry, self.latest, clock=clock)
         self.runners: dict[str, tuple[tuple[Any, ...], CollectorRunner]] = {}
         self.http: Any = None
@@ -68,6 +72,7 @@ class Agent:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        logging.getLogger("hostwatch").addHandler(self.problems)
         self.mask.add(await asyncio.to_thread(config_secrets, self.config))
         await self._start_http()
         await self.pipeline.apply(self.config)
@@ -93,6 +98,7 @@ class Agent:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        logging.getLogger("hostwatch").removeHandler(self.problems)
 
     async def reload(self, new_config: Config) -> None:
         """Apply a validated config, all or nothing; unchanged instances keep running.

@@ -87,6 +87,13 @@ inputs_hash() {
     } | sha256sum | cut -c1-16
 }
 
+log "status page assets"
+# the chart library (pinned, integrity-checked) must be in agent/status_page/vendor before the
+# inputs are hashed and snapshotted: the wheel's package data takes it from there, and a package
+# must not ship without it
+bash packaging/assets.sh
+[[ -s agent/status_page/vendor/uPlot.iife.min.js ]] || die "agent/status_page/vendor is empty: the status page would have no charts"
+
 KEY=$(inputs_hash)
 if [[ -z ${HOSTWATCH_PKG_REBUILD:-} && -s $DEB && -s $RPM && $(cat "$OUT/.packages-key" 2>/dev/null) == "$KEY" ]]; then
     log "up to date: $DEB $RPM"
@@ -135,6 +142,9 @@ On Debian systems, the full text of the Apache License version 2.0 can be found 
 The agent runs from a private Python environment in /opt/hostwatch that bundles the
 following distributions, each under its own licence; their licence texts are installed with
 them, in /opt/hostwatch/lib/python3.11/site-packages/NAME-VERSION.dist-info/.
+
+The status page bundles the chart library $(cut -d' ' -f1 agent/status_page/vendor/.pinned) (uPlot), MIT licence:
+its text is installed beside it, in /opt/hostwatch/lib/python3.11/site-packages/agent/status_page/vendor/LICENSE.
 
 EOF
     "$TARGET_PYTHON" - "$VENV" <<'EOF'

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -151,6 +152,7 @@ class LogsCollector(StreamingCollector):
         self._save_wanted = asyncio.Event()
         self._stopped = False
         self._emit: Emitter | None = None
+        self._tailer: Tailer | None = None
         self.polling = False
 
     # ------------------------------------------------------------------ the loop
@@ -170,7 +172,7 @@ class LogsCollector(StreamingCollector):
         patterns = Patterns(config.paths, config.exclude, config.include_compressed)
         run_id = format(ctx.clock() // 1_000_000, "x")
         access = Access(patterns, config.follow_symlinks_to, ctx.denied_paths, {str(ctx.proc_root), str(ctx.sys_root)})
-        tailer = Tailer(
+        tailer = self._tailer = Tailer(
             config,
             patterns,
             ctx.static_labels,
@@ -226,6 +228,7 @@ class LogsCollector(StreamingCollector):
         finally:
             saver.cancel()
             self._stopped = True
+            self._tailer = None
             with contextlib.suppress(Exception):
                 await run(self._shutdown, tailer, watcher, ledger.snapshot(time.monotonic()))
 
@@ -319,6 +322,15 @@ class LogsCollector(StreamingCollector):
         tailer.close_all()
         self._store.save(snapshot)
 
+    async def status(self) -> dict[str, Any]:
+        """For the status page: each open file's size, read offset and the bytes not read yet.
+
+        Runs on the worker thread, between two rounds of :meth:`Tailer.step`, which owns the files."""
+        tailer = self._tailer
+        if tailer is None:
+            return {"files": []}
+        return {"files": await self.context.run_blocking(_files_behind, tailer)}
+
     # ------------------------------------------------------------------ helpers
 
     def _redactor(self) -> Callable[[list[str], str], list[str]] | None:
@@ -351,3 +363,19 @@ class LogsCollector(StreamingCollector):
                 metric.inc(value - self._pushed.get(key, 0))
                 self._pushed[key] = value
         telemetry.log_files.labels(self.context.instance).set(files)
+
+
+def _files_behind(tailer: Tailer) -> list[dict[str, Any]]:
+    files = []
+    for t in tailer.trackers.values():
+        if t.fd < 0:
+            continue
+        try:
+            size = os.fstat(t.fd).st_size
+        except OSError:
+            continue  # the next round reports it
+        behind = max(0, size - t.pos)
+        rotated = t.orphan_since is not None  # renamed or deleted, read to its end before it is let go
+        files.append({"path": t.name, "size_bytes": size, "offset": t.pos, "behind_bytes": behind, "rotated": rotated})
+    files.sort(key=lambda f: f["path"])
+    return files
