@@ -65,6 +65,15 @@ def options(config_type: type) -> list[Option]:
     return result
 
 
+def nested_structs_of(type_: Any) -> list[type]:
+    """The Struct types one option's type holds directly (``Multiline``, ``list[RelabelRule]``)."""
+    if get_origin(type_) is Annotated:
+        type_ = get_args(type_)[0]
+    if isinstance(type_, type) and issubclass(type_, msgspec.Struct):
+        return [type_]
+    return [found for arg in get_args(type_) for found in nested_structs_of(arg)]
+
+
 def nested_structs(config_type: type) -> list[type]:
     """Struct types an option holds (directly, in a list, or optionally): their fields are options too."""
     found: list[type] = []
@@ -135,7 +144,10 @@ def render_sample(kind: str, name: str, config_type: type, summary: str = "", in
     lines = [*_prose(summary, ""), f"[[{kind}.{name}]]"]
     for option in options(config_type):
         lines.append("")
-        lines.extend(_prose(option.description or "(undocumented)", indent))
+        prose = option.description or "(undocumented)"
+        for struct in nested_structs_of(option.type):
+            prose += " " + " ".join(f"{o.key}: {o.description}" for o in options(struct))
+        lines.extend(_prose(prose, indent))
         if option.required:
             lines.append(f"{indent}{option.key} = {_placeholder(option.type)}  # required")
         elif option.default is None:
@@ -225,7 +237,8 @@ def sample_problems(sample: str, kind: str, name: str, config_type: type, common
 
     Every option of ``config_type`` appears once, under ``##`` prose; a ``# key = value`` line
     shows the schema's default, in the option's type (compared as values: ``"1m"`` and
-    ``"60s"`` agree); a required option is shown live; and every key shown is an option of
+    ``"60s"`` agree); a required option is shown live; an option holding tables (a
+    ``Struct``) names each of their keys in its prose; and every key shown is an option of
     the plugin or one every plugin of its kind takes (``common_type``). An option whose
     default is unset (a fallback its description names) may show any valid value.
     """
@@ -248,6 +261,12 @@ def sample_problems(sample: str, kind: str, name: str, config_type: type, common
             problems.append(f"{where}: no ## prose above it")
         if option.required and doc.commented:
             problems.append(f"{where}: required, so show it live (without #)")
+        problems.extend(
+            f"{where}: its field {field.key} is not named in the ## prose"
+            for struct in nested_structs_of(option.type)
+            for field in options(struct)
+            if not re.search(rf"\b{field.key}\b", f"{doc.prose} {doc.value}")
+        )
         if not doc.commented:
             continue  # a live line is an example value; the config check validates it
         try:
