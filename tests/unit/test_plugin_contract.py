@@ -180,11 +180,22 @@ def test_readme_tables_of_shared_options_match_the_schema() -> None:
     assert documented <= {o.key for o in options(OutputCommon)} | every_output, "stale keys in the README's table"
 
 
-def test_readme_example_of_the_agent_sections_shows_every_option() -> None:
-    block = README.read_text().split("## Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
-    for table, section in (("agent", AgentSection), ("http", HttpSection)):
-        shown = {doc.key for doc in documented_keys(block, table)}
-        assert shown == {o.key for o in options(section)}, table
+def readme_toml_example(heading: str) -> str:
+    return README.read_text().split(f"\n{heading}\n", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("heading", "table", "section"),
+    [
+        ("## Configuration", "agent", AgentSection),
+        ("## Configuration", "http", HttpSection),
+        ("## Redaction", "redaction", RedactionSection),
+        ("## Redaction", "redaction.rules", RedactionRule),
+    ],
+)
+def test_readme_example_of_the_agent_sections_shows_every_option(heading: str, table: str, section: type) -> None:
+    shown = {doc.key for doc in documented_keys(readme_toml_example(heading), table)}
+    assert shown == {o.key for o in options(section)}, table
 
 
 @pytest.mark.parametrize(("kind", "name"), PLUGINS)
