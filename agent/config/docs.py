@@ -25,6 +25,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 
+from agent.config.validation import convert
 from agent.config.values import Duration, Size, format_size
 
 WIDTH = 80  # sample.toml lines, the indentation and "## " included
@@ -150,8 +151,8 @@ def render_sample(kind: str, name: str, config_type: type, summary: str = "", in
         lines.extend(_prose(prose, indent))
         if option.required:
             lines.append(f"{indent}{option.key} = {_placeholder(option.type)}  # required")
-        elif option.default is None:
-            lines.append(f"{indent}# {option.key} =  (not set)")
+        elif option.default is None:  # unset: the description names the fallback
+            lines.append(f"{indent}# {option.key} = {_placeholder(option.type)}  # unset by default")
         else:
             lines.append(f"{indent}# {option.key} = {toml_value(option.default)}")
     return "\n".join(lines) + "\n"
@@ -191,16 +192,29 @@ class DocumentedKey:
 
 
 def documented_keys(sample: str, table: str) -> list[DocumentedKey]:
-    """The option lines of the ``[[table]]`` instance in ``sample`` (e.g. ``table="outputs.loki"``)."""
+    """The option lines of the first ``[[table]]`` instance in ``sample`` (e.g. ``table="outputs.loki"``).
+
+    A sub-table of the instance (``[[collectors.x.part]]``) counts as the option ``part``, shown live.
+    """
     found: list[DocumentedKey] = []
     inside = False
     prose: list[str] = []
-    after_key = False
+    after_key = in_subtable = False
+    subtables: set[str] = set()
     for number, line in enumerate(sample.splitlines(), 1):
         header = _TABLE.match(line)
         if header and not line.lstrip().startswith("#"):
-            inside = header.group(1) == table
+            name = header.group(1)
+            if inside and name.startswith(f"{table}.") and name not in subtables:
+                # [[outputs.x.part]] under the instance: the option "part", shown live as a table
+                subtables.add(name)
+                found.append(DocumentedKey(name[len(table) + 1 :], "{}", False, " ".join(prose), number))
+            elif not name.startswith(f"{table}."):
+                if name == table and (inside or found):
+                    break  # a second instance: examples of their own, not the documentation
+                inside = name == table
             prose, after_key = [], False
+            in_subtable = name.startswith(f"{table}.")
             continue
         stripped = line.strip()
         if stripped.startswith("##"):
@@ -209,7 +223,7 @@ def documented_keys(sample: str, table: str) -> list[DocumentedKey]:
             prose.append(stripped.lstrip("#").strip())
             continue
         option = _OPTION.match(line)
-        if option and inside and _is_toml_value(option.group(3)):
+        if option and inside and not in_subtable and _is_toml_value(option.group(3)):
             found.append(
                 DocumentedKey(option.group(2), option.group(3), bool(option.group(1)), " ".join(prose), number)
             )
@@ -242,8 +256,6 @@ def sample_problems(sample: str, kind: str, name: str, config_type: type, common
     the plugin or one every plugin of its kind takes (``common_type``). An option whose
     default is unset (a fallback its description names) may show any valid value.
     """
-    from agent.config.validation import convert
-
     own = {option.key: option for option in options(config_type)}
     shared = {option.key: option for option in options(common_type)}
     problems: list[str] = []
