@@ -30,9 +30,17 @@ from agent.config import (
     OutputCommon,
     RedactionRule,
     RedactionSection,
+    convert,
     parse_config,
 )
-from agent.config.docs import documented_keys, nested_structs, options, render_sample, sample_problems
+from agent.config.docs import (
+    documented_keys,
+    nested_structs,
+    options,
+    render_sample,
+    sample_problems,
+    toml_parse_value,
+)
 from agent.emitter import RunEmitter
 from agent.model import LogRecord, Sample, Signal
 from agent.plugin import Batch, ResultKind
@@ -161,23 +169,44 @@ def test_generated_sample_agrees_with_the_schema(kind: str, name: str) -> None:
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_table_keys(heading: str) -> set[str]:
-    """The keys in the first column of the option table under ``heading`` in the README."""
+def readme_table_rows(heading: str) -> list[tuple[list[str], list[str]]]:
+    """(keys, backticked values of the default column) per row of the option table under ``heading``."""
     section = README.read_text().split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
-    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
-    return {key for cell in rows for key in re.findall(r"`(\w+)`", cell)}
+    cells = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    return [(re.findall(r"`(\w+)`", keys), re.findall(r"`([^`]+)`", default)) for keys, default in cells]
+
+
+def readme_table_problems(heading: str, *sections: type) -> list[str]:
+    """Rows whose default is shown as TOML, one value per key, that disagree with the schema."""
+    schema = {o.key: o for section in sections for o in options(section)}
+    problems = []
+    for keys, values in readme_table_rows(heading):
+        if len(values) != len(keys):
+            continue  # a default described in words ("`2000` for metrics, `10000` for log records")
+        for key, text in zip(keys, values, strict=True):
+            try:
+                value = convert(toml_parse_value(text), schema[key].type)
+            except Exception:
+                continue  # not TOML: a reference such as `[agent] interval`
+            if schema[key].default is not None and value != schema[key].default:
+                problems.append(f"{key}: the README says {text}, the schema {schema[key].default!r}")
+    return problems
 
 
 def test_readme_tables_of_shared_options_match_the_schema() -> None:
     collector_keys = {o.key for o in options(CollectorCommon)}
-    assert readme_table_keys("### Options every collector takes") == collector_keys
+    documented = {key for keys, _ in readme_table_rows("### Options every collector takes") for key in keys}
+    assert documented == collector_keys
     # outputs: the engine's options plus those every output's own Config has (the HTTP client's)
     every_output = set.intersection(
         *({o.key for o in options(REGISTRY["outputs"][n].Config)} for n in REGISTRY["outputs"])
     )
-    documented = readme_table_keys("### Options every output takes")
+    documented = {key for keys, _ in readme_table_rows("### Options every output takes") for key in keys}
     assert {o.key for o in options(OutputCommon)} <= documented
     assert documented <= {o.key for o in options(OutputCommon)} | every_output, "stale keys in the README's table"
+    assert readme_table_problems("### Options every collector takes", CollectorCommon) == []
+    http_options = REGISTRY["outputs"]["remote_write"].Config
+    assert readme_table_problems("### Options every output takes", OutputCommon, http_options) == []
 
 
 def readme_toml_example(heading: str) -> str:
