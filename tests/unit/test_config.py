@@ -449,3 +449,18 @@ def test_hostname_and_state_dir_are_resolved_once_when_the_config_is_built(monke
     assert len(calls) == 1
     named = loads_config("[agent]\nhostname = 'web-1'\nstate_dir = '/srv/hw'\n", registry=REGISTRY, environ={})
     assert (named.hostname, named.state_dir) == ("web-1", Path("/srv/hw"))
+
+
+def test_docs_command_prints_a_plugins_sample_from_its_schema(capsys) -> None:
+    """`python -m agent.config.docs NAME`: the description as ## prose, the default as `# key = value`."""
+    from agent.config.docs import main
+
+    assert main(["cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "[[collectors.cpu]]" in printed
+    assert "  # guest = true\n" in printed
+    assert "  ## Export node_cpu_guest_seconds_total" in printed
+    assert main(["outputs", "loki"]) == 0
+    assert '  url = ""  # required\n' in capsys.readouterr().out
+    assert main(["no_such_plugin"]) == 2
+    assert "unknown plugin" in capsys.readouterr().err
