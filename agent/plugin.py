@@ -29,8 +29,9 @@ Rules a plugin keeps:
 * ``close()`` is idempotent and may be called without ``start()``.
 
 This module imports nothing from the project except :mod:`agent.model` and
-:mod:`agent.config_types` (typed option values: durations, sizes, file checks),
-two leaf modules.
+:mod:`agent.config.values` (typed option values: durations, sizes, file checks),
+two leaf modules (the :mod:`agent.config` package around the latter imports no
+other part of the project when loaded).
 """
 
 from __future__ import annotations
@@ -46,14 +47,14 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import msgspec
 
 # Re-exported (``X as X``): plugins declare their options with these.
-from agent.config_types import Duration as Duration
-from agent.config_types import DurationOrZero as DurationOrZero
-from agent.config_types import FieldCheck as FieldCheck
-from agent.config_types import ReadableFile as ReadableFile
-from agent.config_types import Size as Size
-from agent.config_types import check_url as check_url
-from agent.config_types import http_headers as http_headers
-from agent.config_types import readable_file as readable_file
+from agent.config.values import Duration as Duration
+from agent.config.values import DurationOrZero as DurationOrZero
+from agent.config.values import FieldCheck as FieldCheck
+from agent.config.values import ReadableFile as ReadableFile
+from agent.config.values import Size as Size
+from agent.config.values import check_url as check_url
+from agent.config.values import http_headers as http_headers
+from agent.config.values import readable_file as readable_file
 from agent.model import Labels, LogRecord, Sample, Signal
 
 T = TypeVar("T")

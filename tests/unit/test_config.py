@@ -430,3 +430,37 @@ def test_a_table_nested_deeper_than_the_walk_is_an_error_not_a_crash() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"agent": {"labels": deep}}, environ={}, registry=REGISTRY)
     assert info.value.errors == ["arrays or tables nested too deeply"]
+
+
+def test_hostname_and_state_dir_are_resolved_once_when_the_config_is_built(monkeypatch) -> None:
+    """Every output, collector and endpoint of one configuration sees the same host name and
+    state directory, taken from the environment the configuration was read in."""
+    import socket
+
+    calls: list[int] = []
+    monkeypatch.setattr(socket, "gethostname", lambda: calls.append(1) or f"host{len(calls)}")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", "/from/the/process")
+    config = loads_config("", registry=REGISTRY, environ={"XDG_STATE_HOME": "/from/the/config/env"})
+    assert [config.hostname, config.hostname, config.hostname] == ["host1"] * 3
+    assert config.state_dir == Path("/from/the/config/env/hostwatch")
+    monkeypatch.setenv("XDG_STATE_HOME", "/changed/later")
+    assert config.state_dir == Path("/from/the/config/env/hostwatch")
+    assert len(calls) == 1
+    named = loads_config("[agent]\nhostname = 'web-1'\nstate_dir = '/srv/hw'\n", registry=REGISTRY, environ={})
+    assert (named.hostname, named.state_dir) == ("web-1", Path("/srv/hw"))
+
+
+def test_docs_command_prints_a_plugins_sample_from_its_schema(capsys) -> None:
+    """`python -m agent.config.docs NAME`: the description as ## prose, the default as `# key = value`."""
+    from agent.config.docs import main
+
+    assert main(["cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "[[collectors.cpu]]" in printed
+    assert "  # guest = true\n" in printed
+    assert "  ## Export node_cpu_guest_seconds_total" in printed
+    assert main(["outputs", "loki"]) == 0
+    assert '  url = ""  # required\n' in capsys.readouterr().out
+    assert main(["no_such_plugin"]) == 2
+    assert "unknown plugin" in capsys.readouterr().err

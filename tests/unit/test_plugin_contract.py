@@ -1,11 +1,13 @@
 """Contract tests over the registry: every installed plugin, found through its entry point.
 
 For each: its sample parses into its config type with every documented default
-uncommented; an unknown key fails with its path; its README shows the sample;
-closing is idempotent. Collectors that run without a server emit only metric names
-their README lists. Outputs map 429/5xx/refused connections to retry, 401/403 to
-retry (credentials may be rotating: a rewritten token file is read again), redirects
-and other 4xx to drop and 413 to too_large, against a scripted local server.
+uncommented; the schema documents itself (every option has a description) and its
+sample agrees with the schema (every option, its default and type, no stale key);
+an unknown key fails with its path; its README shows the sample; closing is idempotent.
+Collectors that run without a server emit only metric names their README lists.
+Outputs map 429/5xx/refused connections to retry, 401/403 to retry (credentials may
+be rotating: a rewritten token file is read again), redirects and other 4xx to drop
+and 413 to too_large, against a scripted local server.
 """
 
 from __future__ import annotations
@@ -20,7 +22,25 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.config import ConfigError, parse_config
+from agent.config import (
+    AgentSection,
+    CollectorCommon,
+    ConfigError,
+    HttpSection,
+    OutputCommon,
+    RedactionRule,
+    RedactionSection,
+    convert,
+    parse_config,
+)
+from agent.config.docs import (
+    documented_keys,
+    nested_structs,
+    options,
+    render_sample,
+    sample_problems,
+    toml_parse_value,
+)
 from agent.emitter import RunEmitter
 from agent.model import LogRecord, Sample, Signal
 from agent.plugin import Batch, ResultKind
@@ -70,6 +90,143 @@ def test_sample_documents_valid_defaults(kind: str, name: str) -> None:
     fields = {f.encode_name for f in __import__("msgspec").structs.fields(REGISTRY[kind][name].Config)}
     undocumented = fields - documented
     assert not undocumented, f"{name}: options missing from its sample: {sorted(undocumented)}"
+
+
+@pytest.mark.parametrize(("kind", "name"), PLUGINS)
+def test_every_option_has_a_description(kind: str, name: str) -> None:
+    """The schema is the documentation: each option of the plugin's Config (and of the
+    Structs its options hold) carries a msgspec.Meta(description=...)."""
+    config_type = REGISTRY[kind][name].Config
+    bare = [
+        f"{struct.__name__}.{option.key}"
+        for struct in (config_type, *nested_structs(config_type))
+        for option in options(struct)
+        if not option.description.strip()
+    ]
+    assert not bare, f"{name}: options without a description: {bare}"
+
+
+def test_every_agent_option_has_a_description() -> None:
+    sections = (AgentSection, HttpSection, RedactionSection, RedactionRule, CollectorCommon, OutputCommon)
+    bare = [f"{s.__name__}.{o.key}" for s in sections for o in options(s) if not o.description.strip()]
+    assert not bare, f"options without a description: {bare}"
+
+
+def sample_files(kind: str, name: str) -> list[Path]:
+    """Every sample in the plugin's folder with a [[kind.name]] table (queue/ has a combined one)."""
+    files = sorted(plugin_dir(kind, name).glob("*sample.toml"))
+    return [f for f in files if re.search(rf"^\s*\[\[{kind}\.{name}\]\]", f.read_text(), re.M)]
+
+
+SAMPLE_CASES = [(kind, name, f.name) for kind, name in PLUGINS for f in sample_files(kind, name)]
+
+
+def common_type(kind: str) -> type:
+    return CollectorCommon if kind == "collectors" else OutputCommon
+
+
+@pytest.mark.parametrize(("kind", "name", "file"), SAMPLE_CASES)
+def test_sample_agrees_with_the_schema(kind: str, name: str, file: str) -> None:
+    """Every option as `# key = <schema default>` in its TOML type, under ## prose, and no
+    key the plugin does not have: the sample is what users copy."""
+    text = (plugin_dir(kind, name) / file).read_text()
+    problems = sample_problems(text, kind, name, REGISTRY[kind][name].Config, common_type(kind))
+    folder = plugin_dir(kind, name)
+    assert not problems, f"{folder.parent.name}/{folder.name}/{file}:\n" + "\n".join(problems)
+
+
+def test_sample_check_catches_a_wrong_default_a_stale_key_and_a_missing_option() -> None:
+    sample = sample_text("outputs", "loki")
+    for old, new in (
+        ('# encoding = "protobuf"', '# encoding = "json"'),  # a default that is not the schema's
+        ('# tenant = ""\n', ""),  # an option left out
+        ('# compression = ""', '# compression = ""\n\n  ## Gone.\n  # urll = ""'),  # a stale key
+        ('# timeout = "10s"', '# timeout = "ten seconds"'),  # not of the option's type
+        ('  url = "http', '  # url = "http'),  # a required option shown as if it had a default
+    ):
+        assert old in sample
+        sample = sample.replace(old, new)
+    problems = sample_problems(sample, "outputs", "loki", REGISTRY["outputs"]["loki"].Config, OutputCommon)
+    assert any(p.endswith('encoding = "json": the default is "protobuf"') for p in problems), problems
+    assert "tenant: not documented" in problems, problems
+    assert any("urll: not an option of loki" in p for p in problems), problems
+    assert any('timeout = "ten seconds": not a valid value' in p for p in problems), problems
+    assert any("url: required, so show it live" in p for p in problems), problems
+    assert len(problems) == 5, problems
+
+
+@pytest.mark.parametrize(("kind", "name"), PLUGINS)
+def test_generated_sample_agrees_with_the_schema(kind: str, name: str) -> None:
+    """`python -m agent.config.docs NAME` prints a skeleton that passes the same check,
+    so every default in the registry has a TOML form."""
+    config_type = REGISTRY[kind][name].Config
+    generated = render_sample(kind, name, config_type)
+    assert sample_problems(generated, kind, name, config_type, common_type(kind)) == []
+    shown = {doc.key for doc in documented_keys(generated, f"{kind}.{name}")}
+    assert shown == {option.key for option in options(config_type)}
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_table_rows(heading: str) -> list[tuple[list[str], list[str]]]:
+    """(keys, backticked values of the default column) per row of the option table under ``heading``."""
+    section = README.read_text().split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+    cells = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    return [(re.findall(r"`(\w+)`", keys), re.findall(r"`([^`]+)`", default)) for keys, default in cells]
+
+
+def readme_table_problems(heading: str, *sections: type) -> list[str]:
+    """Rows whose default is shown as TOML, one value per key, that disagree with the schema."""
+    schema = {o.key: o for section in sections for o in options(section)}
+    problems = []
+    for keys, values in readme_table_rows(heading):
+        if len(values) != len(keys):
+            continue  # a default described in words ("`2000` for metrics, `10000` for log records")
+        for key, text in zip(keys, values, strict=True):
+            try:
+                value = convert(toml_parse_value(text), schema[key].type)
+            except Exception:
+                continue  # not TOML: a reference such as `[agent] interval`
+            if schema[key].default is not None and value != schema[key].default:
+                problems.append(f"{key}: the README says {text}, the schema {schema[key].default!r}")
+    return problems
+
+
+def test_readme_tables_of_shared_options_match_the_schema() -> None:
+    collector_keys = {o.key for o in options(CollectorCommon)}
+    documented = {key for keys, _ in readme_table_rows("### Options every collector takes") for key in keys}
+    assert documented == collector_keys
+    # outputs: the engine's options plus those every output's own Config has (the HTTP client's)
+    every_output = set.intersection(
+        *({o.key for o in options(REGISTRY["outputs"][n].Config)} for n in REGISTRY["outputs"])
+    )
+    documented = {key for keys, _ in readme_table_rows("### Options every output takes") for key in keys}
+    assert {o.key for o in options(OutputCommon)} <= documented
+    assert documented <= {o.key for o in options(OutputCommon)} | every_output, "stale keys in the README's table"
+    assert readme_table_problems("### Options every collector takes", CollectorCommon) == []
+    http_options = REGISTRY["outputs"]["remote_write"].Config
+    assert readme_table_problems("### Options every output takes", OutputCommon, http_options) == []
+
+
+def readme_toml_example(heading: str) -> str:
+    return README.read_text().split(f"\n{heading}\n", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("heading", "table", "section"),
+    [
+        ("## Configuration", "agent", AgentSection),
+        ("## Configuration", "http", HttpSection),
+        ("## Redaction", "redaction", RedactionSection),
+        ("## Redaction", "redaction.rules", RedactionRule),
+    ],
+)
+def test_readme_example_of_the_agent_sections_shows_every_option(heading: str, table: str, section: type) -> None:
+    block = readme_toml_example(heading)
+    shown = {doc.key for doc in documented_keys(block, table)}
+    shown |= set(re.findall(rf"^\[\[?{re.escape(table)}\.(\w+)\]", block, re.M))  # [[redaction.rules]]
+    assert shown == {o.key for o in options(section)}, table
 
 
 @pytest.mark.parametrize(("kind", "name"), PLUGINS)
