@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.buffer import Batch, DiskQueue, MemoryQueue
-from agent.model import LogRecord, Sample, Signal
+from agent.model import LogRecord, Sample, Signal, Span
 from agent.plugin import Batch as ExportBatch
 from agent.plugin import ResultKind
 from agent.retry import Backoff, sleep_or_stop
@@ -51,8 +51,10 @@ ERROR_ATTEMPTS = 3
 ERROR_PAUSE = 1.0  # seconds between those attempts (at most retry_max)
 
 
-def item_size(item: Sample | LogRecord) -> int:
+def item_size(item: Sample | LogRecord | Span) -> int:
     """Approximate encoded size, cheap enough to compute per item."""
+    if type(item) is Span:
+        return 24 + len(item.span) + len(item.resource) + len(item.scope)
     labels = item.labels
     size = 24 + sum(len(k) + len(v) for k, v in labels) if labels else 24
     if type(item) is Sample:

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.delivery import AckToken
 from agent.exposition import LatestSamples
-from agent.model import LogRecord, Sample, Signal, labels_from
+from agent.model import LogRecord, Sample, Signal, Span, labels_from
 from agent.output_runner import OutputRunner
 from agent.plugin import OutputContext
 from agent.staleness import SeriesTracker
@@ -43,6 +43,7 @@ class Pipeline:
         self.runners: dict[str, tuple[Any, OutputRunner]] = {}
         self._metric_lanes: list[Any] = []
         self._log_lanes: list[Any] = []
+        self._trace_lanes: list[Any] = []
         self.failed: dict[str, str] = {}  # outputs of the config that could not be started, and why
         self.series = SeriesTracker()
 
@@ -144,6 +145,7 @@ class Pipeline:
         runners = [r for _, r in self.runners.values()]
         self._metric_lanes = [r.lanes[Signal.METRICS] for r in runners if Signal.METRICS in r.lanes]
         self._log_lanes = [r.lanes[Signal.LOGS] for r in runners if Signal.LOGS in r.lanes]
+        self._trace_lanes = [r.lanes[Signal.TRACES] for r in runners if Signal.TRACES in r.lanes]
 
     # ------------------------------------------------------------ intake
 
@@ -171,11 +173,17 @@ class Pipeline:
             lane.offer(samples, token)
 
     async def accept_samples(
-        self, instance: str, samples: list[Sample], on_durable: Callable[[], None] | None = None
+        self,
+        instance: str,
+        samples: list[Sample],
+        on_durable: Callable[[], None] | None = None,
+        *,
+        served: bool = True,
     ) -> None:
         """Streaming sources' samples: like :meth:`publish_samples`, but an output with
         ``when_full = "block"`` makes the source wait for room instead of shedding."""
-        self.latest.replace(instance, samples)
+        if served:
+            self.latest.replace(instance, samples)
         lanes = self._metric_lanes if samples else []
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
@@ -189,6 +197,13 @@ class Pipeline:
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
             await lane.accept(records, token)
+
+    async def publish_spans(self, spans: Sequence[Span], on_durable: Callable[[], None] | None) -> None:
+        """Trace spans, as log records: every trace output takes them, waiting for room when full."""
+        lanes = self._trace_lanes
+        token = _ack_token(lanes, on_durable)
+        for lane in lanes:
+            await lane.accept(spans, token)
 
     def end_instance(self, instance: str) -> None:
         """A collector instance was removed: its series end now (staleness markers)."""

@@ -54,7 +54,7 @@ from agent.config_types import Size as Size
 from agent.config_types import check_url as check_url
 from agent.config_types import http_headers as http_headers
 from agent.config_types import readable_file as readable_file
-from agent.model import Labels, LogRecord, Sample, Signal
+from agent.model import Labels, LogRecord, Sample, Signal, Span
 
 T = TypeVar("T")
 
@@ -121,6 +121,14 @@ class Emitter(Protocol):
         ``when_full = "drop_oldest"`` of metrics outputs this never waits (a full
         buffer drops its oldest batch, counted); an output set to ``"block"``
         makes it wait for room, pausing the source.
+        """
+
+    async def spans(self, spans: Sequence[Span], *, on_durable: Callable[[], None] | None = None) -> None:
+        """Hand trace spans to the pipeline, for streaming collectors (the OTLP receiver).
+
+        Works as :meth:`logs`: waits while a full trace buffer applies
+        backpressure, and ``on_durable`` is called once every output that takes
+        traces has durably taken all of ``spans`` (or counted them dropped).
         """
 
     def error(self, error: BaseException | str) -> None:
@@ -262,7 +270,7 @@ class Batch:
     """Items of one signal, in the order they were produced."""
 
     signal: Signal
-    items: Sequence[Sample] | Sequence[LogRecord]
+    items: Sequence[Sample] | Sequence[LogRecord] | Sequence[Span]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -124,6 +124,33 @@ class Telemetry:
             registry=registry,
         )
 
+        # the OTLP receiver (collectors/otlp_receiver)
+        self.otlp_requests = Counter(
+            "hostwatch_otlp_requests",
+            "OTLP export requests received, by transport (http, grpc), signal and result"
+            " (ok, partial, malformed, too_large, busy, unavailable, unsupported).",
+            ["transport", "signal", "result"],
+            registry=registry,
+        )
+        self.otlp_received_items = Counter(
+            "hostwatch_otlp_received_items",
+            "Data points, log records and spans received over OTLP and handed to the outputs, by signal.",
+            ["signal"],
+            registry=registry,
+        )
+        self.otlp_refused_items = Counter(
+            "hostwatch_otlp_refused_items",
+            "OTLP items refused, by signal and reason (unsupported: a partial success; busy, unavailable:"
+            " the sender was told to retry; malformed, too_large: the request was rejected).",
+            ["signal", "reason"],
+            registry=registry,
+        )
+        self.otlp_inflight_bytes = Gauge(
+            "hostwatch_otlp_inflight_bytes",
+            "Bytes of OTLP requests being decoded or waiting for the outputs' buffers.",
+            registry=registry,
+        )
+
         # outputs and buffers
         self.output_sent_items = Counter(
             "hostwatch_output_sent_items",
