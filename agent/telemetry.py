@@ -140,8 +140,8 @@ class Telemetry:
         )
         self.otlp_refused_items = Counter(
             "hostwatch_otlp_refused_items",
-            "OTLP items refused, by signal and reason (unsupported: a partial success; busy, unavailable:"
-            " the sender was told to retry; malformed, too_large: the request was rejected).",
+            "OTLP items refused, by signal and reason (unsupported: points a partial success reported;"
+            " unavailable: the buffers stayed full and the sender was told to retry).",
             ["signal", "reason"],
             registry=registry,
         )
