@@ -89,23 +89,31 @@ class Intake:
         """Decode, translate and hand on an admitted request (``body`` as it came, maybe compressed)."""
         if signal not in self.signals:
             return Answer("unsupported", f"this receiver does not take {signal} (see its signals option)")
-        extra = 0
+        translated, inflated = await self.context.run_blocking(self._decode, signal, body, encoding, json)
+        if isinstance(translated, Answer):
+            return translated
+        extra = max(0, inflated - len(body))
+        self._reserve(extra)
         try:
-            translated, inflated = await self.context.run_blocking(self._decode, signal, body, encoding, json)
-            extra = max(0, inflated - len(body))
-            self._reserve(extra)
             return await self._hand_off(signal, translated)
-        except Malformed as exc:
-            return Answer("malformed", str(exc))
-        except TooLarge as exc:
-            return Answer("too_large", str(exc))
         finally:
             self._reserve(-extra)
 
-    def _decode(self, signal: str, body: bytes, encoding: str, json: bool) -> tuple[Translated, int]:
-        """On the worker thread: inflate, parse, translate (and redact)."""
-        data = decompress(body, encoding, self.config.max_request_bytes)
-        request = parse(signal, data, json=json)
+    def _decode(self, signal: str, body: bytes, encoding: str, json: bool) -> tuple[Translated | Answer, int]:
+        """On the worker thread: inflate, parse, translate (and redact).
+
+        Bad input is returned as an :class:`Answer`, not raised: an exception handed
+        across to the event loop keeps the frames of this thread (and the inflated
+        body in them) in a reference cycle until the garbage collector happens to
+        run, which under a flood of zip bombs let memory grow by hundreds of MiB.
+        """
+        try:
+            data = decompress(body, encoding, self.config.max_request_bytes)
+            request = parse(signal, data, json=json)
+        except Malformed as exc:
+            return Answer("malformed", str(exc)), 0
+        except TooLarge as exc:
+            return Answer("too_large", str(exc)), 0
         now = self.context.clock()
         if signal == "metrics":
             result = translate_metrics(request, now, suffixes=self.config.metric_suffixes, promote=self.promote)
