@@ -60,28 +60,34 @@ class RunEmitter:
             return samples
         return [Sample(s.name, s.value, s.kind, merge_labels(static, s.labels), s.time_ns, s.unit) for s in samples]
 
-    async def logs(self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None) -> None:
+    async def logs(
+        self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None, flush: bool = False
+    ) -> None:
         if self._log_sink is None:
             if on_durable is not None:
                 on_durable()
             return
-        await self._log_sink(records, on_durable)
+        await (self._log_sink(records, on_durable, True) if flush else self._log_sink(records, on_durable))
 
-    async def publish(self, samples: Sequence[Sample], *, on_durable: Callable[[], None] | None = None) -> None:
+    async def publish(
+        self, samples: Sequence[Sample], *, on_durable: Callable[[], None] | None = None, flush: bool = False
+    ) -> None:
         samples = self._with_static(samples)
         if self._sample_sink is None:
             self.samples.extend(samples)
             if on_durable is not None:
                 on_durable()
             return
-        await self._sample_sink(samples, on_durable)
+        await (self._sample_sink(samples, on_durable, True) if flush else self._sample_sink(samples, on_durable))
 
-    async def spans(self, spans: Sequence[Span], *, on_durable: Callable[[], None] | None = None) -> None:
+    async def spans(
+        self, spans: Sequence[Span], *, on_durable: Callable[[], None] | None = None, flush: bool = False
+    ) -> None:
         if self._span_sink is None:  # a test, or `hostwatch once`: nothing takes traces
             if on_durable is not None:
                 on_durable()
             return
-        await self._span_sink(spans, on_durable)
+        await (self._span_sink(spans, on_durable, True) if flush else self._span_sink(spans, on_durable))
 
     def error(self, error: BaseException | str) -> None:
         self.errors.append(error)

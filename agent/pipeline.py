@@ -177,33 +177,39 @@ class Pipeline:
         instance: str,
         samples: list[Sample],
         on_durable: Callable[[], None] | None = None,
+        flush: bool = False,
         *,
         served: bool = True,
     ) -> None:
         """Streaming sources' samples: like :meth:`publish_samples`, but an output with
-        ``when_full = "block"`` makes the source wait for room instead of shedding."""
+        ``when_full = "block"`` makes the source wait for room instead of shedding.
+        ``flush``: the source waits for ``on_durable``; the batch is sealed at once."""
         if served:
             self.latest.replace(instance, samples)
         lanes = self._metric_lanes if samples else []
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
             if lane.when_full == "block":
-                await lane.accept(samples, token)
+                await lane.accept(samples, token, flush=flush)
             else:
-                lane.offer(samples, token)
+                lane.offer(samples, token, flush=flush)
 
-    async def publish_logs(self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None) -> None:
+    async def publish_logs(
+        self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None, flush: bool = False
+    ) -> None:
         lanes = self._log_lanes
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
-            await lane.accept(records, token)
+            await lane.accept(records, token, flush=flush)
 
-    async def publish_spans(self, spans: Sequence[Span], on_durable: Callable[[], None] | None) -> None:
+    async def publish_spans(
+        self, spans: Sequence[Span], on_durable: Callable[[], None] | None, flush: bool = False
+    ) -> None:
         """Trace spans, as log records: every trace output takes them, waiting for room when full."""
         lanes = self._trace_lanes
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
-            await lane.accept(spans, token)
+            await lane.accept(spans, token, flush=flush)
 
     def end_instance(self, instance: str) -> None:
         """A collector instance was removed: its series end now (staleness markers)."""

@@ -214,8 +214,8 @@ class Agent:
             if served
             else functools.partial(self.pipeline.publish_samples, served=False),
             log_sink=self.pipeline.publish_logs,
-            sample_sink=lambda samples, on_durable, name=spec.name, served=served: self.pipeline.accept_samples(
-                name, list(samples), on_durable, served=served
+            sample_sink=lambda samples, on_durable, flush=False, name=spec.name, served=served: (
+                self.pipeline.accept_samples(name, list(samples), on_durable, flush, served=served)
             ),
             span_sink=self.pipeline.publish_spans,
             telemetry=self.telemetry,

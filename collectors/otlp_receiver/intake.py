@@ -138,7 +138,7 @@ class Intake:
             send = {"metrics": self.emit.publish, "logs": self.emit.logs, "traces": self.emit.spans}[signal]
             try:
                 async with asyncio.timeout(float(self.config.handoff_timeout)):
-                    await send(items, on_durable=acknowledged)
+                    await send(items, on_durable=acknowledged, flush=True)  # the sender is waiting
                     await durable
             except TimeoutError:
                 self.count_refused(signal, "unavailable", translated.received)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.buffer import Batch, DiskQueue
 from agent.delivery import AckToken, item_size
 from agent.exposition import LatestSamples
-from agent.model import Signal, Span, signal_of
+from agent.model import Sample, Signal, Span, signal_of
 from agent.pipeline import Pipeline
 from agent.plugin import Batch as ExportBatch
 from agent.plugin import ResultKind
@@ -161,3 +162,33 @@ async def test_the_otlp_output_posts_traces_to_v1_traces() -> None:
     finally:
         await output.close()
         await server.cleanup()
+
+
+@pytest.mark.parametrize("signal", [Signal.TRACES, Signal.METRICS])
+async def test_a_waiting_source_has_its_batch_sealed_at_once_not_after_flush_interval(tmp_path, signal) -> None:
+    output = TraceOutput() if signal is Signal.TRACES else MetricsOutput()
+    runner = runner_for(output, tmp_path, buffer="disk", flush_interval=10.0)
+    await runner.start()
+    lane = runner.lanes[signal]
+    items = spans_of(two_resources_request()) if signal is Signal.TRACES else _samples(6)
+    acked: list[str] = []
+
+    async def hand(part, name: str, flush: bool) -> None:
+        token = AckToken(1, lambda: acked.append(name))
+        if signal is Signal.METRICS:
+            lane.offer(part, token, flush=flush)  # metrics' drop_oldest intake
+        else:
+            await lane.accept(part, token, flush=flush)
+
+    await hand(items[:3], "plain", False)
+    await asyncio.sleep(0.3)
+    assert acked == [], "without flush a partial batch waits for flush_interval"
+    started = asyncio.get_running_loop().time()
+    await hand(items[3:], "waiting", True)
+    await wait_for(lambda: acked == ["plain", "waiting"], timeout=2.0)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    await runner.close(1.0)
+
+
+def _samples(count: int) -> list:
+    return [Sample("x", float(n), "gauge", (), n + 1) for n in range(count)]

@@ -46,22 +46,24 @@ class ScriptedEmitter:
     def __init__(self, ack: str = "now") -> None:
         self.ack = ack  # now | never | block
         self.items: dict[str, list] = {"metrics": [], "logs": [], "traces": []}
+        self.flushes: list[bool] = []
 
-    async def _take(self, signal, items, on_durable):
+    async def _take(self, signal, items, on_durable, flush=False):
+        self.flushes.append(flush)
         if self.ack == "block":  # a full buffer with when_full = "block": the call itself waits
             await asyncio.Event().wait()
         self.items[signal] += items
         if self.ack == "now" and on_durable is not None:
             on_durable()
 
-    async def publish(self, samples, *, on_durable=None):
-        await self._take("metrics", list(samples), on_durable)
+    async def publish(self, samples, *, on_durable=None, flush=False):
+        await self._take("metrics", list(samples), on_durable, flush)
 
-    async def logs(self, records, *, on_durable=None):
-        await self._take("logs", list(records), on_durable)
+    async def logs(self, records, *, on_durable=None, flush=False):
+        await self._take("logs", list(records), on_durable, flush)
 
-    async def spans(self, spans, *, on_durable=None):
-        await self._take("traces", list(spans), on_durable)
+    async def spans(self, spans, *, on_durable=None, flush=False):
+        await self._take("traces", list(spans), on_durable, flush)
 
     def error(self, error):
         raise AssertionError(error)
@@ -273,6 +275,7 @@ async def test_sdk_exports_succeed_and_arrive_translated_and_redacted(tmp_path, 
         assert statement == "SELECT * FROM users WHERE password = '[REDACTED:password]'"
         assert attributes["trace_id"] == spans[0].trace_id.hex()  # the log record links to its span
         assert running.count("hostwatch_otlp_received_items_total", signal="traces") == 3
+        assert set(running.emitter.flushes) == {True}  # the SDK waits: every hand-off asks for a seal now
         assert running.count("hostwatch_otlp_requests_total", transport=protocol, signal="logs", result="ok") == 3
     finally:
         await stop(running)
