@@ -43,7 +43,10 @@ class GrpcReceiver:
         for signal, service in SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
-        self.bound_port = server.add_insecure_port(self.address)
+        try:
+            self.bound_port = server.add_insecure_port(self.address)
+        except RuntimeError as exc:  # newer grpcio raises where older ones returned 0
+            raise OSError(f"cannot listen on {self.address} for OTLP/gRPC: {exc}") from None
         if not self.bound_port:
             raise OSError(f"cannot listen on {self.address} for OTLP/gRPC")
         await server.start()

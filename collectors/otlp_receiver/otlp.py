@@ -28,6 +28,7 @@ from collectors.otlp_receiver.http_server import HttpReceiver
 from collectors.otlp_receiver.intake import Intake
 
 Meta = msgspec.Meta
+BIND_PATIENCE = 10.0  # seconds a port still held by the instance a reload replaces is waited for
 # Loki's default OTLP index labels less service.instance.id (one per process: a gunicorn or Celery
 # worker pool would make a stream per worker and new ones at every restart)
 LOKI_STREAM_LABELS = [
@@ -102,10 +103,10 @@ class OtlpReceiver(StreamingCollector):
             if config.http_listen:
                 host, port = split_listen(config.http_listen, "http_listen")
                 self.http = HttpReceiver(intake, host, port, read_timeout=float(config.read_timeout))
-                await self.http.start()
+                await _listen(self.http)
             if config.grpc_listen:
                 self.grpc = GrpcReceiver(intake, config.grpc_listen)
-                await self.grpc.start()
+                await _listen(self.grpc)
             self.context.logger.info(
                 "collector %s: receiving OTLP %s on %s",
                 self.context.instance,
@@ -127,3 +128,22 @@ class OtlpReceiver(StreamingCollector):
             if receiver is not None:
                 with contextlib.suppress(Exception):
                     await receiver.close()
+
+
+async def _listen(receiver: Any, patience: float = BIND_PATIENCE) -> None:
+    """Start listening; while the port is still held, try again for ``patience`` seconds.
+
+    A reload that changes this instance's options starts the new instance while
+    the old one is still closing its servers: without the wait the new one would
+    fail to bind and stay down for an interval.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        try:
+            await receiver.start()
+            return
+        except OSError:
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.2)

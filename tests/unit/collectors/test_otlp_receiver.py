@@ -464,3 +464,26 @@ def test_config_rejects_no_listener_and_a_bad_address() -> None:
         OtlpReceiverConfig(http_listen="", grpc_listen="")
     with pytest.raises(ValueError, match="http_listen: expected HOST:PORT"):
         OtlpReceiverConfig(http_listen="localhost")
+
+
+async def test_a_replacing_instance_waits_for_the_ports_of_the_one_it_replaces(tmp_path) -> None:
+    """A reload starts the new instance while the old one still closes its servers."""
+    old = await start(tmp_path / "old")
+    table = {"http_listen": old.http.removeprefix("http://"), "grpc_listen": old.grpc}
+    config = parse_config({"collectors": {"otlp": [table]}}, environ={}, registry=REGISTRY).collectors[0].config
+    new = OtlpReceiver(config, collector_context(tmp_path / "new", telemetry=Telemetry()))
+    emitter = ScriptedEmitter()
+    task = asyncio.create_task(new.run(emitter))
+    await asyncio.sleep(0.5)
+    assert not task.done(), task.exception() if task.done() else None
+    await stop(old)  # the old instance lets go of the ports
+    for _ in range(100):
+        if new.grpc is not None and new.grpc.bound_port:
+            break
+        await asyncio.sleep(0.05)
+    body = _request({"name": "up", "gauge": {"dataPoints": [{"asDouble": 1}]}}).SerializeToString()
+    status, _, _ = await asyncio.to_thread(post, old.http + "/v1/metrics", body)
+    assert status == 200 and [s.name for s in emitter.items["metrics"]] == ["up"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
