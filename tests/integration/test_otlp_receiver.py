@@ -194,7 +194,8 @@ flush_interval = "200ms"
         agent.close()
 
 
-def test_kill_9_while_an_application_sends_loses_nothing_it_was_told_succeeded(otelcol, tmp_path) -> None:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_kill_9_while_an_application_sends_loses_nothing_it_was_told_succeeded(otelcol, tmp_path, protocol) -> None:
     http_port, grpc_port = free_port(), free_port()
     outputs = f"""
 [[outputs.otlp]]
@@ -203,11 +204,12 @@ signals = ["traces"]
 flush_interval = "100ms"
 """
     agent = AgentProcess(tmp_path, agent_config(http_port, grpc_port, outputs)).start()
+    port = http_port if protocol == "http" else grpc_port
     app_log = tmp_path / "app.log"
     try:
         with open(app_log, "w") as out:
             app = subprocess.Popen(
-                [sys.executable, "-m", "tests.unit.collectors.otlp_app", f"http://127.0.0.1:{http_port}", "http"],
+                [sys.executable, "-m", "tests.unit.collectors.otlp_app", f"http://127.0.0.1:{port}", protocol],
                 stdout=out,
                 stderr=subprocess.DEVNULL,
             )
@@ -240,8 +242,8 @@ flush_interval = "100ms"
         lost = sorted(succeeded - set(got))
         duplicates = sum(count - 1 for count in got.values() if count > 1)
         print(
-            f"kill -9 x{KILLS}: {len(succeeded)} spans the SDK saw succeed, {len(failed)} failed (agent down),"
-            f" {len(got)} arrived, {duplicates} duplicates, {len(lost)} lost"
+            f"kill -9 x{KILLS} ({protocol}): {len(succeeded)} spans the SDK saw succeed,"
+            f" {len(failed)} failed (agent down), {len(got)} arrived, {duplicates} duplicates, {len(lost)} lost"
         )
         assert not lost, f"spans the SDK was told succeeded but never arrived: {lost[:20]}"
         assert agent.stop() == 0
