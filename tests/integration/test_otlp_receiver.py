@@ -249,3 +249,32 @@ flush_interval = "100ms"
         assert agent.stop() == 0
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"protocol": "grpc"}, {"protocol": "http", "encoding": "json"}, {"protocol": "http"}],
+    ids=["grpc", "http-json", "http-protobuf"],
+)
+async def test_the_otlp_output_forwards_spans_the_collector_takes(otelcol, options) -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from agent.model import Signal
+    from agent.plugin import Batch, ResultKind
+    from collectors.otlp_receiver.logs import translate_traces
+    from outputs.otlp.otlp import OtlpConfig, OtlpOutput
+    from tests.support import output_context
+
+    finished, _ = record_spans_and_logs(3)
+    request = encode_spans(finished)
+    spans = translate_traces(type(request).FromString(request.SerializeToString()), redact=None).items
+    endpoint = otelcol.grpc_endpoint if options["protocol"] == "grpc" else otelcol.http_url
+    output = OtlpOutput(OtlpConfig(endpoint=endpoint, **options), output_context("otlp"))
+    await output.start()
+    try:
+        result = await output.export(Batch(Signal.TRACES, spans))
+    finally:
+        await output.close()
+    assert result.kind is ResultKind.OK, result
+    [forwarded] = otelcol.wait_for("traces", 1)
+    assert forwarded == request  # what the SDK encoded, span for span, resource and scope included
