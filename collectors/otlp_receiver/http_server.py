@@ -69,6 +69,10 @@ class HttpReceiver:
             )
             self.intake.report("http", signal, answer)
             return self._respond(signal, answer, False, status_code=415)
+        if signal not in self.intake.signals:  # refused before the body is read
+            answer = Answer("unsupported", f"this receiver does not take {signal} (see its signals option)")
+            self.intake.report("http", signal, answer)
+            return self._respond(signal, answer, json)
         declared = request.content_length
         reserved = declared if declared is not None else self.intake.config.max_request_bytes
         refusal = self.intake.admit(reserved)
