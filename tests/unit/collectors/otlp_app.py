@@ -13,7 +13,7 @@ import sys
 import time
 
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
-from opentelemetry.sdk._logs.export import LogExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -135,23 +135,18 @@ def send(endpoint: str, protocol: str, *, spans: int = 3, logs: int = 3, tag: st
 
 
 def main() -> None:
-    """Send numbered single-span, single-log batches until killed; print the numbers the SDK saw succeed."""
+    """Send numbered one-span batches until killed; print each number with what the SDK's exporter said."""
     endpoint, protocol = sys.argv[1], sys.argv[2]
-    _, log_exporter, span_exporter = exporters(endpoint, protocol, timeout=5.0)
-    from opentelemetry.sdk.trace import TracerProvider as Provider
-
-    provider = Provider(resource=RESOURCE)
-    tracer = provider.get_tracer("load")
+    span_exporter = exporters(endpoint, protocol, timeout=5.0)[2]
+    tracer = TracerProvider(resource=RESOURCE).get_tracer("load")
     n = 0
     while True:
         with tracer.start_as_current_span(f"seq {n}") as span:
             span.set_attribute("seq", n)
-        finished = span  # the ReadableSpan
-        ok = span_exporter.export([finished]) == SpanExportResult.SUCCESS
+        ok = span_exporter.export([span]) == SpanExportResult.SUCCESS  # the ended span is a ReadableSpan
         print(f"{'ok' if ok else 'fail'} {n}", flush=True)
         n += 1
         time.sleep(0.005)
-    _ = (log_exporter, LogExportResult)
 
 
 if __name__ == "__main__":
