@@ -44,6 +44,7 @@ class Pipeline:
         self._metric_lanes: list[Any] = []
         self._log_lanes: list[Any] = []
         self._trace_lanes: list[Any] = []
+        self._said_unrouted: set[Signal] = set()
         self.failed: dict[str, str] = {}  # outputs of the config that could not be started, and why
         self.series = SeriesTracker()
 
@@ -186,6 +187,8 @@ class Pipeline:
         ``flush``: the source waits for ``on_durable``; the batch is sealed at once."""
         if served:
             self.latest.replace(instance, samples)
+        elif not self._metric_lanes:
+            self._unrouted(Signal.METRICS, len(samples))
         lanes = self._metric_lanes if samples else []
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
@@ -198,6 +201,8 @@ class Pipeline:
         self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None, flush: bool = False
     ) -> None:
         lanes = self._log_lanes
+        if not lanes:
+            self._unrouted(Signal.LOGS, len(records))
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
             await lane.accept(records, token, flush=flush)
@@ -207,9 +212,20 @@ class Pipeline:
     ) -> None:
         """Trace spans, as log records: every trace output takes them, waiting for room when full."""
         lanes = self._trace_lanes
+        if not lanes:
+            self._unrouted(Signal.TRACES, len(spans))
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
             await lane.accept(spans, token, flush=flush)
+
+    def _unrouted(self, signal: Signal, count: int) -> None:
+        """Items a source handed on that no output takes: gone, so counted and said once."""
+        if not count:
+            return
+        self.telemetry.unrouted_items.labels(signal.value).inc(count)
+        if signal not in self._said_unrouted:
+            self._said_unrouted.add(signal)
+            log.warning("%s received, but no output takes %s: they are dropped (counted)", signal.value, signal.value)
 
     def end_instance(self, instance: str) -> None:
         """A collector instance was removed: its series end now (staleness markers)."""

@@ -151,6 +151,14 @@ class Telemetry:
             registry=registry,
         )
 
+        self.unrouted_items = Counter(
+            "hostwatch_unrouted_items",
+            "Items a source handed on that no output takes (dropped), by signal: log lines without a log"
+            " output, OTLP traces without a trace output, OTLP metrics without a metrics output.",
+            ["signal"],
+            registry=registry,
+        )
+
         # outputs and buffers
         self.output_sent_items = Counter(
             "hostwatch_output_sent_items",

@@ -192,3 +192,15 @@ async def test_a_waiting_source_has_its_batch_sealed_at_once_not_after_flush_int
 
 def _samples(count: int) -> list:
     return [Sample("x", float(n), "gauge", (), n + 1) for n in range(count)]
+
+
+async def test_spans_no_output_takes_are_counted_not_silently_dropped(tmp_path) -> None:
+    metrics = runner_for(MetricsOutput(), tmp_path, buffer="memory")
+    pipeline = Pipeline(metrics.telemetry, LatestSamples())
+    pipeline.runners = {"m": (None, metrics)}
+    pipeline._route()
+    acked: list[bool] = []
+    await pipeline.publish_spans(spans_of(two_resources_request()), lambda: acked.append(True))
+    assert acked == [True]  # nothing will ever take them: the source is not held
+    counted = metrics.telemetry.registry.get_sample_value("hostwatch_unrouted_items_total", {"signal": "traces"})
+    assert counted == 6
