@@ -104,6 +104,23 @@ def bound_text(value: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def count_samples(request: Any) -> int:
+    """How many samples ``request`` becomes, counted before translating it (to bound memory)."""
+    count = 0
+    for resource_metrics in request.resource_metrics:
+        count += 1  # target_info
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind in ("gauge", "sum"):
+                    count += len(metric.gauge.data_points if kind == "gauge" else metric.sum.data_points)
+                elif kind == "histogram":
+                    count += sum(len(p.explicit_bounds) + 3 for p in metric.histogram.data_points)
+                elif kind == "summary":
+                    count += sum(len(p.quantile_values) + 2 for p in metric.summary.data_points)
+    return count
+
+
 def translate_metrics(
     request: Any, now_ns: int, *, suffixes: bool = True, promote: frozenset[str] = frozenset()
 ) -> Translated:

@@ -487,3 +487,26 @@ async def test_a_replacing_instance_waits_for_the_ports_of_the_one_it_replaces(t
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_small_body_of_many_points_is_judged_by_what_it_becomes(tmp_path) -> None:
+    """Histogram buckets and gauge points cost ~23 bytes on the wire and ~550 as samples."""
+    running = await start(tmp_path, max_request_bytes="8MiB", max_inflight_bytes="16MiB")
+    try:
+        request = _request({"name": "g", "gauge": {"dataPoints": [{"asDouble": 1}]}})
+        points = request.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points
+        template = points[0]
+        for n in range(200_000):
+            point = points.add()
+            point.CopyFrom(template)
+            point.time_unix_nano = n + 1
+        body = request.SerializeToString()
+        assert len(body) < 8 * 1024 * 1024
+        status, _, answer = await asyncio.to_thread(post, running.http + "/v1/metrics", gzip.compress(body),
+                                                    {"Content-Encoding": "gzip"})  # fmt: skip
+        assert status == 413, answer
+        assert b"200002 metrics items" in answer and b"send smaller batches" in answer
+        assert running.emitter.items["metrics"] == []
+        assert running.receiver.http.intake.inflight_bytes == 0
+    finally:
+        await stop(running)
