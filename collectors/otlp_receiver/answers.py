@@ -22,8 +22,10 @@ _RESPONSES = {
     "traces": (trace_pb.ExportTraceServiceResponse, trace_pb.ExportTracePartialSuccess, "rejected_spans"),
 }
 RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
-# google.rpc.Code of each refusal (gRPC status codes; the HTTP body's Status carries it too)
-GRPC_CODES = {"malformed": 3, "too_large": 8, "busy": 8, "unavailable": 14, "unsupported": 12}
+# google.rpc.Code of each refusal (gRPC status codes; the HTTP body's Status carries it too).
+# too_large is INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: SDKs retry the latter, and the same
+# request would be refused again every time
+GRPC_CODES = {"malformed": 3, "too_large": 3, "busy": 8, "unavailable": 14, "unsupported": 12}
 
 
 def success_body(signal: str, answer: Answer, *, json: bool) -> bytes:

@@ -508,5 +508,12 @@ async def test_a_small_body_of_many_points_is_judged_by_what_it_becomes(tmp_path
         assert b"200002 metrics items" in answer and b"send smaller batches" in answer
         assert running.emitter.items["metrics"] == []
         assert running.receiver.http.intake.inflight_bytes == 0
+        channel = grpc.aio.insecure_channel(running.grpc)
+        call = channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(body, timeout=10)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # never retried by SDKs
+        assert "send smaller batches" in info.value.details()
+        await channel.close()
     finally:
         await stop(running)
