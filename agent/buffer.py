@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from agent.model import LogRecord, Sample, Signal
+from agent.model import LogRecord, Sample, Signal, Span
 from agent.segment_files import (
     CURSOR,
     NotRegularFile,
@@ -168,7 +168,8 @@ class DiskQueue:
         self.fsync = fsync
         self.segment_bytes = segment_bytes or max(64 * 1024, min(16 * 1024 * 1024, capacity // 16))
         self.on_corrupt = on_corrupt or (lambda records, items: None)
-        self._item_type = list[Sample] if signal is Signal.METRICS else list[LogRecord]
+        item = {Signal.METRICS: Sample, Signal.LOGS: LogRecord, Signal.TRACES: Span}[signal]
+        self._item_type = list[item]  # type: ignore[valid-type]
         self._decoder = msgspec.msgpack.Decoder(self._item_type)
         self._encoder = msgspec.msgpack.Encoder()
         self._worker = Worker(f"buffer:{directory.name}")

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.buffer import Batch, DiskQueue, MemoryQueue
-from agent.model import LogRecord, Sample, Signal
+from agent.model import LogRecord, Sample, Signal, Span
 from agent.plugin import Batch as ExportBatch
 from agent.plugin import ResultKind
 from agent.retry import Backoff, sleep_or_stop
@@ -53,8 +53,10 @@ ERROR_ATTEMPTS = 3
 ERROR_PAUSE = 1.0  # seconds between those attempts (at most retry_max)
 
 
-def item_size(item: Sample | LogRecord) -> int:
+def item_size(item: Sample | LogRecord | Span) -> int:
     """Approximate encoded size, cheap enough to compute per item."""
+    if type(item) is Span:
+        return 24 + len(item.span) + len(item.resource) + len(item.scope)
     labels = item.labels
     size = 24 + sum(len(k) + len(v) for k, v in labels) if labels else 24
     if type(item) is Sample:
@@ -127,6 +129,7 @@ class Lane:
         self.pending_since = 0.0
         self._last_intake = 0.0
         self._rest = False  # what is pending is the rest of a full batch sealed before it
+        self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
         self.closing = False  # set by drain(): sealing must no longer wait for room
         self._seal_now = asyncio.Event()
         self._has_pending = asyncio.Event()
@@ -158,8 +161,11 @@ class Lane:
 
     # -------------------------------------------------------------- intake
 
-    def offer(self, items: Sequence[Any], token: AckToken | None = None) -> None:
-        """Metrics intake: never waits; an overfull pending batch sheds its oldest items."""
+    def offer(self, items: Sequence[Any], token: AckToken | None = None, *, flush: bool = False) -> None:
+        """Metrics intake: never waits; an overfull pending batch sheds its oldest items.
+
+        ``flush``: the source waits for the acknowledgement (the OTLP receiver's
+        sender does), so what is pending is sealed now, not after flush_interval."""
         if not self.pending:
             self.pending_since = time.monotonic()
             self._has_pending.set()
@@ -169,7 +175,8 @@ class Lane:
         self.pending_bytes += sum(sizes)
         if token is not None:
             self.pending_tokens.append((len(self.pending), token))
-        if len(self.pending) >= self.max_items or self.pending_bytes >= self.max_bytes:
+        if flush or len(self.pending) >= self.max_items or self.pending_bytes >= self.max_bytes:
+            self._flush = self._flush or flush
             self._seal_now.set()
         limit = 4 * self.max_bytes
         if self.pending_bytes > limit:  # the queue is stalled (disk): keep memory bounded
@@ -185,8 +192,9 @@ class Lane:
             self.pending_tokens = [(max(0, end - shed), token) for end, token in self.pending_tokens]
             self.runner.dropped(shed, "buffer_full", "pending batch over its bound while the buffer is stalled")
 
-    async def accept(self, items: Sequence[Any], token: AckToken | None) -> None:
-        """Logs intake: with ``when_full = "block"`` waits for room (the source pauses)."""
+    async def accept(self, items: Sequence[Any], token: AckToken | None, *, flush: bool = False) -> None:
+        """Logs intake: with ``when_full = "block"`` waits for room (the source pauses);
+        ``flush`` as for :meth:`offer`."""
         sizes = item_sizes(items)
         # a full pending batch waits for the batcher to queue it; with "block" and a full
         # queue that wait lasts until the output makes room, which pauses the source
@@ -203,7 +211,8 @@ class Lane:
         self._last_intake = time.monotonic()
         if token is not None:
             self.pending_tokens.append((len(self.pending), token))
-        if len(self.pending) >= self.max_items or self.pending_bytes >= self.max_bytes:
+        if flush or len(self.pending) >= self.max_items or self.pending_bytes >= self.max_bytes:
+            self._flush = self._flush or flush
             self._seal_now.set()
 
     # ------------------------------------------------------------- batcher
@@ -231,9 +240,12 @@ class Lane:
                 # woke us, the rest waits for more rather than going out alone as a small request,
                 # until the stream pauses (_REST_LINGER) or flush_interval passes.
                 now = time.monotonic()
-                due = now >= self.pending_since + self.flush_interval or (
-                    self._rest and now >= self._last_intake + _REST_LINGER
+                due = (
+                    self._flush
+                    or now >= self.pending_since + self.flush_interval
+                    or (self._rest and now >= self._last_intake + _REST_LINGER)
                 )
+                self._flush = False  # what arrives while sealing is sealed by this round too
                 await self.seal(full_only=self.signal is Signal.LOGS and not due)
                 self._rest = bool(self.pending)
 

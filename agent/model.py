@@ -1,10 +1,10 @@
-"""The data hostwatch moves: immutable samples and log records.
+"""The data hostwatch moves: immutable samples, log records and trace spans.
 
-Everything a collector produces and an output consumes is one of the two value
+Everything a collector produces and an output consumes is one of the three value
 types below. They are msgspec Structs: frozen (a value can be shared by every
 output's queue without copying), cheap to build, serialisable to msgpack for the
 disk buffer, and created with ``gc=False`` because they hold only strings,
-numbers and tuples of strings, so they can never be part of a reference cycle.
+numbers, bytes and tuples of strings, so they can never be part of a reference cycle.
 
 Conventions every producer and consumer relies on:
 
@@ -38,6 +38,7 @@ class Signal(enum.StrEnum):
 
     METRICS = "metrics"
     LOGS = "logs"
+    TRACES = "traces"
 
 
 MetricKind = Literal["gauge", "counter"]
@@ -84,7 +85,28 @@ class LogRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
     severity_number: int = 0
 
 
-Item = Sample | LogRecord
+class Span(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One trace span, kept as encoded OTLP so nothing of it is lost in translation.
+
+    ``span`` is an encoded ``opentelemetry.proto.trace.v1.Span``; ``resource``
+    and ``scope`` are the encoded ``Resource`` and ``InstrumentationScope`` it
+    arrived with (the spans of one request share these ``bytes`` objects, so
+    they cost memory once; the disk buffer stores them per span). An output
+    regroups consecutive spans of one resource and scope into ``ResourceSpans``.
+    One item is one span, so batch sizes, ``sent`` and ``dropped`` counts and
+    an OTLP partial success (``rejected_spans``) all count spans.
+    ``time_ns`` is the span's end time (the buffer's age of the oldest item).
+    """
+
+    time_ns: int
+    span: bytes
+    resource: bytes = b""
+    scope: bytes = b""
+    resource_schema_url: str = ""
+    scope_schema_url: str = ""
+
+
+Item = Sample | LogRecord | Span
 
 
 def labels_from(mapping: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Labels:
@@ -122,4 +144,5 @@ def is_stale(value: float) -> bool:
 
 
 def signal_of(item: Item) -> Signal:
-    return Signal.METRICS if type(item) is Sample else Signal.LOGS
+    kind = type(item)
+    return Signal.METRICS if kind is Sample else Signal.LOGS if kind is LogRecord else Signal.TRACES

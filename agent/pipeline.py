@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.delivery import AckToken
 from agent.exposition import LatestSamples
-from agent.model import LogRecord, Sample, Signal, labels_from
+from agent.model import LogRecord, Sample, Signal, Span, labels_from
 from agent.output_runner import OutputRunner
 from agent.plugin import OutputContext
 from agent.staleness import SeriesTracker
@@ -43,6 +43,8 @@ class Pipeline:
         self.runners: dict[str, tuple[Any, OutputRunner]] = {}
         self._metric_lanes: list[Any] = []
         self._log_lanes: list[Any] = []
+        self._trace_lanes: list[Any] = []
+        self._said_unrouted: set[Signal] = set()
         self.failed: dict[str, str] = {}  # outputs of the config that could not be started, and why
         self.series = SeriesTracker()
 
@@ -144,6 +146,7 @@ class Pipeline:
         runners = [r for _, r in self.runners.values()]
         self._metric_lanes = [r.lanes[Signal.METRICS] for r in runners if Signal.METRICS in r.lanes]
         self._log_lanes = [r.lanes[Signal.LOGS] for r in runners if Signal.LOGS in r.lanes]
+        self._trace_lanes = [r.lanes[Signal.TRACES] for r in runners if Signal.TRACES in r.lanes]
 
     # ------------------------------------------------------------ intake
 
@@ -171,24 +174,58 @@ class Pipeline:
             lane.offer(samples, token)
 
     async def accept_samples(
-        self, instance: str, samples: list[Sample], on_durable: Callable[[], None] | None = None
+        self,
+        instance: str,
+        samples: list[Sample],
+        on_durable: Callable[[], None] | None = None,
+        flush: bool = False,
+        *,
+        served: bool = True,
     ) -> None:
         """Streaming sources' samples: like :meth:`publish_samples`, but an output with
-        ``when_full = "block"`` makes the source wait for room instead of shedding."""
-        self.latest.replace(instance, samples)
+        ``when_full = "block"`` makes the source wait for room instead of shedding.
+        ``flush``: the source waits for ``on_durable``; the batch is sealed at once."""
+        if served:
+            self.latest.replace(instance, samples)
+        elif not self._metric_lanes:
+            self._unrouted(Signal.METRICS, len(samples))
         lanes = self._metric_lanes if samples else []
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
             if lane.when_full == "block":
-                await lane.accept(samples, token)
+                await lane.accept(samples, token, flush=flush)
             else:
-                lane.offer(samples, token)
+                lane.offer(samples, token, flush=flush)
 
-    async def publish_logs(self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None) -> None:
+    async def publish_logs(
+        self, records: Sequence[LogRecord], on_durable: Callable[[], None] | None, flush: bool = False
+    ) -> None:
         lanes = self._log_lanes
+        if not lanes:
+            self._unrouted(Signal.LOGS, len(records))
         token = _ack_token(lanes, on_durable)
         for lane in lanes:
-            await lane.accept(records, token)
+            await lane.accept(records, token, flush=flush)
+
+    async def publish_spans(
+        self, spans: Sequence[Span], on_durable: Callable[[], None] | None, flush: bool = False
+    ) -> None:
+        """Trace spans, as log records: every trace output takes them, waiting for room when full."""
+        lanes = self._trace_lanes
+        if not lanes:
+            self._unrouted(Signal.TRACES, len(spans))
+        token = _ack_token(lanes, on_durable)
+        for lane in lanes:
+            await lane.accept(spans, token, flush=flush)
+
+    def _unrouted(self, signal: Signal, count: int) -> None:
+        """Items a source handed on that no output takes: gone, so counted and said once."""
+        if not count:
+            return
+        self.telemetry.unrouted_items.labels(signal.value).inc(count)
+        if signal not in self._said_unrouted:
+            self._said_unrouted.add(signal)
+            log.warning("%s received, but no output takes %s: they are dropped (counted)", signal.value, signal.value)
 
     def end_instance(self, instance: str) -> None:
         """A collector instance was removed: its series end now (staleness markers)."""

@@ -55,7 +55,7 @@ from agent.config.values import Size as Size
 from agent.config.values import check_url as check_url
 from agent.config.values import http_headers as http_headers
 from agent.config.values import readable_file as readable_file
-from agent.model import Labels, LogRecord, Sample, Signal
+from agent.model import Labels, LogRecord, Sample, Signal, Span
 
 T = TypeVar("T")
 
@@ -102,7 +102,9 @@ class Emitter(Protocol):
     def add(self, samples: Sequence[Sample]) -> None:
         """Emit ready-made samples (labels must already be canonical)."""
 
-    async def logs(self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None) -> None:
+    async def logs(
+        self, records: Sequence[LogRecord], *, on_durable: Callable[[], None] | None = None, flush: bool = False
+    ) -> None:
         """Hand log records to the pipeline.
 
         Returns once the pipeline has accepted them; while an output whose
@@ -112,16 +114,34 @@ class Emitter(Protocol):
         all of ``records`` (written to its disk buffer with the fsync policy
         met, or delivered), or has counted them as dropped. A log collector
         advances its checkpoints only from this callback.
+
+        ``flush=True`` says someone is waiting for that callback (the OTLP
+        receiver's client): the outputs seal their pending batch at once rather
+        than after ``flush_interval``, trading batch size for the wait. A
+        source that only records the acknowledgement (a log tailer) leaves it
+        off, so its lines travel in large batches.
         """
 
-    async def publish(self, samples: Sequence[Sample], *, on_durable: Callable[[], None] | None = None) -> None:
+    async def publish(
+        self, samples: Sequence[Sample], *, on_durable: Callable[[], None] | None = None, flush: bool = False
+    ) -> None:
         """Hand samples straight to the pipeline, for streaming collectors.
 
         Periodic collectors use ``gauge``/``counter``/``add`` instead. The
-        acknowledgement works as for :meth:`logs`. With the default
+        acknowledgement and ``flush`` work as for :meth:`logs`. With the default
         ``when_full = "drop_oldest"`` of metrics outputs this never waits (a full
         buffer drops its oldest batch, counted); an output set to ``"block"``
         makes it wait for room, pausing the source.
+        """
+
+    async def spans(
+        self, spans: Sequence[Span], *, on_durable: Callable[[], None] | None = None, flush: bool = False
+    ) -> None:
+        """Hand trace spans to the pipeline, for streaming collectors (the OTLP receiver).
+
+        Works as :meth:`logs` (``flush`` too): waits while a full trace buffer applies
+        backpressure, and ``on_durable`` is called once every output that takes
+        traces has durably taken all of ``spans`` (or counted them dropped).
         """
 
     def error(self, error: BaseException | str) -> None:
@@ -289,7 +309,7 @@ class Batch:
     """Items of one signal, in the order they were produced."""
 
     signal: Signal
-    items: Sequence[Sample] | Sequence[LogRecord]
+    items: Sequence[Sample] | Sequence[LogRecord] | Sequence[Span]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -211,6 +211,7 @@ class Agent:
             timeout=spec.common.timeout or interval,
         )
         collector = spec.plugin(spec.config, context)
+        served = getattr(spec.plugin, "served_on_metrics", True)
         return CollectorRunner(
             spec.name,
             collector,
@@ -219,12 +220,13 @@ class Agent:
             timeout=spec.common.timeout or interval,
             static_labels=static,
             publish=self.pipeline.publish_samples
-            if getattr(spec.plugin, "served_on_metrics", True)
+            if served
             else functools.partial(self.pipeline.publish_samples, served=False),
             log_sink=self.pipeline.publish_logs,
-            sample_sink=lambda samples, on_durable, name=spec.name: self.pipeline.accept_samples(
-                name, list(samples), on_durable
+            sample_sink=lambda samples, on_durable, flush=False, name=spec.name, served=served: (
+                self.pipeline.accept_samples(name, list(samples), on_durable, flush, served=served)
             ),
+            span_sink=self.pipeline.publish_spans,
             telemetry=self.telemetry,
             logger=context.logger,
             clock=self.clock,

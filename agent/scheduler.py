@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.emitter import LogSink, RunEmitter, SampleSink
+from agent.emitter import LogSink, RunEmitter, SampleSink, SpanSink
 from agent.model import Labels, Sample, merge_labels
 from agent.workers import Worker
 
@@ -79,6 +79,7 @@ class CollectorRunner:
         log_sink: LogSink | None,
         telemetry: Any,
         sample_sink: SampleSink | None = None,
+        span_sink: SpanSink | None = None,
         logger: logging.Logger,
         clock: Callable[[], int] = time.time_ns,
         jitter: float | None = None,
@@ -92,6 +93,7 @@ class CollectorRunner:
         self.publish = publish
         self.log_sink = log_sink
         self.sample_sink = sample_sink
+        self.span_sink = span_sink
         self.telemetry = telemetry
         self.logger = logger
         self.clock = clock
@@ -227,7 +229,7 @@ class _StreamEmitter(RunEmitter):
     """A streaming collector's emitter: samples publish at once, errors count at once."""
 
     def __init__(self, runner: CollectorRunner) -> None:
-        super().__init__(runner.clock(), runner.static_labels, runner.log_sink, runner.sample_sink)
+        super().__init__(runner.clock(), runner.static_labels, runner.log_sink, runner.sample_sink, runner.span_sink)
         self._runner = runner
 
     def error(self, error: BaseException | str) -> None:

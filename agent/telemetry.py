@@ -136,6 +136,41 @@ class Telemetry:
             registry=registry,
         )
 
+        # the OTLP receiver (collectors/otlp_receiver)
+        self.otlp_requests = Counter(
+            "hostwatch_otlp_requests",
+            "OTLP export requests received, by transport (http, grpc), signal and result"
+            " (ok, partial, malformed, too_large, busy, unavailable, unsupported).",
+            ["transport", "signal", "result"],
+            registry=registry,
+        )
+        self.otlp_received_items = Counter(
+            "hostwatch_otlp_received_items",
+            "Data points, log records and spans received over OTLP and handed to the outputs, by signal.",
+            ["signal"],
+            registry=registry,
+        )
+        self.otlp_refused_items = Counter(
+            "hostwatch_otlp_refused_items",
+            "OTLP items refused, by signal and reason (unsupported: points a partial success reported;"
+            " unavailable: the buffers stayed full and the sender was told to retry).",
+            ["signal", "reason"],
+            registry=registry,
+        )
+        self.otlp_inflight_bytes = Gauge(
+            "hostwatch_otlp_inflight_bytes",
+            "Bytes of OTLP requests being decoded or waiting for the outputs' buffers.",
+            registry=registry,
+        )
+
+        self.unrouted_items = Counter(
+            "hostwatch_unrouted_items",
+            "Items a source handed on that no output takes (dropped), by signal: log lines without a log"
+            " output, OTLP traces without a trace output, OTLP metrics without a metrics output.",
+            ["signal"],
+            registry=registry,
+        )
+
         # outputs and buffers
         self.output_sent_items = Counter(
             "hostwatch_output_sent_items",

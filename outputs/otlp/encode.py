@@ -307,12 +307,15 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+_REJECTED_KEYS = ("rejectedDataPoints", "rejectedLogRecords", "rejectedSpans")
+
+
 def partial_success(body: bytes, *, json: bool = False) -> tuple[int, str]:
-    """``(rejected items, error message)`` from an Export*ServiceResponse (metrics or logs)."""
+    """``(rejected items, error message)`` from an Export*ServiceResponse (metrics, logs or traces)."""
     if json:
         answer = msgspec.json.decode(body) if body.strip() else {}
         partial = answer.get("partialSuccess") or {} if isinstance(answer, dict) else {}
-        rejected = partial.get("rejectedDataPoints", partial.get("rejectedLogRecords", 0)) or 0
+        rejected = next((partial[k] for k in _REJECTED_KEYS if k in partial), 0) or 0
         return int(rejected), str(partial.get("errorMessage", ""))
     rejected, message = 0, ""
     for number, _, value in read_fields(body):

@@ -1,4 +1,4 @@
-"""OTLP output: metrics and logs over HTTP (protobuf or JSON, gzip) or gRPC.
+"""OTLP output: metrics, logs and traces over HTTP (protobuf or JSON, gzip) or gRPC.
 
 Works with the OpenTelemetry Collector, VictoriaMetrics
 (``endpoint = "http://HOST:8428/opentelemetry"``), VictoriaLogs
@@ -11,7 +11,8 @@ every Sum is the host's boot time (``btime`` in /proc/stat): the host
 counters are totals the kernel keeps since boot, and unlike the agent's own
 start it stays the same across agent restarts, so samples replayed from the
 disk buffer after a restart do not look like counter resets. Where
-/proc/stat cannot be read, the moment this output started is used.
+/proc/stat cannot be read, the moment this output started is used. Traces
+(from the OTLP receiver) keep the resource the application sent.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from outputs.otlp.encode import (
     retry_delay,
     status_message,
 )
+from outputs.otlp.encode_traces import encode_spans, encode_spans_json
 
 Desc = msgspec.Meta
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -50,8 +52,9 @@ PROC_STAT = "/proc/stat"
 GRPC_METHODS = {
     Signal.METRICS: "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
     Signal.LOGS: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    Signal.TRACES: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
 }
-HTTP_PATHS = {Signal.METRICS: "/v1/metrics", Signal.LOGS: "/v1/logs"}
+HTTP_PATHS = {Signal.METRICS: "/v1/metrics", Signal.LOGS: "/v1/logs", Signal.TRACES: "/v1/traces"}
 # The OTLP specification's retryable gRPC codes; RESOURCE_EXHAUSTED only with RetryInfo.
 GRPC_RETRYABLE = frozenset(
     {
@@ -69,15 +72,17 @@ class OtlpConfig(HttpClientConfig, kw_only=True):
     endpoint: Annotated[
         str,
         Desc(
-            description="Base URL http(s)://HOST:4318 (requests go to /v1/metrics, /v1/logs); for grpc HOST:4317. "
+            description="Base URL http(s)://HOST:4318 (requests go to /v1/metrics, /v1/logs, /v1/traces); "
+            "for grpc HOST:4317. "
             "Empty: the local default port of the protocol."
         ),
     ] = ""
     protocol: Annotated[Literal["http", "grpc"], Desc(description="http (OTLP/HTTP) or grpc.")] = "http"
     encoding: Annotated[Literal["protobuf", "json"], Desc(description="Body encoding over http.")] = "protobuf"
     signals: Annotated[
-        list[Literal["metrics", "logs"]], Desc(description='What to send; a metrics-only backend takes ["metrics"].')
-    ] = msgspec.field(default_factory=lambda: ["metrics", "logs"])
+        list[Literal["metrics", "logs", "traces"]],
+        Desc(description='What to send; a metrics-only backend takes ["metrics"].'),
+    ] = msgspec.field(default_factory=lambda: ["metrics", "logs", "traces"])
 
     @property
     def target(self) -> str:
@@ -101,14 +106,14 @@ class OtlpConfig(HttpClientConfig, kw_only=True):
         if self.protocol == "grpc" and self.tls_insecure_skip_verify:
             raise ValueError("tls_insecure_skip_verify is not available with grpc; set tls_ca instead")
         if not self.signals:
-            raise ValueError("signals must name metrics, logs or both")
+            raise ValueError("signals must name at least one of metrics, logs, traces")
 
 
 class OtlpOutput(Output):
     """Sends each batch as one OTLP Export request."""
 
     Config: ClassVar[type] = OtlpConfig
-    signals: frozenset[Signal] = frozenset({Signal.METRICS, Signal.LOGS})  # narrowed per instance by config
+    signals: frozenset[Signal] = frozenset(Signal)  # narrowed per instance by config
 
     def __init__(self, config: OtlpConfig, context: OutputContext) -> None:
         super().__init__(config, context)
@@ -170,6 +175,8 @@ class OtlpOutput(Output):
             assert self.metrics_encoder is not None, "export before start"
             encode = self.metrics_encoder.encode_json if self.json else self.metrics_encoder.encode
             payload = encode(batch.items)  # type: ignore[arg-type]
+        elif batch.signal is Signal.TRACES:
+            payload = (encode_spans_json if self.json else encode_spans)(batch.items)  # type: ignore[arg-type]
         else:
             assert self.logs_encoder is not None, "export before start"
             encode = self.logs_encoder.encode_json if self.json else self.logs_encoder.encode

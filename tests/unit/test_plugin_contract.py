@@ -52,7 +52,16 @@ REGISTRY = load_registry()
 PLUGINS = [(kind, name) for kind in ("collectors", "outputs") for name in sorted(REGISTRY[kind])]
 # collectors that need a server, a directory or a source of their own to produce anything
 # (systemd: a system bus with systemd on it; tests/packaging/test_systemd_nspawn.py checks it in a booted container)
-NEEDS_PEER = {"queue_redis", "queue_rabbitmq", "queue_spool", "logs", "sequence", "systemd", "prometheus_scrape"}
+NEEDS_PEER = {
+    "queue_redis",
+    "queue_rabbitmq",
+    "queue_spool",
+    "logs",
+    "sequence",
+    "systemd",
+    "prometheus_scrape",
+    "otlp",
+}
 # collectors of hardware a VM lacks: their own tests check their README against fixture trees
 NEEDS_HARDWARE = {"hardware"}
 COMMENTED_DEFAULT = re.compile(r"^(\s*)# (\w+ = .*)$")

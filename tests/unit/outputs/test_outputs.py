@@ -364,7 +364,7 @@ async def test_otlp_reads_the_machine_id_when_the_context_has_none(tmp_path, mon
 def test_otlp_signals_narrow_what_the_instance_takes() -> None:
     output = OtlpOutput(OtlpConfig(signals=["metrics"]), context())
     assert output.signals == frozenset({Signal.METRICS})
-    assert OtlpOutput(OtlpConfig(), context()).signals == frozenset({Signal.METRICS, Signal.LOGS})
+    assert OtlpOutput(OtlpConfig(), context()).signals == frozenset({Signal.METRICS, Signal.LOGS, Signal.TRACES})
 
 
 @pytest.mark.parametrize(
