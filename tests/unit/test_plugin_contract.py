@@ -31,7 +31,7 @@ from tests.support import collector_context, output_context
 REGISTRY = load_registry()
 PLUGINS = [(kind, name) for kind in ("collectors", "outputs") for name in sorted(REGISTRY[kind])]
 # collectors that need a server, a directory or a source of their own to produce anything
-NEEDS_PEER = {"queue_redis", "queue_rabbitmq", "queue_spool", "logs", "sequence"}
+NEEDS_PEER = {"queue_redis", "queue_rabbitmq", "queue_spool", "logs", "journald", "sequence"}
 # collectors of hardware a VM lacks: their own tests check their README against fixture trees
 NEEDS_HARDWARE = {"hardware"}
 COMMENTED_DEFAULT = re.compile(r"^(\s*)# (\w+ = .*)$")
