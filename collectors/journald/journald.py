@@ -189,7 +189,9 @@ class JournaldCollector(StreamingCollector):
         cursor = self._position
         if cursor:
             if await self._cursor_exists(cursor):
-                return [f"--cursor={cursor}"], cursor
+                # --no-tail: with --follow, journalctl otherwise shows 10 entries from the cursor, then
+                # only what is appended later (what lies beyond the 10 would wait for the next entry)
+                return [f"--cursor={cursor}", "--no-tail"], cursor
             self._count("journal_cursor_lost")
             emit.error(
                 f"the saved journal cursor is no longer in the journal (vacuumed or rotated away before it was"

@@ -10,10 +10,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from agent.config import ConfigError, parse_config
+from agent.config import ConfigError, convert, parse_config
 from agent.redact import Redactor
 from agent.registry import load_registry
 from collectors.journald.export import ExportFormatError, ExportParser
@@ -119,7 +118,7 @@ def test_bytes_that_are_not_the_format_raise(stream: bytes) -> None:
 
 
 def collector(tmp_path, redactor=None, **options) -> JournaldCollector:
-    config = msgspec.convert(options, JournaldCollector.Config)
+    config = convert(options, JournaldCollector.Config)
     context = collector_context(tmp_path, static_labels=(("job", "journal"),), redactor=redactor)
     return JournaldCollector(config, context)
 
