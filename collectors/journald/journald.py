@@ -233,8 +233,10 @@ class JournaldCollector(StreamingCollector):
         cmd = [config.journalctl, "--output=export", "--no-pager", f"--output-fields={','.join(wanted)}"]
         if follow:
             cmd.append("--follow")
-        if config.directory:
-            cmd.append(f"--directory={config.directory}")
+        # the host's journal with --merge: under the packaged unit's sandbox, journalctl --follow on the
+        # local journal (its default) never sees entries added after it started (systemd 252); the
+        # same files opened as "all journals" are followed as they should be
+        cmd.append(f"--directory={config.directory}" if config.directory else "--merge")
         return [*cmd, *args]
 
     def _filters(self) -> list[str]:
