@@ -233,9 +233,9 @@ class JournaldCollector(StreamingCollector):
         cmd = [config.journalctl, "--output=export", "--no-pager", f"--output-fields={','.join(wanted)}"]
         if follow:
             cmd.append("--follow")
-        # the host's journal with --merge: under the packaged unit's sandbox, journalctl --follow on the
-        # local journal (its default) never sees entries added after it started (systemd 252); the
-        # same files opened as "all journals" are followed as they should be
+        # the host's journal with --merge: under the packaged unit's sandbox (systemd 252, the nspawn
+        # test boot), journalctl --follow on the local journal alone (its default) delivered nothing;
+        # the same files opened as "all journals" are followed as they should be
         cmd.append(f"--directory={config.directory}" if config.directory else "--merge")
         return [*cmd, *args]
 
