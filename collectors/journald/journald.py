@@ -221,11 +221,13 @@ class JournaldCollector(StreamingCollector):
                     entries = parser.feed(chunk)
                     if entries:
                         return entries[0].get("__CURSOR") == cursor.encode()
+                # nothing at or after the cursor: gone, unless journalctl failed (a journal it cannot
+                # open says nothing about the cursor; the follower then fails and is restarted)
+                return await proc.wait() != 0
         except (TimeoutError, ExportFormatError):
             return True  # cannot tell: resume at the cursor as usual
         finally:
             await _stop(proc)
-        return False
 
     def _command(self, *args: str, follow: bool = True) -> list[str]:
         config = self.config

@@ -227,3 +227,38 @@ async def test_a_blocked_pipeline_stops_the_reading_and_loses_nothing(tmp_path) 
     await until(lambda: len(sink.records) >= total, timeout=60, what="every entry once the gate opens")
     await run.stop()
     assert sink.numbers() == list(range(total))
+
+
+async def test_unit_priority_and_match_filters_are_journalctls_own(tmp_path) -> None:
+    journal = tmp_path / "journal"
+    write_journal(journal / "system.journal", range(0, 40), unit="app.service")
+    write_journal(journal / "system.journal", range(40, 80), unit="other.service")
+    sink = Sink()
+    # app.service only, priorities emerg..err (n % 8 <= 3), and (a match) PRIORITY=3 or PRIORITY=0
+    run = Running(tmp_path, sink, directory=str(journal), start_at="beginning", units=["app.service"],
+                  priority="err", matches=["PRIORITY=3", "PRIORITY=0"])  # fmt: skip
+    expected = [n for n in range(40) if n % 8 in (0, 3)]
+    await until(lambda: len(sink.records) >= len(expected))
+    await asyncio.sleep(0.5)
+    await run.stop()
+    assert sink.numbers() == expected
+    assert {r.severity for r in sink.records} == {"EMERG", "ERR"}
+
+
+async def test_a_journal_briefly_unreadable_keeps_the_cursor(tmp_path) -> None:
+    journal = tmp_path / "journal"
+    write_journal(journal / "system.journal", range(0, 20))
+    sink = Sink()
+    run = Running(tmp_path, sink, directory=str(journal), start_at="beginning")
+    await until(lambda: len(sink.records) >= 20)
+    await run.stop()
+    journal.rename(tmp_path / "away")  # journalctl fails: that says nothing about the cursor
+    run = Running(tmp_path, sink, directory=str(journal), start_at="beginning")
+    await until(lambda: run.metric("hostwatch_journal_restarts_total", reason="exited") >= 2, what="failed starts")
+    (tmp_path / "away").rename(journal)
+    write_journal(journal / "system.journal", range(20, 30))
+    await until(lambda: len(sink.records) >= 30, what="entries after the journal came back")
+    await asyncio.sleep(0.5)
+    await run.stop()
+    assert sink.numbers() == list(range(30))
+    assert run.metric("hostwatch_journal_cursor_lost_total") == 0
