@@ -3,7 +3,7 @@
 journalctl does the journal's hard parts (file rotation, vacuuming, the
 filters, a container's or copied journal with ``--directory``); this
 collector reads its export-format stream (``export.py``), turns entries into
-log records on the instance's worker thread, and hands them to the pipeline.
+log records on the instance's worker thread (``records.py``), and hands them to the pipeline.
 While an output applies backpressure ``emit.logs`` waits, nothing reads the
 pipe, the pipe fills and journalctl blocks in its write: nothing is buffered
 beyond one read.
@@ -30,10 +30,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agent.model import Labels, LogRecord, merge_labels
+from agent.model import LogRecord
 from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
 from collectors.journald.cursor import Ledger, Store
-from collectors.journald.export import Entry, ExportFormatError, ExportParser
+from collectors.journald.export import ExportFormatError, ExportParser
+from collectors.journald.records import RecordBuilder
 
 Meta = msgspec.Meta
 READ_CHUNK = 256 * 1024  # also the StreamReader's limit: the pipe is left alone past twice this
@@ -41,11 +42,6 @@ MAX_RESTART_DELAY = 60.0
 STEADY_SECONDS = 30.0  # a journalctl that ran this long resets the restart delay
 PROBE_TIMEOUT = 30.0
 
-# PRIORITY -> (severity text, OpenTelemetry severity number); README.md has the table
-SEVERITY = {
-    b"0": ("EMERG", 21), b"1": ("ALERT", 19), b"2": ("CRIT", 18), b"3": ("ERR", 17),
-    b"4": ("WARNING", 13), b"5": ("NOTICE", 10), b"6": ("INFO", 9), b"7": ("DEBUG", 5),
-}  # fmt: skip
 LEVEL = r"(?:emerg|alert|crit|err|warning|notice|info|debug|[0-7])"
 PRIORITY = re.compile(rf"{LEVEL}(?:\.\.{LEVEL})?")
 FIELD = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
@@ -105,10 +101,7 @@ class JournaldCollector(StreamingCollector):
         self._save_wanted = asyncio.Event()
         self._stopped = False
         self._emit: Emitter | None = None
-        self._labels: dict[tuple[bytes, bytes], Labels] = {}
-        redactor = context.redactor
-        # one key-block state per stream: a private key logged over several entries is masked across them
-        self._streams = redactor.streams() if redactor is not None and hasattr(redactor, "streams") else None
+        self._build = RecordBuilder(context, config.fields)
         self.proc: asyncio.subprocess.Process | None = None
         self.stats = collections.Counter()
 
@@ -263,63 +256,7 @@ class JournaldCollector(StreamingCollector):
         if skipped:
             entries = entries[1:]
         self._count("journal_entries_read", n=len(entries))
-        return self._records(entries), last, skipped
-
-    def _records(self, entries: list[Entry]) -> list[LogRecord]:
-        clock, fields, invalid = self.context.clock, self.config.fields, 0
-        rows = []
-        for entry in entries:
-            message = entry.get("MESSAGE")
-            if message is None:
-                continue  # nothing to show (a few internal entries); the cursor still moves past it
-            try:
-                body = message.decode()
-            except UnicodeDecodeError:
-                body, invalid = message.decode("utf-8", "replace"), invalid + 1
-            stamp = entry.get("_SOURCE_REALTIME_TIMESTAMP") or entry.get("__REALTIME_TIMESTAMP", b"")
-            time_ns = int(stamp) * 1000 if stamp.isdigit() else clock()
-            severity, number = SEVERITY.get(entry.get("PRIORITY", b""), ("", 0))
-            unit = entry.get("_SYSTEMD_UNIT", b"")
-            ident = entry.get("SYSLOG_IDENTIFIER") or entry.get("_COMM", b"")
-            attributes = tuple(
-                sorted((name, entry[name].decode("utf-8", "replace")) for name in fields if name in entry)
-            )
-            rows.append((time_ns, body, self._stream(unit, ident), severity, attributes, number, unit or ident))
-        if invalid and self.context.telemetry is not None:
-            self.context.telemetry.log_lines_invalid_encoding.inc(invalid)
-        bodies = self._redact([row[1] for row in rows], [row[6] for row in rows])
-        redact = self.context.redactor.redact if self.context.redactor is not None else None
-        return [
-            LogRecord(t, body, labels, sev, tuple((k, redact(v)) for k, v in attrs) if redact else attrs, num)
-            for (t, _, labels, sev, attrs, num, _), body in zip(rows, bodies, strict=True)
-        ]
-
-    def _stream(self, unit: bytes, ident: bytes) -> Labels:
-        labels = self._labels.get((unit, ident))
-        if labels is None:
-            own = [("unit", unit.decode("utf-8", "replace"))] if unit else []
-            if ident:
-                own.append(("identifier", ident.decode("utf-8", "replace")))
-            if len(self._labels) > 10_000:  # identifiers are chosen by programs: keep the cache bounded
-                self._labels.clear()
-            labels = self._labels[(unit, ident)] = merge_labels(self.context.static_labels, tuple(sorted(own)))
-        return labels
-
-    def _redact(self, bodies: list[str], keys: list[bytes]) -> list[str]:
-        """Per stream (a unit, or an identifier), so a private key spread over entries is masked across them."""
-        redactor = self.context.redactor
-        if redactor is None or not bodies:
-            return bodies
-        if self._streams is None:
-            return [redactor.redact(body) for body in bodies]
-        groups: dict[bytes, list[int]] = collections.defaultdict(list)
-        for i, key in enumerate(keys):
-            groups[key].append(i)
-        out = list(bodies)
-        for key, indexes in groups.items():
-            for i, text in zip(indexes, self._streams([bodies[i] for i in indexes], key.decode()), strict=True):
-                out[i] = text
-        return out
+        return self._build(entries), last, skipped
 
     # ------------------------------------------------------------------ delivery and the cursor
 
