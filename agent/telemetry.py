@@ -163,6 +163,34 @@ class Telemetry:
             registry=registry,
         )
 
+        # the journal (journald collector)
+        self.journal_entries_read = Counter(
+            "hostwatch_journal_entries_read",
+            "Journal entries read from journalctl, by collector instance.",
+            ["collector"],
+            registry=registry,
+        )
+        self.journal_cursor_lost = Counter(
+            "hostwatch_journal_cursor_lost",
+            "Saved journal cursors no longer in the journal (vacuumed before they were read on from):"
+            " reading starts again at the oldest entry.",
+            ["collector"],
+            registry=registry,
+        )
+        self.journal_restarts = Counter(
+            "hostwatch_journal_restarts",
+            "journalctl restarted, by reason (exited, not_found: the program is missing, error: it could not"
+            " be started, bad_output: its output was not the export format).",
+            ["collector", "reason"],
+            registry=registry,
+        )
+        self.journal_fields_truncated = Counter(
+            "hostwatch_journal_fields_truncated",
+            "Journal field values cut at max_field_bytes.",
+            ["collector"],
+            registry=registry,
+        )
+
         self.unrouted_items = Counter(
             "hostwatch_unrouted_items",
             "Items a source handed on that no output takes (dropped), by signal: log lines without a log"

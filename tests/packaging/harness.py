@@ -4,6 +4,8 @@ A :class:`Booted` container is a clean Debian 12 root (tests/packaging/debroot.s
 booted with ``systemd-nspawn -b``; commands run in it through ``nsenter`` into its init's
 namespaces, so no machined, D-Bus or systemd is needed on the host. Its network is private
 (only its own loopback): the agent inside listens on 127.0.0.1:9730 without touching the host.
+With ``private_network=False`` it shares the host's network instead, so the agent inside reaches
+a test server on the host's loopback (its own listener then needs a free port).
 """
 
 from __future__ import annotations
@@ -102,9 +104,12 @@ def _children(pid: int) -> list[int]:
 class Booted:
     """A root booted with ``systemd-nspawn -b``; :meth:`sh` runs a shell script in it."""
 
-    def __init__(self, root: Path, name: str, log: Path, *, binds_ro: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, name: str, log: Path, *, binds_ro: tuple[str, ...] = (), private_network: bool = True
+    ) -> None:
         self.root, self.name, self.log = root, name, log
         self.binds_ro = binds_ro  # read-only bind mounts, nspawn's "HOST_PATH[:CONTAINER_PATH]"
+        self.private_network = private_network
         self.proc: subprocess.Popen | None = None
         self.leader = 0
 
@@ -121,7 +126,7 @@ class Booted:
             # no machined or host systemd here: no registration, no transient scope
             "--register=no",
             "--keep-unit",
-            "--private-network",
+            *(["--private-network"] if self.private_network else []),
             "--console=passive",
             "--quiet",
             # nspawn's own filter refuses adjtimex(2) (glibc calls clock_adjtime) to a container

@@ -61,6 +61,7 @@ NEEDS_PEER = {
     "systemd",
     "prometheus_scrape",
     "otlp",
+    "journald",
 }
 # collectors of hardware a VM lacks: their own tests check their README against fixture trees
 NEEDS_HARDWARE = {"hardware"}
