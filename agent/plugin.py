@@ -167,6 +167,11 @@ class PeriodicCollector(abc.ABC):
     served_on_metrics: ClassVar[bool] = True
     """False: the samples go to the outputs only, not to ``/metrics`` (the ``internal``
     collector's are the agent's own metrics, which ``/metrics`` serves already)."""
+    shares_worker: ClassVar[bool] = False
+    """True: ``run_blocking`` only reads /proc and /sys, which answer at once, so the engine
+    runs the calls of all such instances of one interval in one batch on one thread. Leave
+    it False when a call may wait on a mount, a device or the network (``disk``, files in a
+    user's directory): such an instance keeps a worker thread of its own."""
 
     def __init__(self, config: Any, context: CollectorContext) -> None:
         self.config = config

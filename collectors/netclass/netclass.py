@@ -63,6 +63,7 @@ class Config(PluginConfig):
 
 
 class NetclassCollector(PeriodicCollector):
+    shares_worker = True  # reads /proc and /sys only
     Config = Config
 
     def __init__(self, config: Config, context: CollectorContext) -> None:
