@@ -29,9 +29,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import generate_latest
-
 from agent import config_types
+from agent.exposition import RegistryPage
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -88,6 +87,7 @@ class HttpServer:
         # each connection's task -> since when it waits for a request (inf while it is answered)
         self._connections: dict[asyncio.Task, float] = {}
         self._logged: set[str] = set()
+        self._own_page: RegistryPage | None = None  # the agent's own metrics, as generate_latest writes them
         self.routes: dict[str, Callable[[], Awaitable[Response]]] = {
             "/health": self.live,
             "/live": self.live,
@@ -265,6 +265,9 @@ class HttpServer:
 
     async def metrics(self) -> Response:
         self.agent.pipeline.refresh_gauges()
+        registry = self.agent.telemetry.registry
+        if self._own_page is None or self._own_page.registry is not registry:
+            self._own_page = RegistryPage(registry)
         # the process collector reads /proc/self: keep even that off the loop
-        own = await asyncio.to_thread(generate_latest, self.agent.telemetry.registry)
+        own = await asyncio.to_thread(self._own_page.render)
         return 200, PROMETHEUS_TEXT, own + self.agent.latest.page()

@@ -27,9 +27,14 @@ class SeriesTracker:
 
     def __init__(self) -> None:
         self._last: dict[str, dict[SeriesKey, SeriesInfo]] = {}
+        self._last_run: dict[str, list[Sample]] = {}
 
     def update(self, instance: str, samples: list[Sample], time_ns: int) -> list[Sample]:
         """Remember this run's series; return markers for the ones the previous run had and this lacks."""
+        last_run = self._last_run.get(instance)
+        self._last_run[instance] = samples
+        if last_run is not None and _same_series(last_run, samples):
+            return []  # the usual run: the very series of the last one, in the same order
         current = {(s.name, s.labels): (s.kind, s.unit) for s in samples}
         previous = self._last.get(instance)
         self._last[instance] = current
@@ -39,6 +44,7 @@ class SeriesTracker:
 
     def end(self, instance: str, time_ns: int) -> list[Sample]:
         """The instance stopped (removed by a reload): every series it had ends now."""
+        self._last_run.pop(instance, None)
         return _markers(self._last.pop(instance, {}).items(), time_ns)
 
     def end_all(self, time_ns: int) -> list[Sample]:
@@ -47,6 +53,17 @@ class SeriesTracker:
 
     def series_count(self) -> int:
         return sum(len(series) for series in self._last.values())
+
+
+def _same_series(before: list[Sample], now: list[Sample]) -> bool:
+    """Cheaper than building the run's set of series: a collector emits its series in the same
+    order each run, and comparing name and labels pairwise needs no hashing."""
+    if len(before) != len(now):
+        return False
+    for a, b in zip(before, now, strict=True):
+        if a.name != b.name or a.labels != b.labels or a.kind != b.kind or a.unit != b.unit:
+            return False
+    return True
 
 
 def _markers(series, time_ns: int) -> list[Sample]:
