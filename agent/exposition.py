@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from agent.model import Labels, Sample
+from agent.model import Labels, Sample, same_series
 
 
 def escape_label_value(value: str) -> str:
@@ -71,30 +71,74 @@ def render_samples(
 
 
 class LatestSamples:
-    """The last samples of every collector instance."""
+    """The last samples of every collector instance.
+
+    A run usually brings the very series of the last one with new values. The
+    page's layout (families in order, and for each series its instance, index
+    and name-and-labels text) is kept while that holds, so a render only formats
+    the values; a run with other series makes the next render lay it out anew.
+    """
 
     def __init__(self) -> None:
         self._by_instance: dict[str, list[Sample]] = {}
         self._page: bytes | None = None
         self._prefixes: dict[tuple[str, Labels], str] = {}
+        # per family: its TYPE line and (instance position, sample index, series text) per series
+        self._layout: list[tuple[str, list[tuple[int, int, str]]]] | None = None
 
     def replace(self, instance: str, samples: list[Sample]) -> None:
-        self._by_instance[instance] = samples
+        before = self._by_instance.get(instance)
+        self._by_instance[instance] = samples  # a known instance keeps its position
         self._page = None
+        if before is None or not same_series(before, samples):
+            self._layout = None
 
     def forget(self, instance: str) -> None:
         if self._by_instance.pop(instance, None) is not None:
-            self._page = None
+            self._page = self._layout = None
 
     def samples(self) -> list[Sample]:
         return [s for samples in self._by_instance.values() for s in samples]
 
     def page(self) -> bytes:
         if self._page is None:
-            if len(self._prefixes) > 4 * sum(map(len, self._by_instance.values())) + 1000:
-                self._prefixes.clear()  # series come and go (mounts, interfaces): keep the cache bounded
-            self._page = render_samples(self.samples(), prefixes=self._prefixes).encode()
+            if self._layout is None:
+                self._layout = self._lay_out()
+            self._page = self._render().encode()
         return self._page
+
+    def _lay_out(self) -> list[tuple[str, list[tuple[int, int, str]]]]:
+        """As :func:`render_samples` orders the page: families by first appearance, one TYPE line each."""
+        cache = self._prefixes
+        if len(cache) > 4 * sum(map(len, self._by_instance.values())) + 1000:
+            cache.clear()  # series come and go (mounts, interfaces): keep the cache bounded
+        families: dict[str, tuple[str, list[tuple[int, int, str]]]] = {}
+        for i, samples in enumerate(self._by_instance.values()):
+            for j, s in enumerate(samples):
+                family = families.get(s.name)
+                if family is None:
+                    family = families[s.name] = (f"# TYPE {s.name} {s.kind}", [])
+                key = (s.name, s.labels)
+                prefix = cache.get(key)
+                if prefix is None:
+                    prefix = cache[key] = series_prefix(s.name, s.labels)
+                family[1].append((i, j, prefix))
+        return list(families.values())
+
+    def _render(self) -> str:
+        runs = list(self._by_instance.values())
+        lines: list[str] = []
+        for type_line, members in self._layout or ():
+            lines.append(type_line)
+            # v - v is 0 for every finite value; NaN and the infinities take the slow path
+            lines.extend(
+                [
+                    prefix + (repr(v) if (v := runs[i][j].value) - v == 0 else format_value(v))
+                    for i, j, prefix in members
+                ]
+            )
+        lines.append("")
+        return "\n".join(lines)
 
 
 # prometheus_client's OpenMetrics types as the 0.0.4 text format names them

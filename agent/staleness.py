@@ -16,7 +16,7 @@ state. A streaming source publishes increments, so absence means nothing there.
 
 from __future__ import annotations
 
-from agent.model import STALE_NAN, Labels, MetricKind, Sample
+from agent.model import STALE_NAN, Labels, MetricKind, Sample, same_series
 
 SeriesInfo = tuple[MetricKind, str]  # kind and unit, kept so the marker encodes like the series
 SeriesKey = tuple[str, Labels]
@@ -33,7 +33,7 @@ class SeriesTracker:
         """Remember this run's series; return markers for the ones the previous run had and this lacks."""
         last_run = self._last_run.get(instance)
         self._last_run[instance] = samples
-        if last_run is not None and _same_series(last_run, samples):
+        if last_run is not None and same_series(last_run, samples):
             return []  # the usual run: the very series of the last one, in the same order
         current = {(s.name, s.labels): (s.kind, s.unit) for s in samples}
         previous = self._last.get(instance)
@@ -53,17 +53,6 @@ class SeriesTracker:
 
     def series_count(self) -> int:
         return sum(len(series) for series in self._last.values())
-
-
-def _same_series(before: list[Sample], now: list[Sample]) -> bool:
-    """Cheaper than building the run's set of series: a collector emits its series in the same
-    order each run, and comparing name and labels pairwise needs no hashing."""
-    if len(before) != len(now):
-        return False
-    for a, b in zip(before, now, strict=True):
-        if a.name != b.name or a.labels != b.labels or a.kind != b.kind or a.unit != b.unit:
-            return False
-    return True
 
 
 def _markers(series, time_ns: int) -> list[Sample]:

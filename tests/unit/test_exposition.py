@@ -6,7 +6,8 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary, generate_latest
 
-from agent.exposition import RegistryPage, go_float
+from agent.exposition import LatestSamples, RegistryPage, go_float, render_samples
+from agent.model import Sample
 from agent.telemetry import Telemetry
 
 
@@ -47,3 +48,36 @@ def test_values_are_written_as_go_writes_them() -> None:
 
 def test_an_empty_registry_renders_nothing() -> None:
     assert RegistryPage(CollectorRegistry()).render() == generate_latest(CollectorRegistry()) == b""
+
+
+def run(values: list[float], devices: tuple[str, ...] = ("eth0", "eth1"), t: int = 1) -> list[Sample]:
+    out = [
+        Sample("node_network_up", v, "gauge", (("device", d), ("note", 'a "q"\\\n')), t)
+        for d, v in zip(devices, values, strict=True)
+    ]
+    out.append(Sample("node_scrape_collector_success", 1.0, "gauge", (("collector", "network"),), t))
+    return out
+
+
+def test_the_metrics_page_is_the_same_whether_laid_out_anew_or_reused() -> None:
+    """A run with the same series only reformats values; one with other series is laid out anew;
+    a family spread over instances keeps one TYPE line."""
+    latest = LatestSamples()
+    scrape = [Sample("node_scrape_collector_success", 0.0, "gauge", (("collector", "cpu"),), 1)]
+    steps = [
+        ("network", run([1.0, 0.0])),
+        ("cpu#scrape", scrape),
+        ("network", run([math.nan, math.inf])),  # same series: the layout is reused
+        ("network", run([-math.inf, 1e21])),
+        ("network", run([2.0], devices=("eth1",))),  # a series went away
+        ("network", run([3.0, 4.0, 5.0], devices=("eth0", "eth2", "eth1"))),  # new one, new order
+        ("cpu#scrape", [*scrape, Sample("node_cpu_x", 7, "counter", (), 1)]),  # an int value
+    ]
+    for instance, samples in steps:
+        latest.replace(instance, samples)
+        page = latest.page().decode()
+        assert page == render_samples(latest.samples()), instance
+        assert page.count("# TYPE node_scrape_collector_success gauge") == 1
+    assert "+Inf" in render_samples(run([math.inf, 0.0])) and "NaN" in render_samples(run([math.nan, 0.0]))
+    latest.forget("network")
+    assert latest.page().decode() == render_samples(latest.samples())
