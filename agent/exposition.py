@@ -86,12 +86,16 @@ class LatestSamples:
         # per family: its TYPE line and (instance position, sample index, series text) per series
         self._layout: list[tuple[str, list[tuple[int, int, str]]]] | None = None
 
-    def replace(self, instance: str, samples: list[Sample]) -> None:
+    def replace(self, instance: str, samples: list[Sample]) -> list[Sample] | None:
+        """Returns the run replaced when ``samples`` has its very series (the pipeline's staleness
+        tracker then needs no comparison of its own), else None."""
         before = self._by_instance.get(instance)
         self._by_instance[instance] = samples  # a known instance keeps its position
         self._page = None
         if before is None or not same_series(before, samples):
             self._layout = None
+            return None
+        return before
 
     def forget(self, instance: str) -> None:
         if self._by_instance.pop(instance, None) is not None:

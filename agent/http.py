@@ -157,12 +157,15 @@ class HttpServer:
         first = b""
         if not fresh:  # a kept-alive connection: the next request may be a while
             try:
-                first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
+                # asyncio.timeout, not wait_for: no extra task per request
+                async with asyncio.timeout(self.idle_timeout):
+                    first = await reader.readexactly(1)
             except TimeoutError:
                 self._closed("idle_timeout")
                 return None
         try:
-            return first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
+            async with asyncio.timeout(self.head_timeout):
+                return first + await reader.readuntil(b"\r\n\r\n")
         except TimeoutError:
             self._closed("head_timeout")
             return None
@@ -190,7 +193,8 @@ class HttpServer:
                 fresh = False
                 self._connections[task] = math.inf  # answering: not to be evicted
                 try:
-                    keep_alive = await asyncio.wait_for(self._respond(head, writer), self.write_timeout)
+                    async with asyncio.timeout(self.write_timeout):
+                        keep_alive = await self._respond(head, writer)
                 except TimeoutError:
                     self._closed("write_timeout")
                     return
@@ -245,7 +249,9 @@ class HttpServer:
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
         ).encode("latin-1")
-        writer.write(head if head_only else head + body)
+        writer.write(head)
+        if not head_only:
+            writer.write(body)  # not head + body: a /metrics page is copied once less
         await writer.drain()
 
     # ------------------------------------------------------------ endpoints

@@ -29,11 +29,16 @@ class SeriesTracker:
         self._last: dict[str, dict[SeriesKey, SeriesInfo]] = {}
         self._last_run: dict[str, list[Sample]] = {}
 
-    def update(self, instance: str, samples: list[Sample], time_ns: int) -> list[Sample]:
-        """Remember this run's series; return markers for the ones the previous run had and this lacks."""
+    def update(
+        self, instance: str, samples: list[Sample], time_ns: int, same_as: list[Sample] | None = None
+    ) -> list[Sample]:
+        """Remember this run's series; return markers for the ones the previous run had and this lacks.
+
+        ``same_as``: a run already known to have exactly the series of ``samples`` (the one
+        ``/metrics`` replaced); when it is the last run seen here, no comparison is needed."""
         last_run = self._last_run.get(instance)
         self._last_run[instance] = samples
-        if last_run is not None and same_series(last_run, samples):
+        if last_run is not None and (last_run is same_as or same_series(last_run, samples)):
             return []  # the usual run: the very series of the last one, in the same order
         current = {(s.name, s.labels): (s.kind, s.unit) for s in samples}
         previous = self._last.get(instance)
