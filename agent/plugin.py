@@ -25,7 +25,10 @@ Rules a plugin keeps:
   ``ok`` / ``retry`` / ``drop`` / ``too_large`` and the engine does the rest.
 * Nothing blocking runs on the event loop: file reads, psutil, ``statvfs`` go
   through :attr:`CollectorContext.run_blocking`, which runs them on the
-  instance's own worker thread, so a hung NFS mount stalls only that instance.
+  instance's own worker thread, so a hung NFS mount stalls only that instance
+  (or, for a collector that sets ``shares_worker``, on a thread shared by the
+  interval's /proc and /sys readers, which a stuck call leaves for a thread of
+  its own).
 * ``close()`` is idempotent and may be called without ``start()``.
 
 This module imports nothing from the project except :mod:`agent.model` and
