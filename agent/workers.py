@@ -117,11 +117,13 @@ class SharedWorker:
         self._flush_at: asyncio.Handle | None = None
         self._lane: _Lane | None = None
         self._private: dict[str, Worker] = {}
-        self._members: set[str] = set()
+        # bindings per instance name: a reload binds a changed instance's new runner before
+        # the old one releases the name
+        self._members: dict[str, int] = {}
 
     def bind(self, owner: str) -> SharedWorkerMember:
         """One instance's view: ``run`` (its ``run_blocking``) and ``close``, as a :class:`Worker` has."""
-        self._members.add(owner)
+        self._members[owner] = self._members.get(owner, 0) + 1
         return SharedWorkerMember(self, owner)
 
     @property
@@ -166,7 +168,11 @@ class SharedWorker:
 
     def release(self, owner: str) -> None:
         """The instance stopped; the thread ends with the last of them."""
-        self._members.discard(owner)
+        left = self._members.get(owner, 0) - 1
+        if left > 0:
+            self._members[owner] = left
+            return
+        self._members.pop(owner, None)
         private = self._private.pop(owner, None)
         if private is not None:
             private.close()

@@ -178,3 +178,30 @@ async def test_a_stuck_call_on_the_shared_thread_costs_its_mates_one_run_at_most
     finally:
         SharedHangs.release.set()
         await agent.stop()
+
+
+async def test_a_shared_instance_changed_by_a_reload_keeps_the_shared_thread(tmp_path) -> None:
+    """The new runner binds the name before the old one releases it: the name stays bound once."""
+    agent = agent_with(tmp_path, spec("a", SharedTicks, 0.05), spec("b", SharedTicks, 0.05))
+    try:
+        await agent.start()
+        await asyncio.sleep(0.1)
+        changed = type(agent.config)(
+            agent.config.agent,
+            agent.config.http,
+            agent.config.redaction,
+            (spec("a", SharedTicks, 0.05, 0.04), spec("b", SharedTicks, 0.05)),
+            (),
+            agent.config.sources,
+        )
+        await agent.reload(changed)
+        await asyncio.sleep(0.3)  # the old runner's stop has run by now
+        shared = agent._shared_workers[0.05]
+        assert shared._members == {"a": 1, "b": 1}
+        before = agent.detailed()["collectors"]["a"]["runs"]
+        await asyncio.sleep(0.2)
+        assert agent.detailed()["collectors"]["a"]["runs"] >= before + 2
+        assert agent.detailed()["collectors"]["a"]["errors"] == 0
+    finally:
+        await agent.stop()
+    assert agent._shared_workers[0.05]._members == {}, "every binding released at stop"
