@@ -70,6 +70,7 @@ def test_the_metrics_page_is_the_same_whether_laid_out_anew_or_reused() -> None:
         ("network", run([math.nan, math.inf])),  # same series: the layout is reused
         ("network", run([-math.inf, 1e21])),
         ("network", run([2.0], devices=("eth1",))),  # a series went away
+        ("network", run([2.5], devices=("eth9",))),  # as many series, another one
         ("network", run([3.0, 4.0, 5.0], devices=("eth0", "eth2", "eth1"))),  # new one, new order
         ("cpu#scrape", [*scrape, Sample("node_cpu_x", 7, "counter", (), 1)]),  # an int value
     ]
