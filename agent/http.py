@@ -30,9 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import generate_latest
-
-from agent import config_types
+from agent.config import values as config_values
+from agent.exposition import RegistryPage
 from agent.status import build_status
 from agent.status_assets import STATIC, PageAssets
 
@@ -65,7 +64,7 @@ NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``[http] listen`` as validated by the config (an empty host binds every interface)."""
-    host, port = config_types.parse_listen(listen)
+    host, port = config_values.parse_listen(listen)
     return host or "0.0.0.0", port
 
 
@@ -94,6 +93,7 @@ class HttpServer:
         self._connections: dict[asyncio.Task, float] = {}
         self._logged: set[str] = set()
         self._assets: PageAssets | None = None
+        self._own_page: RegistryPage | None = None  # the agent's own metrics, as generate_latest writes them
         self.routes: dict[str, Callable[[], Awaitable[Response]]] = {
             "/health": self.live,
             "/live": self.live,
@@ -167,12 +167,15 @@ class HttpServer:
         first = b""
         if not fresh:  # a kept-alive connection: the next request may be a while
             try:
-                first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
+                # asyncio.timeout, not wait_for: no extra task per request
+                async with asyncio.timeout(self.idle_timeout):
+                    first = await reader.readexactly(1)
             except TimeoutError:
                 self._closed("idle_timeout")
                 return None
         try:
-            return first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
+            async with asyncio.timeout(self.head_timeout):
+                return first + await reader.readuntil(b"\r\n\r\n")
         except TimeoutError:
             self._closed("head_timeout")
             return None
@@ -200,7 +203,8 @@ class HttpServer:
                 fresh = False
                 self._connections[task] = math.inf  # answering: not to be evicted
                 try:
-                    keep_alive = await asyncio.wait_for(self._respond(head, writer), self.write_timeout)
+                    async with asyncio.timeout(self.write_timeout):
+                        keep_alive = await self._respond(head, writer)
                 except TimeoutError:
                     self._closed("write_timeout")
                     return
@@ -260,7 +264,9 @@ class HttpServer:
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{headers}"
             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
         ).encode("latin-1")
-        writer.write(head if head_only else head + body)
+        writer.write(head)
+        if not head_only:
+            writer.write(body)  # not head + body: a /metrics page is copied once less
         await writer.drain()
 
     # ------------------------------------------------------------ endpoints
@@ -280,8 +286,11 @@ class HttpServer:
 
     async def metrics(self) -> Response:
         self.agent.pipeline.refresh_gauges()
+        registry = self.agent.telemetry.registry
+        if self._own_page is None or self._own_page.registry is not registry:
+            self._own_page = RegistryPage(registry)
         # the process collector reads /proc/self: keep even that off the loop
-        own = await asyncio.to_thread(generate_latest, self.agent.telemetry.registry)
+        own = await asyncio.to_thread(self._own_page.render)
         return 200, PROMETHEUS_TEXT, own + self.agent.latest.page()
 
     # ------------------------------------------------------------ status page (built on request only)

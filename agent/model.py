@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -126,6 +126,17 @@ def merge_labels(base: Labels, extra: Labels) -> Labels:
     merged = dict(base)
     merged.update(extra)
     return tuple(sorted(merged.items()))
+
+
+def same_series(before: Sequence[Sample], now: Sequence[Sample]) -> bool:
+    """The same series in the same order (values aside): a collector's usual run. Compared
+    pairwise, which needs no hashing of label tuples, unlike building a set of them."""
+    if len(before) != len(now):
+        return False
+    for a, b in zip(before, now, strict=True):
+        if a.name != b.name or a.labels != b.labels or a.kind != b.kind or a.unit != b.unit:
+            return False
+    return True
 
 
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]

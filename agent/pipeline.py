@@ -163,9 +163,8 @@ class Pipeline:
         Series the instance's previous run had and this one lacks get a staleness
         marker, pushed with the run (``/metrics`` simply stops showing them).
         ``served=False`` keeps the samples off ``/metrics`` (outputs only)."""
-        if served:
-            self.latest.replace(instance, samples)
-        ended = self.series.update(instance, samples, self.clock())
+        same_as = self.latest.replace(instance, samples) if served else None
+        ended = self.series.update(instance, samples, self.clock(), same_as)
         if ended:
             samples = samples + ended
         lanes = self._metric_lanes if samples else []

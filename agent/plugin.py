@@ -25,7 +25,10 @@ Rules a plugin keeps:
   ``ok`` / ``retry`` / ``drop`` / ``too_large`` and the engine does the rest.
 * Nothing blocking runs on the event loop: file reads, psutil, ``statvfs`` go
   through :attr:`CollectorContext.run_blocking`, which runs them on the
-  instance's own worker thread, so a hung NFS mount stalls only that instance.
+  instance's own worker thread, so a hung NFS mount stalls only that instance
+  (or, for a collector that sets ``shares_worker``, on a thread shared by the
+  interval's /proc and /sys readers, which a stuck call leaves for a thread of
+  its own).
 * ``close()`` is idempotent and may be called without ``start()``.
 
 This module imports nothing from the project except :mod:`agent.model` and
@@ -198,6 +201,11 @@ class PeriodicCollector(abc.ABC):
     served_on_metrics: ClassVar[bool] = True
     """False: the samples go to the outputs only, not to ``/metrics`` (the ``internal``
     collector's are the agent's own metrics, which ``/metrics`` serves already)."""
+    shares_worker: ClassVar[bool] = False
+    """True: ``run_blocking`` only reads /proc and /sys, which answer at once, so the engine
+    runs the calls of all such instances of one interval in one batch on one thread. Leave
+    it False when a call may wait on a mount, a device or the network (``disk``, files in a
+    user's directory): such an instance keeps a worker thread of its own."""
 
     def __init__(self, config: Any, context: CollectorContext) -> None:
         self.config = config

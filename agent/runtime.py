@@ -27,12 +27,12 @@ from agent.logsetup import SecretMask
 from agent.model import labels_from, merge_labels
 from agent.pipeline import ApplyError, Pipeline
 from agent.plugin import CollectorContext
-from agent.scheduler import CollectorRunner, iso_time, scrape_key
+from agent.scheduler import CollectorRunner, TickGroup, iso_time, scrape_key
 from agent.secrets import config_secrets
 from agent.status import History, RecentProblems, output_totals
 from agent.systemd import Notifier
 from agent.telemetry import Telemetry
-from agent.workers import Worker
+from agent.workers import SharedWorker, Worker
 
 log = logging.getLogger("hostwatch.runtime")
 
@@ -68,6 +68,10 @@ class Agent:
         self.stopping = False
         self._background: set[asyncio.Task] = set()
         self._redactor: tuple[Any, Any] | None = None
+        # per interval: the periodic instances' common timer, and the worker thread of those
+        # that only read /proc and /sys (see build_runner)
+        self._tick_groups: dict[float, TickGroup] = {}
+        self._shared_workers: dict[float, SharedWorker] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -193,7 +197,8 @@ class Agent:
         agent = config.agent
         interval = spec.common.interval or agent.interval
         static = merge_labels(labels_from(agent.labels), labels_from(spec.common.labels))
-        worker = Worker(spec.name)
+        periodic = not getattr(spec.plugin, "streaming", False)
+        worker = self._shared_worker(interval).bind(spec.name) if self._may_share(spec) else Worker(spec.name)
         context = CollectorContext(
             instance=spec.name,
             logger=logging.getLogger(f"hostwatch.collector.{spec.type}"),
@@ -230,6 +235,30 @@ class Agent:
             telemetry=self.telemetry,
             logger=context.logger,
             clock=self.clock,
+            group=self._tick_groups.setdefault(interval, TickGroup(interval)) if periodic else None,
+        )
+
+    @staticmethod
+    def _may_share(spec: PluginSpec) -> bool:
+        """Plugins that only read /proc and /sys say so (``shares_worker``); their calls return
+        at once, so one thread serves them all. Others (a mount, a user's directory) keep their own."""
+        return getattr(spec.plugin, "shares_worker", False) and not getattr(spec.plugin, "streaming", False)
+
+    def _shared_worker(self, interval: float) -> SharedWorker:
+        shared = self._shared_workers.get(interval)
+        if shared is None:
+            shared = self._shared_workers[interval] = SharedWorker(
+                f"shared-{interval:g}s", stuck_after=interval / 2, on_isolate=self._isolated
+            )
+        return shared
+
+    @staticmethod
+    def _isolated(instance: str) -> None:
+        log.warning(
+            "collector %s: a blocking call is still running after half an interval; the instance now has a"
+            " worker thread of its own, so it cannot hold up the others",
+            instance,
+            extra={"collector": instance},
         )
 
     # ------------------------------------------------------------ reporting

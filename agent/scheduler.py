@@ -1,9 +1,15 @@
-"""Runs one collector instance: on its interval (periodic) or until stopped (streaming).
+"""Runs collector instances: on their interval (periodic) or until stopped (streaming).
+
+Periodic instances of one interval form a :class:`TickGroup`: one timer wakes
+them all and starts their runs together, so the blocking calls of those that
+share a :class:`~agent.workers.SharedWorker` run in one thread hop.
 
 A run is bounded by the instance's timeout. When it passes, the run is
 abandoned (its worker thread may still be stuck in the kernel; the next run
 queues behind it and times out too, which is reported each time) and other
-instances carry on untouched, since each has its own worker thread.
+instances carry on: a run never waits for another instance's, an instance
+whose run is still going skips its turn, and an instance with a worker thread
+of its own (``disk``: a hung mount) cannot hold up anyone else's calls.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from agent.emitter import LogSink, RunEmitter, SampleSink, SpanSink
 from agent.model import Labels, Sample, merge_labels
-from agent.workers import Worker
+from agent.workers import SharedWorkerMember, Worker
 
 Publish = Callable[[str, list[Sample]], None]
 
@@ -71,7 +77,7 @@ class CollectorRunner:
         name: str,
         collector: Any,
         *,
-        worker: Worker,
+        worker: Worker | SharedWorkerMember,
         interval: float,
         timeout: float,
         static_labels: Labels,
@@ -83,8 +89,10 @@ class CollectorRunner:
         logger: logging.Logger,
         clock: Callable[[], int] = time.time_ns,
         jitter: float | None = None,
+        group: TickGroup | None = None,
     ) -> None:
         self.name = name
+        self.group = group
         self.collector = collector
         self.worker = worker
         self.interval = interval
@@ -101,6 +109,7 @@ class CollectorRunner:
         self.jitter = min(interval * 0.1, 1.0) if jitter is None else jitter
         self.state = RunState()
         self._task: asyncio.Task | None = None
+        self._run: asyncio.Task | None = None  # the run a TickGroup started
         self._started = False
         self._logged_errors: set[str] = set()
         self._m_runs = telemetry.collector_runs.labels(name)
@@ -111,16 +120,28 @@ class CollectorRunner:
         self._scrape_labels = merge_labels(static_labels, (("collector", name),))
 
     def start(self) -> None:
-        loop_fn = self._stream if getattr(self.collector, "streaming", False) else self._periodic
+        streaming = getattr(self.collector, "streaming", False)
+        if self.group is not None and not streaming:
+            self.group.add(self)
+            return
+        loop_fn = self._stream if streaming else self._periodic
         self._task = asyncio.create_task(loop_fn(), name=f"collector:{self.name}")
+
+    def tick_soon(self) -> None:
+        """Start a run (for the TickGroup); skipped while the previous one is still going."""
+        if self._run is None or self._run.done():
+            self._run = asyncio.create_task(self._tick(), name=f"collector:{self.name}")
 
     async def stop(self) -> None:
         """Cancel the loop, then close the plugin. Idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self.group is not None:
+            self.group.remove(self)
+        for task in (self._task, self._run):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._run = None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self.collector.close()
@@ -223,6 +244,52 @@ class CollectorRunner:
             except Exception as exc:
                 self._fail(f"{type(exc).__name__}: {exc}", exc=exc)
             await asyncio.sleep(self.interval)
+
+
+class TickGroup:
+    """The periodic instances of one interval: one timer, their runs started together.
+
+    One wake-up of the loop per interval for the whole group instead of one per
+    instance, and the runs' blocking calls reach a shared worker in the same
+    loop iteration, so they go in one batch. The group never waits for a run:
+    an instance whose previous run has not ended skips this turn (as a lone
+    instance skips the slots its overrunning run missed).
+    """
+
+    def __init__(self, interval: float, jitter: float | None = None) -> None:
+        self.interval = interval
+        # spread a fleet's runs; at most 10% of the interval, 1 s
+        self.jitter = min(interval * 0.1, 1.0) if jitter is None else jitter
+        self.members: list[CollectorRunner] = []
+        self._task: asyncio.Task | None = None
+        self._ticking = False
+
+    def add(self, runner: CollectorRunner) -> None:
+        self.members.append(runner)
+        if self._task is None:
+            self._task = asyncio.create_task(self._periodic(), name=f"collectors:{self.interval:g}s")
+        elif self._ticking:
+            runner.tick_soon()  # joined by a reload: first run now, then in step with the group
+
+    def remove(self, runner: CollectorRunner) -> None:
+        if runner in self.members:
+            self.members.remove(runner)
+        if not self.members and self._task is not None:
+            self._task.cancel()
+            self._task, self._ticking = None, False
+
+    async def _periodic(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ticking = True
+        next_at = loop.time()
+        while True:
+            for runner in self.members:
+                runner.tick_soon()
+            next_at += self.interval
+            now = loop.time()
+            if next_at < now:  # the loop was held up: skip the missed slots, keep the cadence
+                next_at += ((now - next_at) // self.interval + 1) * self.interval
+            await asyncio.sleep(next_at - now + random.uniform(0, self.jitter))
 
 
 class _StreamEmitter(RunEmitter):

@@ -16,7 +16,7 @@ state. A streaming source publishes increments, so absence means nothing there.
 
 from __future__ import annotations
 
-from agent.model import STALE_NAN, Labels, MetricKind, Sample
+from agent.model import STALE_NAN, Labels, MetricKind, Sample, same_series
 
 SeriesInfo = tuple[MetricKind, str]  # kind and unit, kept so the marker encodes like the series
 SeriesKey = tuple[str, Labels]
@@ -27,9 +27,19 @@ class SeriesTracker:
 
     def __init__(self) -> None:
         self._last: dict[str, dict[SeriesKey, SeriesInfo]] = {}
+        self._last_run: dict[str, list[Sample]] = {}
 
-    def update(self, instance: str, samples: list[Sample], time_ns: int) -> list[Sample]:
-        """Remember this run's series; return markers for the ones the previous run had and this lacks."""
+    def update(
+        self, instance: str, samples: list[Sample], time_ns: int, same_as: list[Sample] | None = None
+    ) -> list[Sample]:
+        """Remember this run's series; return markers for the ones the previous run had and this lacks.
+
+        ``same_as``: a run already known to have exactly the series of ``samples`` (the one
+        ``/metrics`` replaced); when it is the last run seen here, no comparison is needed."""
+        last_run = self._last_run.get(instance)
+        self._last_run[instance] = samples
+        if last_run is not None and (last_run is same_as or same_series(last_run, samples)):
+            return []  # the usual run: the very series of the last one, in the same order
         current = {(s.name, s.labels): (s.kind, s.unit) for s in samples}
         previous = self._last.get(instance)
         self._last[instance] = current
@@ -39,6 +49,7 @@ class SeriesTracker:
 
     def end(self, instance: str, time_ns: int) -> list[Sample]:
         """The instance stopped (removed by a reload): every series it had ends now."""
+        self._last_run.pop(instance, None)
         return _markers(self._last.pop(instance, {}).items(), time_ns)
 
     def end_all(self, time_ns: int) -> list[Sample]:

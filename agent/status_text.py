@@ -31,7 +31,7 @@ class Unreachable(Exception):
 
 def default_url(listen: str) -> str:
     """The agent's base URL from ``[http] listen`` (a wildcard address is reached on loopback)."""
-    from agent.config_types import parse_listen
+    from agent.config.values import parse_listen
 
     host, port = parse_listen(listen)
     if host in ("", "0.0.0.0"):

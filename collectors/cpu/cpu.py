@@ -39,6 +39,8 @@ _STAT = {
 
 
 class CpuCollector(PeriodicCollector):
+    shares_worker = True  # reads /proc and /sys only
+
     class Config(PluginConfig):
         cpus: Annotated[
             list[int],

@@ -49,6 +49,7 @@ class Config(PluginConfig):
 
 
 class HardwareCollector(PeriodicCollector):
+    shares_worker = True  # reads /proc and /sys only
     Config = Config
 
     def __init__(self, config: Config, context: CollectorContext) -> None:

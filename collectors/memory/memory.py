@@ -36,6 +36,8 @@ _INVALID: tuple[str, str] = ("", "")
 
 
 class MemoryCollector(PeriodicCollector):
+    shares_worker = True  # reads /proc and /sys only
+
     class Config(PluginConfig):
         vmstat_fields: Annotated[
             str,

@@ -28,6 +28,15 @@ def read_attr(path: str) -> str:
         os.close(fd)
 
 
+def read_raw(path: str) -> bytes:
+    """:func:`read_attr` without decoding: the bytes, ASCII whitespace trimmed (numbers)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).strip()
+    finally:
+        os.close(fd)
+
+
 def read_text(path: str) -> str:
     with open(path, "rb", buffering=0) as f:
         return f.read().decode("utf-8", "replace")

@@ -63,6 +63,7 @@ class Config(PluginConfig):
 
 
 class NetclassCollector(PeriodicCollector):
+    shares_worker = True  # reads /proc and /sys only
     Config = Config
 
     def __init__(self, config: Config, context: CollectorContext) -> None:
@@ -75,6 +76,7 @@ class NetclassCollector(PeriodicCollector):
                 sys,
                 re.compile(config.netclass_ignored_devices),
                 config.netclass_ignore_invalid_speed,
+                static={},  # attributes fixed for a device's lifetime, per device
             ),
             "softnet": partial(procnet.softnet, proc),
             "arp": partial(

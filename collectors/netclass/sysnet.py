@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from agent.plugin import Emitter
 
-from ._read import ABSENT, GONE, list_dir, parse_int, read_attr
+from ._read import ABSENT, GONE, list_dir, parse_int, read_attr, read_raw
 
 Report = Callable[[str], None]
 
@@ -34,18 +34,20 @@ _NUMERIC = (
 _TEXT = ("address", "broadcast", "duplex", "ifalias", "operstate")
 
 
-def _attr(path: str, report: Report) -> str | None:
-    """The attribute's text; None when the driver does not provide it (or it vanished)."""
-    try:
-        return read_attr(path)
-    except OSError as exc:
-        if exc.errno not in ABSENT and exc.errno not in GONE:
-            report(f"cannot read {path}: {exc.strerror}")
-        return None
+# Attributes fixed for a device's lifetime (the kernel sets them when the device registers),
+# read again only when the device's ifindex changes, i.e. it was removed and another took
+# its name. Everything else (flags, MTU, carrier, speed ...) can change at any time.
+_STATIC = frozenset(("dev_id", "name_assign_type", "type"))
+StaticCache = dict[str, tuple[bytes, dict[str, bytes | None]]]
 
 
 def netclass(
-    sys_root: str, ignored: re.Pattern[str], ignore_invalid_speed: bool, emit: Emitter, report: Report
+    sys_root: str,
+    ignored: re.Pattern[str],
+    ignore_invalid_speed: bool,
+    emit: Emitter,
+    report: Report,
+    static: StaticCache | None = None,
 ) -> None:
     base = f"{sys_root}/class/net"
     try:
@@ -56,12 +58,18 @@ def netclass(
         path = f"{base}/{device}"
         if ignored.search(device) or not os.path.isdir(path):  # bonding_masters is a file here
             continue
-        _device(device, path, ignore_invalid_speed, emit, report)
+        _device(device, path, ignore_invalid_speed, emit, report, static)
+    if static is not None:
+        for gone in static.keys() - set(devices):
+            del static[gone]
 
 
-def _device(device: str, path: str, ignore_invalid_speed: bool, emit: Emitter, report: Report) -> None:
+def _device(
+    device: str, path: str, ignore_invalid_speed: bool, emit: Emitter, report: Report, static: StaticCache | None
+) -> None:
     labels = (("device", device),)
-    text = {name: _attr(f"{path}/{name}", report) or "" for name in _TEXT}
+    prefix = path + "/"
+    text = {name: _attr(prefix + name, report) or "" for name in _TEXT}
     if not os.path.isdir(path):
         return  # removed while we read it: its series simply end
     emit.gauge("node_network_up", 1.0 if text["operstate"] == "up" else 0.0, labels, unit="1")
@@ -77,25 +85,68 @@ def _device(device: str, path: str, ignore_invalid_speed: bool, emit: Emitter, r
             ("operstate", text["operstate"]),
         ),
     )
+    known: dict[str, bytes | None] | None = None
+    ifindex = _raw(prefix + "ifindex", report)  # also the device's identity for the static cache
+    if static is not None and ifindex is not None:
+        cached = static.get(device)
+        if cached is None or cached[0] != ifindex:
+            cached = static[device] = (ifindex, {})
+        known = cached[1]
+    gauge, counter = emit.gauge, emit.counter
     for attr, metric, is_counter, unit in _NUMERIC:
-        value = _number(f"{path}/{attr}", report)
+        if attr == "ifindex":
+            raw = ifindex
+        elif known is not None and attr in _STATIC:
+            raw = known[attr] if attr in known else _raw(prefix + attr, report, known, attr)
+        else:
+            raw = _raw(prefix + attr, report)
+        if raw is None:
+            continue
+        value = _integer(prefix + attr, raw, report)
         if value is not None:
-            (emit.counter if is_counter else emit.gauge)(metric, value, labels, unit=unit)
-    speed = _number(f"{path}/speed", report)
+            (counter if is_counter else gauge)(metric, value, labels, unit=unit)
+    raw = _raw(prefix + "speed", report)
+    speed = None if raw is None else _integer(prefix + "speed", raw, report)
     # Drivers without a link speed report -1; node_exporter 1.5 exports that as
     # -125000 unless --collector.netclass.ignore-invalid-speed is set.
     if speed is not None and (speed >= 0 or not ignore_invalid_speed):
         emit.gauge("node_network_speed_bytes", speed * 125_000, labels, unit="By/s")
 
 
-def _number(path: str, report: Report) -> int | None:
-    raw = _attr(path, report)
-    if raw is None:
-        return None
+def _raw(path: str, report: Report, keep: dict[str, bytes | None] | None = None, key: str = "") -> bytes | None:
+    """An attribute's bytes, whitespace trimmed; None when the driver does not provide it.
+    ``keep`` remembers the answer, unless it was an error worth reporting."""
     try:
-        return parse_int(raw)
+        raw = read_raw(path)
+    except OSError as exc:
+        if exc.errno not in ABSENT and exc.errno not in GONE:
+            report(f"cannot read {path}: {exc.strerror}")
+            return None
+        raw = None
+    if keep is not None:
+        keep[key] = raw
+    return raw
+
+
+def _integer(path: str, raw: bytes, report: Report) -> int | None:
+    # plain decimal digits (the usual case) without decoding; anything else as Go's ParseInt base 0
+    if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):  # 48: "0", a leading 0 means octal
+        return int(raw)
+    text = raw.decode("utf-8", "replace")
+    try:
+        return parse_int(text)
     except ValueError:
-        report(f"{path}: not an integer: {raw[:40]!r}")
+        report(f"{path}: not an integer: {text[:40]!r}")
+        return None
+
+
+def _attr(path: str, report: Report) -> str | None:
+    """The attribute's text; None when the driver does not provide it (or it vanished)."""
+    try:
+        return read_attr(path)
+    except OSError as exc:
+        if exc.errno not in ABSENT and exc.errno not in GONE:
+            report(f"cannot read {path}: {exc.strerror}")
         return None
 
 

@@ -68,6 +68,7 @@ _GONE = frozenset((errno.ENOENT, errno.ENODEV, errno.ENXIO))
 
 
 class NetworkCollector(PeriodicCollector):
+    shares_worker = True  # reads /proc and /sys only
     Config = Config
 
     def __init__(self, config: Config, context: CollectorContext) -> None:

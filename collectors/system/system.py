@@ -52,6 +52,8 @@ ALL = tuple(PARTS)
 
 
 class SystemCollector(PeriodicCollector):
+    shares_worker = True  # reads /proc, /sys and /etc/os-release only
+
     class Config(PluginConfig):
         collectors: Annotated[
             list[str],

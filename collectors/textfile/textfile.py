@@ -67,6 +67,10 @@ class TextfileCollector(PeriodicCollector):
         self._labels = (("collector", context.instance),)
 
     async def collect(self, emit: Emitter) -> None:
+        if not self.config.directories and not self._errors:
+            # nothing to read (the embedded default): no thread hop for one constant series
+            emit.gauge("node_textfile_scrape_error", 0.0, unit="1")
+            return
         await self.context.run_blocking(self._collect, emit)
 
     def _collect(self, emit: Emitter) -> None:

@@ -31,7 +31,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from agent.config_validate import convert
+from agent.config.validation import convert
 from agent.emitter import RunEmitter
 from collectors.scrape.scrape import Config, PrometheusScrapeCollector
 from tests.support import collector_context

@@ -113,3 +113,95 @@ async def test_each_run_reports_node_exporters_scrape_series_apart_from_its_samp
         assert "partial" in page and "ticks" in page
     finally:
         await agent.stop()
+
+
+class SharedTicks(Ticks):
+    """Reads /proc-like files only: its calls go to the interval's shared worker thread."""
+
+    shares_worker = True
+    threads: dict[str, set[int]] = {}
+
+    async def collect(self, emit) -> None:
+        ident = await self.context.run_blocking(threading.get_ident)
+        self.threads.setdefault(self.context.instance, set()).add(ident)
+        emit.gauge("ticks", 1.0)
+
+
+class SharedHangs(Hangs):
+    """A shared instance whose call never returns (a driver stuck in the kernel)."""
+
+    shares_worker = True
+    release = threading.Event()
+
+
+def agent_with(tmp_path, *specs: PluginSpec) -> Agent:
+    base = loads_config(
+        f"[agent]\nstate_dir = '{tmp_path}'\n[http]\nlisten = ''\n",
+        registry={"collectors": {}, "outputs": {}},
+        environ={},
+    )
+    agent = Agent(base, telemetry=Telemetry())
+    agent.config = type(base)(base.agent, base.http, base.redaction, specs, (), base.sources)
+    return agent
+
+
+async def test_instances_of_one_interval_share_a_wakeup_and_a_worker_thread(tmp_path) -> None:
+    """Those that say ``shares_worker`` run their calls on one thread; the others keep their own."""
+    SharedTicks.threads.clear()
+    agent = agent_with(tmp_path, spec("a", SharedTicks, 0.05), spec("b", SharedTicks, 0.05), spec("own", Ticks, 0.05))
+    try:
+        await agent.start()
+        await asyncio.sleep(0.3)
+        assert len(agent._tick_groups) == 1, "one timer for the interval"
+        assert len(SharedTicks.threads["a"]) == 1 and SharedTicks.threads["a"] == SharedTicks.threads["b"]
+        details = agent.detailed()["collectors"]
+        assert all(details[name]["runs"] >= 4 and details[name]["errors"] == 0 for name in ("a", "b", "own"))
+        shared = {t.name for t in threading.enumerate() if t.name == "hw-shared-0.05s"}
+        assert shared, "the shared thread is named after its interval"
+        assert any(t.name == "hw-own" for t in threading.enumerate()), "a plugin that may hang keeps its own"
+    finally:
+        await agent.stop()
+
+
+async def test_a_stuck_call_on_the_shared_thread_costs_its_mates_one_run_at_most(tmp_path, caplog) -> None:
+    """The instance whose call is stuck moves to a thread of its own; the others keep their cadence."""
+    caplog.set_level(logging.WARNING, logger="hostwatch")
+    agent = agent_with(tmp_path, spec("stuck", SharedHangs, 0.05), spec("mate", SharedTicks, 0.05))
+    try:
+        await agent.start()
+        await asyncio.sleep(0.6)
+        details = agent.detailed()["collectors"]
+        assert details["mate"]["runs"] >= 8
+        assert details["mate"]["errors"] <= 1, details["mate"]  # the batch it shared with the stuck call
+        assert details["stuck"]["errors"] >= 2 and "timeout" in details["stuck"]["last_error"]
+        assert sum("worker thread of its own" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        SharedHangs.release.set()
+        await agent.stop()
+
+
+async def test_a_shared_instance_changed_by_a_reload_keeps_the_shared_thread(tmp_path) -> None:
+    """The new runner binds the name before the old one releases it: the name stays bound once."""
+    agent = agent_with(tmp_path, spec("a", SharedTicks, 0.05), spec("b", SharedTicks, 0.05))
+    try:
+        await agent.start()
+        await asyncio.sleep(0.1)
+        changed = type(agent.config)(
+            agent.config.agent,
+            agent.config.http,
+            agent.config.redaction,
+            (spec("a", SharedTicks, 0.05, 0.04), spec("b", SharedTicks, 0.05)),
+            (),
+            agent.config.sources,
+        )
+        await agent.reload(changed)
+        await asyncio.sleep(0.3)  # the old runner's stop has run by now
+        shared = agent._shared_workers[0.05]
+        assert shared._members == {"a": 1, "b": 1}
+        before = agent.detailed()["collectors"]["a"]["runs"]
+        await asyncio.sleep(0.2)
+        assert agent.detailed()["collectors"]["a"]["runs"] >= before + 2
+        assert agent.detailed()["collectors"]["a"]["errors"] == 0
+    finally:
+        await agent.stop()
+    assert agent._shared_workers[0.05]._members == {}, "every binding released at stop"

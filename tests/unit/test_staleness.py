@@ -48,6 +48,21 @@ def test_a_vanished_series_gets_one_marker_with_its_kind_and_unit() -> None:
     assert tracker.update("network", [rx(ETH0, 3.0)], T0 + 20) == []  # ended once, not every run
 
 
+def test_a_series_replaced_by_another_in_a_run_of_the_same_size_ends() -> None:
+    """The usual run is compared pairwise with the last (no set built): a swap must still be seen."""
+    tracker = SeriesTracker()
+    eth2 = labels_from({"device": "eth2"})
+    assert tracker.update("network", [rx(ETH0), rx(ETH1)], T0) == []
+    assert tracker.update("network", [rx(ETH0, 2.0), rx(ETH1, 2.0)], T0 + 1) == []
+    [marker] = tracker.update("network", [rx(ETH0, 3.0), rx(eth2)], T0 + 2)
+    assert marker.labels == ETH1 and is_stale(marker.value)
+    assert tracker.update("network", [rx(eth2, 2.0), rx(ETH0, 4.0)], T0 + 3) == [], "only the order changed"
+    assert tracker.update("network", [rx(eth2, 3.0), rx(ETH0, 5.0)], T0 + 4) == []
+    [marker] = tracker.update("network", [rx(eth2, 4.0), rx(eth2, 4.0)], T0 + 5)
+    assert marker.labels == ETH0
+    assert {m.labels for m in tracker.end("network", T0 + 6)} == {eth2}
+
+
 def test_instances_are_tracked_apart_and_end_all_ends_every_series() -> None:
     tracker = SeriesTracker()
     tracker.update("a", [rx(ETH0)], T0)

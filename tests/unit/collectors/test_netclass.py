@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import convert
+from agent.emitter import RunEmitter
 from collectors.netclass import sysnet
 from collectors.netclass.netclass import Config, NetclassCollector
 from tests.support import FIXTURES, by_series, collect_once, collector_context
@@ -102,16 +103,19 @@ async def test_invalid_speed_can_be_left_out_and_devices_ignored(tmp_path):
 
 
 async def test_einval_from_a_down_link_is_silent_but_other_read_errors_are_reported(tmp_path, monkeypatch):
-    real = sysnet.read_attr
+    def flaky(real):
+        def read(path: str):
+            if path.endswith("/eth1/carrier"):
+                raise OSError(errno.EINVAL, "Invalid argument", path)
+            if path.endswith("/eth1/mtu"):
+                raise OSError(errno.EIO, "Input/output error", path)
+            return real(path)
 
-    def flaky(path: str) -> str:
-        if path.endswith("/eth1/carrier"):
-            raise OSError(errno.EINVAL, "Invalid argument", path)
-        if path.endswith("/eth1/mtu"):
-            raise OSError(errno.EIO, "Input/output error", path)
-        return real(path)
+        return read
 
-    monkeypatch.setattr(sysnet, "read_attr", flaky)
+    # text attributes are read decoded, numbers as bytes
+    monkeypatch.setattr(sysnet, "read_attr", flaky(sysnet.read_attr))
+    monkeypatch.setattr(sysnet, "read_raw", flaky(sysnet.read_raw))
     emitter = await collect_once(netclass(tmp_path, **only("netclass")))
     series = by_series(emitter.samples)
     assert ("node_network_carrier", dev("eth1")) not in series
@@ -314,3 +318,31 @@ async def test_no_proc_or_sys_at_all_never_raises(tmp_path):
     emitter = await collect_once(netclass(tmp_path, proc=empty, sys=empty, tcpstat=True))
     assert emitter.samples == []
     assert sorted(str(e).split(":", 1)[0] for e in emitter.errors) == ["softnet", "tcpstat"]
+
+
+async def test_lifetime_attributes_are_read_once_per_device_and_again_for_a_new_one(tmp_path):
+    """type, dev_id and name_assign_type are fixed while a device lives: read again only when its
+    ifindex changes (the device was removed and another took its name)."""
+    root = copy_tree(tmp_path)
+    eth1 = root / "sys/class/net/eth1"
+    collector = netclass(tmp_path, proc=root / "proc", sys=root / "sys", **only("netclass"))
+    await collector.start()
+
+    async def read() -> dict:
+        emitter = RunEmitter(0)
+        await collector.collect(emitter)
+        assert emitter.errors == []
+        return by_series(emitter.samples)
+
+    first = await read()
+    assert first[("node_network_protocol_type", dev("eth1"))] == 1
+    (eth1 / "type").write_text("772\n")
+    (eth1 / "mtu").write_text("9000\n")
+    second = await read()
+    assert second[("node_network_protocol_type", dev("eth1"))] == 1, "the same device: not read again"
+    assert second[("node_network_mtu_bytes", dev("eth1"))] == 9000, "other attributes are read every run"
+    (eth1 / "ifindex").write_text("99\n")
+    third = await read()
+    assert third[("node_network_protocol_type", dev("eth1"))] == 772, "a new device under the old name"
+    assert third[("node_network_iface_id", dev("eth1"))] == 99
+    await collector.close()

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, start_http_server
 
-from agent.config_validate import convert
+from agent.config.validation import convert
 from agent.emitter import RunEmitter
 from agent.model import is_stale
 from agent.staleness import SeriesTracker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -267,3 +268,18 @@ async def test_a_file_cannot_write_the_collectors_own_metrics(tmp_path):
     assert [s.value for s in emitter.samples if s.name == "node_textfile_scrape_error"] == [1.0]
     assert values[("other", ())] == 1
     assert values[("hostwatch_textfile_errors_total", (("collector", "textfile"), ("reason", "conflict")))] == 1
+
+
+async def test_no_directories_needs_no_worker_call(tmp_path):
+    """The embedded default's textfile reads nothing: the same series, without a thread hop."""
+    calls = []
+
+    async def run_blocking(fn, *args):
+        calls.append(fn)
+        return fn(*args)
+
+    collector = make(tmp_path)
+    collector.context = dataclasses.replace(collector.context, run_blocking=run_blocking)
+    emitter = await collect_once(collector)
+    assert [(s.name, s.value, s.unit) for s in emitter.samples] == [("node_textfile_scrape_error", 0.0, "1")]
+    assert calls == []
