@@ -16,7 +16,6 @@ ledger, ``tailer.py`` for file identity and rotation.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import os
@@ -32,22 +31,11 @@ from collectors.logs.access import Access
 from collectors.logs.checkpoint import Ledger, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
 from collectors.logs.multiline import check_pattern
+from collectors.logs.stats import LogMetrics, LogStats
 from collectors.logs.tailer import Tailer
 
-# stats key -> (telemetry attribute, label key or None); kept by the tailer, pushed after each round
-_METRICS = {
-    "lines_read": "log_lines_read",
-    "bytes_read": "log_bytes_read",
-    "lines_truncated": "log_lines_truncated",
-    "lines_invalid": "log_lines_invalid_encoding",
-    "truncations": "log_truncations",
-    "parse_failures": "log_parse_failures",
-    "rotations": "log_rotations",
-    "file_errors": "log_file_errors",
-    "files_refused": "log_files_refused",
-    "checkpoint_corrupt": "log_checkpoint_corrupt",
-}
-_LABELLED = ("rotations", "file_errors", "files_refused")
+ROUND_GAP = 0.25
+"""Seconds at least from the start of one round to the next, unless a round ran out of budget."""
 
 
 class Multiline(PluginConfig):
@@ -145,8 +133,8 @@ class LogsCollector(StreamingCollector):
 
     def __init__(self, config: LogsCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
-        self.stats: dict[str, Any] = {key: collections.Counter() if key in _LABELLED else 0 for key in _METRICS}
-        self._pushed: dict[str, Any] = {}
+        self.stats = LogStats()
+        self._metrics = LogMetrics(context.telemetry, context.instance) if context.telemetry is not None else None
         self._ledger: Ledger | None = None
         self._store = Store(context.state_dir)
         self._save_wanted = asyncio.Event()
@@ -165,7 +153,7 @@ class LogsCollector(StreamingCollector):
         if loaded.problem:
             emit.error(loaded.problem)
         if loaded.corrupt:
-            self.stats["checkpoint_corrupt"] += 1
+            self.stats.checkpoint_corrupt += 1
         saved = loaded.files
         now = time.monotonic()
         ledger = self._ledger = Ledger(saved, now)
@@ -196,6 +184,7 @@ class LogsCollector(StreamingCollector):
             next_scan = next_poll = 0.0
             while True:
                 now = time.monotonic()
+                earliest = now + ROUND_GAP
                 scan, dirty = watcher.take() if watcher is not None else (False, set())
                 scan = scan or now >= next_scan
                 poll_due = now >= next_poll
@@ -212,8 +201,12 @@ class LogsCollector(StreamingCollector):
                 if result.more:
                     await asyncio.sleep(0)
                     continue
+                # lines arriving now wait for the next round with those of the other files: a round
+                # (worker hop, delivery, a batch into the pipeline) costs the same for 1 line as for 500
+                if (gap := earliest - time.monotonic()) > 0:
+                    await asyncio.sleep(gap)
                 deadline = next_scan
-                if self.polling or any(t.polled for t in tailer.trackers.values()):
+                if self.polling or any(t.polled for t in tailer.attention):  # symlinked files wait there
                     deadline = min(deadline, next_poll)
                 if result.due is not None:
                     deadline = min(deadline, result.due)
@@ -311,7 +304,7 @@ class LogsCollector(StreamingCollector):
             try:
                 await self.context.run_blocking(self._store.save, ledger.snapshot(time.monotonic()))
             except OSError as exc:
-                self.stats["file_errors"]["checkpoint"] += 1
+                self.stats.file_errors["checkpoint"] += 1
                 if self._emit is not None:
                     self._emit.error(f"cannot save checkpoints to {self._store.path}: {exc.strerror or exc}")
                 await asyncio.sleep(1.0)
@@ -347,22 +340,8 @@ class LogsCollector(StreamingCollector):
         return lambda lines, _key: many(lines)
 
     def _push_metrics(self, files: int) -> None:
-        telemetry = self.context.telemetry
-        if telemetry is None:
-            return
-        for key, attr in _METRICS.items():
-            metric = getattr(telemetry, attr)
-            value = self.stats[key]
-            if isinstance(value, collections.Counter):
-                before = self._pushed.setdefault(key, collections.Counter())
-                for label, count in value.items():
-                    if count > before[label]:
-                        metric.labels(label).inc(count - before[label])
-                        before[label] = count
-            elif value > self._pushed.get(key, 0):
-                metric.inc(value - self._pushed.get(key, 0))
-                self._pushed[key] = value
-        telemetry.log_files.labels(self.context.instance).set(files)
+        if self._metrics is not None:
+            self._metrics.push(self.stats, files)
 
 
 def _files_behind(tailer: Tailer) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from agent.config import convert
 from collectors.logs.checkpoint import Saved
 from collectors.logs.discovery import Patterns
 from collectors.logs.logs import LogsCollector
+from collectors.logs.stats import LogStats
 from collectors.logs.tailer import Tailer
 
 
@@ -27,14 +28,7 @@ class Rig:
         self.dir.mkdir(exist_ok=True)
         options.setdefault("start_at", "beginning")
         self.config = make_config([str(self.dir / pattern)], **options)
-        self.stats = {
-            "rotations": collections.Counter(),
-            "file_errors": collections.Counter(),
-            "files_refused": collections.Counter(),
-        }
-        self.stats.update(dict.fromkeys(
-            ["lines_read", "bytes_read", "lines_truncated", "lines_invalid", "truncations", "parse_failures"], 0
-        ))  # fmt: skip
+        self.stats = LogStats()
         patterns = Patterns(self.config.paths, self.config.exclude, self.config.include_compressed)
         self.tailer = Tailer(
             self.config, patterns, (("job", "t"),), self.stats, time.time_ns, None, saved or [], 0.0, "r"
