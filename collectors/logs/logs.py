@@ -28,11 +28,11 @@ import re2
 
 from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
 from collectors.logs.access import Access
-from collectors.logs.checkpoint import Ledger, Store
+from collectors.logs.checkpoint import Ledger, Mark, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
 from collectors.logs.multiline import check_pattern
 from collectors.logs.stats import LogMetrics, LogStats
-from collectors.logs.tailer import Tailer
+from collectors.logs.tailer import StepResult, Tailer
 
 ROUND_GAP = 0.25
 """Seconds at least from the start of one round to the next, unless a round ran out of budget."""
@@ -251,11 +251,11 @@ class LogsCollector(StreamingCollector):
             return None, plan
         return watcher, plan
 
-    async def _deliver(self, result: Any, ledger: Ledger, emit: Emitter) -> None:
-        for key, path, dev, ino, fp_len, fp, offset, pred in result.opened:
-            ledger.opened(key, path, dev, ino, fp_len, fp, offset, pred)
-        for key, (path, dev, ino, fp_len, fp) in result.identity.items():
-            ledger.identity(key, path, dev, ino, fp_len, fp)
+    async def _deliver(self, result: StepResult, ledger: Ledger, emit: Emitter) -> None:
+        for opened in result.opened:
+            ledger.opened(opened)
+        for key, file in result.identity.items():
+            ledger.identity(key, file)
         for key in result.claimed:
             ledger.claimed(key)
         for text in result.errors:
@@ -265,8 +265,8 @@ class LogsCollector(StreamingCollector):
         self._push_metrics(result.files)
         if result.records:
             marks = result.sent
-            for key, (end, _tail) in marks.items():
-                ledger.sent(key, end)
+            for key, mark in marks.items():
+                ledger.sent(key, mark.offset)
             await emit.logs(result.records, on_durable=functools.partial(self._acked, marks))
         for key, mark in result.skipped.items():
             ledger.skipped(key, mark)
@@ -278,7 +278,7 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _acked(self, marks: dict[str, tuple[int, bytes]]) -> None:
+    def _acked(self, marks: dict[str, Mark]) -> None:
         """on_durable: every log output has these records; the checkpoint may move past them."""
         ledger = self._ledger
         if ledger is None:

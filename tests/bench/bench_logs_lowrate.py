@@ -60,7 +60,7 @@ while True:
     while owed >= 1:
         os.write(fds[f], lines[n % len(lines)])
         n += 1; f = (f + 1) % files; owed -= 1
-    with open(os.path.join(directory, ".count"), "w") as out:
+    with open(os.path.join(directory, "..", "written"), "w") as out:  # outside the tailed directory
         out.write(str(n))
     next_at += tick
     time.sleep(max(0.0, next_at - time.monotonic()))
@@ -124,7 +124,7 @@ def start_rsyslog(home: Path, glob: str, port: int, extra: str = "", cpu: list[s
 
 def written(directory: Path) -> int:
     try:
-        return int((directory / ".count").read_text() or 0)
+        return int((directory.parent / "written").read_text() or 0)
     except (OSError, ValueError):
         return 0
 

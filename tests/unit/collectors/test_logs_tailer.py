@@ -52,7 +52,8 @@ class Rig:
         """What a checkpoint would hold if everything read so far had been acknowledged."""
         out = []
         for t in self.tailer.trackers.values():
-            out.append(Saved(t.key, t.path, t.dev, t.ino, t.fp_len, t.fp, t.framer.consumed, t.framer.tail.hex()))
+            f = t.id
+            out.append(Saved(t.key, f.path, f.dev, f.ino, f.fp_len, f.fp, t.framer.consumed, t.framer.tail.hex()))
         return out
 
     def close(self) -> None:
