@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -138,6 +139,9 @@ class LogsCollector(StreamingCollector):
         self._ledger: Ledger | None = None
         self._store = Store(context.state_dir)
         self._save_wanted = asyncio.Event()
+        self._late_lock = threading.Lock()  # acknowledgements after run() ended: saved on a thread
+        self._late: list[Any] | None = None
+        self._late_writing = False
         self._stopped = False
         self._emit: Emitter | None = None
         self._tailer: Tailer | None = None
@@ -287,11 +291,26 @@ class LogsCollector(StreamingCollector):
         if not self._stopped:
             self._save_wanted.set()
             return
-        # after run() ended, outputs still drain: save at once, the process may exit soon
-        try:
-            self._store.save(ledger.snapshot(time.monotonic()))
-        except OSError as exc:
-            self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
+        # after run() ended, outputs still drain: save soon, the process may exit soon; on a thread of
+        # its own (not daemonic: the interpreter waits for it at exit), never fsync on the event loop
+        with self._late_lock:
+            self._late = ledger.snapshot(time.monotonic())
+            if self._late_writing:
+                return  # the running writer takes the newest snapshot next
+            self._late_writing = True
+        threading.Thread(target=self._write_late, name=f"checkpoints:{self.context.instance}").start()
+
+    def _write_late(self) -> None:
+        while True:
+            with self._late_lock:
+                snapshot, self._late = self._late, None
+                if snapshot is None:
+                    self._late_writing = False
+                    return
+            try:
+                self._store.save(snapshot)
+            except OSError as exc:
+                self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
 
     async def _saver(self) -> None:
         """Writes the checkpoint file after every change, one write at a time."""
