@@ -180,14 +180,17 @@ class Tailer:
         budget = STEP_BYTES
         now_ns = self.clock()
         pending: dict[str, Pending] = {}
-        for tracker in dict.fromkeys(targets):
+        looked = dict.fromkeys(targets)
+        order = list(looked)
+        for i, tracker in enumerate(order):
             if tracker.fd < 0:
                 continue
             budget -= self._pump(tracker, now, res, pending, budget)
             if budget <= 0:
                 res.more = True
+                for rest in order[i + 1 :]:
+                    rest.more = True  # its event is taken: read it next round, not at its next event
                 break
-        looked = dict.fromkeys(targets)
         looked.update(self.attention)
         self._timers(now, res, pending, looked)
         self._build(res, pending, now_ns)
@@ -498,16 +501,20 @@ class Tailer:
         for t in list(looked):
             if t.fd < 0:
                 continue
-            if t.framer.pending:
+            if t.framer.pending and not t.more:  # with more to read, the line's end may be unread yet
                 at = t.last_data + partial_after
-                if now >= at:
+                if now >= at and self._pump(t, now, res, pending, STEP_BYTES):
+                    at = t.last_data + partial_after  # its end came: the event was still on its way
+                if now >= at and not t.more:
                     self._flush_partial(t, res, pending)
                 else:
                     due = at if due is None else min(due, at)
             # a held record waits for a held partial line too: that line may still belong to it
-            if t.multiline is not None and t.multiline.held and not t.framer.pending:
+            if t.multiline is not None and t.multiline.held and not t.framer.pending and not t.more:
                 at = max(t.multiline.since, t.last_data) + flush_after
-                if now >= at:
+                if now >= at and self._pump(t, now, res, pending, STEP_BYTES):
+                    at = max(t.multiline.since, t.last_data) + flush_after
+                if now >= at and not t.more and not t.framer.pending:
                     self._flush_multiline(t, res, pending)
                 else:
                     due = at if due is None else min(due, at)

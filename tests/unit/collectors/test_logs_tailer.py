@@ -254,3 +254,19 @@ def test_a_last_line_without_newline_joins_the_held_multiline_record(tmp_path) -
     rig.step(advance=1.1)  # both timers due: the partial line goes into the record first
     assert rig.bodies == ["[1] first\n  more", '[2] second\n  trace\n"} ']
     rig.close()
+
+
+def test_a_partial_line_whose_end_came_before_its_event_is_not_cut(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    app.write_text("")
+    rig.step()
+    with open(app, "a") as f:
+        f.write("first half, ")
+    rig.step()  # held: no newline yet
+    with open(app, "a") as f:
+        f.write("second half\n")
+    rig.now += 2  # partial_line_timeout passed; inotify's event for the second write not taken yet
+    res = rig.tailer.step(rig.now, False, set(), False)
+    assert [r.body for r in res.records] == ["first half, second half"]
+    rig.close()
