@@ -201,8 +201,8 @@ class Watcher:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, relevant: Callable[[str], bool]) -> None:
-        self.relevant = relevant
-        """Whether a file path matters (matches the globs); events on other files are ignored."""
+        self._relevant = relevant
+        self._relevance: dict[str, bool] = {}  # per path: a busy file's events cost no glob match each
         self._loop = loop
         self._wake = wake
         self._lock = threading.Lock()
@@ -232,6 +232,15 @@ class Watcher:
         for directory, recursive in sorted(plan.items()):
             problems += self._watch_tree(directory, recursive)
         return problems
+
+    def relevant(self, path: str) -> bool:
+        """Whether a file path matters (matches the globs); events on other files are ignored."""
+        known = self._relevance.get(path)
+        if known is None:
+            if len(self._relevance) >= 65536:
+                self._relevance.clear()  # bounded: many short-lived names
+            known = self._relevance[path] = self._relevant(path)
+        return known
 
     def note(self, path: str, rescan: bool) -> None:
         """Remember a change, and wake the loop once per burst."""

@@ -35,6 +35,8 @@ from collectors.logs.multiline import check_pattern
 from collectors.logs.stats import LogMetrics, LogStats
 from collectors.logs.tailer import StepResult, Tailer
 
+SAVE_GAP = 0.5
+"""Seconds at least between two checkpoint writes: with 2,000 files one write costs milliseconds."""
 ROUND_GAP = 0.25
 """Seconds at least from the start of one round to the next, unless a round ran out of budget."""
 
@@ -313,9 +315,13 @@ class LogsCollector(StreamingCollector):
                 self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
 
     async def _saver(self) -> None:
-        """Writes the checkpoint file after every change, one write at a time."""
+        """Writes the checkpoint file after changes, one write at a time, at most every SAVE_GAP."""
+        last = -SAVE_GAP
         while True:
             await self._save_wanted.wait()
+            if (wait := last + SAVE_GAP - time.monotonic()) > 0:
+                await asyncio.sleep(wait)  # the changes of the next rounds and acknowledgements join it
+            last = time.monotonic()
             self._save_wanted.clear()
             ledger = self._ledger
             if ledger is None:

@@ -390,7 +390,9 @@ class Tailer:
         if read:
             t.last_data = now
             self.stats.bytes_read += read
-            if t.id.fp_len < FP_BYTES and t.pos > t.id.fp_len:
+            # in steps (64, 128 ... bytes), not at every read: a file growing a line at a time would
+            # otherwise cost a read of its head, a hash and a checkpoint write per line
+            if t.id.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * t.id.fp_len, MIN_FP_MATCH)):
                 self._grow_fingerprint(t, res)
         return read
 
