@@ -35,7 +35,7 @@ from collectors.logs.multiline import check_pattern
 from collectors.logs.stats import LogMetrics, LogStats
 from collectors.logs.tailer import StepResult, Tailer
 
-SAVE_GAP = 0.5
+SAVE_GAP = 1.0
 """Seconds at least between two checkpoint writes: with 2,000 files one write costs milliseconds."""
 ROUND_GAP = 0.25
 """Seconds at least from the start of one round to the next, unless a round ran out of budget."""
