@@ -393,7 +393,7 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
-COALESCE_SECONDS = 0.1
+COALESCE_SECONDS = 0.02
 """How long the watcher thread pauses after each read, letting the kernel merge repeated events."""
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80

@@ -35,10 +35,20 @@ from collectors.logs.multiline import check_pattern
 from collectors.logs.stats import LogMetrics, LogStats
 from collectors.logs.tailer import StepResult, Tailer
 
-SAVE_GAP = 1.0
-"""Seconds at least between two checkpoint writes: with 2,000 files one write costs milliseconds."""
 ROUND_GAP = 0.25
-"""Seconds at least from the start of one round to the next, unless a round ran out of budget."""
+"""Seconds at most from the start of one round to the next at low rates (none when a round ran out of
+budget)."""
+ROUND_LINES = 250
+"""At higher rates rounds come sooner, about this many lines each: the lines of one round are
+acknowledged together, and a crash sends the unacknowledged ones again."""
+
+
+def round_gap(lines: int, seconds: float) -> float:
+    """How long after its start the next round may start, given the lines the last one read in
+    ``seconds`` since the one before it."""
+    if lines <= 0 or seconds <= 0:
+        return ROUND_GAP
+    return min(ROUND_GAP, ROUND_LINES * seconds / lines)
 
 
 class Multiline(PluginConfig):
@@ -188,9 +198,10 @@ class LogsCollector(StreamingCollector):
                 watcher, plan = await self._start_watcher(wake, patterns)
             self.polling = tailer.polling = watcher is None
             next_scan = next_poll = 0.0
+            started = time.monotonic()
             while True:
-                now = time.monotonic()
-                earliest = now + ROUND_GAP
+                now, since = time.monotonic(), started
+                started = now
                 scan, dirty = watcher.take() if watcher is not None else (False, set())
                 scan = scan or now >= next_scan
                 poll_due = now >= next_poll
@@ -209,7 +220,7 @@ class LogsCollector(StreamingCollector):
                     continue
                 # lines arriving now wait for the next round with those of the other files: a round
                 # (worker hop, delivery, a batch into the pipeline) costs the same for 1 line as for 500
-                if (gap := earliest - time.monotonic()) > 0:
+                if (gap := now + round_gap(len(result.records), now - since) - time.monotonic()) > 0:
                     await asyncio.sleep(gap)
                 deadline = next_scan
                 if self.polling or any(t.polled for t in tailer.attention):  # symlinked files wait there
@@ -315,13 +326,9 @@ class LogsCollector(StreamingCollector):
                 self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
 
     async def _saver(self) -> None:
-        """Writes the checkpoint file after changes, one write at a time, at most every SAVE_GAP."""
-        last = -SAVE_GAP
+        """Writes the checkpoint file after every change, one write at a time."""
         while True:
             await self._save_wanted.wait()
-            if (wait := last + SAVE_GAP - time.monotonic()) > 0:
-                await asyncio.sleep(wait)  # the changes of the next rounds and acknowledgements join it
-            last = time.monotonic()
             self._save_wanted.clear()
             ledger = self._ledger
             if ledger is None:
