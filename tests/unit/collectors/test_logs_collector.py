@@ -434,3 +434,14 @@ async def test_metrics_reach_telemetry(tmp_path, logs) -> None:
     assert value("hostwatch_log_lines_invalid_encoding_total") == 1
     assert value("hostwatch_log_files", {"collector": "test"}) == 1
     assert [len(b) for b in sink.bodies()] == [2, 100, 10]
+
+
+def test_several_instances_share_the_declared_log_metrics(tmp_path, logs) -> None:
+    registry = CollectorRegistry()
+    telemetry = Telemetry(registry)
+    config = convert({"paths": [str(logs / "*.log")]}, LogsCollector.Config)
+    for instance in ("a", "b"):  # a second declaration of the same names must not be refused
+        LogsCollector(config, collector_context(tmp_path / instance, instance=instance, telemetry=telemetry))
+    assert registry.get_sample_value("hostwatch_log_files", {"collector": "a"}) == 0
+    assert registry.get_sample_value("hostwatch_log_files", {"collector": "b"}) == 0
+    assert registry.get_sample_value("hostwatch_log_lines_read_total") == 0
