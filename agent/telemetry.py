@@ -3,12 +3,14 @@
 One :class:`Telemetry` per agent process, created by the runtime and handed to
 plugins through their context; nothing is registered at import time, so tests
 can create as many as they like. Plugins use the attributes below directly,
-e.g. ``telemetry.log_lines_read.inc(n)``.
+e.g. ``telemetry.output_retries.labels(name).inc()``. A plugin declares metrics of its own
+with :meth:`Telemetry.counter` and :meth:`Telemetry.gauge`.
 """
 
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Summary, disable_created_metrics
 from prometheus_client.process_collector import ProcessCollector
@@ -21,6 +23,7 @@ class Telemetry:
         # `_created` series double the page for no dashboard's benefit (process-wide switch)
         disable_created_metrics()
         self.registry = registry = registry or CollectorRegistry(auto_describe=True)
+        self._declared: dict[str, Counter | Gauge] = {}
         ProcessCollector(registry=registry)
         self.build_info = Gauge(
             "hostwatch_build_info",
@@ -83,52 +86,7 @@ class Telemetry:
             registry=registry,
         )
 
-        # logs
-        self.log_lines_read = Counter("hostwatch_log_lines_read", "Log lines read from files.", registry=registry)
-        self.log_bytes_read = Counter("hostwatch_log_bytes_read", "Bytes read from log files.", registry=registry)
-        self.log_rotations = Counter(
-            "hostwatch_log_rotations",
-            "Log file rotations recognised, by kind (rename, copytruncate, recreate).",
-            ["kind"],
-            registry=registry,
-        )
-        self.log_truncations = Counter(
-            "hostwatch_log_truncations", "Log files found truncated or rewritten in place.", registry=registry
-        )
-        self.log_lines_truncated = Counter(
-            "hostwatch_log_lines_truncated", "Log lines cut at max_line_bytes.", registry=registry
-        )
-        self.log_lines_invalid_encoding = Counter(
-            "hostwatch_log_lines_invalid_encoding",
-            "Log lines with bytes invalid in their encoding, replaced by U+FFFD.",
-            registry=registry,
-        )
-        self.log_parse_failures = Counter(
-            "hostwatch_log_parse_failures",
-            "json/logfmt log lines that did not parse (sent as raw lines).",
-            registry=registry,
-        )
-        self.log_file_errors = Counter(
-            "hostwatch_log_file_errors",
-            "Log files that could not be opened or read, and failed checkpoint writes, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.log_files_refused = Counter(
-            "hostwatch_log_files_refused",
-            "Files matching a log glob that are never opened, by reason (not_regular, symlink_outside,"
-            " system, secret).",
-            ["reason"],
-            registry=registry,
-        )
-        self.log_checkpoint_corrupt = Counter(
-            "hostwatch_log_checkpoint_corrupt",
-            "Log checkpoint files found unreadable or damaged; their files are read again from the start.",
-            registry=registry,
-        )
-        self.log_files = Gauge(
-            "hostwatch_log_files", "Log files open (tailed), by collector instance.", ["collector"], registry=registry
-        )
+        # logs: the logs plugin declares its own (collectors/logs/stats.py); redaction is the core's
         self.log_lines_redacted = Counter(
             "hostwatch_log_lines_redacted",
             "Log lines changed by a redaction rule, by rule.",
@@ -263,3 +221,20 @@ class Telemetry:
             ["output"],
             registry=registry,
         )
+
+    def counter(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> Counter:
+        """A counter a plugin declares; the same one again when asked again (several instances of a
+        plugin, or a reload, share the registry, which refuses a name twice)."""
+        return self._declare(Counter, name, documentation, labelnames)
+
+    def gauge(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> Gauge:
+        """A gauge a plugin declares; see :meth:`counter`."""
+        return self._declare(Gauge, name, documentation, labelnames)
+
+    def _declare(self, kind: type, name: str, documentation: str, labelnames: tuple[str, ...]) -> Any:
+        metric = self._declared.get(name)
+        if metric is None:
+            metric = self._declared[name] = kind(name, documentation, list(labelnames), registry=self.registry)
+        elif not isinstance(metric, kind) or tuple(metric._labelnames) != tuple(labelnames):
+            raise ValueError(f"metric {name} declared again with another type or labels")
+        return metric

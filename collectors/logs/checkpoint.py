@@ -34,13 +34,24 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
+from collectors.logs.identity import MIN_FP_MATCH, RETAIN_SECONDS, FileId, Opened
+
 FORMAT_VERSION = 1
-RETAIN_SECONDS = 3600.0  # how long a closed file's entry is kept for a rotated copy to be matched
 MAX_CLOSED = 1000
-MIN_FP_MATCH = 64  # fingerprints shorter than this never identify a file on their own
+
+
+class Mark(NamedTuple):
+    """A point in a file: an offset, and the bytes just before it (b"" when unknown)."""
+
+    offset: int
+    tail: bytes
+
+
+NO_MARK = Mark(-1, b"")
 
 
 class Saved(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -56,6 +67,14 @@ class Saved(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     tail: str = ""
     closed: bool = False
     closed_at: float = 0.0
+
+    @property
+    def file_id(self) -> FileId:
+        return FileId(self.path, self.dev, self.ino, self.fp_len, self.fp)
+
+    @property
+    def tail_bytes(self) -> bytes:
+        return _unhex(self.tail)
 
 
 class _File(msgspec.Struct):
@@ -96,16 +115,12 @@ class Loaded:
 @dataclass(slots=True)
 class Entry:
     key: str
-    path: str
-    dev: int
-    ino: int
-    fp_len: int
-    fp: str
+    id: FileId
     committed: int
     emitted: int
     tail: bytes = b""  # the bytes before ``committed``, for matching a copy after a restart
     inflight: int = 0
-    deferred: tuple[int, bytes] = (-1, b"")
+    deferred: Mark = NO_MARK
     pred: str = ""
     closed: bool = False
     closed_at: float = 0.0
@@ -119,13 +134,12 @@ class Ledger:
         self.entries: dict[str, Entry] = {}
         for s in saved:
             self.entries[s.key] = Entry(
-                s.key, s.path, s.dev, s.ino, s.fp_len, s.fp, s.offset, s.offset, _unhex(s.tail),
-                closed=True, closed_at=s.closed_at or now,
-            )  # fmt: skip
+                s.key, s.file_id, s.offset, s.offset, s.tail_bytes, closed=True, closed_at=s.closed_at or now
+            )
         self.dirty = False
 
-    def opened(self, key: str, path: str, dev: int, ino: int, fp_len: int, fp: str, offset: int, pred: str) -> None:
-        self.entries[key] = Entry(key, path, dev, ino, fp_len, fp, offset, offset, pred=pred)
+    def opened(self, opened: Opened) -> None:
+        self.entries[opened.key] = Entry(opened.key, opened.id, opened.offset, opened.offset, pred=opened.pred)
         self.dirty = True
 
     def closed(self, key: str, now: float) -> None:
@@ -141,10 +155,10 @@ class Ledger:
             entry.claimed = True
             self.dirty = True
 
-    def identity(self, key: str, path: str, dev: int, ino: int, fp_len: int, fp: str) -> None:
+    def identity(self, key: str, file: FileId) -> None:
         entry = self.entries.get(key)
-        if entry is not None and (entry.fp_len != fp_len or entry.path != path):
-            entry.path, entry.dev, entry.ino, entry.fp_len, entry.fp = path, dev, ino, fp_len, fp
+        if entry is not None and entry.id != file:
+            entry.id = file
             self.dirty = True
 
     def sent(self, key: str, end: int) -> None:
@@ -154,7 +168,7 @@ class Ledger:
             entry.inflight += 1
             entry.emitted = max(entry.emitted, end)
 
-    def skipped(self, key: str, mark: tuple[int, bytes]) -> None:
+    def skipped(self, key: str, mark: Mark) -> None:
         """Bytes up to ``mark`` produced no record: done once the records before them are."""
         entry = self.entries.get(key)
         if entry is None:
@@ -167,7 +181,7 @@ class Ledger:
             entry.committed, entry.tail = mark
             self.dirty = True
 
-    def acked(self, marks: dict[str, tuple[int, bytes]]) -> None:
+    def acked(self, marks: dict[str, Mark]) -> None:
         """Every log output durably took the records of one ``emit.logs`` call."""
         for key, (end, tail) in marks.items():
             entry = self.entries.get(key)
@@ -178,7 +192,7 @@ class Ledger:
                 entry.committed, entry.tail = end, tail
             if entry.inflight == 0 and entry.deferred[0] > entry.committed:
                 entry.committed, entry.tail = entry.deferred
-                entry.deferred = (-1, b"")
+                entry.deferred = NO_MARK
         self.dirty = True
 
     def offset(self, entry: Entry) -> int:
@@ -194,7 +208,7 @@ class Ledger:
             if (
                 entry.closed
                 and entry.inflight == 0
-                and (entry.claimed or entry.fp_len < MIN_FP_MATCH or now - entry.closed_at > RETAIN_SECONDS)
+                and (entry.claimed or entry.id.fp_len < MIN_FP_MATCH or now - entry.closed_at > RETAIN_SECONDS)
             ):
                 del self.entries[key]
         closed = [e for e in self.entries.values() if e.closed]
@@ -207,7 +221,8 @@ class Ledger:
         for e in self.entries.values():
             offset = self.offset(e)
             tail = e.tail.hex() if offset == e.committed else ""
-            saved.append(Saved(e.key, e.path, e.dev, e.ino, e.fp_len, e.fp, offset, tail, e.closed, e.closed_at))
+            f = e.id
+            saved.append(Saved(e.key, f.path, f.dev, f.ino, f.fp_len, f.fp, offset, tail, e.closed, e.closed_at))
         return saved
 
 

@@ -201,8 +201,8 @@ class Watcher:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, relevant: Callable[[str], bool]) -> None:
-        self.relevant = relevant
-        """Whether a file path matters (matches the globs); events on other files are ignored."""
+        self._relevant = relevant
+        self._relevance: dict[str, bool] = {}  # per path: a busy file's events cost no glob match each
         self._loop = loop
         self._wake = wake
         self._lock = threading.Lock()
@@ -232,6 +232,15 @@ class Watcher:
         for directory, recursive in sorted(plan.items()):
             problems += self._watch_tree(directory, recursive)
         return problems
+
+    def relevant(self, path: str) -> bool:
+        """Whether a file path matters (matches the globs); events on other files are ignored."""
+        known = self._relevance.get(path)
+        if known is None:
+            if len(self._relevance) >= 65536:
+                self._relevance.clear()  # bounded: many short-lived names
+            known = self._relevance[path] = self._relevant(path)
+        return known
 
     def note(self, path: str, rescan: bool) -> None:
         """Remember a change, and wake the loop once per burst."""
@@ -322,7 +331,10 @@ class Watcher:
                     break
             if chunks:
                 self._handle(b"".join(chunks))
-            if select.select([stop], [], [], COALESCE_SECONDS)[0]:
+            # while the loop has not taken what was noted (it paces its rounds), reading sooner gains nothing
+            with self._lock:
+                pause = PENDING_SECONDS if self._signalled else COALESCE_SECONDS
+            if select.select([stop], [], [], pause)[0]:
                 return
 
     def _handle(self, data: bytes) -> None:
@@ -386,6 +398,8 @@ def _libc() -> ctypes.CDLL:
 
 COALESCE_SECONDS = 0.02
 """How long the watcher thread pauses after each read, letting the kernel merge repeated events."""
+PENDING_SECONDS = 0.1
+"""The pause instead while the loop has not taken the changes noted yet."""
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
 _IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800

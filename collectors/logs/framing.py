@@ -11,12 +11,14 @@ the whole chunk at once and splits the resulting ``str``: no Python code runs
 per line. Only a chunk with invalid bytes or an overlong line takes the slow
 path, line by line. Lines longer than ``max_line_bytes`` are cut there (at a
 character boundary) and the rest of the line is skipped; invalid bytes become
-U+FFFD. Both are counted in ``stats``, never dropped silently.
+U+FFFD. Both are counted in ``stats`` (a :class:`LogStats`), never dropped silently.
 """
 
 from __future__ import annotations
 
 import codecs
+
+from collectors.logs.stats import LogStats
 
 TAIL_BYTES = 64
 ENCODINGS = ("utf-8", "latin-1", "utf-16", "utf-16le", "utf-16be")
@@ -52,7 +54,7 @@ class Framer:
         "tail",
     )
 
-    def __init__(self, encoding: str, max_line_bytes: int, stats: dict[str, int], offset: int, *, ends: bool) -> None:
+    def __init__(self, encoding: str, max_line_bytes: int, stats: LogStats, offset: int, *, ends: bool) -> None:
         self.codec = encoding
         self._nl = "\n".encode(encoding)
         self._crlf = "\r\n".encode(encoding)
@@ -195,7 +197,7 @@ class Framer:
                 raw = raw[:-unit]
             if len(raw) > self._max:
                 raw = raw[: self._cut(raw, self._max)]
-                self.stats["lines_truncated"] += 1
+                self.stats.lines_truncated += 1
             lines.append(self._decode(raw))
             pos = end + unit
             if ends is not None:
@@ -205,7 +207,7 @@ class Framer:
         """An incomplete line already over the limit: emit its head now, skip the rest of it."""
         head = buf[: self._cut(buf, self._max)]
         lines.append(self._decode(head))
-        self.stats["lines_truncated"] += 1
+        self.stats.lines_truncated += 1
         self.tail = (self.tail + buf)[-TAIL_BYTES:] if base == self.pending_at else buf[-TAIL_BYTES:]
         self.pending = b""
         self.pending_at = base + len(buf)
@@ -217,14 +219,14 @@ class Framer:
         raw = line.encode(self.codec)
         if len(raw) <= self._max:
             return line
-        self.stats["lines_truncated"] += 1
+        self.stats.lines_truncated += 1
         return raw[: self._cut(raw, self._max)].decode(self.codec)
 
     def _decode(self, raw: bytes) -> str:
         try:
             return raw.decode(self.codec)
         except UnicodeDecodeError:
-            self.stats["lines_invalid"] += 1
+            self.stats.lines_invalid += 1
             return raw.decode(self.codec, "replace")
 
 

@@ -16,10 +16,10 @@ ledger, ``tailer.py`` for file identity and rotation.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -29,25 +29,26 @@ import re2
 
 from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
 from collectors.logs.access import Access
-from collectors.logs.checkpoint import Ledger, Store
+from collectors.logs.checkpoint import Ledger, Mark, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
 from collectors.logs.multiline import check_pattern
-from collectors.logs.tailer import Tailer
+from collectors.logs.stats import LogMetrics, LogStats
+from collectors.logs.tailer import StepResult, Tailer
 
-# stats key -> (telemetry attribute, label key or None); kept by the tailer, pushed after each round
-_METRICS = {
-    "lines_read": "log_lines_read",
-    "bytes_read": "log_bytes_read",
-    "lines_truncated": "log_lines_truncated",
-    "lines_invalid": "log_lines_invalid_encoding",
-    "truncations": "log_truncations",
-    "parse_failures": "log_parse_failures",
-    "rotations": "log_rotations",
-    "file_errors": "log_file_errors",
-    "files_refused": "log_files_refused",
-    "checkpoint_corrupt": "log_checkpoint_corrupt",
-}
-_LABELLED = ("rotations", "file_errors", "files_refused")
+ROUND_GAP = 0.25
+"""Seconds at most from the start of one round to the next at low rates (none when a round ran out of
+budget)."""
+ROUND_LINES = 250
+"""At higher rates rounds come sooner, about this many lines each: the lines of one round are
+acknowledged together, and a crash sends the unacknowledged ones again."""
+
+
+def round_gap(lines: int, seconds: float) -> float:
+    """How long after its start the next round may start, given the lines the last one read in
+    ``seconds`` since the one before it."""
+    if lines <= 0 or seconds <= 0:
+        return ROUND_GAP
+    return min(ROUND_GAP, ROUND_LINES * seconds / lines)
 
 
 class Multiline(PluginConfig):
@@ -145,11 +146,14 @@ class LogsCollector(StreamingCollector):
 
     def __init__(self, config: LogsCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
-        self.stats: dict[str, Any] = {key: collections.Counter() if key in _LABELLED else 0 for key in _METRICS}
-        self._pushed: dict[str, Any] = {}
+        self.stats = LogStats()
+        self._metrics = LogMetrics(context.telemetry, context.instance) if context.telemetry is not None else None
         self._ledger: Ledger | None = None
         self._store = Store(context.state_dir)
         self._save_wanted = asyncio.Event()
+        self._late_lock = threading.Lock()  # acknowledgements after run() ended: saved on a thread
+        self._late: list[Any] | None = None
+        self._late_writing = False
         self._stopped = False
         self._emit: Emitter | None = None
         self._tailer: Tailer | None = None
@@ -165,7 +169,7 @@ class LogsCollector(StreamingCollector):
         if loaded.problem:
             emit.error(loaded.problem)
         if loaded.corrupt:
-            self.stats["checkpoint_corrupt"] += 1
+            self.stats.checkpoint_corrupt += 1
         saved = loaded.files
         now = time.monotonic()
         ledger = self._ledger = Ledger(saved, now)
@@ -194,8 +198,10 @@ class LogsCollector(StreamingCollector):
                 watcher, plan = await self._start_watcher(wake, patterns)
             self.polling = tailer.polling = watcher is None
             next_scan = next_poll = 0.0
+            started = time.monotonic()
             while True:
-                now = time.monotonic()
+                now, since = time.monotonic(), started
+                started = now
                 scan, dirty = watcher.take() if watcher is not None else (False, set())
                 scan = scan or now >= next_scan
                 poll_due = now >= next_poll
@@ -212,8 +218,12 @@ class LogsCollector(StreamingCollector):
                 if result.more:
                     await asyncio.sleep(0)
                     continue
+                # lines arriving now wait for the next round with those of the other files: a round
+                # (worker hop, delivery, a batch into the pipeline) costs the same for 1 line as for 500
+                if (gap := now + round_gap(len(result.records), now - since) - time.monotonic()) > 0:
+                    await asyncio.sleep(gap)
                 deadline = next_scan
-                if self.polling or any(t.polled for t in tailer.trackers.values()):
+                if self.polling or any(t.polled for t in tailer.attention):  # symlinked files wait there
                     deadline = min(deadline, next_poll)
                 if result.due is not None:
                     deadline = min(deadline, result.due)
@@ -258,11 +268,11 @@ class LogsCollector(StreamingCollector):
             return None, plan
         return watcher, plan
 
-    async def _deliver(self, result: Any, ledger: Ledger, emit: Emitter) -> None:
-        for key, path, dev, ino, fp_len, fp, offset, pred in result.opened:
-            ledger.opened(key, path, dev, ino, fp_len, fp, offset, pred)
-        for key, (path, dev, ino, fp_len, fp) in result.identity.items():
-            ledger.identity(key, path, dev, ino, fp_len, fp)
+    async def _deliver(self, result: StepResult, ledger: Ledger, emit: Emitter) -> None:
+        for opened in result.opened:
+            ledger.opened(opened)
+        for key, file in result.identity.items():
+            ledger.identity(key, file)
         for key in result.claimed:
             ledger.claimed(key)
         for text in result.errors:
@@ -272,8 +282,8 @@ class LogsCollector(StreamingCollector):
         self._push_metrics(result.files)
         if result.records:
             marks = result.sent
-            for key, (end, _tail) in marks.items():
-                ledger.sent(key, end)
+            for key, mark in marks.items():
+                ledger.sent(key, mark.offset)
             await emit.logs(result.records, on_durable=functools.partial(self._acked, marks))
         for key, mark in result.skipped.items():
             ledger.skipped(key, mark)
@@ -285,7 +295,7 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _acked(self, marks: dict[str, tuple[int, bytes]]) -> None:
+    def _acked(self, marks: dict[str, Mark]) -> None:
         """on_durable: every log output has these records; the checkpoint may move past them."""
         ledger = self._ledger
         if ledger is None:
@@ -294,11 +304,26 @@ class LogsCollector(StreamingCollector):
         if not self._stopped:
             self._save_wanted.set()
             return
-        # after run() ended, outputs still drain: save at once, the process may exit soon
-        try:
-            self._store.save(ledger.snapshot(time.monotonic()))
-        except OSError as exc:
-            self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
+        # after run() ended, outputs still drain: save soon, the process may exit soon; on a thread of
+        # its own (not daemonic: the interpreter waits for it at exit), never fsync on the event loop
+        with self._late_lock:
+            self._late = ledger.snapshot(time.monotonic())
+            if self._late_writing:
+                return  # the running writer takes the newest snapshot next
+            self._late_writing = True
+        threading.Thread(target=self._write_late, name=f"checkpoints:{self.context.instance}").start()
+
+    def _write_late(self) -> None:
+        while True:
+            with self._late_lock:
+                snapshot, self._late = self._late, None
+                if snapshot is None:
+                    self._late_writing = False
+                    return
+            try:
+                self._store.save(snapshot)
+            except OSError as exc:
+                self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
 
     async def _saver(self) -> None:
         """Writes the checkpoint file after every change, one write at a time."""
@@ -311,7 +336,7 @@ class LogsCollector(StreamingCollector):
             try:
                 await self.context.run_blocking(self._store.save, ledger.snapshot(time.monotonic()))
             except OSError as exc:
-                self.stats["file_errors"]["checkpoint"] += 1
+                self.stats.file_errors["checkpoint"] += 1
                 if self._emit is not None:
                     self._emit.error(f"cannot save checkpoints to {self._store.path}: {exc.strerror or exc}")
                 await asyncio.sleep(1.0)
@@ -347,22 +372,8 @@ class LogsCollector(StreamingCollector):
         return lambda lines, _key: many(lines)
 
     def _push_metrics(self, files: int) -> None:
-        telemetry = self.context.telemetry
-        if telemetry is None:
-            return
-        for key, attr in _METRICS.items():
-            metric = getattr(telemetry, attr)
-            value = self.stats[key]
-            if isinstance(value, collections.Counter):
-                before = self._pushed.setdefault(key, collections.Counter())
-                for label, count in value.items():
-                    if count > before[label]:
-                        metric.labels(label).inc(count - before[label])
-                        before[label] = count
-            elif value > self._pushed.get(key, 0):
-                metric.inc(value - self._pushed.get(key, 0))
-                self._pushed[key] = value
-        telemetry.log_files.labels(self.context.instance).set(files)
+        if self._metrics is not None:
+            self._metrics.push(self.stats, files)
 
 
 def _files_behind(tailer: Tailer) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ import msgspec
 import re2
 
 from agent.model import Labels, LogRecord
+from collectors.logs.stats import LogStats
 
 TIME_FIELDS = ("@timestamp", "timestamp", "time", "ts", "t", "datetime")
 LEVEL_FIELDS = ("level", "severity", "lvl", "loglevel", "log.level", "levelname", "severity_text")
@@ -128,7 +129,7 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 class Parser:
     """Builds the records of one chunk of lines of one file."""
 
-    def __init__(self, fmt: str, detect_severity: bool, stats: dict[str, int]) -> None:
+    def __init__(self, fmt: str, detect_severity: bool, stats: LogStats) -> None:
         self.stats = stats
         self._detect = detect_severity
         self._fields: Callable[[str], dict[str, object] | None] | None = {
@@ -172,7 +173,7 @@ class Parser:
     def _structured(self, line: str, labels: Labels, default_ns: int) -> LogRecord:
         fields = self._fields(line) if line else None  # type: ignore[misc]
         if fields is None:
-            self.stats["parse_failures"] += 1
+            self.stats.parse_failures += 1
             return LogRecord(default_ns, line, labels)
         time_ns = None
         for name in TIME_FIELDS:

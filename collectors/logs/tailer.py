@@ -1,26 +1,20 @@
-"""The files being tailed: identity, rotation, reading. Runs on the instance's worker thread.
+"""Reading the files being tailed: one round at a time, on the instance's worker thread.
 
-A file is known by its device and inode, checked against a fingerprint of its
-first bytes (up to :data:`FP_BYTES`): an inode reused by a new file, or a file
-truncated and rewritten, shows a different fingerprint; a renamed file keeps
-its inode; a copy (copytruncate's rotated file, or a file moved across file
-systems) shows the same fingerprint under a new inode. Each file is kept open,
-so a file renamed or deleted by rotation is still read to its end; it is
-closed once it has been gone from the globs and silent for ``rotate_wait``.
-
-Each open file has a *generation key*; truncation starts a new generation at
-offset 0 and leaves the old one behind (in :attr:`Tailer.known`, with its
-fingerprint and offset) so a rotated copy that turns up later continues where
-the old generation stopped. :meth:`Tailer.step` does one round of work: scan
-the globs if asked, read what changed, frame, parse and redact, and return the
-records with the offsets they bring each generation to.
+Each file is kept open, so a file renamed or deleted by rotation is still read
+to its end; it is closed once it has been gone from the globs and silent for
+``rotate_wait``. Which file is which, and where a newly found file starts, is
+``identity.py``'s: a truncated file starts a new generation at offset 0 and the
+old one is retired to :class:`~collectors.logs.identity.Generations`, so a
+rotated copy that turns up later continues where it stopped.
+:meth:`Tailer.step` does one round: scan the globs if asked, read what changed
+(only the files with an event, or more to read, or a timer), frame, parse and
+redact, and return the records with the offsets they bring each generation to.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import itertools
 import operator
 import os
@@ -31,52 +25,38 @@ from typing import Any
 
 from agent.model import Labels, LogRecord, merge_labels
 from collectors.logs.access import Access, Refused
-from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Loaded, Saved, _unhex
+from collectors.logs.checkpoint import NO_MARK, Loaded, Mark, Saved
 from collectors.logs.discovery import Patterns, is_compressed
 from collectors.logs.framing import Framer, resolve_encoding
+from collectors.logs.identity import (
+    FP_BYTES,
+    MIN_FP_MATCH,
+    RETAIN_SECONDS,
+    FileId,
+    Generations,
+    Head,
+    Known,
+    Opened,
+    holds,
+    rotation_kind,
+    same_content,
+)
 from collectors.logs.multiline import Multiline
 from collectors.logs.parse import Parser
+from collectors.logs.stats import LogStats
 
-FP_BYTES = 1024
 CHUNK = 1 << 20  # bytes per read call
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
 
 
-_NONE = (-1, b"")
-# generation key -> (its file, lines read this step, their bytes per piece or None when not all known)
-Pending = dict[str, tuple["Tracker", list[str], list[tuple[int, bytes]] | None]]
-
-
-def fingerprint(head: bytes, length: int | None = None) -> str:
-    return hashlib.blake2b(head[: FP_BYTES if length is None else length], digest_size=8).hexdigest()
-
-
-@dataclass(slots=True)
-class Known:
-    """A generation no longer read (truncated, closed, or saved by an earlier run), kept for matching."""
-
-    key: str
-    path: str
-    dev: int
-    ino: int
-    fp_len: int
-    fp: str
-    offset: int
-    tail: bytes  # the bytes just before offset, which a copy must hold there too
-    truncated: bool
-    expires: float
-
-
 @dataclass(slots=True, eq=False)
 class Tracker:
+    """An open file, read as the generation ``key``."""
+
     key: str
     name: str  # the path it was found under: the ``filename`` label
-    path: str
-    dev: int
-    ino: int
+    id: FileId  # its path now, inode and fingerprint
     fd: int
-    fp_len: int
-    fp: str
     pos: int  # next byte to read
     framer: Framer
     multiline: Multiline | None
@@ -87,19 +67,41 @@ class Tracker:
     last_ns: int = 0
     orphan_since: float | None = None
     more: bool = True
-    twin: tuple[Tracker, str] | None = None  # (original, its key when linked): a copy of a live file
+    twin: Twin | None = None  # a copy of a live file (copytruncate's, before the truncation is seen)
     copied: bool = False  # a twin copy exists: held data of the old content is read there
+
+    @property
+    def path(self) -> str:
+        return self.id.path
+
+
+@dataclass(frozen=True, slots=True)
+class Twin:
+    """The live original a copy follows, and its generation key when they were linked."""
+
+    original: Tracker
+    key: str
+
+
+@dataclass(slots=True)
+class Pending:
+    """Lines read from one generation this round, and their bytes per piece (None when not all known)."""
+
+    file: Tracker
+    lines: list[str] = field(default_factory=list)
+    blocks: list[tuple[int, bytes]] | None = field(default_factory=list)
 
 
 @dataclass
 class StepResult:
     records: list[LogRecord] = field(default_factory=list)
-    # key -> (end offset of its last record here, the bytes before it or b"")
-    sent: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    # key -> offset reached without a record (an overlong line's tail, a copy catching up), its bytes before
-    skipped: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    opened: list[tuple[str, str, int, int, int, str, int, str]] = field(default_factory=list)
-    identity: dict[str, tuple[str, int, int, int, str]] = field(default_factory=dict)
+    sent: dict[str, Mark] = field(default_factory=dict)
+    """Key -> end offset of its last record here (and the bytes before it, or b"")."""
+    skipped: dict[str, Mark] = field(default_factory=dict)
+    """Key -> offset reached without a record (an overlong line's tail, a copy catching up)."""
+    opened: list[Opened] = field(default_factory=list)
+    identity: dict[str, FileId] = field(default_factory=dict)
+    """Key -> its file's identity, when it changed (renamed, longer fingerprint)."""
     closed: list[str] = field(default_factory=list)
     claimed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -115,7 +117,7 @@ class Tailer:
         config: Any,
         patterns: Patterns,
         static_labels: Labels,
-        stats: dict[str, Any],
+        stats: LogStats,
         clock: Callable[[], int],
         redact: Callable[[list[str], str], list[str]] | None,  # (lines, file key): one key-block state per file
         saved: list[Saved],
@@ -134,12 +136,12 @@ class Tailer:
         self.trackers: dict[str, Tracker] = {}
         self.by_inode: dict[tuple[int, int], Tracker] = {}
         self.by_path: dict[str, Tracker] = {}
-        self.known: dict[str, Known] = {
-            s.key: Known(
-                s.key, s.path, s.dev, s.ino, s.fp_len, s.fp, s.offset, _unhex(s.tail), False, now + RETAIN_SECONDS
-            )
-            for s in saved
-        }
+        # files a round looks at without an event: more to read, rotated away, a held partial line or
+        # record (its timer), symlinked (polled); an ordered set
+        self.attention: dict[Tracker, None] = {}
+        self.generations = Generations(
+            Known(s.key, s.file_id, s.offset, s.tail_bytes, False, now + RETAIN_SECONDS) for s in saved
+        )
         # files read from their beginning when found at start-up: those with a checkpoint entry, and
         # after a damaged checkpoint (``checkpoint.Loaded``) the files of bad entries, or all of them
         self.saved_paths = {s.path for s in saved} | set(resume.resume_paths if resume else ())
@@ -169,27 +171,35 @@ class Tailer:
             self._scan(now, res)
         if check_all:
             targets = list(self.trackers.values())
-        else:
-            targets = [
-                t for t in self.trackers.values() if t.more or t.orphan_since is not None or (poll_links and t.polled)
-            ]
+        else:  # only what changed or waits: a round costs the same with 20 files as with 2,000
+            targets = [t for t in self.attention if t.more or t.orphan_since is not None or (poll_links and t.polled)]
             targets += [t for p in dirty if (t := self.by_path.get(p)) is not None and not t.more]
         if len(targets) > 1:  # take turns when the budget runs out
             self._rr = (self._rr + 1) % len(targets)
             targets = targets[self._rr :] + targets[: self._rr]
         budget = STEP_BYTES
         now_ns = self.clock()
-        pending: Pending = {}
-        for tracker in dict.fromkeys(targets):
+        pending: dict[str, Pending] = {}
+        looked = dict.fromkeys(targets)
+        order = list(looked)
+        for i, tracker in enumerate(order):
             if tracker.fd < 0:
                 continue
             budget -= self._pump(tracker, now, res, pending, budget)
             if budget <= 0:
                 res.more = True
+                for rest in order[i + 1 :]:
+                    rest.more = True  # its event is taken: read it next round, not at its next event
                 break
-        self._timers(now, res, pending)
+        looked.update(self.attention)
+        self._timers(now, res, pending, looked)
         self._build(res, pending, now_ns)
-        res.more = res.more or any(t.more for t in self.trackers.values())
+        for t in looked:
+            if t.fd >= 0 and _waits(t):
+                self.attention[t] = None
+            else:
+                self.attention.pop(t, None)
+        res.more = res.more or any(t.more for t in self.attention)
         res.files = len(self.trackers)
         return res
 
@@ -227,14 +237,14 @@ class Tailer:
             del self.by_path[path]
         for path, tracker in self.by_path.items():
             if self.by_path.get(tracker.path) is not tracker:  # renamed: name it by where it is now
-                tracker.path = path
-                res.identity[tracker.key] = self._ident(tracker)
+                tracker.id = tracker.id.moved(path)
+                res.identity[tracker.key] = tracker.id
         for tracker in self.trackers.values():
             if tracker.key not in seen and tracker.orphan_since is None:
                 tracker.orphan_since = now  # renamed or deleted: read to the end, then let go
                 tracker.more = True
-        for key in [k for k, known in self.known.items() if known.expires < now]:
-            del self.known[key]
+                self.attention[tracker] = None
+        self.generations.expire(now)
         self.scanned = True
 
     def _paths_moved(self) -> bool:
@@ -244,16 +254,12 @@ class Tailer:
                 st = os.stat(path)
             except OSError:
                 return True
-            if (st.st_dev, st.st_ino) != (tracker.dev, tracker.ino):
+            if (st.st_dev, st.st_ino) != tracker.id.inode:
                 return True
         return False
 
     def _count_rotation(self, previous: Tracker) -> None:
-        try:
-            gone = os.fstat(previous.fd).st_nlink == 0
-        except OSError:
-            gone = True
-        self.stats["rotations"]["recreate" if gone else "rename"] += 1
+        self.stats.rotations[rotation_kind(previous.fd)] += 1
 
     def _open(self, path: str, now: float, res: StepResult) -> Tracker | None:
         try:
@@ -289,16 +295,15 @@ class Tailer:
         offset, pred, twin = self._start(path, st, fd, head, res)
         self._serial += 1
         key = f"{self._run_id}.{self._serial}"
-        tracker = self._new_tracker(key, path, path, st, fd, head, offset, now)
+        tracker = self._new_tracker(key, path, FileId.of(path, st, head), fd, head, offset, now)
         tracker.twin = twin
         self.trackers[key] = tracker
         self.by_inode[ident] = tracker
-        res.opened.append((key, path, st.st_dev, st.st_ino, tracker.fp_len, tracker.fp, offset, pred))
+        self.attention[tracker] = None
+        res.opened.append(Opened(key, tracker.id, offset, pred))
         return tracker
 
-    def _new_tracker(
-        self, key: str, name: str, path: str, st: os.stat_result | None, fd: int, head: bytes, offset: int, now: float
-    ) -> Tracker:
+    def _new_tracker(self, key: str, name: str, file: FileId, fd: int, head: bytes, offset: int, now: float) -> Tracker:
         config = self.config
         encoding = resolve_encoding(config.encoding, head)
         ml = self._multiline
@@ -306,66 +311,45 @@ class Tailer:
         if ml:
             multiline = Multiline(ml.start_pattern, ml.continuation_pattern, ml.max_lines, ml.max_bytes)
             multiline.reset(offset)
-        fp_len = min(len(head), FP_BYTES)
         return Tracker(
             key=key,
             name=name,
-            path=path,
-            dev=st.st_dev if st else 0,
-            ino=st.st_ino if st else 0,
+            id=file,
             fd=fd,
-            fp_len=fp_len,
-            fp=fingerprint(head, fp_len),
             pos=offset,
             framer=Framer(encoding, config.max_line_bytes, self.stats, offset, ends=multiline is not None),
             multiline=multiline,
             labels=merge_labels(self.static_labels, (("filename", name),)),
-            polled=os.path.islink(path),
+            polled=os.path.islink(file.path),
             last_data=now,
         )
 
     def _start(
         self, path: str, st: os.stat_result, fd: int, head: bytes, res: StepResult
-    ) -> tuple[int, str, tuple[Tracker, str] | None]:
+    ) -> tuple[int, str, Twin | None]:
         """Where to start reading a newly opened file: (offset, predecessor key, live original)."""
-        ident = (st.st_dev, st.st_ino)
-        hashes: dict[int, str] = {}
-
-        def same(fp_len: int, fp: str) -> bool:
-            if fp_len > len(head):
-                return False
-            if fp_len not in hashes:
-                hashes[fp_len] = fingerprint(head, fp_len)
-            return hashes[fp_len] == fp
-
+        inode = (st.st_dev, st.st_ino)
+        first = Head(head)
         # 1. this very file, saved by an earlier run or closed earlier in this one
-        mine = [k for k in self.known.values() if (k.dev, k.ino) == ident and not k.truncated]
-        for known in mine:
-            if same(known.fp_len, known.fp):
-                del self.known[known.key]
-                res.claimed.append(known.key)
-                return known.offset, known.key, None
-        if mine:
+        match = self.generations.same_file(inode, first)
+        if match is False:
             return 0, "", None  # the inode was reused, or the file rewritten: new content
-        if len(head) >= MIN_FP_MATCH:
+        if match is None and len(head) >= MIN_FP_MATCH:
             # 2. a copy of a file being read right now (copytruncate copied it; truncation not seen yet)
             for tracker in self.trackers.values():
-                if tracker.fp_len >= MIN_FP_MATCH and tracker.twin is None and same(tracker.fp_len, tracker.fp):
+                if tracker.id.fp_len >= MIN_FP_MATCH and tracker.twin is None and first.starts_like(tracker.id):
                     offset, tail = tracker_resume(tracker)
-                    if _holds(fd, st.st_size, offset, tail):
-                        self.stats["rotations"]["copytruncate"] += 1
+                    if holds(fd, st.st_size, offset, tail):
+                        self.stats.rotations["copytruncate"] += 1
                         tracker.copied = True
-                        return offset, tracker.key, (tracker, tracker.key)
+                        return offset, tracker.key, Twin(tracker, tracker.key)
             # 3. a copy of a generation no longer read (truncated, or saved by an earlier run)
-            for known in list(self.known.values()):
-                if (known.dev, known.ino) == ident or known.fp_len < MIN_FP_MATCH or not same(known.fp_len, known.fp):
-                    continue
-                if _holds(fd, st.st_size, known.offset, known.tail):
-                    del self.known[known.key]
-                    res.claimed.append(known.key)
-                    if known.truncated:
-                        self.stats["rotations"]["copytruncate"] += 1
-                    return known.offset, known.key, None
+            match = self.generations.copy_of(inode, first, fd, st.st_size)
+            if match is not None and match.known.truncated:
+                self.stats.rotations["copytruncate"] += 1
+        if match:
+            res.claimed.append(match.known.key)
+            return match.offset, match.known.key, None
         # 4. new to us: read from the start, except for files already there when we first looked
         if path in self.saved_paths or self.scanned or self.resume_all or self.config.start_at == "beginning":
             return 0, "", None
@@ -373,7 +357,7 @@ class Tailer:
 
     # ------------------------------------------------------------------ reading
 
-    def _pump(self, t: Tracker, now: float, res: StepResult, pending: Pending, budget: int) -> int:
+    def _pump(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending], budget: int) -> int:
         """Read what is new in one file; returns the bytes read."""
         try:
             st = os.fstat(t.fd)
@@ -384,7 +368,7 @@ class Tailer:
             return 0  # a copy of a live file: its original reads these bytes
         stamp = (st.st_size, st.st_mtime_ns)
         if stamp != t.last_stat:
-            if st.st_size < t.pos or (t.last_stat[0] >= 0 and not self._same_content(t)):
+            if st.st_size < t.pos or (t.last_stat[0] >= 0 and not same_content(t.fd, t.id)):
                 self._truncated(t, now, res, pending)
             t.last_stat = stamp
         read = 0
@@ -405,12 +389,16 @@ class Tailer:
         t.more = read >= budget
         if read:
             t.last_data = now
-            self.stats["bytes_read"] += read
-            if t.fp_len < FP_BYTES and t.pos > t.fp_len:
+            self.stats.bytes_read += read
+            # in steps (64, 128 ... bytes), not at every read: a file growing a line at a time would
+            # otherwise cost a read of its head, a hash and a checkpoint write per line
+            if t.id.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * t.id.fp_len, MIN_FP_MATCH)):
                 self._grow_fingerprint(t, res)
         return read
 
-    def _lines(self, t: Tracker, framed: tuple[list[str], list[int] | None], res: StepResult, pending: Pending) -> None:
+    def _lines(
+        self, t: Tracker, framed: tuple[list[str], list[int] | None], res: StepResult, pending: dict[str, Pending]
+    ) -> None:
         """Framed lines become pending records; their end offset is what the records bring the file to."""
         lines, ends = framed
         if t.multiline is not None and ends is not None:
@@ -421,8 +409,8 @@ class Tailer:
         framer = t.framer
         if lines:
             self._add(t, lines, framer.consumed, framer.tail, res, pending, framer.block)
-        elif framer.consumed > max(res.skipped.get(t.key, _NONE)[0], res.sent.get(t.key, _NONE)[0]):
-            res.skipped[t.key] = (framer.consumed, framer.tail)  # bytes that made no line
+        elif framer.consumed > max(res.skipped.get(t.key, NO_MARK)[0], res.sent.get(t.key, NO_MARK)[0]):
+            res.skipped[t.key] = Mark(framer.consumed, framer.tail)  # bytes that made no line
 
     def _add(
         self,
@@ -431,44 +419,36 @@ class Tailer:
         end: int,
         tail: bytes,
         res: StepResult,
-        pending: Pending,
+        pending: dict[str, Pending],
         block: bytes | None = None,
     ) -> None:
         got = pending.get(t.key)
         if got is None:
-            got = pending[t.key] = (t, [], [])
-        blocks = got[2]
-        if blocks is not None:
+            got = pending[t.key] = Pending(t)
+        if got.blocks is not None:
             if block is None:
-                pending[t.key] = got = (t, got[1], None)
+                got.blocks = None
             else:
-                blocks.append((len(got[1]), block))
-        got[1].extend(lines)
-        res.sent[t.key] = (end, tail)
-
-    def _same_content(self, t: Tracker) -> bool:
-        if t.fp_len == 0:
-            return True
-        try:
-            head = os.pread(t.fd, t.fp_len, 0)
-        except OSError:
-            return True
-        return len(head) == t.fp_len and fingerprint(head, t.fp_len) == t.fp
+                got.blocks.append((len(got.lines), block))
+        got.lines.extend(lines)
+        res.sent[t.key] = Mark(end, tail)
 
     def _grow_fingerprint(self, t: Tracker, res: StepResult) -> None:
         try:
             head = os.pread(t.fd, FP_BYTES, 0)
         except OSError:
             return
-        if fingerprint(head, t.fp_len) == t.fp:
-            t.fp_len = len(head)
-            t.fp = fingerprint(head, t.fp_len)
-            res.identity[t.key] = self._ident(t)
+        grown = t.id.grown(head)
+        if grown is not None:
+            t.id = grown
+            res.identity[t.key] = grown
 
     def _follow_twin(self, t: Tracker, res: StepResult, size: int) -> bool:
         """While its original is read, a copy only keeps up with it; True while that lasts."""
-        original, key = t.twin  # type: ignore[misc]
-        if original.key != key or original.fd < 0:
+        twin = t.twin
+        assert twin is not None
+        original = twin.original
+        if original.key != twin.key or original.fd < 0:
             t.twin = None  # the original was truncated or closed: the copy reads on alone
             return False
         ahead, tail = tracker_resume(original)
@@ -479,23 +459,21 @@ class Tailer:
             t.framer.tail = tail
             if t.multiline is not None:
                 t.multiline.reset(ahead)
-            res.skipped[t.key] = (ahead, tail)
+            res.skipped[t.key] = Mark(ahead, tail)
         return True
 
-    def _truncated(self, t: Tracker, now: float, res: StepResult, pending: Pending) -> None:
+    def _truncated(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending]) -> None:
         """The file was truncated (copytruncate) or rewritten: a new generation from offset 0."""
-        self.stats["truncations"] += 1
+        self.stats.truncations += 1
         if not t.copied:
             self._flush(t, res, pending)  # the held tail belongs to the old content
         for other in self.trackers.values():
-            if other.twin is not None and other.twin[0] is t:
+            if other.twin is not None and other.twin.original is t:
                 with contextlib.suppress(OSError):  # catch the copy up to all the original read
                     self._follow_twin(other, res, os.fstat(other.fd).st_size)
         offset, tail = tracker_resume(t)
         old_key = t.key
-        self.known[old_key] = Known(
-            old_key, t.path, t.dev, t.ino, t.fp_len, t.fp, offset, tail, True, now + RETAIN_SECONDS
-        )
+        self.generations.retire(old_key, t.id, offset, tail, True, now)
         res.closed.append(old_key)
         del self.trackers[old_key]
         try:
@@ -504,33 +482,41 @@ class Tailer:
         except OSError:
             head, st = b"", None
         self._serial += 1
-        fresh = self._new_tracker(f"{self._run_id}.{self._serial}", t.name, t.path, st, t.fd, head, 0, now)
-        for name in ("key", "fp_len", "fp", "pos", "framer", "multiline", "twin", "copied"):
+        file = FileId.of(t.path, st, head) if st is not None else FileId.of(t.path, None, b"")
+        fresh = self._new_tracker(f"{self._run_id}.{self._serial}", t.name, file, t.fd, head, 0, now)
+        for name in ("key", "id", "pos", "framer", "multiline", "twin", "copied"):
             setattr(t, name, getattr(fresh, name))
         self.trackers[t.key] = t
-        res.opened.append((t.key, t.path, t.dev, t.ino, t.fp_len, t.fp, 0, ""))
+        res.opened.append(Opened(t.key, t.id, 0))
         for other in self.trackers.values():
-            if other.twin is not None and other.twin[0] is t:
+            if other.twin is not None and other.twin.original is t:
                 other.more = True  # a copy of the old content: it reads on alone from now on
+                self.attention[other] = None
 
     # ------------------------------------------------------------------ timers
 
-    def _timers(self, now: float, res: StepResult, pending: Pending) -> None:
+    def _timers(self, now: float, res: StepResult, pending: dict[str, Pending], looked: dict[Tracker, None]) -> None:
         config = self.config
         partial_after = config.partial_line_timeout
         flush_after = config.multiline.flush_timeout
         due: float | None = None
-        for t in list(self.trackers.values()):
-            if t.framer.pending:
+        for t in list(looked):
+            if t.fd < 0:
+                continue
+            if t.framer.pending and not t.more:  # with more to read, the line's end may be unread yet
                 at = t.last_data + partial_after
-                if now >= at:
+                if now >= at and self._pump(t, now, res, pending, STEP_BYTES):
+                    at = t.last_data + partial_after  # its end came: the event was still on its way
+                if now >= at and not t.more:
                     self._flush_partial(t, res, pending)
                 else:
                     due = at if due is None else min(due, at)
             # a held record waits for a held partial line too: that line may still belong to it
-            if t.multiline is not None and t.multiline.held and not t.framer.pending:
+            if t.multiline is not None and t.multiline.held and not t.framer.pending and not t.more:
                 at = max(t.multiline.since, t.last_data) + flush_after
-                if now >= at:
+                if now >= at and self._pump(t, now, res, pending, STEP_BYTES):
+                    at = max(t.multiline.since, t.last_data) + flush_after
+                if now >= at and not t.more and not t.framer.pending:
                     self._flush_multiline(t, res, pending)
                 else:
                     due = at if due is None else min(due, at)
@@ -542,33 +528,31 @@ class Tailer:
                     due = at if due is None else min(due, at)
         res.due = due
 
-    def _flush_partial(self, t: Tracker, res: StepResult, pending: Pending) -> None:
+    def _flush_partial(self, t: Tracker, res: StepResult, pending: dict[str, Pending]) -> None:
         got = t.framer.flush()
         if got is not None:
             line, end = got
             self._lines(t, ([line], [end] if t.multiline is not None else None), res, pending)
 
-    def _flush_multiline(self, t: Tracker, res: StepResult, pending: Pending) -> None:
+    def _flush_multiline(self, t: Tracker, res: StepResult, pending: dict[str, Pending]) -> None:
         got = t.multiline.flush() if t.multiline is not None else None
         if got is not None:
             record, end = got
             self._add(t, [record], end, b"", res, pending)
 
-    def _flush(self, t: Tracker, res: StepResult, pending: Pending) -> None:
+    def _flush(self, t: Tracker, res: StepResult, pending: dict[str, Pending]) -> None:
         self._flush_partial(t, res, pending)
         self._flush_multiline(t, res, pending)
 
-    def _close(self, t: Tracker, now: float, res: StepResult, pending: Pending) -> None:
+    def _close(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending]) -> None:
         """A file gone from the globs and quiet for rotate_wait: its last line counts, then it is let go."""
         self._flush(t, res, pending)
         offset, tail = tracker_resume(t)
-        self.known[t.key] = Known(
-            t.key, t.path, t.dev, t.ino, t.fp_len, t.fp, offset, tail, False, now + RETAIN_SECONDS
-        )
+        self.generations.retire(t.key, t.id, offset, tail, False, now)
         res.closed.append(t.key)
         del self.trackers[t.key]
-        if self.by_inode.get((t.dev, t.ino)) is t:
-            del self.by_inode[(t.dev, t.ino)]
+        if self.by_inode.get(t.id.inode) is t:
+            del self.by_inode[t.id.inode]
         for path in [p for p, other in self.by_path.items() if other is t]:
             del self.by_path[path]
         try:
@@ -584,15 +568,17 @@ class Tailer:
             except OSError:
                 pass
         self.trackers.clear()
+        self.attention.clear()
         self.by_inode.clear()
         self.by_path.clear()
 
     # ------------------------------------------------------------------ records
 
-    def _build(self, res: StepResult, pending: Pending, now_ns: int) -> None:
+    def _build(self, res: StepResult, pending: dict[str, Pending], now_ns: int) -> None:
         records = res.records
         lines_read = 0
-        for t, lines, blocks in pending.values():
+        for got in pending.values():
+            t, lines, blocks = got.file, got.lines, got.blocks
             lines_read += len(lines)
             changed = None
             if self.redact is not None:
@@ -604,42 +590,41 @@ class Tailer:
             base = max(now_ns, t.last_ns + 1)
             records.extend(self.parser.records(lines, t.labels, base, blocks, changed))
             t.last_ns = base + len(lines) - 1
-        self.stats["lines_read"] += lines_read
+        self.stats.lines_read += lines_read
 
     # ------------------------------------------------------------------ helpers
-
-    def _ident(self, t: Tracker) -> tuple[str, int, int, int, str]:
-        return (t.path, t.dev, t.ino, t.fp_len, t.fp)
 
     def _refuse(self, path: str, refused: Refused, res: StepResult) -> None:
         if self.refused.get(path) != refused.reason:
             self.refused[path] = refused.reason
-            self.stats["files_refused"][refused.reason] += 1
+            self.stats.files_refused[refused.reason] += 1
             res.errors.append(str(refused))
 
     def _problem(self, path: str, op: str, exc: OSError, res: StepResult) -> None:
-        self.stats["file_errors"][op] += 1
+        self.stats.file_errors[op] += 1
         text = f"cannot {op} {path}: {exc.strerror or exc}"
         if self.reported.get(path) != text:
             self.reported[path] = text
             res.errors.append(text + ("; retried at every scan" if op != "read" else "; retried"))
 
 
-def tracker_resume(t: Tracker) -> tuple[int, bytes]:
+def _waits(t: Tracker) -> bool:
+    """Does the file need a look next round even without an event?"""
+    return (
+        t.more
+        or t.orphan_since is not None
+        or t.polled
+        or bool(t.framer.pending)
+        or (t.multiline is not None and t.multiline.held)
+        or t.twin is not None
+    )
+
+
+def tracker_resume(t: Tracker) -> Mark:
     """Offset just past the last record produced, and the bytes before it (empty when unknown)."""
     if t.multiline is not None and t.multiline.held:
-        return t.multiline.start, b""
-    return t.framer.consumed, t.framer.tail
-
-
-def _holds(fd: int, size: int, offset: int, tail: bytes) -> bool:
-    """Does a candidate copy reach ``offset`` and hold there the bytes its original had before it?"""
-    if size < offset:
-        return False  # shorter than what was read: not a copy of it (or one we cannot tell)
-    try:
-        return not tail or os.pread(fd, len(tail), offset - len(tail)) == tail
-    except OSError:
-        return False
+        return Mark(t.multiline.start, b"")
+    return Mark(t.framer.consumed, t.framer.tail)
 
 
 def _line_start_before(fd: int, size: int) -> int:

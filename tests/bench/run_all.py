@@ -2,6 +2,8 @@
 
 Pass module names to run a subset: ``python -m tests.bench.run_all bench_agent``. bench_scrape
 compares the scrape parser with Prometheus and vmagent on the same 10 MB exposition.
+bench_logs_lowrate compares log tailing CPU at low rates, and bulk shipping, with rsyslog's
+(``imfile``) on the same files.
 """
 
 from __future__ import annotations

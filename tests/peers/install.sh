@@ -2,8 +2,8 @@
 # Installs the real servers the peer tests talk to (DESIGN.md section 8), all from Debian's archive.
 #
 #   1. bookworm packages, installed system-wide with apt-get: prometheus, prometheus-node-exporter,
-#      victoria-metrics, redis-server, rabbitmq-server, golang-go, systemd-journal-remote (writes the
-#      journal files the journald collector's tests read with journalctl). Their services are kept from
+#      victoria-metrics, redis-server, rabbitmq-server, golang-go, rsyslog, systemd-journal-remote (writes
+#      the journal files the journald collector's tests read with journalctl). Their services are kept from
 #      starting (policy-rc.d answers 101 during the install) and, on a machine that runs systemd,
 #      the units of the packages this run installed are disabled: the tests start their own
 #      copies on free loopback ports, and nothing is left on the default ports.
@@ -31,13 +31,15 @@ CACHE="${HOSTWATCH_PEERS_CACHE:-/var/cache/hostwatch-peers}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # btrfs-progs: mkfs.btrfs for the storage collector's parity test on a real (loop-device) Btrfs;
-# systemd-journal-remote: writes real journal files for the journald collector's tests
+# systemd-journal-remote: writes real journal files for the journald collector's tests;
+# rsyslog: the reference tailer of tests/bench/bench_logs_lowrate.py (run by the bench on its own config)
 SYSTEM_PACKAGES=(prometheus prometheus-node-exporter victoria-metrics redis-server rabbitmq-server golang-go btrfs-progs
-    systemd-journal-remote)
+    systemd-journal-remote rsyslog)
 # package -> the service its postinst would start
 declare -A SERVICE_OF=(
     [prometheus]=prometheus [prometheus-node-exporter]=prometheus-node-exporter
     [victoria-metrics]=victoria-metrics [redis-server]=redis-server [rabbitmq-server]=rabbitmq-server
+    [rsyslog]=rsyslog
 )
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 

@@ -8,12 +8,13 @@ import os
 import msgspec
 
 from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Ledger, Loaded, Saved, Store
+from collectors.logs.identity import FileId, Opened
 
 FP = "0123456789abcdef"
 
 
 def open_entry(ledger: Ledger, key: str, offset: int = 0, pred: str = "") -> None:
-    ledger.opened(key, f"/logs/{key}.log", 1, hash(key) & 0xFFFF, 1024, FP, offset, pred)
+    ledger.opened(Opened(key, FileId(f"/logs/{key}.log", 1, hash(key) & 0xFFFF, 1024, FP), offset, pred))
 
 
 def saved_offsets(ledger: Ledger, now: float = 0.0) -> dict[str, int]:
@@ -63,7 +64,7 @@ def test_closed_entries_are_kept_for_matching_then_forgotten() -> None:
     ledger.closed("gone", 100.0)
     assert "gone" in saved_offsets(ledger, now=101.0)
     assert "gone" not in saved_offsets(ledger, now=100.0 + RETAIN_SECONDS + 1)
-    ledger.opened("tiny", "/logs/t", 1, 2, MIN_FP_MATCH - 1, FP, 5, "")
+    ledger.opened(Opened("tiny", FileId("/logs/t", 1, 2, MIN_FP_MATCH - 1, FP), 5))
     ledger.closed("tiny", 0.0)
     assert "tiny" not in saved_offsets(ledger), "too short a fingerprint to ever match a copy"
     open_entry(ledger, "claimed")

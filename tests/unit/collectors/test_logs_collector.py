@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from agent.config import convert
 from agent.emitter import RunEmitter
 from agent.model import LogRecord
 from agent.telemetry import Telemetry
+from collectors.logs.checkpoint import Store
 from collectors.logs.logs import LogsCollector
 from tests.support import collector_context
 
@@ -158,8 +160,26 @@ async def test_acknowledgements_after_the_collector_stopped_still_save(tmp_path,
     await until(lambda: len(sink.records) == 1)
     await run.stop()
     assert checkpoint(tmp_path)[str(app)] == 0
-    sink.ack_all()  # outputs drain after collectors stop: the late acknowledgement is written at once
-    assert checkpoint(tmp_path)[str(app)] == app.stat().st_size
+    sink.ack_all()  # outputs drain after collectors stop: the late acknowledgement is written soon
+    await until(lambda: checkpoint(tmp_path)[str(app)] == app.stat().st_size)
+
+
+async def test_late_acknowledgements_are_saved_off_the_event_loop(tmp_path, logs, monkeypatch) -> None:
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink(hold_acks=True)
+    run = await start(tmp_path, sink, [str(app)])
+    append(app, ["x"])
+    await until(lambda: len(sink.records) == 1)
+    await run.stop()
+    savers: list[threading.Thread] = []
+    save = Store.save
+    monkeypatch.setattr(
+        Store, "save", lambda self, entries: (savers.append(threading.current_thread()), save(self, entries))
+    )
+    sink.ack_all()  # fsync on the loop thread would stall every other collector and output
+    await until(lambda: checkpoint(tmp_path)[str(app)] == app.stat().st_size)
+    assert savers and threading.main_thread() not in savers
 
 
 async def test_a_corrupt_checkpoint_is_reported_and_never_a_crash(tmp_path, logs) -> None:
@@ -414,3 +434,14 @@ async def test_metrics_reach_telemetry(tmp_path, logs) -> None:
     assert value("hostwatch_log_lines_invalid_encoding_total") == 1
     assert value("hostwatch_log_files", {"collector": "test"}) == 1
     assert [len(b) for b in sink.bodies()] == [2, 100, 10]
+
+
+def test_several_instances_share_the_declared_log_metrics(tmp_path, logs) -> None:
+    registry = CollectorRegistry()
+    telemetry = Telemetry(registry)
+    config = convert({"paths": [str(logs / "*.log")]}, LogsCollector.Config)
+    for instance in ("a", "b"):  # a second declaration of the same names must not be refused
+        LogsCollector(config, collector_context(tmp_path / instance, instance=instance, telemetry=telemetry))
+    assert registry.get_sample_value("hostwatch_log_files", {"collector": "a"}) == 0
+    assert registry.get_sample_value("hostwatch_log_files", {"collector": "b"}) == 0
+    assert registry.get_sample_value("hostwatch_log_lines_read_total") == 0

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import collections
 import random
 
 import pytest
 
 from collectors.logs.framing import TAIL_BYTES, Framer
+from collectors.logs.stats import LogStats
 
 
-def stats() -> collections.Counter:
-    return collections.Counter()
+def stats() -> LogStats:
+    return LogStats()
 
 
 def feed_all(framer: Framer, data: bytes, sizes: list[int]) -> list[str]:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import collections
 import datetime
 
 import pytest
 
 from collectors.logs.multiline import Multiline
 from collectors.logs.parse import Parser, logfmt_fields, parse_time, raw_severities, severity_of
+from collectors.logs.stats import LogStats
 
 LABELS = (("filename", "/var/log/app.log"), ("job", "app"))
 NOW = 1_700_000_000_000_000_000
 
 
-def parser(fmt: str, detect: bool = True) -> tuple[Parser, collections.Counter]:
-    counts: collections.Counter = collections.Counter()
+def parser(fmt: str, detect: bool = True) -> tuple[Parser, LogStats]:
+    counts = LogStats()
     return Parser(fmt, detect, counts), counts
 
 

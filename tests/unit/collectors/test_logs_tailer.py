@@ -12,6 +12,7 @@ from agent.config import convert
 from collectors.logs.checkpoint import Saved
 from collectors.logs.discovery import Patterns
 from collectors.logs.logs import LogsCollector
+from collectors.logs.stats import LogStats
 from collectors.logs.tailer import Tailer
 
 
@@ -27,14 +28,7 @@ class Rig:
         self.dir.mkdir(exist_ok=True)
         options.setdefault("start_at", "beginning")
         self.config = make_config([str(self.dir / pattern)], **options)
-        self.stats = {
-            "rotations": collections.Counter(),
-            "file_errors": collections.Counter(),
-            "files_refused": collections.Counter(),
-        }
-        self.stats.update(dict.fromkeys(
-            ["lines_read", "bytes_read", "lines_truncated", "lines_invalid", "truncations", "parse_failures"], 0
-        ))  # fmt: skip
+        self.stats = LogStats()
         patterns = Patterns(self.config.paths, self.config.exclude, self.config.include_compressed)
         self.tailer = Tailer(
             self.config, patterns, (("job", "t"),), self.stats, time.time_ns, None, saved or [], 0.0, "r"
@@ -58,7 +52,8 @@ class Rig:
         """What a checkpoint would hold if everything read so far had been acknowledged."""
         out = []
         for t in self.tailer.trackers.values():
-            out.append(Saved(t.key, t.path, t.dev, t.ino, t.fp_len, t.fp, t.framer.consumed, t.framer.tail.hex()))
+            f = t.id
+            out.append(Saved(t.key, f.path, f.dev, f.ino, f.fp_len, f.fp, t.framer.consumed, t.framer.tail.hex()))
         return out
 
     def close(self) -> None:
@@ -258,4 +253,20 @@ def test_a_last_line_without_newline_joins_the_held_multiline_record(tmp_path) -
     assert rig.bodies == ["[1] first\n  more"]
     rig.step(advance=1.1)  # both timers due: the partial line goes into the record first
     assert rig.bodies == ["[1] first\n  more", '[2] second\n  trace\n"} ']
+    rig.close()
+
+
+def test_a_partial_line_whose_end_came_before_its_event_is_not_cut(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    app.write_text("")
+    rig.step()
+    with open(app, "a") as f:
+        f.write("first half, ")
+    rig.step()  # held: no newline yet
+    with open(app, "a") as f:
+        f.write("second half\n")
+    rig.now += 2  # partial_line_timeout passed; inotify's event for the second write not taken yet
+    res = rig.tailer.step(rig.now, False, set(), False)
+    assert [r.body for r in res.records] == ["first half, second half"]
     rig.close()

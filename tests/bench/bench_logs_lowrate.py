@@ -1,0 +1,247 @@
+"""Log tailing CPU at low rates, and bulk shipping, side by side with rsyslog.
+
+Run: ``python -m tests.bench.bench_logs_lowrate`` (needs VictoriaLogs from ``tests/peers/install.sh``
+and Debian's ``rsyslog``, which install.sh installs with its service disabled).
+
+Low rates: a writer process appends lines of real Apache access-log text (the corpus file) to
+many files at a steady combined rate, spread evenly over the files, in ticks of 20 ms. Two
+shippers tail the same files at the same time, each in its own process:
+
+* ``hostwatch run``: the logs collector (inotify) with the default redaction, batching, the
+  disk buffer and the Loki output (protobuf + snappy) into a real VictoriaLogs on loopback;
+* ``rsyslogd -n``: ``imfile`` (inotify mode) on the same glob, forwarding over TCP (``omfwd``,
+  RFC 5424 framing) to a sink in the benchmark process that counts the lines; no filtering and no
+  disk queue (rsyslog's defaults), so its figure is a floor the agent is compared with.
+
+After a warm-up, the CPU time of each process (every thread, from ``/proc/PID/task/*/schedstat``)
+is taken over a fixed window and divided by the lines written in it. Scenarios: 20 files at
+200 lines/s and 2,000 files at 1,000 lines/s. Target: hostwatch <= 1.5x rsyslog's CPU per line.
+
+Bulk: one file of the corpus repeated (``BENCH_BULK_MIB``) read from its beginning, each shipper
+alone and pinned to one CPU: hostwatch into VictoriaLogs (redaction and disk buffer on), rsyslog
+into the TCP sink. Wall time until the last line arrived. Target: hostwatch >= 0.6x rsyslog's
+lines per second.
+
+Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
+BENCH_LOWRATE_ONLY=1 skips the bulk part.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tests.bench.bench_logs import CORPUS, get, metric, pinned, start_agent, start_victoria_logs, stop
+
+WINDOW = float(os.environ.get("BENCH_LOWRATE_SECONDS", "30"))
+BULK_MIB = float(os.environ.get("BENCH_BULK_MIB", "64"))
+WARMUP = 8.0
+SCENARIOS = [(20, 200), (2000, 1000)]  # (files, combined lines per second)
+TARGET_CPU_RATIO, TARGET_BULK_RATIO = 1.5, 0.6
+RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+
+WRITER = r"""
+import os, sys, time
+directory, files, rate, corpus = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+lines = [l for l in open(corpus, "rb").read().splitlines(keepends=True) if l.strip()][:5000]
+fds = [os.open(os.path.join(directory, f"app{i:04d}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+       for i in range(files)]
+tick, owed, n, f = 0.02, 0.0, 0, 0
+start = next_at = time.monotonic()
+while True:
+    owed += rate * tick
+    while owed >= 1:
+        os.write(fds[f], lines[n % len(lines)])
+        n += 1; f = (f + 1) % files; owed -= 1
+    with open(os.path.join(directory, "..", "written"), "w") as out:  # outside the tailed directory
+        out.write(str(n))
+    next_at += tick
+    time.sleep(max(0.0, next_at - time.monotonic()))
+"""
+
+RSYSLOG_CONF = """
+global(workDirectory="{work}" maxMessageSize="256k")
+module(load="imfile" mode="inotify")
+input(type="imfile" File="{glob}" Tag="app" addMetadata="on" {extra})
+action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp" template="RSYSLOG_SyslogProtocol23Format")
+"""
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of a process, from the scheduler's statistics (nanoseconds)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended between the listing and the read
+    return total
+
+
+class Sink:
+    """A TCP server counting the lines rsyslog forwards (one message per line, LF framed)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.lines = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(1 << 20):
+                self.lines += data.count(b"\n")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def start_rsyslog(home: Path, glob: str, port: int, extra: str = "", cpu: list[str] | None = None) -> subprocess.Popen:
+    work = home / "rsyslog"
+    work.mkdir(parents=True, exist_ok=True)
+    conf = work / "rsyslog.conf"
+    conf.write_text(RSYSLOG_CONF.format(work=work, glob=glob, port=port, extra=extra))
+    log = open(work / "rsyslogd.log", "wb")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        [*(cpu or []), RSYSLOGD, "-n", "-f", str(conf), "-i", str(work / "rsyslogd.pid")], stdout=log, stderr=log
+    )
+
+
+def written(directory: Path) -> int:
+    try:
+        return int((directory.parent / "written").read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def lowrate(home: Path, files: int, rate: float) -> list[tuple[str, bool]]:
+    logs = home / "logs"
+    logs.mkdir(parents=True)
+    for i in range(files):
+        (logs / f"app{i:04d}.log").write_bytes(b"")
+    vl, vl_url = start_victoria_logs(home)
+    sink = Sink()
+    procs: list[subprocess.Popen] = [vl]
+    try:
+        collector = f'[[collectors.logs]]\npaths = ["{logs}/*.log"]\n'
+        agent, url = start_agent(home, collector, vl_url)
+        rsyslog = start_rsyslog(home, f"{logs}/*.log", sink.port)
+        procs += [agent, rsyslog]
+        time.sleep(3)  # both have found the files before the first line is written
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(logs), str(files), str(rate), str(CORPUS)])
+        procs.append(writer)
+        time.sleep(WARMUP)
+        before = {p.pid: cpu_ns(p.pid) for p in (agent, rsyslog)}
+        lines_before = written(logs)
+        time.sleep(WINDOW)
+        used = {p.pid: cpu_ns(p.pid) - before[p.pid] for p in (agent, rsyslog)}
+        lines = written(logs) - lines_before
+        stop(writer)
+        total = written(logs)
+        sent = 0.0
+        for _ in range(100):  # both catch up with the last lines
+            sent = metric(get(url + "/metrics"), "hostwatch_output_sent_items_total", signal="logs")
+            if sent >= total and sink.lines >= total:
+                break
+            time.sleep(0.1)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        sink.close()
+    agent_us = used[agent.pid] / 1000 / max(lines, 1)
+    rsyslog_us = used[rsyslog.pid] / 1000 / max(lines, 1)
+    ratio = agent_us / rsyslog_us if rsyslog_us else float("inf")
+    name = f"{files:,} files at {rate:,.0f} lines/s"
+    print(
+        f"{name}: {lines:,} lines in {WINDOW:g} s; CPU per line: hostwatch {agent_us:.1f} us, "
+        f"rsyslog {rsyslog_us:.1f} us ({ratio:.2f}x); delivered: hostwatch {sent:,.0f}, rsyslog {sink.lines:,} "
+        f"of {total:,}"
+    )
+    return [
+        (f"{name}: hostwatch CPU <= {TARGET_CPU_RATIO:g}x rsyslog's (got {ratio:.2f}x)", ratio <= TARGET_CPU_RATIO),
+        (f"{name}: every line shipped by both", sent >= total and sink.lines >= total),
+    ]
+
+
+def bulk(home: Path) -> list[tuple[str, bool]]:
+    path = home / "bulk" / "access.log"
+    path.parent.mkdir(parents=True)
+    chunk = CORPUS.read_bytes()
+    repeats = max(1, int(BULK_MIB * 2**20 / len(chunk)))
+    with open(path, "wb") as f:
+        for _ in range(repeats):
+            f.write(chunk)
+    lines = repeats * chunk.count(b"\n")
+    # hostwatch: redaction (the default sets) and the disk buffer (the default) on
+    vl, vl_url = start_victoria_logs(home)
+    try:
+        collector = f'[[collectors.logs]]\npaths = ["{path}"]\nstart_at = "beginning"\n'
+        started = time.monotonic()
+        agent, url = start_agent(home, collector, vl_url)
+        try:
+            sent = 0.0
+            while time.monotonic() < started + 600 and sent < lines:
+                time.sleep(0.05)
+                try:
+                    sent = metric(get(url + "/metrics"), "hostwatch_output_sent_items_total", signal="logs")
+                except OSError:
+                    pass
+            agent_seconds = time.monotonic() - started
+        finally:
+            stop(agent)
+    finally:
+        stop(vl)
+    # rsyslog: imfile from the beginning of the file (a new file, no state yet) into the sink
+    sink = Sink()
+    started = time.monotonic()
+    rsyslog = start_rsyslog(home, str(path), sink.port, 'freshStartTail="off"', pinned("0"))
+    try:
+        while time.monotonic() < started + 600 and sink.lines < lines:
+            time.sleep(0.05)
+        rsyslog_seconds = time.monotonic() - started
+    finally:
+        stop(rsyslog)
+        sink.close()
+    agent_rate, rsyslog_rate = lines / agent_seconds, lines / rsyslog_seconds
+    ratio = agent_rate / rsyslog_rate
+    print(
+        f"bulk, {repeats * len(chunk) / 2**20:.0f} MiB ({lines:,} lines) from the beginning, one CPU each: "
+        f"hostwatch {agent_rate:,.0f} lines/s (delivered {sent:,.0f}), rsyslog {rsyslog_rate:,.0f} lines/s "
+        f"(delivered {sink.lines:,}): {ratio:.2f}x"
+    )
+    return [
+        (f"bulk: hostwatch >= {TARGET_BULK_RATIO:g}x rsyslog's lines/s (got {ratio:.2f}x)", ratio >= TARGET_BULK_RATIO)
+    ]
+
+
+def main() -> int:
+    if not os.path.exists(RSYSLOGD):
+        sys.exit("rsyslogd is not installed: run tests/peers/install.sh")
+    results: list[tuple[str, bool]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-lowrate-") as tmp:
+        for i, (files, rate) in enumerate(SCENARIOS):
+            results += lowrate(Path(tmp) / f"s{i}", files, rate)
+        if os.environ.get("BENCH_LOWRATE_ONLY") != "1":
+            results += bulk(Path(tmp) / "b")
+    for name, ok in results:
+        print(f"{'PASS' if ok else 'FAIL'} {name}")
+    return 0 if all(ok for _, ok in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
