@@ -42,7 +42,7 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -259,6 +259,28 @@ class StreamingCollector(abc.ABC):
 
 
 Collector = PeriodicCollector | StreamingCollector
+
+Part = Callable[["Emitter", Callable[[str], None]], None]
+"""One independent part of a collector (a node_exporter sub-collector): ``part(emit, report)``."""
+
+
+def run_parts(parts: Iterable[tuple[str, Part]], emit: Emitter) -> list[str]:
+    """Run a collector's parts in turn, on its worker thread; the problems, each prefixed by its part.
+
+    A part that reports or raises loses only its own series: the others still export, and
+    the collector hands the list to ``emit.error`` once back on the event loop.
+    """
+    errors: list[str] = []
+    for name, part in parts:
+
+        def report(message: str, name: str = name) -> None:
+            errors.append(f"{name}: {message}")
+
+        try:
+            part(emit, report)
+        except Exception as exc:  # a driver or layout never met: this part fails, the others go on
+            report(f"{type(exc).__name__}: {exc}")
+    return errors
 
 
 class ResultKind(enum.Enum):

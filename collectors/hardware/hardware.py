@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 
 from agent.model import Labels
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, run_parts
 
 from . import hwmon, inventory, power, thermal
 
@@ -70,21 +70,8 @@ class HardwareCollector(PeriodicCollector):
         self._parts = [(name, part) for name, part in parts.items() if getattr(config, name)]
 
     async def collect(self, emit: Emitter) -> None:
-        for error in await self.context.run_blocking(self._collect, emit):
+        for error in await self.context.run_blocking(run_parts, self._parts, emit):
             emit.error(error)
-
-    def _collect(self, emit: Emitter) -> list[str]:
-        errors: list[str] = []
-        for name, part in self._parts:
-
-            def report(message: str, name: str = name) -> None:
-                errors.append(f"{name}: {message}")
-
-            try:
-                part(emit, report)
-            except Exception as exc:  # a driver we never met: this part fails, the others still export
-                report(f"{type(exc).__name__}: {exc}")
-        return errors
 
     def _emit_dmi(self, emit: Emitter, report) -> None:
         if self._dmi is None:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, run_parts
 
 from . import bcache, btrfs, mdadm, nfs, selinux, tape, xfs, zfs
 
@@ -67,18 +67,5 @@ class StorageCollector(PeriodicCollector):
         self._parts = [(name, parts[name]) for name in PARTS if getattr(config, name)]
 
     async def collect(self, emit: Emitter) -> None:
-        for error in await self.context.run_blocking(self._collect, emit):
+        for error in await self.context.run_blocking(run_parts, self._parts, emit):
             emit.error(error)
-
-    def _collect(self, emit: Emitter) -> list[str]:
-        errors: list[str] = []
-        for name, part in self._parts:
-
-            def report(message: str, name: str = name) -> None:
-                errors.append(f"{name}: {message}")
-
-            try:
-                part(emit, report)
-            except Exception as exc:  # a layout we never met: this part fails, the others still export
-                report(f"{type(exc).__name__}: {exc}")
-        return errors
