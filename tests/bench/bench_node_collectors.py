@@ -1,4 +1,4 @@
-"""CPU cost of one collection cycle of the netclass, hardware and storage collectors, through the engine.
+"""CPU cost of one collection cycle of the netclass, hardware, storage, system and textfile collectors.
 
 ``python -m tests.bench.bench_node_collectors`` (BENCH_CYCLES, default 300). Each
 configuration runs its collector through the engine's runner (worker-thread hop,
@@ -7,7 +7,8 @@ process CPU time (every thread) of one cycle and the number of series. The
 hardware collector is also run on the fixture tree of tests/fixtures/hardware,
 which stands for a machine with sensors, RAPL, batteries and DMI, and the
 storage collector on tests/fixtures/storage (md arrays, bcache, Btrfs, XFS, ZFS,
-NFS, tapes). A configuration whose plugin is not installed is skipped.
+NFS, tapes); system on this host with all its parts and with node_exporter's defaults,
+textfile on the fixture files. A configuration whose plugin is not installed is skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 CYCLES = int(os.environ.get("BENCH_CYCLES", "300"))
 FIXTURE_SYS = Path(__file__).parents[1] / "fixtures" / "hardware" / "sys"
 STORAGE = Path(__file__).parents[1] / "fixtures" / "storage"
+TEXTFILES = Path(__file__).parents[1] / "fixtures" / "textfile" / "good"
 CONFIGS = {
     "netclass (defaults) on this host": "[[collectors.netclass]]\n",
     "netclass with tcpstat on this host": "[[collectors.netclass]]\ntcpstat = true\n",
@@ -30,6 +32,9 @@ CONFIGS = {
         f'[agent]\nsys_root = "{STORAGE / "sys"}"\nproc_root = "{STORAGE / "proc"}"\nrootfs = "{STORAGE / "rootfs"}"\n'
         "[[collectors.storage]]\n"
     ),
+    "system, all ten parts, on this host": "[[collectors.system]]\n",
+    "system, node_exporter's default parts": '[[collectors.system]]\nexclude = ["processes", "interrupts"]\n',
+    "textfile, three fixture files": f'[[collectors.textfile]]\ndirectories = ["{TEXTFILES}"]\n',
 }
 
 
