@@ -27,12 +27,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.peers]
 
 UNIT = "hostwatch.service"
 RATE = 2_000  # lines per second
-SECONDS = 60
+SECONDS = 45
 TOTAL = RATE * SECONDS
 BATCH = 500  # the Loki output's batch_max_items
 # one after the other, GAP seconds apart (a kill counts from the restart before it)
 EVENTS = ("kill", "kill", "rotate", "vacuum", "kill", "kill", "kill")
-GAP = 4.0
+GAP = 3.5
 KILLS = EVENTS.count("kill")
 
 WRITER = """#!/usr/bin/python3.11
