@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import Config, ConfigError, PluginSpec, load_config
@@ -29,10 +29,13 @@ from agent.pipeline import ApplyError, Pipeline
 from agent.plugin import CollectorContext
 from agent.scheduler import CollectorRunner, TickGroup, iso_time, scrape_key
 from agent.secrets import config_secrets
-from agent.status import History, RecentProblems, output_totals
+from agent.status import History, RecentProblems, build_status, output_totals
 from agent.systemd import Notifier
 from agent.telemetry import Telemetry
 from agent.workers import SharedWorker, Worker
+
+if TYPE_CHECKING:
+    from agent.http import HttpServer
 
 log = logging.getLogger("hostwatch.runtime")
 
@@ -62,7 +65,7 @@ class Agent:
         self.latest = LatestSamples(on_replace=self.history.observe)
         self.pipeline = Pipeline(self.telemetry, self.latest, clock=clock)
         self.runners: dict[str, tuple[tuple[Any, ...], CollectorRunner]] = {}
-        self.http: Any = None
+        self.http: HttpServer | None = None
         self.started_monotonic = time.monotonic()
         self.ready = False
         self.stopping = False
@@ -271,7 +274,7 @@ class Agent:
         self.http = HttpServer(self, self.config.http.listen, telemetry=self.telemetry)
         await self.http.start()
 
-    async def _bind_http(self, listen: str) -> Any:
+    async def _bind_http(self, listen: str) -> HttpServer | None:
         """A server on ``listen`` for a reload, bound while the old one still serves; None for no server."""
         if not listen:
             return None
@@ -295,7 +298,7 @@ class Agent:
             raise ApplyError(f"[http] listen: {exc}") from None
         return server
 
-    async def _unbind_http(self, server: Any) -> None:
+    async def _unbind_http(self, server: HttpServer | None) -> None:
         """Undo :meth:`_bind_http` for a reload that failed later: the old server serves again."""
         if server is None or server is self.http:
             return
@@ -325,6 +328,10 @@ class Agent:
                 "outputs": self.pipeline.status(),
             }
         )
+
+    async def status_document(self) -> dict[str, Any]:
+        """``/status.json``: what the status page and ``hostwatch status`` show (masked)."""
+        return await build_status(self)
 
     def note_reload(self, ok: bool, error: str = "") -> None:
         """Count a reload and remember it for /health/detailed."""
