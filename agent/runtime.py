@@ -26,7 +26,7 @@ from agent.exposition import LatestSamples
 from agent.logsetup import SecretMask
 from agent.model import labels_from, merge_labels
 from agent.pipeline import ApplyError, Pipeline
-from agent.plugin import CollectorContext
+from agent.plugin import CollectorContext, Redactor
 from agent.scheduler import CollectorRunner, TickGroup, iso_time, scrape_key
 from agent.secrets import config_secrets
 from agent.status import History, RecentProblems, build_status, output_totals
@@ -70,7 +70,7 @@ class Agent:
         self.ready = False
         self.stopping = False
         self._background: set[asyncio.Task] = set()
-        self._redactor: tuple[Any, Any] | None = None
+        self._redactor: tuple[Any, Redactor] | None = None
         # per interval: the periodic instances' common timer, and the worker thread of those
         # that only read /proc and /sys (see build_runner)
         self._tick_groups: dict[float, TickGroup] = {}
@@ -185,14 +185,14 @@ class Agent:
         redaction = config.redaction if getattr(spec.plugin, "needs_redactor", False) else None
         return (spec, config.agent, redaction)
 
-    def _redactor_for(self, config: Config, spec: PluginSpec) -> Any:
+    def _redactor_for(self, config: Config, spec: PluginSpec) -> Redactor | None:
         """The redaction service, built once per configuration and only for plugins that use it."""
         if not getattr(spec.plugin, "needs_redactor", False):
             return None
         if self._redactor is None or self._redactor[0] is not config.redaction:
-            from agent.redact import Redactor
+            from agent.redact import Redactor as RuleRedactor
 
-            redactor = Redactor.from_config(config.redaction, state_dir=config.state_dir, telemetry=self.telemetry)
+            redactor = RuleRedactor.from_config(config.redaction, state_dir=config.state_dir, telemetry=self.telemetry)
             self._redactor = (config.redaction, redactor)
         return self._redactor[1]
 
