@@ -1,4 +1,4 @@
-"""The HTTP client every push output shares (aiohttp).
+"""The HTTP client every push output shares.
 
 One :class:`HttpClient` per output instance: a keep-alive connection pool,
 a total timeout per request, TLS (CA, client certificate, server name,
@@ -19,9 +19,10 @@ without a restart, and nothing is dropped while the new one is on its way.
 A redirect is not followed (the body would be posted to an address nobody
 configured): it is dropped, and the reason names where it pointed.
 
-The bytes go over a :class:`Transport` (the seam prometheus_client's ``handler``
-is): :class:`AiohttpTransport` by default; a test hands ``HttpClient`` one of its
-own to script answers and failures without a server.
+The bytes go over a :class:`outputs._transport.Transport` (the seam
+prometheus_client's ``handler`` is): :class:`outputs._transport.AiohttpTransport` by
+default; a test hands ``HttpClient`` one of its own to script answers and failures
+without a server.
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal
 
-import aiohttp
 import cramjam
 import msgspec
 
 from agent.plugin import Duration, ExportResult, PluginConfig, http_headers, readable_file
 from agent.plugin import check_url as _check_url
+from outputs._transport import AiohttpTransport, Transport, TransportError
+from outputs._transport import Response as Response  # re-exported: the outputs take it from here
 
 Desc = msgspec.Meta
 REASON_MAX = 200
@@ -170,13 +172,6 @@ async def compress_async(body: bytes, kind: str) -> bytes:
     return await asyncio.to_thread(compress, body, kind)
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date."""
     if not value:
@@ -253,78 +248,6 @@ def status_result(
     if status in _RETRY_STATUSES or (retry_5xx and 500 <= status < 600) or (auth_retry and status in _AUTH_STATUSES):
         return ExportResult.retry(reason, parse_retry_after(response.headers.get("Retry-After"), now))
     return ExportResult.drop(reason)
-
-
-# ------------------------------------------------------------------ the transport
-
-
-class TransportError(Exception):
-    """A request that could not be completed (refused, reset, TLS); the message says how."""
-
-
-class Transport(Protocol):
-    """How :class:`HttpClient` sends a POST: a connection pool and its lifecycle.
-
-    ``start`` gets the TLS setting (a context, or True: the library's verifying
-    default) and the total deadline of one request; ``post`` returns the answer
-    with at most ``limit`` bytes of body and raises ``TimeoutError`` past the
-    deadline, ``OSError`` or :class:`TransportError` when the request could not
-    be completed. ``close`` is idempotent.
-    """
-
-    async def start(self, *, tls: ssl.SSLContext | bool, timeout: float) -> None: ...
-
-    async def post(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, server_hostname: str | None, limit: int
-    ) -> Response: ...
-
-    async def close(self) -> None: ...
-
-
-class AiohttpTransport:
-    """The default :class:`Transport`: one aiohttp session, keep-alive, redirects not followed."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self, *, tls: ssl.SSLContext | bool, timeout: float) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=tls, limit=8, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            auto_decompress=True,
-            raise_for_status=False,
-        )
-
-    async def post(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, server_hostname: str | None, limit: int
-    ) -> Response:
-        if self._session is None:
-            raise RuntimeError("AiohttpTransport.post before start()")
-        try:
-            async with self._session.post(
-                url, data=body, headers=headers, server_hostname=server_hostname, allow_redirects=False
-            ) as resp:
-                return Response(resp.status, resp.headers, await _read(resp, limit))
-        except TimeoutError:  # aiohttp's timeouts are ClientErrors too: keep them timeouts
-            raise
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-
-async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(16384):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
 
 
 # --------------------------------------------------------------------- the client
