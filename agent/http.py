@@ -16,6 +16,10 @@ kept-alive connection may wait ``IDLE_TIMEOUT`` for its next request, and a
 client that does not read its answer is cut after ``WRITE_TIMEOUT``. Every
 connection closed this way is counted in
 ``hostwatch_http_connections_closed_total{reason}``.
+
+The server sees the agent only through :class:`AgentStatus`, the few things
+its endpoints answer from; it never imports the runtime (which builds the
+server), and a test can serve a small fake instead of a whole agent.
 """
 
 from __future__ import annotations
@@ -28,15 +32,14 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agent.config import values as config_values
 from agent.exposition import RegistryPage
-from agent.status import build_status
 from agent.status_assets import STATIC, PageAssets
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.telemetry import Telemetry
 
 log = logging.getLogger("hostwatch.http")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -62,6 +65,41 @@ Response = tuple[int, str, bytes] | tuple[int, str, bytes, dict[str, str]]
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
+class GaugeSource(Protocol):
+    def refresh_gauges(self) -> None:
+        """Bring the gauges read at scrape time (buffer sizes, ...) up to date."""
+
+
+class HostPage(Protocol):
+    def page(self) -> bytes:
+        """The latest host metrics in the Prometheus text format."""
+
+
+@runtime_checkable
+class AgentStatus(Protocol):
+    """What the server answers from: :class:`agent.runtime.Agent`, or a test's fake.
+
+    ``telemetry`` holds the connection counters and the registry ``/metrics``
+    renders, ``pipeline`` and ``latest`` the rest of ``/metrics``.
+    """
+
+    telemetry: Telemetry
+    pipeline: GaugeSource
+    latest: HostPage
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """``/ready``: ready or not, and why not (already masked)."""
+        ...
+
+    def detailed(self) -> dict[str, Any]:
+        """``/health/detailed`` (already masked)."""
+        ...
+
+    async def status_document(self) -> dict[str, Any]:
+        """``/status.json``, the status page's data (already masked)."""
+        ...
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``[http] listen`` as validated by the config (an empty host binds every interface)."""
     host, port = config_values.parse_listen(listen)
@@ -71,10 +109,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class HttpServer:
     def __init__(
         self,
-        agent: Agent,
+        agent: AgentStatus,
         listen: str,
         *,
-        telemetry: Any = None,
+        telemetry: Telemetry | None = None,
         max_connections: int = MAX_CONNECTIONS,
         head_timeout: float = HEAD_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
@@ -308,5 +346,5 @@ class HttpServer:
         return await self.assets.static(path)
 
     async def status_json(self) -> Response:
-        document = await build_status(self.agent)
+        document = await self.agent.status_document()
         return 200, JSON, json.dumps(document, separators=(",", ":")).encode(), NO_STORE

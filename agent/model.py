@@ -60,11 +60,6 @@ class Sample(msgspec.Struct, frozen=True, gc=False, array_like=True):
     time_ns: int
     unit: str = ""
 
-    @property
-    def series_key(self) -> tuple[str, Labels]:
-        """Identity of the time series this sample belongs to."""
-        return (self.name, self.labels)
-
 
 class LogRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One log record (a line, or several lines joined by multiline framing).

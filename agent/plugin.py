@@ -34,7 +34,8 @@ Rules a plugin keeps:
 This module imports nothing from the project except :mod:`agent.model` and
 :mod:`agent.config.values` (typed option values: durations, sizes, file checks),
 two leaf modules (the :mod:`agent.config` package around the latter imports no
-other part of the project when loaded).
+other part of the project when loaded); :class:`Redactor`'s signature names
+``agent.redact_blocks.BlockState`` for type checkers only.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -59,6 +60,9 @@ from agent.config.values import check_url as check_url
 from agent.config.values import http_headers as http_headers
 from agent.config.values import readable_file as readable_file
 from agent.model import Labels, LogRecord, Sample, Signal, Span
+
+if TYPE_CHECKING:
+    from agent.redact_blocks import BlockState
 
 T = TypeVar("T")
 
@@ -77,10 +81,38 @@ class PluginConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """
 
 
-class Redactor(Protocol):
-    """Masks secrets and personal data in text (see ``agent.redact``)."""
+class StreamRedactor(Protocol):
+    """Redaction for interleaved streams (a log collector's files): one key-block state per ``key``."""
 
-    def redact(self, text: str) -> str: ...
+    def __call__(self, lines: list[str], key: str) -> list[str]: ...
+
+
+@runtime_checkable
+class Redactor(Protocol):
+    """The redaction service a collector gets as ``context.redactor``: masks secrets and
+    personal data in text. The engine's is ``agent.redact.Redactor`` (RE2 rules from
+    ``[redaction]``); plugins and ``hostwatch redact`` depend on this protocol only, so a
+    test may hand in any object with these methods. All are thread-safe.
+    """
+
+    def redact(self, text: str) -> str:
+        """One text; a private key block inside it (several lines) is masked line by line."""
+        ...
+
+    def redact_lines(self, lines: list[str], state: BlockState | None = None) -> list[str]:
+        """Many texts at once, much cheaper per text than :meth:`redact`. ``state`` carries
+        a key block from one call to the next (None: only within this call). Texts left
+        unchanged are returned as the same objects."""
+        ...
+
+    def streams(self) -> StreamRedactor:
+        """A :class:`StreamRedactor`: :meth:`redact_lines` with one state per stream key,
+        so a private key spread over several reads of a file is masked across them."""
+        ...
+
+    def safe_cut(self, text: str, at: int) -> int:
+        """An index >= ``at`` where ``text`` can be cut without splitting a secret."""
+        ...
 
 
 class Emitter(Protocol):

@@ -38,12 +38,15 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import re2
 
 from agent.redact_blocks import HINT, HINT_SEARCH, BlockState, mask_blocks
 from agent.redact_rules import BUILTIN_SETS, Rule
+
+if TYPE_CHECKING:
+    from agent import plugin
 
 log = logging.getLogger("hostwatch.redact")
 
@@ -168,7 +171,11 @@ def _searcher(regex: Any) -> Callable[[bytes, int], list[tuple[int, int]] | None
 
 
 class Redactor:
-    """Applies the configured rules; thread-safe. The only state, a stream's key block, is the caller's."""
+    """Applies the configured rules; thread-safe. The only state, a stream's key block, is the caller's.
+
+    It implements :class:`agent.plugin.Redactor`, the protocol its users (the collectors,
+    :func:`redact_stream`) depend on; ``test_redact.py`` checks the two stay in step.
+    """
 
     def __init__(
         self, rules: list[Rule], *, mode: str = "replace", key: bytes | None = None, telemetry: Any = None
@@ -380,7 +387,7 @@ class Streams:
     (the oldest is forgotten first), so closed and rotated files cost nothing.
     """
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: plugin.Redactor) -> None:
         self._redactor = redactor
         self._inside: dict[str, BlockState] = {}
 
@@ -461,7 +468,7 @@ OVERLAP = 64 << 10  # a secret longer than this may still be cut when an overlon
 
 
 def redact_stream(
-    redactor: Redactor, infile: BinaryIO, outfile: BinaryIO, *, chunk: int = 1 << 16, max_line: int = MAX_LINE
+    redactor: plugin.Redactor, infile: BinaryIO, outfile: BinaryIO, *, chunk: int = 1 << 16, max_line: int = MAX_LINE
 ) -> None:
     """Copy ``infile`` to ``outfile`` redacted, line by line, in bounded memory.
 

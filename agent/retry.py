@@ -55,9 +55,6 @@ class Backoff:
         except OverflowError:  # only for extreme pairs (1e-300 .. 1e300): past maximum anyway
             return self.maximum
 
-    def reset(self) -> None:
-        self.attempt = 0
-
 
 async def sleep_or_stop(delay: float, stop: asyncio.Event) -> bool:
     """Wait ``delay`` seconds; True if ``stop`` was set meanwhile (the wait is cut short)."""

@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import Config, ConfigError, PluginSpec, load_config
@@ -26,13 +26,16 @@ from agent.exposition import LatestSamples
 from agent.logsetup import SecretMask
 from agent.model import labels_from, merge_labels
 from agent.pipeline import ApplyError, Pipeline
-from agent.plugin import CollectorContext
+from agent.plugin import CollectorContext, Redactor
 from agent.scheduler import CollectorRunner, TickGroup, iso_time, scrape_key
 from agent.secrets import config_secrets
-from agent.status import History, RecentProblems, output_totals
+from agent.status import History, RecentProblems, build_status, output_totals
 from agent.systemd import Notifier
 from agent.telemetry import Telemetry
 from agent.workers import SharedWorker, Worker
+
+if TYPE_CHECKING:
+    from agent.http import HttpServer
 
 log = logging.getLogger("hostwatch.runtime")
 
@@ -62,12 +65,12 @@ class Agent:
         self.latest = LatestSamples(on_replace=self.history.observe)
         self.pipeline = Pipeline(self.telemetry, self.latest, clock=clock)
         self.runners: dict[str, tuple[tuple[Any, ...], CollectorRunner]] = {}
-        self.http: Any = None
+        self.http: HttpServer | None = None
         self.started_monotonic = time.monotonic()
         self.ready = False
         self.stopping = False
         self._background: set[asyncio.Task] = set()
-        self._redactor: tuple[Any, Any] | None = None
+        self._redactor: tuple[Any, Redactor] | None = None
         # per interval: the periodic instances' common timer, and the worker thread of those
         # that only read /proc and /sys (see build_runner)
         self._tick_groups: dict[float, TickGroup] = {}
@@ -182,14 +185,14 @@ class Agent:
         redaction = config.redaction if getattr(spec.plugin, "needs_redactor", False) else None
         return (spec, config.agent, redaction)
 
-    def _redactor_for(self, config: Config, spec: PluginSpec) -> Any:
+    def _redactor_for(self, config: Config, spec: PluginSpec) -> Redactor | None:
         """The redaction service, built once per configuration and only for plugins that use it."""
         if not getattr(spec.plugin, "needs_redactor", False):
             return None
         if self._redactor is None or self._redactor[0] is not config.redaction:
-            from agent.redact import Redactor
+            from agent.redact import Redactor as RuleRedactor
 
-            redactor = Redactor.from_config(config.redaction, state_dir=config.state_dir, telemetry=self.telemetry)
+            redactor = RuleRedactor.from_config(config.redaction, state_dir=config.state_dir, telemetry=self.telemetry)
             self._redactor = (config.redaction, redactor)
         return self._redactor[1]
 
@@ -271,7 +274,7 @@ class Agent:
         self.http = HttpServer(self, self.config.http.listen, telemetry=self.telemetry)
         await self.http.start()
 
-    async def _bind_http(self, listen: str) -> Any:
+    async def _bind_http(self, listen: str) -> HttpServer | None:
         """A server on ``listen`` for a reload, bound while the old one still serves; None for no server."""
         if not listen:
             return None
@@ -295,7 +298,7 @@ class Agent:
             raise ApplyError(f"[http] listen: {exc}") from None
         return server
 
-    async def _unbind_http(self, server: Any) -> None:
+    async def _unbind_http(self, server: HttpServer | None) -> None:
         """Undo :meth:`_bind_http` for a reload that failed later: the old server serves again."""
         if server is None or server is self.http:
             return
@@ -325,6 +328,10 @@ class Agent:
                 "outputs": self.pipeline.status(),
             }
         )
+
+    async def status_document(self) -> dict[str, Any]:
+        """``/status.json``: what the status page and ``hostwatch status`` show (masked)."""
+        return await build_status(self)
 
     def note_reload(self, ok: bool, error: str = "") -> None:
         """Count a reload and remember it for /health/detailed."""

@@ -28,8 +28,6 @@ class Worker:
         self._jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.busy_since: float | None = None
-        """``time.monotonic()`` when the current job started; None when idle."""
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -59,15 +57,12 @@ class Worker:
             fn, args, future, loop = job
             if future.cancelled():
                 continue
-            self.busy_since = time.monotonic()
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the awaiting coroutine
                 loop.call_soon_threadsafe(_set_exception, future, exc)
             else:
                 loop.call_soon_threadsafe(_set_result, future, result)
-            finally:
-                self.busy_since = None
 
     def close(self) -> None:
         """Let the thread end after its current job; never waits for it."""
@@ -125,10 +120,6 @@ class SharedWorker:
         """One instance's view: ``run`` (its ``run_blocking``) and ``close``, as a :class:`Worker` has."""
         self._members[owner] = self._members.get(owner, 0) + 1
         return SharedWorkerMember(self, owner)
-
-    @property
-    def isolated(self) -> frozenset[str]:
-        return frozenset(self._private)
 
     async def run(self, owner: str, fn: Callable[..., Any], *args: Any) -> Any:
         private = self._private.get(owner)

@@ -1,4 +1,4 @@
-"""The HTTP client every push output shares (aiohttp).
+"""The HTTP client every push output shares.
 
 One :class:`HttpClient` per output instance: a keep-alive connection pool,
 a total timeout per request, TLS (CA, client certificate, server name,
@@ -18,6 +18,11 @@ auth files first: a token file that a secret manager rewrites is picked up
 without a restart, and nothing is dropped while the new one is on its way.
 A redirect is not followed (the body would be posted to an address nobody
 configured): it is dropped, and the reason names where it pointed.
+
+The bytes go over a :class:`outputs._transport.Transport` (the seam
+prometheus_client's ``handler`` is): :class:`outputs._transport.AiohttpTransport` by
+default; a test hands ``HttpClient`` one of its own to script answers and failures
+without a server.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-import aiohttp
 import cramjam
 import msgspec
 
 from agent.plugin import Duration, ExportResult, PluginConfig, http_headers, readable_file
 from agent.plugin import check_url as _check_url
+from outputs._transport import AiohttpTransport, Transport, TransportError
+from outputs._transport import Response as Response  # re-exported: the outputs take it from here
 
 Desc = msgspec.Meta
 REASON_MAX = 200
@@ -166,13 +172,6 @@ async def compress_async(body: bytes, kind: str) -> bytes:
     return await asyncio.to_thread(compress, body, kind)
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date."""
     if not value:
@@ -265,13 +264,15 @@ class HttpClient:
         max_response_bytes: int = 64 * 1024,
         auth_retry_seconds: float = AUTH_RETRY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        transport: Transport | None = None,
     ) -> None:
         self.config = config
         self.version = version
         self.max_response_bytes = max_response_bytes
         self.auth_retry_seconds = auth_retry_seconds
         self.clock = clock
-        self._session: aiohttp.ClientSession | None = None
+        self.transport: Transport = transport if transport is not None else AiohttpTransport()
+        self._started = False
         self._credentials = Credentials()
         self._former_secrets: tuple[str, ...] = ()  # still masked: a server may echo an old token
         self._base_headers: dict[str, str] = {}
@@ -280,7 +281,7 @@ class HttpClient:
         self._reread_problem = ""
 
     def __repr__(self) -> str:
-        return f"<HttpClient started={self._session is not None}>"
+        return f"<HttpClient started={self._started}>"
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -354,8 +355,8 @@ class HttpClient:
         return ExportResult.retry(reason, after) if within else ExportResult.drop(reason)
 
     async def start(self) -> None:
-        """Read secret files, build the TLS context and the session (no network I/O)."""
-        if self._session is not None:
+        """Read secret files, build the TLS context and start the transport (no network I/O)."""
+        if self._started:
             return
         config = self.config
         await self.read_credentials()
@@ -367,12 +368,8 @@ class HttpClient:
         if self._credentials.authorization:
             headers["Authorization"] = self._credentials.authorization
         self._base_headers = headers
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=tls, limit=8, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=float(config.timeout)),
-            auto_decompress=True,
-            raise_for_status=False,
-        )
+        await self.transport.start(tls=tls, timeout=float(config.timeout))
+        self._started = True
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Response | ExportResult:
         """POST ``body`` (already compressed) with the base headers plus ``headers``.
@@ -381,23 +378,22 @@ class HttpClient:
         of body), or ``ExportResult.retry`` when the request could not be
         completed: connection refused or reset, TLS failure, timeout.
         """
-        if self._session is None:
+        if not self._started:
             raise RuntimeError("HttpClient.post before start()")
         await self.refresh_credentials()
         all_headers = {**self._base_headers, **headers} if headers else self._base_headers
         try:
-            async with self._session.post(
+            response = await self.transport.post(
                 url,
-                data=body,
-                headers=all_headers,
+                body,
+                all_headers,
                 server_hostname=self.config.tls_server_name or None,
-                allow_redirects=False,
-            ) as resp:
-                response = Response(resp.status, resp.headers, await self._read(resp))
+                limit=self.max_response_bytes,
+            )
         except TimeoutError:
             return ExportResult.retry(f"timed out after {float(self.config.timeout):g}s")
-        except aiohttp.ClientError as exc:
-            return ExportResult.retry(shorten(self.mask(f"{type(exc).__name__}: {exc}")))
+        except TransportError as exc:
+            return ExportResult.retry(shorten(self.mask(str(exc))))
         except OSError as exc:
             return ExportResult.retry(shorten(self.mask(f"{type(exc).__name__}: {exc}")))
         if 200 <= response.status < 300:
@@ -405,16 +401,6 @@ class HttpClient:
         elif response.status in _AUTH_STATUSES:
             self.refused()
         return response
-
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(16384):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= self.max_response_bytes:
-                break
-        return b"".join(chunks)[: self.max_response_bytes]
 
     def result(self, response: Response, *, retry_5xx: bool, message: str | None = None) -> ExportResult:
         """:func:`status_result` with secrets masked in the reason; a 401/403 is
@@ -425,6 +411,6 @@ class HttpClient:
         return result
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        started, self._started = self._started, False
+        if started:
+            await self.transport.close()

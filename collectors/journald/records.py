@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 
 from agent.model import Labels, LogRecord, merge_labels
-from agent.plugin import CollectorContext
+from agent.plugin import CollectorContext, Redactor, StreamRedactor
 from collectors.journald.export import Entry
 
 # PRIORITY -> (severity text, OpenTelemetry severity number); README.md has the table
@@ -27,8 +27,8 @@ class RecordBuilder:
     def __init__(self, context: CollectorContext, fields: list[str]) -> None:
         self.context, self.fields = context, fields
         self._labels: dict[tuple[bytes, bytes], Labels] = {}
-        redactor = context.redactor
-        self._streams = redactor.streams() if redactor is not None and hasattr(redactor, "streams") else None
+        redactor: Redactor | None = context.redactor
+        self._streams: StreamRedactor | None = redactor.streams() if redactor is not None else None
 
     def __call__(self, entries: list[Entry]) -> list[LogRecord]:
         clock, fields, invalid = self.context.clock, self.fields, 0
@@ -72,11 +72,8 @@ class RecordBuilder:
 
     def _redact(self, bodies: list[str], keys: list[bytes]) -> list[str]:
         """Per stream (a unit, or an identifier), so a private key spread over entries is masked across them."""
-        redactor = self.context.redactor
-        if redactor is None or not bodies:
+        if self._streams is None or not bodies:
             return bodies
-        if self._streams is None:
-            return [redactor.redact(body) for body in bodies]
         groups: dict[bytes, list[int]] = collections.defaultdict(list)
         for i, key in enumerate(keys):
             groups[key].append(i)

@@ -21,13 +21,21 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 import re2
 
-from agent.plugin import CollectorContext, Duration, Emitter, PluginConfig, Size, StreamingCollector
+from agent.plugin import (
+    CollectorContext,
+    Duration,
+    Emitter,
+    PluginConfig,
+    Redactor,
+    Size,
+    StreamingCollector,
+    StreamRedactor,
+)
 from collectors.logs.access import Access
 from collectors.logs.checkpoint import Ledger, Mark, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
@@ -358,18 +366,10 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ helpers
 
-    def _redactor(self) -> Callable[[list[str], str], list[str]] | None:
-        redactor = self.context.redactor
-        if redactor is None:
-            return None
-        streams = getattr(redactor, "streams", None)
-        if streams is not None:
-            return streams()  # a private key spread over lines is masked across reads, per file
-        many = getattr(redactor, "redact_lines", None)
-        if many is None:
-            one = redactor.redact
-            return lambda lines, _key: list(map(one, lines))
-        return lambda lines, _key: many(lines)
+    def _redactor(self) -> StreamRedactor | None:
+        redactor: Redactor | None = self.context.redactor
+        # per file: a private key spread over lines is masked across reads
+        return None if redactor is None else redactor.streams()
 
     def _push_metrics(self, files: int) -> None:
         if self._metrics is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.model import Labels
+from agent.plugin import Redactor
 from collectors.otlp_receiver.decode import Malformed, TooLarge, decompress, parse
 from collectors.otlp_receiver.logs import translate_logs, translate_traces
 from collectors.otlp_receiver.metrics import Translated, count_samples, translate_metrics
@@ -58,11 +59,8 @@ class Intake:
         self.requests = 0
         self.inflight_bytes = 0
         self._said: set[str] = set()
-        redactor = context.redactor
-        self.redact: Callable[[list[str]], list[str]] | None = None
-        if redactor is not None:
-            many = getattr(redactor, "redact_lines", None)
-            self.redact = many if many is not None else (lambda texts: [redactor.redact(t) for t in texts])
+        redactor: Redactor | None = context.redactor
+        self.redact: Callable[[list[str]], list[str]] | None = redactor.redact_lines if redactor is not None else None
 
     # ------------------------------------------------------------- admission
 

@@ -1,4 +1,4 @@
-"""OTLP metrics and logs encoding (protobuf by hand, JSON), and response decoding. No I/O.
+"""OTLP metrics and logs encoding (protobuf by hand, JSON). No I/O.
 
 Building ``opentelemetry-proto`` message objects costs microseconds per data
 point; this module writes the same wire format directly and caches what
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 
@@ -267,98 +267,3 @@ def _json_double(value: float) -> float | str:
     if math.isfinite(value):
         return value
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-
-
-# -------------------------------------------------------------- response decoding
-
-
-def read_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
-    """Walk a protobuf message: ``(field number, wire type, int or bytes)``. Raises ValueError."""
-    pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-        elif wire == 1:
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _read_varint(data, pos)
-            value, pos = data[pos : pos + size], pos + size
-        elif wire == 5:
-            value, pos = data[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if pos > end:
-            raise ValueError("truncated message")
-        yield number, wire, value
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("bad varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-_REJECTED_KEYS = ("rejectedDataPoints", "rejectedLogRecords", "rejectedSpans")
-
-
-def partial_success(body: bytes, *, json: bool = False) -> tuple[int, str]:
-    """``(rejected items, error message)`` from an Export*ServiceResponse (metrics, logs or traces)."""
-    if json:
-        answer = msgspec.json.decode(body) if body.strip() else {}
-        partial = answer.get("partialSuccess") or {} if isinstance(answer, dict) else {}
-        rejected = next((partial[k] for k in _REJECTED_KEYS if k in partial), 0) or 0
-        return int(rejected), str(partial.get("errorMessage", ""))
-    rejected, message = 0, ""
-    for number, _, value in read_fields(body):
-        if number == 1 and isinstance(value, bytes):
-            for inner, _, item in read_fields(value):
-                if inner == 1 and isinstance(item, int):
-                    rejected = item
-                elif inner == 2 and isinstance(item, bytes):
-                    message = item.decode("utf-8", "replace")
-    return rejected, message
-
-
-def status_message(body: bytes, *, json: bool = False) -> str:
-    """The message of a ``google.rpc.Status`` (the body of an OTLP/HTTP error); empty if none."""
-    try:
-        if json:
-            answer = msgspec.json.decode(body)
-            return str(answer.get("message", "")) if isinstance(answer, dict) else ""
-        for number, wire, value in read_fields(body):
-            if number == 2 and wire == 2 and isinstance(value, bytes):
-                return value.decode("utf-8", "replace")
-    except (ValueError, msgspec.DecodeError):
-        pass
-    return ""
-
-
-def retry_delay(status: bytes) -> float | None:
-    """The ``google.rpc.RetryInfo`` delay in a serialized ``google.rpc.Status`` (gRPC's status details)."""
-    try:
-        for number, _, detail in read_fields(status):
-            if number != 3 or not isinstance(detail, bytes):  # Status.details: repeated Any
-                continue
-            fields = {n: v for n, _, v in read_fields(detail)}
-            type_url = fields.get(1, b"")
-            if not (isinstance(type_url, bytes) and type_url.endswith(b"google.rpc.RetryInfo")):
-                continue
-            seconds = nanos = 0
-            for n, _, duration in read_fields(fields.get(2, b"")):  # RetryInfo.retry_delay
-                if n == 1 and isinstance(duration, bytes):
-                    for k, _, v in read_fields(duration):
-                        seconds = v if k == 1 and isinstance(v, int) else seconds
-                        nanos = v if k == 2 and isinstance(v, int) else nanos
-            return seconds + nanos / 1e9
-    except ValueError:
-        return None
-    return None

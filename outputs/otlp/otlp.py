@@ -36,14 +36,8 @@ from outputs._http import (
     server_message,
     shorten,
 )
-from outputs.otlp.encode import (
-    LogsEncoder,
-    MetricsEncoder,
-    partial_success,
-    resource_attributes,
-    retry_delay,
-    status_message,
-)
+from outputs.otlp.answers import partial_success, retry_delay, status_message
+from outputs.otlp.encode import LogsEncoder, MetricsEncoder, resource_attributes
 from outputs.otlp.encode_traces import encode_spans, encode_spans_json
 
 Desc = msgspec.Meta

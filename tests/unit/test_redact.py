@@ -590,3 +590,59 @@ def test_a_huge_line_still_streams_in_bounded_pieces(everything: Redactor):
     redact_stream(everything, io.BytesIO(line + b"\n"), out, chunk=1 << 16)
     assert len(writes) >= 2 and max(writes) <= (2 << 20) + (1 << 16)
     assert b"token=[REDACTED:token]" in out.getvalue()
+
+
+# ------------------------------------------------------------------ the protocol plugins depend on
+
+
+def protocol_members() -> set[str]:
+    from agent import plugin
+
+    return {name for name in vars(plugin.Redactor) if not name.startswith("_")}
+
+
+def test_the_engine_implements_the_redactor_protocol(everything: Redactor) -> None:
+    import inspect
+
+    from agent import plugin
+
+    assert isinstance(everything, plugin.Redactor)
+    assert protocol_members() == {"redact", "redact_lines", "streams", "safe_cut"}
+    for name in protocol_members():
+        declared = inspect.signature(getattr(plugin.Redactor, name))
+        implemented = inspect.signature(getattr(Redactor, name))
+        assert list(declared.parameters) == list(implemented.parameters), name
+        assert [p.default for p in declared.parameters.values()] == [
+            p.default for p in implemented.parameters.values()
+        ], name
+    line = "push with ghp_16C7e42F292c6912E7710c838347Ae178B4a!"
+    assert everything.streams()([line], "a.log") == [f"push with {mark('github-token')}!"]
+
+
+def test_redactor_users_call_only_the_protocol() -> None:
+    """Every member the collectors and ``hostwatch redact`` use is declared; none is probed
+    with getattr/hasattr (which would mean an undeclared, optional part)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.joinpath("collectors").rglob("*.py"), root / "agent" / "redact.py", root / "agent" / "cli.py"]
+
+    def is_redactor(node: ast.AST) -> bool:
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        return name in ("redactor", "_redactor")
+
+    used: dict[str, set[str]] = {}
+    for source in sources:
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and is_redactor(node.value):
+                used.setdefault(node.attr, set()).add(source.name)
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+            ):
+                assert not (node.args and is_redactor(node.args[0])), f"{source}:{node.lineno} probes the redactor"
+    assert {"redact", "redact_lines", "streams", "safe_cut"} <= set(used)  # the scan does see the users
+    undeclared = {name: files for name, files in used.items() if name not in protocol_members()}
+    assert not undeclared

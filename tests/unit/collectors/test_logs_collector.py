@@ -389,6 +389,9 @@ async def test_redaction_and_multiline_on_the_laravel_corpus(tmp_path, logs) -> 
         def redact(self, text: str) -> str:
             raise AssertionError("the batch form is used when there is one")
 
+        def streams(self):
+            return lambda lines, _key: self.redact_lines(lines)
+
     source = CORPUS / "laravel_php.log"
     text = source.read_text()
     starts = [i for i, line in enumerate(text.split("\n")) if line.startswith("[20")]

@@ -1,5 +1,7 @@
 """Small fake servers for what no real backend can show on demand: chosen status codes,
-Retry-After, resets, silence. Each binds to 127.0.0.1 on a free port and stops with the test."""
+Retry-After, resets, silence. Each binds to 127.0.0.1 on a free port and stops with the test.
+:class:`ScriptedTransport` is no server at all: the HTTP client's injected transport, for tests
+where only the answer matters, not the wire."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import contextlib
 import socket
 import ssl
 import struct
+import urllib.parse
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from outputs._http import Response
 
 
 @dataclass
@@ -56,6 +61,40 @@ class FakeBackend:
         self.requests.append(Seen(request.method, request.path, dict(request.headers), body, tuple(peer or ())))
         reply = self.replies.popleft() if self.replies else Reply()
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+class ScriptedTransport:
+    """An ``HttpClient`` transport that answers each POST with the next scripted :class:`Reply`,
+    or raises the next scripted exception (204 once the script runs out). No socket is opened."""
+
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.script: deque[Reply | BaseException] = deque()
+        self.started: dict | None = None  # what start() was given
+        self.closed = 0
+        self.seen_options: list[dict] = []  # each post's server_hostname and limit
+
+    def reply(self, status: int, body: bytes | str = b"", headers: dict[str, str] | None = None) -> None:
+        self.script.append(Reply(status, body.encode() if isinstance(body, str) else body, headers))
+
+    def fail(self, exc: BaseException) -> None:
+        self.script.append(exc)
+
+    async def start(self, *, tls: ssl.SSLContext | bool, timeout: float) -> None:
+        self.started = {"tls": tls, "timeout": timeout}
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, server_hostname: str | None, limit: int
+    ) -> Response:
+        self.requests.append(Seen("POST", urllib.parse.urlsplit(url).path or "/", dict(headers), body))
+        self.seen_options.append({"server_hostname": server_hostname, "limit": limit})
+        item = self.script.popleft() if self.script else Reply()
+        if isinstance(item, BaseException):
+            raise item
+        return Response(item.status, item.headers or {}, item.body[:limit])
+
+    async def close(self) -> None:
+        self.closed += 1
 
 
 @contextlib.asynccontextmanager

@@ -17,6 +17,7 @@ from outputs._http import (
     HttpClient,
     HttpClientConfig,
     Response,
+    TransportError,
     compress,
     compress_async,
     load_credentials,
@@ -24,7 +25,7 @@ from outputs._http import (
     server_message,
     status_result,
 )
-from tests.unit.outputs.fakes import closed_port, fake_backend, raw_server
+from tests.unit.outputs.fakes import ScriptedTransport, closed_port, fake_backend, raw_server
 
 
 def response(status: int, body: bytes = b"", **headers: str) -> Response:
@@ -360,22 +361,24 @@ async def test_auth_refusals_are_dropped_once_the_window_has_passed(tmp_path) ->
     (tmp_path / "password").write_text("wrong")
     config = HttpClientConfig(basic_auth_user="ann", basic_auth_password_file=str(tmp_path / "password"))
     clock = FakeClock()
-    client = HttpClient(config, version="1", auth_retry_seconds=300, clock=clock)
+    # only the statuses matter here, not the wire: an injected transport answers
+    backend = ScriptedTransport()
+    client = HttpClient(config, version="1", auth_retry_seconds=300, clock=clock, transport=backend)
     await client.start()
+    url = "http://backend.test/push"
     try:
-        async with fake_backend() as backend:
-            kinds = []
-            for advance in (0, 299, 2):  # first refusal, still within 300 s, past it
-                clock.now += advance
-                backend.reply(401)
-                kinds.append(client.result(await client.post(backend.url(), b"x"), retry_5xx=True))
-            assert [r.kind for r in kinds] == [ResultKind.RETRY, ResultKind.RETRY, ResultKind.DROP]
-            assert "still refused 300s after the first refusal" in kinds[2].reason
-            assert len(backend.requests) == 3
-            # a success starts the window over
-            assert (await client.post(backend.url(), b"x")).status == 204
-            backend.reply(403)
-            assert client.result(await client.post(backend.url(), b"x"), retry_5xx=True).kind is ResultKind.RETRY
+        kinds = []
+        for advance in (0, 299, 2):  # first refusal, still within 300 s, past it
+            clock.now += advance
+            backend.reply(401)
+            kinds.append(client.result(await client.post(url, b"x"), retry_5xx=True))
+        assert [r.kind for r in kinds] == [ResultKind.RETRY, ResultKind.RETRY, ResultKind.DROP]
+        assert "still refused 300s after the first refusal" in kinds[2].reason
+        assert len(backend.requests) == 3
+        # a success starts the window over
+        assert (await client.post(url, b"x")).status == 204
+        backend.reply(403)
+        assert client.result(await client.post(url, b"x"), retry_5xx=True).kind is ResultKind.RETRY
     finally:
         await client.close()
 
@@ -400,3 +403,41 @@ async def test_an_unreadable_auth_file_after_a_refusal_keeps_the_old_credentials
             assert backend.requests[-1].headers["Authorization"] == "Bearer new-token"
     finally:
         await client.close()
+
+
+# ------------------------------------------------------------------ an injected transport
+
+
+async def test_an_injected_transport_carries_the_requests_and_its_failures_become_retries(tmp_path) -> None:
+    (tmp_path / "token").write_text("s3cret-token")
+    config = HttpClientConfig(
+        bearer_token_file=str(tmp_path / "token"), timeout=Duration(2.5), tls_server_name="backend.example"
+    )
+    transport = ScriptedTransport()
+    client = HttpClient(config, version="1.2", max_response_bytes=10, transport=transport)
+    with pytest.raises(RuntimeError):
+        await client.post("http://backend.test/", b"x")
+    await client.start()
+    try:
+        assert transport.started == {"tls": True, "timeout": 2.5}  # no TLS options: the library's default
+        transport.reply(400, b"e" * 100)
+        answer = await client.post("http://backend.test/v1/logs", b"body", {"Content-Type": "application/x"})
+        assert isinstance(answer, Response) and answer.body == b"e" * 10
+        seen = transport.requests[0]
+        assert (seen.path, seen.body) == ("/v1/logs", b"body")
+        assert seen.headers["Authorization"] == "Bearer s3cret-token" and seen.headers["User-Agent"] == "hostwatch/1.2"
+        assert transport.seen_options[0] == {"server_hostname": "backend.example", "limit": 10}
+        transport.fail(TimeoutError())
+        transport.fail(ConnectionResetError(104, "Connection reset by peer"))
+        transport.fail(TransportError("ClientPayloadError: cut off while sending s3cret-token"))
+        results = [await client.post("http://backend.test/", b"x") for _ in range(3)]
+        assert [r.kind for r in results if isinstance(r, ExportResult)] == [ResultKind.RETRY] * 3
+        assert [r.reason for r in results if isinstance(r, ExportResult)] == [
+            "timed out after 2.5s",
+            "ConnectionResetError: [Errno 104] Connection reset by peer",
+            "ClientPayloadError: cut off while sending ***",
+        ]
+    finally:
+        await client.close()
+        await client.close()
+    assert transport.closed == 1

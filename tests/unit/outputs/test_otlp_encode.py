@@ -14,14 +14,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from agent.model import LogRecord, Sample, labels_from
-from outputs.otlp.encode import (
-    LogsEncoder,
-    MetricsEncoder,
-    partial_success,
-    resource_attributes,
-    retry_delay,
-    status_message,
-)
+from outputs.otlp.answers import partial_success, retry_delay, status_message
+from outputs.otlp.encode import LogsEncoder, MetricsEncoder, resource_attributes
 from tests.unit.outputs.protos import RetryInfo, Status
 
 T0 = 1_700_000_000_000_000_000
