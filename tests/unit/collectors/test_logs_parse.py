@@ -37,7 +37,7 @@ def test_raw_lines_keep_order_labels_and_distinct_times() -> None:
         ("[Wed Oct 11 14:32:52 2000] [error] [client 127.0.0.1] client denied", "ERROR", 17),
         ("2020/01/01 00:00:00 [notice] 1#1: signal process started", "NOTICE", 10),
         ("INFO  main started", "INFO", 9),
-        ("<1> CRIT kernel", "CRITICAL", 21),
+        ("<1> CRIT kernel", "CRITICAL", 18),  # ERROR2, as the OTLP output and the journal number it
         ("DEBUG: x", "DEBUG", 5),
     ],
 )
