@@ -6,6 +6,7 @@ import datetime
 
 import pytest
 
+from agent.model import labels_from
 from collectors.logs.multiline import Multiline
 from collectors.logs.parse import Parser, logfmt_fields, parse_time, raw_severities, severity_of
 from collectors.logs.stats import LogStats
@@ -212,3 +213,15 @@ def test_level_words_found_in_bytes_and_in_text_agree_on_real_logs() -> None:
         half = data.index(b"\n", len(data) // 2) + 1  # two pieces, as two reads would give
         blocks = [(0, data[:half]), (data[:half].count(b"\n"), data[half:])]
         assert raw_severities_bytes(blocks) == raw_severities(lines), path.name
+
+
+def test_levels_of_lines_redaction_rewrote_come_from_their_new_text() -> None:
+    lines = ["INFO start", "token=ERROR-abc done", "WARN disk", "plain"]
+    block = ("\n".join(lines) + "\n").encode()
+    redacted = ["INFO start", "token=[REDACTED:token] done", "WARN disk", "plain"]
+    parser = Parser("raw", True, LogStats())
+    records = parser.records(redacted, labels_from({"filename": "/f"}), 1, [(0, block)], changed=[1])
+    assert [(r.body, r.severity) for r in records] == [
+        (b, s) for b, s in zip(redacted, ["INFO", "", "WARN", ""], strict=True)
+    ]
+    assert [(i, t) for i, t, _ in raw_severities(redacted)] == [(0, "INFO"), (2, "WARN")]
