@@ -9,14 +9,16 @@ The rules (the README's Development section explains them):
 
 * A plugin (a folder under ``collectors/`` or ``outputs/``) imports its own folder,
   the plugin API (:data:`PLUGIN_API`) and, for an output, the outputs' shared
-  modules (:data:`OUTPUT_SHARED`); never the engine, never another plugin.
+  modules (``outputs/_*.py``: the HTTP client, the protobuf helpers); never the
+  engine, never another plugin.
 * The core (``agent/``) never imports a plugin: the registry finds them through
   entry points.
 * The contract modules (:data:`LEAVES`) import nothing of the project but what is
-  listed for them, so a plugin that imports them pulls in no engine.
+  listed for them, so a plugin that imports them pulls in no engine (imports under
+  ``if TYPE_CHECKING:``, for annotations only, are not loaded and do not count here).
 
-Every ``import`` statement counts, inside a function or under ``TYPE_CHECKING`` too;
-relative imports are resolved. Only what is written as an import statement is seen
+Every other ``import`` statement counts, inside a function too; relative imports are
+resolved. Only what is written as an import statement is seen
 (``importlib.import_module`` with a computed name is not).
 """
 
@@ -32,8 +34,6 @@ PROJECT = ("agent", "collectors", "outputs")
 PLUGIN_API = ("agent.model", "agent.plugin", "agent.redact", "agent.telemetry", "agent.sysfs", "agent.statefile")
 """What a plugin may import of the core: the data model, the plugin contract, and the
 shared services (redaction, self-telemetry, /sys and /proc reading, state files)."""
-OUTPUT_SHARED = ("outputs._http", "outputs._protobuf")
-"""The modules every output may use: the HTTP client and the protobuf helpers."""
 LEAVES = {
     "agent.model": (),
     "agent.plugin": ("agent.model", "agent.config.values"),
@@ -67,31 +67,44 @@ def module_name(root: Path, path: Path) -> tuple[str, bool]:
     return ".".join(parts), False
 
 
-def imported(tree: ast.AST, module: str, is_package: bool) -> Iterator[tuple[int, str, list[str]]]:
-    """(line, module, names) of each import statement: ``import a, b`` gives ("a", []) and
-    ("b", []); ``from m import x, y`` gives (m, [x, y]), relative ones resolved."""
+def imported(tree: ast.AST, module: str, is_package: bool) -> Iterator[tuple[int, str, list[str], bool]]:
+    """(line, module, names, typing_only) of each import statement: ``import a, b`` gives
+    ("a", []) and ("b", []); ``from m import x, y`` gives (m, [x, y]), relative ones resolved;
+    ``typing_only`` when it sits under ``if TYPE_CHECKING:`` (loading the module skips it)."""
     package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(tree):
+
+    def walk(node: ast.AST, typing_only: bool) -> Iterator[tuple[int, str, list[str], bool]]:
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield node.lineno, alias.name, []
+                yield node.lineno, alias.name, [], typing_only
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
                 anchor = ".".join(parts[: len(parts) - node.level + 1])
                 base = f"{anchor}.{base}" if base else anchor
-            yield node.lineno, base, [alias.name for alias in node.names]
+            yield node.lineno, base, [alias.name for alias in node.names], typing_only
+        elif isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            for child in node.body:
+                yield from walk(child, True)
+            for child in node.orelse:
+                yield from walk(child, typing_only)
+        else:
+            for child in ast.iter_child_nodes(node):
+                yield from walk(child, typing_only)
+
+    yield from walk(tree, False)
 
 
-def broken_rule(importer: str, target: str) -> str:
-    """Why ``importer`` may not import ``target`` ("" when it may)."""
+def broken_rule(importer: str, target: str, typing_only: bool = False) -> str:
+    """Why ``importer`` may not import ``target`` ("" when it may); ``typing_only``: for type
+    annotations only, which a leaf may have (loading it does not run them)."""
     if not within(target, PROJECT):
         return ""
     if within(importer, ["agent"]):
         if within(target, ["collectors", "outputs"]):
             return "the core never imports a plugin; the registry finds plugins through entry points"
-        if importer in LEAVES and not within(target, [*LEAVES[importer], importer]):
+        if importer in LEAVES and not typing_only and not within(target, [*LEAVES[importer], importer]):
             allowed = ", ".join(LEAVES[importer]) or "nothing"
             return f"{importer} imports nothing of the project but {allowed}"
         return ""
@@ -103,8 +116,8 @@ def broken_rule(importer: str, target: str) -> str:
         if within(target, PLUGIN_API):
             return ""
         return "a plugin imports only the plugin API of the core: " + ", ".join(PLUGIN_API)
-    if importer.startswith("outputs.") and within(target, OUTPUT_SHARED):
-        return ""
+    if importer.startswith("outputs.") and target.startswith("outputs._"):
+        return ""  # a module of outputs/ itself named _x is the outputs' shared code, not a plugin
     return "plugins never import each other (shared code goes into a module of the plugin API)"
 
 
@@ -115,17 +128,18 @@ def check(root: Path) -> list[Violation]:
         for path in sorted((root / top).rglob("*.py")):
             module, is_package = module_name(root, path)
             tree = ast.parse(path.read_bytes(), filename=str(path))
-            for line, base, names in imported(tree, module, is_package):
-                rule = broken_rule(module, base)
+            for line, base, names, typing_only in imported(tree, module, is_package):
+                rule = broken_rule(module, base, typing_only)
                 if not rule:
                     continue
                 # ``from pkg import name``: name may be a submodule (``from agent import sysfs``)
-                bad = [f"{base}.{name}" for name in names if broken_rule(module, f"{base}.{name}")]
+                bad = [f"{base}.{name}" for name in names if broken_rule(module, f"{base}.{name}", typing_only)]
                 if not names or len(bad) == len(names):
                     found.append(Violation(path.relative_to(root), line, module, base, rule))
                 else:
                     found.extend(
-                        Violation(path.relative_to(root), line, module, t, broken_rule(module, t)) for t in bad
+                        Violation(path.relative_to(root), line, module, t, broken_rule(module, t, typing_only))
+                        for t in bad
                     )
     return found
 
