@@ -40,6 +40,19 @@ def read_raw(path: str) -> bytes:
         os.close(fd)
 
 
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A whole file (a /proc table), as bytes: ``os.read`` skips the buffered-file layers, a third
+    of the cost of reading a /proc file through ``open``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_text(path: str) -> str:
     """A whole file (a /proc table), undecodable bytes replaced."""
     with open(path, "rb", buffering=0) as f:
