@@ -39,6 +39,8 @@ test-unit: venv
 lint: venv
 	$(BIN)/ruff check agent collectors outputs tests
 	$(BIN)/ruff format --check agent collectors outputs tests
+	@# the plugin import rules (README, Development); tests/unit/test_import_rules.py runs it too
+	$(BIN)/python -m tests.import_rules
 
 bench: venv peers
 	$(BIN)/python -m tests.bench.run_all

@@ -104,6 +104,63 @@ class Span(msgspec.Struct, frozen=True, gc=False, array_like=True):
 Item = Sample | LogRecord | Span
 
 
+class SeverityNumber(enum.IntEnum):
+    """OpenTelemetry's log severity numbers (the data model's ``SeverityNumber``).
+
+    Each level is a range of four, least severe first (ERROR 17 ... ERROR4 20); the
+    members below are the ones a level word maps to.
+    """
+
+    UNSPECIFIED = 0
+    TRACE = 1
+    DEBUG = 5
+    INFO = 9
+    INFO2 = 10
+    WARN = 13
+    ERROR = 17
+    ERROR2 = 18
+    ERROR3 = 19
+    FATAL = 21
+
+
+_S = SeverityNumber
+_WORDS = {
+    "trace": ("TRACE", _S.TRACE),
+    "trc": ("TRACE", _S.TRACE),
+    "debug": ("DEBUG", _S.DEBUG),
+    "dbg": ("DEBUG", _S.DEBUG),
+    "info": ("INFO", _S.INFO),
+    "inf": ("INFO", _S.INFO),
+    "information": ("INFO", _S.INFO),
+    "informational": ("INFO", _S.INFO),
+    "notice": ("NOTICE", _S.INFO2),
+    "warn": ("WARN", _S.WARN),
+    "warning": ("WARN", _S.WARN),
+    "wrn": ("WARN", _S.WARN),
+    "error": ("ERROR", _S.ERROR),
+    "err": ("ERROR", _S.ERROR),
+    "eror": ("ERROR", _S.ERROR),
+    "critical": ("CRITICAL", _S.ERROR2),
+    "crit": ("CRITICAL", _S.ERROR2),
+    "alert": ("ALERT", _S.ERROR3),
+    "fatal": ("FATAL", _S.FATAL),
+    "panic": ("FATAL", _S.FATAL),  # syslog's old name for emerg
+    "emerg": ("EMERGENCY", _S.FATAL),
+    "emergency": ("EMERGENCY", _S.FATAL),
+}
+SEVERITY_WORDS: Mapping[str, tuple[str, int]] = {word: (text, int(n)) for word, (text, n) in _WORDS.items()}
+"""Level words, lower case, to the severity text a record gets and its number (a plain
+``int``). The one table of the project: the log collectors read levels with it and the
+OTLP output numbers a record that carries only a text with it. The syslog levels follow
+the data model's Appendix B: notice INFO2, crit ERROR2, alert ERROR3, emerg FATAL."""
+
+
+def severity_number(text: str) -> int:
+    """The number of a level word in any case (``"crit"``, ``"WARNING"``); 0 when unknown."""
+    found = SEVERITY_WORDS.get(text.lower())
+    return found[1] if found else 0
+
+
 def labels_from(mapping: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Labels:
     """Build a canonical label tuple: values as strings, sorted, last name wins."""
     if not mapping:

@@ -12,8 +12,7 @@ import re
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import list_dir
+from agent.sysfs import list_dir
 
 Report = Callable[[str], None]
 

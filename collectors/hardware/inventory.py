@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 from agent.model import Labels
 from agent.plugin import Emitter
-
-from ._read import list_dir, read_attr
+from agent.sysfs import list_dir, read_attr
 
 Report = Callable[[str], None]
 

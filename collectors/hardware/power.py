@@ -7,8 +7,7 @@ import re
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import list_dir, parse_int, read_attr
+from agent.sysfs import list_dir, parse_int, read_attr
 
 Report = Callable[[str], None]
 

@@ -8,8 +8,7 @@ import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import read_attr
+from agent.sysfs import read_attr
 
 Report = Callable[[str], None]
 

@@ -16,11 +16,11 @@ journal is not used.
 from __future__ import annotations
 
 import collections
-import os
-import time
 from pathlib import Path
 
 import msgspec
+
+from agent.statefile import set_aside, write_atomically
 
 FORMAT_VERSION = 1
 
@@ -79,12 +79,7 @@ class Store:
             if saved.version != FORMAT_VERSION:
                 raise ValueError(f"unknown format version {saved.version}")
         except (msgspec.DecodeError, ValueError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-            try:
-                os.replace(self.path, aside)
-                where = f"moved to {aside.name}"
-            except OSError as move_exc:
-                where = f"could not be moved aside ({move_exc.strerror})"
+            where = set_aside(self.path)
             return "", f"cursor file {self.path} is corrupt ({exc}); {where}; starting without a cursor"
         if saved.directory != directory:
             where = saved.directory or "the local journal"
@@ -93,19 +88,4 @@ class Store:
 
     def save(self, cursor: str, directory: str) -> None:
         """Atomically replace the cursor file. Raises OSError."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            data = memoryview(_encode(Saved(FORMAT_VERSION, cursor, directory)))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.path, _encode(Saved(FORMAT_VERSION, cursor, directory)))

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import collections
 
-from agent.model import Labels, LogRecord, merge_labels
+from agent.model import Labels, LogRecord, merge_labels, severity_number
 from agent.plugin import CollectorContext, Redactor, StreamRedactor
 from collectors.journald.export import Entry
 
-# PRIORITY -> (severity text, OpenTelemetry severity number); README.md has the table
+# PRIORITY -> (severity text, OpenTelemetry severity number); README.md has the table. The
+# text is the journal's own name; the number is the one the project gives that level word.
 SEVERITY = {
-    b"0": ("EMERG", 21), b"1": ("ALERT", 19), b"2": ("CRIT", 18), b"3": ("ERR", 17),
-    b"4": ("WARNING", 13), b"5": ("NOTICE", 10), b"6": ("INFO", 9), b"7": ("DEBUG", 5),
-}  # fmt: skip
+    str(priority).encode(): (text, severity_number(text))
+    for priority, text in enumerate(("EMERG", "ALERT", "CRIT", "ERR", "WARNING", "NOTICE", "INFO", "DEBUG"))
+}
 
 
 class RecordBuilder:

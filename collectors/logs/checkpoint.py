@@ -30,14 +30,13 @@ Either case is counted once (``hostwatch_log_checkpoint_corrupt_total``).
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 
+from agent.statefile import set_aside, write_atomically
 from collectors.logs.identity import MIN_FP_MATCH, RETAIN_SECONDS, FileId, Opened
 
 FORMAT_VERSION = 1
@@ -257,12 +256,7 @@ class Store:
             if envelope.version != FORMAT_VERSION:
                 raise ValueError(f"unknown format version {envelope.version}")
         except (msgspec.DecodeError, ValueError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-            try:
-                os.replace(self.path, aside)
-                where = f"moved to {aside.name}"
-            except OSError as move_exc:
-                where = f"could not be moved aside ({move_exc.strerror})"
+            where = set_aside(self.path)
             return Loaded(
                 [],
                 f"checkpoint file {self.path} is corrupt ({exc}); {where}; "
@@ -294,22 +288,7 @@ class Store:
 
     def save(self, entries: list[Saved]) -> None:
         """Atomically replace the checkpoint file. Raises OSError."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            data = memoryview(_encode(_File(FORMAT_VERSION, entries)))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.path, _encode(_File(FORMAT_VERSION, entries)))
 
 
 def _entry(raw: msgspec.Raw) -> Saved | None:

@@ -13,10 +13,11 @@ labels). Without a message field the whole line is the body, and the fields
 stay in it rather than being sent twice. A line that does not parse is kept as
 a raw line and counted (``parse_failures``).
 
-Severity numbers follow the OpenTelemetry log data model (TRACE 1, DEBUG 5,
-INFO 9, WARN 13, ERROR 17, FATAL 21; syslog's NOTICE is INFO2 = 10, CRITICAL
-FATAL = 21, ALERT FATAL2 = 22, EMERGENCY FATAL3 = 23). Numeric levels of pino
-and bunyan (10 ... 60) are understood too.
+Level words and their severity numbers are the project's one table,
+:data:`agent.model.SEVERITY_WORDS` (the OpenTelemetry log data model: TRACE 1,
+DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21; syslog's NOTICE INFO2 = 10,
+CRITICAL ERROR2 = 18, ALERT ERROR3 = 19, EMERGENCY FATAL = 21). Numeric levels of
+pino and bunyan (10 ... 60) are understood too.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable
 import msgspec
 import re2
 
-from agent.model import Labels, LogRecord
+from agent.model import SEVERITY_WORDS, Labels, LogRecord
 from collectors.logs.stats import LogStats
 
 TIME_FIELDS = ("@timestamp", "timestamp", "time", "ts", "t", "datetime")
@@ -38,31 +39,11 @@ LEVEL_FIELDS = ("level", "severity", "lvl", "loglevel", "log.level", "levelname"
 MESSAGE_FIELDS = ("message", "msg", "log", "@message", "text")
 MAX_ATTRIBUTES = 64  # a record with more fields keeps the first ones; the line itself is never cut
 
-_SEVERITY = {
-    "trace": ("TRACE", 1),
-    "trc": ("TRACE", 1),
-    "debug": ("DEBUG", 5),
-    "dbg": ("DEBUG", 5),
-    "info": ("INFO", 9),
-    "inf": ("INFO", 9),
-    "information": ("INFO", 9),
-    "informational": ("INFO", 9),
-    "notice": ("NOTICE", 10),
-    "warn": ("WARN", 13),
-    "warning": ("WARN", 13),
-    "wrn": ("WARN", 13),
-    "error": ("ERROR", 17),
-    "err": ("ERROR", 17),
-    "eror": ("ERROR", 17),
-    "fatal": ("FATAL", 21),
-    "critical": ("CRITICAL", 21),
-    "crit": ("CRITICAL", 21),
-    "panic": ("FATAL", 21),
-    "alert": ("ALERT", 22),
-    "emerg": ("EMERGENCY", 23),
-    "emergency": ("EMERGENCY", 23),
-}
-_NUMERIC = ((60, "FATAL", 21), (50, "ERROR", 17), (40, "WARN", 13), (30, "INFO", 9), (20, "DEBUG", 5), (10, "TRACE", 1))
+# pino's and bunyan's numeric levels (60 fatal ... 10 trace)
+_NUMERIC = tuple(
+    (floor, *SEVERITY_WORDS[word])
+    for floor, word in ((60, "fatal"), (50, "error"), (40, "warn"), (30, "info"), (20, "debug"), (10, "trace"))
+)
 
 # raw lines: an upper-case level word, or a bracketed lower-case one (Apache, nginx error logs)
 _RAW_WORDS = ("ERR", "WARN", "INFO", "DEBUG", "TRACE", "FATAL", "CRIT", "NOTICE", "ALERT", "EMERG", "PANIC")
@@ -81,7 +62,7 @@ _RAW_LEVEL_BYTES = re2.compile(
 def severity_of(value: object) -> tuple[str, int]:
     """OpenTelemetry severity text and number of a level value; ("", 0) when unknown."""
     if isinstance(value, str):
-        found = _SEVERITY.get(value.strip().lower())
+        found = SEVERITY_WORDS.get(value.strip().lower())
         if found:
             return found
         if value.isdigit():
@@ -244,7 +225,7 @@ def _severities_of(lines: list[str], indices: list[int]) -> list[tuple[int, str,
     for index in indices:
         match = search(lines[index], 0, RAW_LEVEL_WITHIN)
         if match is not None:
-            text, number = _SEVERITY[(match.group(1) or match.group(2)).lower()]
+            text, number = SEVERITY_WORDS[(match.group(1) or match.group(2)).lower()]
             found.append((index, text, number))
     return found
 
@@ -262,7 +243,7 @@ def raw_severities_bytes(blocks: list[tuple[int, bytes]]) -> list[tuple[int, str
             if index == last or pos - (block.rfind(b"\n", 0, pos) + 1) > RAW_LEVEL_WITHIN:
                 continue
             last = index
-            text, number = _SEVERITY[(match.group(1) or match.group(2)).decode().lower()]
+            text, number = SEVERITY_WORDS[(match.group(1) or match.group(2)).decode().lower()]
             found.append((index, text, number))
     return found
 

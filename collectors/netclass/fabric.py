@@ -7,8 +7,7 @@ import struct
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import ABSENT, list_dir, parse_int, read_attr
+from agent.sysfs import ABSENT, list_dir, parse_int, read_attr
 
 Report = Callable[[str], None]
 

@@ -6,8 +6,7 @@ import ipaddress
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import read_text
+from agent.sysfs import read_text
 
 Report = Callable[[str], None]
 

@@ -7,8 +7,7 @@ import re
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import ABSENT, GONE, list_dir, parse_int, read_attr, read_raw
+from agent.sysfs import ABSENT, GONE, list_dir, parse_int, read_attr, read_raw
 
 Report = Callable[[str], None]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from typing import Annotated, Literal
 
@@ -21,6 +20,7 @@ import msgspec
 
 from agent.model import LogRecord, Sample, merge_labels
 from agent.plugin import PluginConfig, StreamingCollector
+from agent.statefile import write_atomically
 
 Meta = msgspec.Meta
 
@@ -97,10 +97,4 @@ def _load(path) -> int:
 
 
 def _save(path, number: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps({"next": number}))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps({"next": number}).encode())

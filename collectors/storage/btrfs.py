@@ -14,9 +14,9 @@ import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
+from agent.sysfs import list_dir, parse_uint, read_attr
 
 from . import btrfs_ioctl
-from ._read import list_dir, parse_uint, read_attr
 
 Report = Callable[[str], None]
 

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.plugin import Emitter
-
-from ._read import read_text
+from agent.sysfs import read_text
 
 Report = Callable[[str], None]
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import parse_uint, read_text
+from agent.sysfs import parse_uint, read_text
 
 Report = Callable[[str], None]
 

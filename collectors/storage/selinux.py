@@ -13,8 +13,7 @@ import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import read_attr, read_text
+from agent.sysfs import read_attr, read_text
 
 Report = Callable[[str], None]
 

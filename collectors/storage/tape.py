@@ -6,8 +6,7 @@ import re
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import list_dir, parse_uint, read_attr
+from agent.sysfs import list_dir, parse_uint, read_attr
 
 Report = Callable[[str], None]
 

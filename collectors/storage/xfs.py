@@ -12,8 +12,7 @@ import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-
-from ._read import parse_uint, parse_uint32, read_text
+from agent.sysfs import parse_uint, parse_uint32, read_text
 
 Report = Callable[[str], None]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.sysfs import read_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +29,6 @@ class Unavailable(Exception):
     def __init__(self, message: str, *, warn: bool = False) -> None:
         super().__init__(message)
         self.warn = warn
-
-
-def read_bytes(path: Path) -> bytes:
-    """The whole file; os.read skips the buffered-file layers, a third of the cost of reading a /proc file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def read_uint(path: Path) -> int:

@@ -14,8 +14,9 @@ import os
 import time
 
 from agent.plugin import Emitter
+from agent.sysfs import read_bytes
 
-from .base import Roots, Unavailable, read_bytes
+from .base import Roots, Unavailable
 
 TIME_ERROR = 5  # adjtimex's return value when the clock is not synchronised
 STA_NANO = 0x2000  # offset and jitter in nanoseconds instead of microseconds

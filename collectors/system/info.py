@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 
 from agent.plugin import Emitter
+from agent.sysfs import read_bytes
 
-from .base import Roots, Unavailable, read_bytes
+from .base import Roots, Unavailable
 
 UNAME_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
 OS_FIELDS = {  # label -> os-release key

@@ -8,8 +8,9 @@ from __future__ import annotations
 import errno
 
 from agent.plugin import Emitter
+from agent.sysfs import read_bytes
 
-from .base import Roots, Unavailable, read_bytes, read_uint
+from .base import Roots, Unavailable, read_uint
 
 NS_PER_SECOND = 1e9
 # /proc/pressure file -> ((line prefix, metric name), ...); node_exporter 1.5 reads cpu's "some" line only

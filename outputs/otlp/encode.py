@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from agent.model import Labels, LogRecord, Sample, is_stale
+from agent.model import Labels, LogRecord, Sample, is_stale, severity_number
 from outputs._protobuf import varint
 
 _SUM_POINT = struct.Struct("<BQBQBd")  # 0x11 start, 0x19 time, 0x21 as_double: 27 bytes
@@ -38,11 +38,6 @@ _FIXED64 = struct.Struct("<Q")
 _NO_RECORDED_VALUE = b"\x40\x01"  # NumberDataPoint.flags = 8: FLAG_NO_RECORDED_VALUE
 _CUMULATIVE_MONOTONIC = b"\x10\x02\x18\x01"  # Sum.aggregation_temporality = 2, Sum.is_monotonic = true
 _json_encode = msgspec.json.Encoder().encode
-
-SEVERITY_NUMBERS = {
-    "TRACE": 1, "DEBUG": 5, "INFO": 9, "NOTICE": 10, "WARN": 13, "WARNING": 13,
-    "ERROR": 17, "ERR": 17, "CRITICAL": 18, "CRIT": 18, "ALERT": 19, "FATAL": 21, "EMERG": 21, "PANIC": 21,
-}  # fmt: skip
 
 
 def _field(tag: int, payload: bytes) -> bytes:
@@ -212,7 +207,7 @@ class LogsEncoder:
         observed = b"\x59" + _FIXED64.pack(observed_ns)  # LogRecord.observed_time_unix_nano = 11
         for record in records:
             parts = [b"\x09", _FIXED64.pack(record.time_ns), observed]  # time_unix_nano = 1
-            number = record.severity_number or SEVERITY_NUMBERS.get(record.severity.upper(), 0)
+            number = record.severity_number or severity_number(record.severity)
             if number:
                 parts.append(b"\x10" + varint(number))  # severity_number = 2
             if record.severity:
@@ -236,7 +231,7 @@ class LogsEncoder:
                 "observedTimeUnixNano": str(observed_ns),
                 "body": {"stringValue": record.body},
             }
-            number = record.severity_number or SEVERITY_NUMBERS.get(record.severity.upper(), 0)
+            number = record.severity_number or severity_number(record.severity)
             if number:
                 entry["severityNumber"] = number
             if record.severity:

@@ -1,4 +1,5 @@
-"""Run ``hostwatch run`` as a real process in tests: start, wait for /ready, read its state, kill it."""
+"""The one harness that runs ``hostwatch run`` as a real process in tests: write its configuration,
+start it, wait for /ready, read its endpoints and its stderr, stop it with a signal or kill it."""
 
 from __future__ import annotations
 
@@ -9,27 +10,50 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support import free_port, hostwatch_command
 
 
 class AgentProcess:
-    """One agent configuration; ``start()`` may be called again after a kill (same port, same state)."""
+    """One agent configuration; ``start()`` may be called again after a stop or a kill (same port, same
+    state). Its files are under ``tmp_path / name``: the configuration, ``state/`` and ``stderr.log``
+    (every start's stderr, appended)."""
 
-    def __init__(self, tmp_path: Path, body: str, *, name: str = "agent") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        body: str,
+        *,
+        name: str = "agent",
+        agent_table: str = "",
+        listen_host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
+    ) -> None:
+        """``body``: the configuration after ``[agent]`` and ``[http]``, which this writes;
+        ``agent_table``: more lines for ``[agent]`` (``interval``, ``labels``);
+        ``command_prefix``: a command the agent runs under (``setpriv ...``)."""
         self.port = free_port()
+        self.listen_host = listen_host
         self.dir = tmp_path / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_dir = self.dir / "state"
         self.config = self.dir / "hostwatch.toml"
-        self.config.write_text(
-            f'[agent]\nstate_dir = "{self.state_dir}"\n[http]\nlisten = "127.0.0.1:{self.port}"\n{body}'
-        )
+        self.configure(body, agent_table)
         self.base = f"http://127.0.0.1:{self.port}"
+        self.command_prefix = list(command_prefix)
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "stderr.log"
         self.starts = 0
+        self.ready_after = 0.0  # seconds from the last start to /ready, interpreter start-up included
+
+    def configure(self, body: str, agent_table: str = "") -> None:
+        """(Re)write the configuration file; a running agent reads it on SIGHUP."""
+        self.config.write_text(
+            f'[agent]\nstate_dir = "{self.state_dir}"\n{agent_table.strip()}\n'
+            f'[http]\nlisten = "{self.listen_host}:{self.port}"\n{body}'
+        )
 
     def start(self, wait_ready: bool = True, timeout: float = 15.0, nofile: int | None = None) -> AgentProcess:
         """``nofile``: the process's descriptor limit (systemd's default soft limit is 1024)."""
@@ -39,14 +63,16 @@ class AgentProcess:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
+        started = time.monotonic()
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
-                [*hostwatch_command(), "run", "--config", str(self.config)],
+                [*self.command_prefix, *hostwatch_command(), "run", "--config", str(self.config)],
                 stderr=err,
                 preexec_fn=limit_descriptors if nofile is not None else None,
             )
         if wait_ready:
             self.wait(lambda: self.get("/ready")[0] == 200, timeout, "ready")
+            self.ready_after = time.monotonic() - started
         return self
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -59,9 +85,13 @@ class AgentProcess:
     def detailed(self) -> dict:
         return json.loads(self.get("/health/detailed")[1])
 
+    def metrics(self) -> str:
+        """The /metrics page."""
+        return self.get("/metrics")[1]
+
     def metric(self, series: str) -> float:
         """A series' value from /metrics (0 when absent), e.g. ``hostwatch_buffer_items{output="x"}``."""
-        for line in self.get("/metrics")[1].splitlines():
+        for line in self.metrics().splitlines():
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
@@ -101,11 +131,15 @@ class AgentProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
-    def log_tail(self, chars: int = 4000) -> str:
+    def stderr(self) -> str:
+        """What the agent wrote to stderr, every start's (JSON lines: stderr is not a terminal)."""
         try:
-            return self.log.read_text(errors="replace")[-chars:]
+            return self.log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.stderr()[-chars:]
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

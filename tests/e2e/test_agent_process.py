@@ -7,36 +7,24 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, hostwatch_command
+from tests.e2e.agentproc import AgentProcess
+from tests.support import hostwatch_command
 
 pytestmark = pytest.mark.e2e
 
 
-def get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+COLLECTORS = """
+[[collectors.cpu]]
+[[collectors.memory]]
+"""
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (OSError, urllib.error.URLError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for the agent")
+def agent_table(env: str) -> str:
+    return f'interval = "1s"\nlabels = {{ env = "{env}" }}'
 
 
 def metric_value(text: str, series: str) -> float | None:
@@ -46,53 +34,27 @@ def metric_value(text: str, series: str) -> float | None:
     return None
 
 
-CONFIG = """
-[agent]
-interval = "1s"
-state_dir = "{state}"
-labels = {{ env = "{env}" }}
-[http]
-listen = "127.0.0.1:{port}"
-[[collectors.cpu]]
-[[collectors.memory]]
-"""
-
-
 @pytest.fixture
 def agent(tmp_path):
-    port = free_port()
-    config = tmp_path / "hostwatch.toml"
-    config.write_text(CONFIG.format(port=port, state=tmp_path / "state", env="test"))
-    stderr = open(tmp_path / "stderr.log", "w+b")  # noqa: SIM115 - closed below
-    started = time.monotonic()
-    proc = subprocess.Popen([*hostwatch_command(), "run", "--config", str(config)], stderr=stderr)
-    base = f"http://127.0.0.1:{port}"
+    agent = AgentProcess(tmp_path, COLLECTORS, agent_table=agent_table("test"))
     try:
-        wait_until(lambda: get(base + "/ready")[0] == 200)
-        ready_after = time.monotonic() - started
-        yield proc, base, config, port, ready_after, tmp_path
+        yield agent.start(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        stderr.close()
+        agent.close()
 
 
-def test_serves_every_endpoint_then_stops_cleanly_on_sigterm(agent) -> None:
-    proc, base, _config, _port, ready_after, tmp_path = agent
-    print(f"start to /ready: {ready_after:.3f}s (includes interpreter start-up)")
-    assert get(base + "/health") == (200, '{"status": "alive"}')
-    assert get(base + "/live")[0] == 200
-    assert json.loads(get(base + "/ready")[1]) == {"status": "ready"}
+def test_serves_every_endpoint_then_stops_cleanly_on_sigterm(agent: AgentProcess) -> None:
+    print(f"start to /ready: {agent.ready_after:.3f}s (includes interpreter start-up)")
+    assert agent.get("/health") == (200, '{"status": "alive"}')
+    assert agent.get("/live")[0] == 200
+    assert json.loads(agent.get("/ready")[1]) == {"status": "ready"}
 
-    detailed = wait_until(
-        lambda: (d := json.loads(get(base + "/health/detailed")[1]))["collectors"]["cpu"]["runs"] and d
-    )
+    detailed = agent.wait(lambda: (d := agent.detailed())["collectors"]["cpu"]["runs"] and d, 10)
     assert set(detailed["collectors"]) == {"cpu", "memory"}
     assert detailed["version"] and detailed["uptime_seconds"] > 0
     assert detailed["collectors"]["memory"]["last_error"] is None
 
-    status, text = get(base + "/metrics")
+    status, text = agent.get("/metrics")
     assert status == 200
     assert 'node_cpu_seconds_total{cpu="0",env="test",mode="idle"}' in text
     assert metric_value(text, 'node_memory_MemTotal_bytes{env="test"}') > 0
@@ -100,38 +62,32 @@ def test_serves_every_endpoint_then_stops_cleanly_on_sigterm(agent) -> None:
     assert metric_value(text, 'hostwatch_collector_runs_total{collector="cpu"}') >= 1
     assert "process_resident_memory_bytes" in text
 
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
-    log = (tmp_path / "stderr.log").read_text()
-    assert '"msg": "stopped"' in log  # JSON lines when stderr is not a terminal
+    assert agent.stop(timeout=10) == 0
+    assert '"msg": "stopped"' in agent.stderr()  # JSON lines when stderr is not a terminal
 
 
-def test_sighup_applies_a_good_config_and_rejects_a_broken_one(agent) -> None:
-    proc, base, config, port, _ready_after, tmp_path = agent
-    config.write_text(CONFIG.format(port=port, state=tmp_path / "state", env="reloaded"))
-    proc.send_signal(signal.SIGHUP)
-    text = wait_until(lambda: (t := get(base + "/metrics")[1]) and 'env="reloaded"' in t and t)
+def test_sighup_applies_a_good_config_and_rejects_a_broken_one(agent: AgentProcess) -> None:
+    agent.configure(COLLECTORS, agent_table("reloaded"))
+    agent.proc.send_signal(signal.SIGHUP)
+    text = agent.wait(lambda: (t := agent.metrics()) and 'env="reloaded"' in t and t, 10)
     assert metric_value(text, 'hostwatch_config_reloads_total{result="success"}') == 1
 
-    config.write_text(CONFIG.format(port=port, state=tmp_path / "state", env="broken") + "\n[agent2]\n")
-    proc.send_signal(signal.SIGHUP)
-    text = wait_until(
+    agent.configure(COLLECTORS + "\n[agent2]\n", agent_table("broken"))
+    agent.proc.send_signal(signal.SIGHUP)
+    text = agent.wait(
         lambda: (
-            (t := get(base + "/metrics")[1])
-            and metric_value(t, 'hostwatch_config_reloads_total{result="failure"}') == 1
-            and t
-        )
+            (t := agent.metrics()) and metric_value(t, 'hostwatch_config_reloads_total{result="failure"}') == 1 and t
+        ),
+        10,
     )
     assert metric_value(text, "hostwatch_config_last_reload_successful") == 0
-    assert get(base + "/ready")[0] == 200, "the old configuration keeps running"
+    assert agent.get("/ready")[0] == 200, "the old configuration keeps running"
     time.sleep(1.2)
-    assert 'env="reloaded"' in get(base + "/metrics")[1]
-    assert proc.poll() is None
-    log = (tmp_path / "stderr.log").read_text()
-    assert "agent2: unknown key" in log
+    assert 'env="reloaded"' in agent.metrics()
+    assert agent.proc.poll() is None
+    assert "agent2: unknown key" in agent.stderr()
 
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
+    assert agent.stop(timeout=10) == 0
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_logs_rotation import Agent, http_get, wait_rows
+from tests.e2e.test_logs_rotation import logs_agent, wait_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.peers]
 
@@ -91,7 +91,7 @@ alias = "laravel"
 paths = ["{multi_dir}/*.log"]
 multiline = {{ start_pattern = '{LARAVEL_START}', flush_timeout = "1s" }}
 """
-    agent = Agent(tmp_path, collectors, victoria_logs.loki_push_url)
+    agent = logs_agent(tmp_path, collectors, victoria_logs.loki_push_url)
     agent.start()
     try:
         time.sleep(0.5)
@@ -143,7 +143,7 @@ rotate_wait = "1s"
     wrap = ("setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search")
     can_lock = os.geteuid() != 0 or shutil.which("setpriv") is not None
     as_root = os.geteuid() == 0 and can_lock
-    agent = Agent(tmp_path, collectors, victoria_logs.loki_push_url, wrap=wrap if as_root else ())
+    agent = logs_agent(tmp_path, collectors, victoria_logs.loki_push_url, wrap=wrap if as_root else ())
     agent.start()
     try:
         wait_rows(victoria_logs, sum(expected.values()), settle=0.5)
@@ -159,7 +159,7 @@ rotate_wait = "1s"
         write(tmp_path / "later" / "deep" / "er" / "new.log", "in a directory that did not exist")
         if can_lock:
             time.sleep(2.5)  # a scan or two while it is unreadable: reported, others unaffected
-            detailed = json.loads(http_get(f"http://127.0.0.1:{agent.port}/health/detailed"))
+            detailed = json.loads(agent.get("/health/detailed")[1])
             errors = json.dumps(detailed["collectors"]) + agent.stderr()
             assert "locked.log" in errors and "Permission denied" in errors
         locked.chmod(0o644)  # retried at the next scan

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_logs_rotation import Agent, http_get, wait_rows
+from tests.e2e.agentproc import AgentProcess
+from tests.e2e.test_logs_rotation import logs_agent, wait_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.peers]
 
@@ -22,9 +23,9 @@ def messages(vl, limit: int = 10_000) -> collections.Counter:
     return collections.Counter(row.get("_msg", "") for row in vl.query("* | fields _msg", limit=limit))
 
 
-def health_time(agent: Agent) -> float:
+def health_time(agent: AgentProcess) -> float:
     started = time.monotonic()
-    assert http_get(f"http://127.0.0.1:{agent.port}/health", timeout=5)
+    assert agent.get("/health", timeout=5)[0] == 200
     return time.monotonic() - started
 
 
@@ -40,7 +41,7 @@ start_at = "beginning"  # the lines may be there before the first scan
 multiline.start_pattern = '^(\\w+\\s?)+:'
 multiline.flush_timeout = "300ms"
 """
-    agent = Agent(tmp_path, collector, victoria_logs.loki_push_url)
+    agent = logs_agent(tmp_path, collector, victoria_logs.loki_push_url)
     agent.start()
     try:
         with open(app, "a") as f:  # with Python's re, the first of these lines froze the process for good
@@ -67,7 +68,7 @@ def test_lines_written_while_down_arrive_after_a_corrupt_checkpoint(tmp_path: Pa
 paths = ["{logs / "*.log"}"]
 start_at = "end"
 """
-    agent = Agent(tmp_path, collector, victoria_logs.loki_push_url)
+    agent = logs_agent(tmp_path, collector, victoria_logs.loki_push_url)
     agent.start()
     deadline = time.monotonic() + 15
     while 'hostwatch_log_files{collector="logs"} 1.0' not in agent.metrics():  # the first scan
@@ -79,7 +80,7 @@ start_at = "end"
     assert agent.stop() == 0
     with open(app, "a") as f:
         f.write("".join(f"while down {i}\n" for i in range(100)))
-    checkpoints = tmp_path / "state" / "collectors" / "logs" / "checkpoints.json"
+    checkpoints = agent.state_dir / "collectors" / "logs" / "checkpoints.json"
     json.loads(checkpoints.read_text())  # a real one was written
     checkpoints.write_bytes(checkpoints.read_bytes()[:25])  # torn
 
@@ -111,7 +112,7 @@ def test_planted_symlinks_and_a_fifo_ship_nothing(tmp_path: Path, victoria_logs)
 paths = ["{logs / "*.log"}"]
 start_at = "beginning"
 """
-    agent = Agent(tmp_path, collector, victoria_logs.loki_push_url, extra=f'bearer_token_file = "{token}"')
+    agent = logs_agent(tmp_path, collector, victoria_logs.loki_push_url, extra=f'bearer_token_file = "{token}"')
     agent.start()
     try:
         wait_rows(victoria_logs, 1, timeout=30, settle=2.0)

@@ -8,16 +8,15 @@ row back and checks that each number arrived, and how many arrived twice.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, hostwatch_command
+from tests.e2e.agentproc import AgentProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.peers]
 
@@ -60,27 +59,10 @@ out.close()
 """
 
 
-def http_get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode()
-
-
-class Agent:
-    """``hostwatch run`` with a logs collector and a Loki output; restartable on the same state."""
-
-    def __init__(self, tmp: Path, collector: str, loki_url: str, extra: str = "", wrap: tuple[str, ...] = ()) -> None:
-        self.tmp = tmp
-        self.wrap = list(wrap)  # a command the agent runs under (setpriv ...)
-        self.port = free_port()
-        self.config = tmp / "hostwatch.toml"
-        self.config.write_text(
-            f"""
-[agent]
-interval = "1s"
-state_dir = "{tmp / "state"}"
-labels = {{ env = "e2e" }}
-[http]
-listen = "127.0.0.1:{self.port}"
+def logs_agent(tmp: Path, collector: str, loki_url: str, extra: str = "", wrap: Sequence[str] = ()) -> AgentProcess:
+    """``hostwatch run`` with ``collector`` (logs collector tables) and a Loki output with ``extra``
+    options; restartable on the same state. ``wrap``: a command the agent runs under (setpriv ...)."""
+    body = f"""
 [redaction]
 sets = []
 {collector}
@@ -90,45 +72,7 @@ batch_max_items = {BATCH_MAX_ITEMS}
 flush_interval = "200ms"
 {extra}
 """
-        )
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, **popen) -> None:
-        self.starts += 1
-        self.log = open(self.tmp / f"agent-{self.starts}.log", "wb")  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen(
-            [*self.wrap, *hostwatch_command(), "run", "--config", str(self.config)], stderr=self.log, **popen
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                http_get(f"http://127.0.0.1:{self.port}/live", timeout=1)
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"agent exited: {self.stderr()}") from None
-                time.sleep(0.05)
-        raise AssertionError("agent did not come up")
-
-    def metrics(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.port}/metrics")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=30)
-        self.log.close()
-        return code
-
-    def stderr(self) -> str:
-        return "".join((self.tmp / f"agent-{i}.log").read_text(errors="replace") for i in range(1, self.starts + 1))
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            self.log.close()
+    return AgentProcess(tmp, body, agent_table='interval = "1s"\nlabels = { env = "e2e" }', command_prefix=wrap)
 
 
 def row_count(vl) -> int:
@@ -179,7 +123,7 @@ def logdir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("kind", ["rename", "copytruncate", "recreate"])
 def test_rotation_at_10000_lines_per_second_loses_and_repeats_nothing(tmp_path, logdir, victoria_logs, kind) -> None:
     total = 5 * RATE
-    agent = Agent(tmp_path, collector_table(logdir), victoria_logs.loki_push_url)
+    agent = logs_agent(tmp_path, collector_table(logdir), victoria_logs.loki_push_url)
     agent.start()
     try:
         writer = run_writer(logdir / "app.log", total, RATE, kind)  # a rotation every second
@@ -199,7 +143,7 @@ def test_rotation_at_10000_lines_per_second_loses_and_repeats_nothing(tmp_path, 
 @pytest.mark.parametrize("how", ["restart", "kill -9"])
 def test_restarts_while_shipping_lose_nothing(tmp_path, logdir, victoria_logs, how) -> None:
     total = 8 * RATE
-    agent = Agent(tmp_path, collector_table(logdir), victoria_logs.loki_push_url)
+    agent = logs_agent(tmp_path, collector_table(logdir), victoria_logs.loki_push_url)
     agent.start()
     interruptions = 0
     try:
@@ -210,9 +154,7 @@ def test_restarts_while_shipping_lose_nothing(tmp_path, logdir, victoria_logs, h
             if how == "restart":
                 assert agent.stop() == 0
             else:
-                agent.proc.send_signal(signal.SIGKILL)
-                agent.proc.wait()
-                agent.log.close()
+                agent.kill()
             interruptions += 1
             agent.start()
         assert writer.wait(timeout=60) == 0
@@ -241,7 +183,7 @@ def test_kill_9_twenty_times_while_a_file_grows_at_5000_lines_per_second(tmp_pat
     total = rate * seconds
     seed = int(os.environ.get("HOSTWATCH_TEST_SEED", time.time()))
     rng = random.Random(seed)
-    agent = Agent(tmp_path, collector_table(logdir), victoria_logs.loki_push_url)
+    agent = logs_agent(tmp_path, collector_table(logdir), victoria_logs.loki_push_url)
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(logdir / "app.log"), str(total), str(rate), str(10 * rate), "rename"]
     )

@@ -43,10 +43,7 @@ alias = "unreachable"
 url = "http://user:{SECRET}@127.0.0.1:{free_port()}/api/v1/write"
 ready_failure_threshold = {threshold}
 """
-    agent = AgentProcess(tmp_path, body)
-    # AgentProcess writes the [agent] table: the interval goes into it
-    agent.config.write_text(agent.config.read_text().replace("[agent]\n", '[agent]\ninterval = "500ms"\n', 1))
-    return agent
+    return AgentProcess(tmp_path, body, agent_table='interval = "500ms"')
 
 
 def wait_for_history(agent: AgentProcess, points: int = 4) -> dict:

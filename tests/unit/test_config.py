@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -396,27 +395,15 @@ def test_check_warns_when_listen_is_not_loopback(tmp_path) -> None:
 
 
 def test_run_logs_the_warning_at_start(tmp_path) -> None:
-    from tests.support import free_port
+    from tests.e2e.agentproc import AgentProcess
 
-    path = tmp_path / "open.toml"
-    path.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n[http]\nlisten = "0.0.0.0:{free_port()}"\n')
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = AgentProcess(tmp_path, "", listen_host="0.0.0.0")
     try:
-        lines = []
-        for line in proc.stderr:  # JSON lines (stderr is a pipe); the warning comes before "started"
-            lines.append(line)
-            if "started" in line or len(lines) > 50:
-                break
+        agent.start()
+        assert agent.stop() == 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        agent.close()
+    lines = agent.stderr().splitlines()  # JSON lines (stderr is a file); the warning comes before "started"
     warning = [json.loads(line) for line in lines if "not a loopback address" in line]
     assert warning and warning[0]["level"].upper() == "WARNING", lines
 

@@ -6,6 +6,7 @@ import datetime
 
 import pytest
 
+from agent.model import labels_from
 from collectors.logs.multiline import Multiline
 from collectors.logs.parse import Parser, logfmt_fields, parse_time, raw_severities, severity_of
 from collectors.logs.stats import LogStats
@@ -37,7 +38,7 @@ def test_raw_lines_keep_order_labels_and_distinct_times() -> None:
         ("[Wed Oct 11 14:32:52 2000] [error] [client 127.0.0.1] client denied", "ERROR", 17),
         ("2020/01/01 00:00:00 [notice] 1#1: signal process started", "NOTICE", 10),
         ("INFO  main started", "INFO", 9),
-        ("<1> CRIT kernel", "CRITICAL", 21),
+        ("<1> CRIT kernel", "CRITICAL", 18),  # ERROR2, as the OTLP output and the journal number it
         ("DEBUG: x", "DEBUG", 5),
     ],
 )
@@ -212,3 +213,15 @@ def test_level_words_found_in_bytes_and_in_text_agree_on_real_logs() -> None:
         half = data.index(b"\n", len(data) // 2) + 1  # two pieces, as two reads would give
         blocks = [(0, data[:half]), (data[:half].count(b"\n"), data[half:])]
         assert raw_severities_bytes(blocks) == raw_severities(lines), path.name
+
+
+def test_levels_of_lines_redaction_rewrote_come_from_their_new_text() -> None:
+    lines = ["INFO start", "token=ERROR-abc done", "WARN disk", "plain"]
+    block = ("\n".join(lines) + "\n").encode()
+    redacted = ["INFO start", "token=[REDACTED:token] done", "WARN disk", "plain"]
+    parser = Parser("raw", True, LogStats())
+    records = parser.records(redacted, labels_from({"filename": "/f"}), 1, [(0, block)], changed=[1])
+    assert [(r.body, r.severity) for r in records] == [
+        (b, s) for b, s in zip(redacted, ["INFO", "", "WARN", ""], strict=True)
+    ]
+    assert [(i, t) for i, t, _ in raw_severities(redacted)] == [(0, "INFO"), (2, "WARN")]

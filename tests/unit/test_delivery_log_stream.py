@@ -1,4 +1,5 @@
-"""Log shipping speed work: batch sizes, the in-memory tail of the disk buffer, acknowledgement timing."""
+"""The delivery path under a steady log stream: sizes counted in bulk, each source released once its
+lines are queued, the disk buffer handing out what it wrote without reading it back."""
 
 from __future__ import annotations
 

@@ -1,26 +1,11 @@
-"""Log shipping speed work: levels after redaction, coalesced file-change wake-ups."""
+"""The file watcher of the logs collector: change events coalesced into a few wake-ups."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 
-from agent.model import labels_from
 from collectors.logs.discovery import Patterns, Watcher
-from collectors.logs.parse import Parser, raw_severities
-from collectors.logs.stats import LogStats
-
-
-def test_levels_of_lines_redaction_rewrote_come_from_their_new_text() -> None:
-    lines = ["INFO start", "token=ERROR-abc done", "WARN disk", "plain"]
-    block = ("\n".join(lines) + "\n").encode()
-    redacted = ["INFO start", "token=[REDACTED:token] done", "WARN disk", "plain"]
-    parser = Parser("raw", True, LogStats())
-    records = parser.records(redacted, labels_from({"filename": "/f"}), 1, [(0, block)], changed=[1])
-    assert [(r.body, r.severity) for r in records] == [
-        (b, s) for b, s in zip(redacted, ["INFO", "", "WARN", ""], strict=True)
-    ]
-    assert [(i, t) for i, t, _ in raw_severities(redacted)] == [(0, "INFO"), (2, "WARN")]
 
 
 async def test_a_file_written_line_by_line_wakes_the_watcher_a_few_times_not_per_write(tmp_path) -> None:
