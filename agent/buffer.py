@@ -1,12 +1,8 @@
-"""Each output's bounded queue of sealed batches: in memory, or durable on disk.
+"""The durable queue of an output lane: batches on disk that survive a restart and kill -9.
 
-Both queues keep batches in order and hand them out one at a time: ``take``
-returns the oldest batch not yet handed out, ``ack`` retires it once the
-output has delivered (or given up on) it. ``drop_oldest`` discards the oldest
-batches not yet handed out, to make room when ``when_full = "drop_oldest"``.
-
-The disk queue is an append-only series of segment files of CRC-checked records
-(the format and damage scanning are in ``agent.segments``; careful file access,
+:class:`DiskQueue` is the disk kind of ``agent.queue.Queue`` (the contract, and the
+memory kind, are there). It is an append-only series of segment files of CRC-checked
+records (the format and damage scanning are in ``agent.segments``; careful file access,
 and what the directory holds at start, in ``agent.segment_files``). Damage costs
 only the damaged records: they are skipped, counted (records, and the items in
 them) and logged. The read position ("cursor") is persisted after each ack; a
@@ -15,11 +11,12 @@ written too, when a write fails while everything in it is delivered: on a full
 disk that segment is the space the next write needs. All file I/O runs on the
 queue's own worker thread, never on the event loop.
 
-The disk queue also keeps the items of the batches it wrote last in memory
-(bounded by ``cache_bytes`` of their records), so a sender that keeps up hands
-out what was just written without reading and decoding it back; what is not
-cached (a backlog, a replay after a restart) is read from disk. The record on
-disk is written and synced the same either way.
+The queue also keeps the batches it wrote last in memory (bounded by ``cache_bytes``
+of their records), so a sender that keeps up hands out what was just written without
+reading and decoding it back; what is not cached (a backlog, a replay after a
+restart) is read from disk. The record on disk is written and synced the same either
+way. A batch handed out by ``lookahead`` stays cached until ``take`` hands out the
+same object, so what the output prepared for it travels with it.
 """
 
 from __future__ import annotations
@@ -32,13 +29,13 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from agent.model import LogRecord, Sample, Signal, Span
+from agent.queue import Dropped, MemoryQueue, Queue, QueuedBatch
 from agent.segment_files import (
     CURSOR,
     NotRegularFile,
@@ -51,6 +48,8 @@ from agent.segment_files import (
 )
 from agent.segments import HEADER, Ref, encode, parse_at
 from agent.workers import Worker
+
+__all__ = ["BufferUnavailable", "DiskQueue", "MemoryQueue", "Queue", "QueuedBatch"]
 
 log = logging.getLogger("hostwatch.buffer")
 
@@ -65,80 +64,6 @@ class BufferUnavailable(OSError):
 
     def __str__(self) -> str:
         return str(self.args[-1])
-
-
-@dataclass
-class Batch:
-    """A sealed batch in a queue. ``tokens`` are acknowledgement tokens (never persisted)."""
-
-    signal: Signal
-    items: list[Any]
-    nbytes: int
-    created_ns: int
-    tokens: list[Any] = field(default_factory=list)
-
-
-class MemoryQueue:
-    durable = False
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._queue: collections.deque[Batch] = collections.deque()
-        self._inflight: Batch | None = None
-        self._available = asyncio.Event()
-        self.items = 0
-        self.bytes = 0
-        self.corrupt_records = 0
-
-    async def open(self) -> None:
-        pass
-
-    def has_room(self, nbytes: int) -> bool:
-        return self.bytes + nbytes <= self.capacity
-
-    async def put(self, batch: Batch) -> None:
-        self._queue.append(batch)
-        self.items += len(batch.items)
-        self.bytes += batch.nbytes
-        self._available.set()
-
-    def drop_oldest(self) -> Batch | None:
-        if not self._queue:
-            return None
-        batch = self._queue.popleft()
-        self.items -= len(batch.items)
-        self.bytes -= batch.nbytes
-        return batch
-
-    async def take(self) -> Batch:
-        while not self._queue:
-            self._available.clear()
-            await self._available.wait()
-        self._inflight = self._queue.popleft()
-        return self._inflight
-
-    async def lookahead(self) -> Batch | None:
-        """The batch :meth:`take` will hand out next, without taking it (waits for one)."""
-        while not self._queue:
-            self._available.clear()
-            await self._available.wait()
-        return self._queue[0]
-
-    async def ack(self) -> None:
-        batch, self._inflight = self._inflight, None
-        if batch is not None:
-            self.items -= len(batch.items)
-            self.bytes -= batch.nbytes
-
-    def oldest_ns(self) -> int | None:
-        head = self._inflight or (self._queue[0] if self._queue else None)
-        return head.created_ns if head else None
-
-    def pending(self) -> list[Batch]:
-        return ([self._inflight] if self._inflight else []) + list(self._queue)
-
-    async def close(self) -> None:
-        pass
 
 
 class DiskQueue:
@@ -177,8 +102,8 @@ class DiskQueue:
         self._inflight: Ref | None = None
         self._available = asyncio.Event()
         self._put_lock = asyncio.Lock()  # one append at a time: the reclaim in put() relies on it
-        # (segment, offset) -> the items of a record still queued, as they were put
-        self._cache: dict[tuple[int, int], list[Any]] = {}
+        # (segment, offset) -> a record still queued, with the items as they were put
+        self._cache: dict[tuple[int, int], QueuedBatch] = {}
         self._cache_bytes = 0
         self.cache_max = min(capacity // 8, 16 * 1024 * 1024) if cache_bytes is None else cache_bytes
         self._write_segment = 0
@@ -247,7 +172,7 @@ class DiskQueue:
     def has_room(self, nbytes: int) -> bool:
         return self.bytes + nbytes <= self.capacity
 
-    async def put(self, batch: Batch) -> None:
+    async def put(self, batch: QueuedBatch) -> None:
         payload = self._encoder.encode(batch.items)
         args = (payload, len(batch.items), batch.created_ns)
         async with self._put_lock:
@@ -264,7 +189,7 @@ class DiskQueue:
         self.items += ref.items
         self.bytes += ref.length
         if self._cache_bytes + ref.length <= self.cache_max:
-            self._cache[(ref.segment, ref.offset)] = batch.items
+            self._cache[(ref.segment, ref.offset)] = self._batch(ref, batch.items)
             self._cache_bytes += ref.length
         self._available.set()
 
@@ -343,7 +268,11 @@ class DiskQueue:
 
     # ---------------------------------------------------------------- read
 
-    def drop_oldest(self) -> Batch | None:
+    def _batch(self, ref: Ref, items: list[Any]) -> QueuedBatch:
+        return QueuedBatch(self.signal, items, ref.length, ref.created_ns)
+
+    def drop_oldest(self) -> Dropped | None:
+        """The oldest record not handed out goes unread: only its item count is known (and needed)."""
         if not self._index:
             return None
         ref = self._index.popleft()
@@ -351,16 +280,16 @@ class DiskQueue:
         self.items -= ref.items
         self.bytes -= ref.length
         self._retire(ref)
-        return Batch(self.signal, [None] * ref.items, ref.length, ref.created_ns)
+        return Dropped(ref.items)
 
-    async def take(self) -> Batch:
+    async def take(self) -> QueuedBatch:
         while True:
             while not self._index:
                 self._available.clear()
                 await self._available.wait()
             ref = self._index[0]
-            items = self._cache.get((ref.segment, ref.offset))
-            if items is None:
+            batch = self._cache.get((ref.segment, ref.offset))
+            if batch is None:
                 try:
                     items = await self._worker.run(self._read_sync, ref)
                 except OSError as exc:
@@ -375,10 +304,11 @@ class DiskQueue:
                     continue
                 if not self._index or self._index[0] is not ref:
                     continue  # dropped (drop_oldest) while it was being read
+                batch = self._batch(ref, items)
             self._index.popleft()
             self._uncache(ref)
             self._inflight = ref
-            return Batch(self.signal, items, ref.length, ref.created_ns)
+            return batch
 
     def _lost(self, ref: Ref, exc: Exception) -> None:
         """A record that passed its CRC at write or scan time and cannot be read now: damage."""
@@ -398,28 +328,29 @@ class DiskQueue:
         self.corrupt_items += ref.items
         self.on_corrupt(1, ref.items)
 
-    async def lookahead(self) -> Batch | None:
+    async def lookahead(self) -> QueuedBatch | None:
         """The batch :meth:`take` will hand out next, without taking it (waits for one).
 
-        Loads it into the cache when it is not there, so the following ``take`` does not
-        read it again; None when it cannot be read (``take`` deals with that).
+        Loads it into the cache when it is not there, so the following ``take`` hands out
+        this same batch without reading it again; None when it cannot be read (``take``
+        deals with that).
         """
         while not self._index:
             self._available.clear()
             await self._available.wait()
         ref = self._index[0]
         key = (ref.segment, ref.offset)
-        items = self._cache.get(key)
-        if items is None:
+        batch = self._cache.get(key)
+        if batch is None:
             try:
                 items = await self._worker.run(self._read_sync, ref)
             except (OSError, msgspec.DecodeError, ValueError):
                 return None
             if not self._index or self._index[0] is not ref:
                 return None
-            self._cache[key] = items  # one batch over cache_max at most: the next one out
+            batch = self._cache[key] = self._batch(ref, items)  # one batch over cache_max at most
             self._cache_bytes += ref.length
-        return Batch(self.signal, items, ref.length, ref.created_ns)
+        return batch
 
     def _uncache(self, ref: Ref) -> None:
         if self._cache.pop((ref.segment, ref.offset), None) is not None:
@@ -514,8 +445,8 @@ class DiskQueue:
         head = self._inflight or (self._index[0] if self._index else None)
         return head.created_ns if head else None
 
-    def pending(self) -> list[Batch]:
-        return []
+    def pending(self) -> list[QueuedBatch]:
+        return []  # durable: what is left stays on disk for the next start
 
     async def close(self) -> None:
         def close_sync() -> None:
