@@ -172,8 +172,13 @@ class CollectorContext:
     telemetry: Any = None
     """The agent's self-metrics (``agent.telemetry.Telemetry``); None in unit tests."""
     static_labels: Labels = ()
-    """``[agent] labels`` plus the instance's ``labels``; the engine adds them to
-    samples, log collectors also put them on their streams."""
+    """The instance's ``labels``: the engine adds them to samples, log collectors
+    put them on their streams."""
+    agent_labels: Labels = ()
+    """``[agent] labels``, for a collector whose own label model must see them (the
+    scrape collector: target labels, which ``honor_labels`` and relabeling act on).
+    Others leave them alone: they are added once, where data leave the agent (each
+    output in its backend's model, and ``/metrics``)."""
     denied_paths: frozenset[str] = frozenset()
     """Files no collector may read or ship: the configuration files and every
     plugin's secret files (``*_file`` options such as ``bearer_token_file``,
