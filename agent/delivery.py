@@ -31,22 +31,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
+from agent.batching import Batcher
 from agent.lane_contract import LaneFill, LaneOwner, LaneSettings, Shutdown
 from agent.model import Signal
 from agent.pending import AckToken, PendingItems, item_size, item_sizes
 from agent.plugin import Batch as ExportBatch
 from agent.plugin import ResultKind
-from agent.queue import Dropped, Queue, QueuedBatch
+from agent.queue import Queue, QueuedBatch
 from agent.retry import Backoff, sleep_or_stop
 
 __all__ = ["AckToken", "Lane", "LaneFill", "LaneOwner", "LaneSettings", "Shutdown", "item_size", "item_sizes"]
 
 log = logging.getLogger("hostwatch.delivery")
-# the rest of a log batch sealed full waits this long for more lines before it goes out alone
-_REST_LINGER = 0.1
 # loop turns the next batch's encoding waits, so the request in flight is written to the socket first
 _LET_REQUEST_OUT = 4
 # attempts of one batch that end in an exception (a bug) before it is dropped as ``error``
@@ -55,7 +53,8 @@ ERROR_PAUSE = 1.0  # seconds between those attempts (at most retry_max)
 
 
 class Lane:
-    """One signal's way to one output: intake, the batcher task, the queue, the sender task."""
+    """One signal's way to one output: its :class:`~agent.batching.Batcher` (intake and
+    sealing, a task), its queue, and the sender task, which delivers what is queued."""
 
     def __init__(
         self, owner: LaneOwner, signal: Signal, queue: Queue, settings: LaneSettings, shutdown: Shutdown
@@ -66,17 +65,17 @@ class Lane:
         self.settings = settings
         self.shutdown = shutdown
         self.when_full = settings.when_full
-        self.max_items = settings.max_items
-        self.max_bytes = settings.max_bytes
-        self.pending = PendingItems()
-        self._last_intake = 0.0
-        self._rest = False  # what is pending is the rest of a full batch sealed before it
-        self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
-        self._seal_now = asyncio.Event()
-        self._has_pending = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._space = asyncio.Event()
+        self.batcher = Batcher(owner, signal, queue, settings, shutdown)
+        # the intake is the batcher's (see agent.batching); bound here, so a call costs no extra frame
+        self.offer = self.batcher.offer
+        self.accept = self.batcher.accept
+        self.seal = self.batcher.seal
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def pending(self) -> PendingItems:
+        """Items taken in and not sealed into a batch yet."""
+        return self.batcher.pending
 
     async def start(self) -> None:
         await self.queue.open()
@@ -89,7 +88,7 @@ class Lane:
             )
         name = f"{self.owner.name}:{self.signal.value}"
         self._tasks = [
-            asyncio.create_task(self._batcher(), name=f"batcher:{name}"),
+            asyncio.create_task(self.batcher.run(), name=f"batcher:{name}"),
             asyncio.create_task(self._sender(), name=f"sender:{name}"),
         ]
         for task in self._tasks:
@@ -111,142 +110,6 @@ class Lane:
             oldest_ns=queue.oldest_ns(),
             corrupt_records=queue.corrupt_records,
         )
-
-    # -------------------------------------------------------------- intake
-
-    def offer(self, items: Sequence[Any], token: AckToken | None = None, *, flush: bool = False) -> None:
-        """Metrics intake: never waits; an overfull pending batch sheds its oldest items.
-
-        ``flush``: the source waits for the acknowledgement (the OTLP receiver's
-        sender does), so what is pending is sealed now, not after flush_interval."""
-        pending = self.pending
-        if not pending:
-            self._has_pending.set()
-        pending.add(items, item_sizes(items), token)
-        if flush or pending.full(self.max_items, self.max_bytes):
-            self._flush = self._flush or flush
-            self._seal_now.set()
-        limit = 4 * self.max_bytes
-        if pending.nbytes > limit:  # the queue is stalled (disk): keep memory bounded
-            shed = pending.shed(limit // 2)
-            self.owner.dropped(shed, "buffer_full", "pending batch over its bound while the buffer is stalled")
-
-    async def accept(self, items: Sequence[Any], token: AckToken | None, *, flush: bool = False) -> None:
-        """Logs intake: with ``when_full = "block"`` waits for room (the source pauses);
-        ``flush`` as for :meth:`offer`."""
-        sizes = item_sizes(items)
-        pending = self.pending
-        # a full pending batch waits for the batcher to queue it; with "block" and a full
-        # queue that wait lasts until the output makes room, which pauses the source
-        while pending.full(self.max_items, self.max_bytes):
-            self._drained.clear()
-            self._seal_now.set()
-            await self._drained.wait()
-        if not pending:
-            self._has_pending.set()
-        pending.add(items, sizes, token)
-        self._last_intake = time.monotonic()
-        if flush or pending.full(self.max_items, self.max_bytes):
-            self._flush = self._flush or flush
-            self._seal_now.set()
-
-    # ------------------------------------------------------------- batcher
-
-    async def _batcher(self) -> None:
-        flush_interval = self.settings.flush_interval
-        while True:
-            if not self.pending:
-                self._has_pending.clear()
-                await self._has_pending.wait()
-            now = time.monotonic()
-            deadline = self.pending.since + flush_interval
-            if self._rest:
-                deadline = min(deadline, self._last_intake + _REST_LINGER)
-            if now < deadline and not self._seal_now.is_set():
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
-                # that arrives as the event is set, and drain() would wait for this task forever
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(deadline - now):
-                        await self._seal_now.wait()
-                if not self._seal_now.is_set():
-                    continue  # a deadline: look again, an intake may have moved it
-            self._seal_now.clear()
-            if self.pending:
-                # A log stream tops a partial batch up within moments: when a full batch is what
-                # woke us, the rest waits for more rather than going out alone as a small request,
-                # until the stream pauses (_REST_LINGER) or flush_interval passes.
-                now = time.monotonic()
-                due = (
-                    self._flush
-                    or now >= self.pending.since + flush_interval
-                    or (self._rest and now >= self._last_intake + _REST_LINGER)
-                )
-                self._flush = False  # what arrives while sealing is sealed by this round too
-                await self.seal(full_only=self.signal is Signal.LOGS and not due)
-                self._rest = bool(self.pending)
-
-    async def seal(self, *, full_only: bool = False) -> None:
-        """Move everything pending into the queue, in batches of at most max items / bytes;
-        with ``full_only``, only full batches (a partial rest stays pending)."""
-        pending = self.pending
-        while pending:
-            if full_only and not pending.full(self.max_items, self.max_bytes):
-                break
-            items, size, tokens = pending.cut(self.max_items, self.max_bytes)
-            if not await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens)):
-                break  # shutdown with a full buffer: the rest stays pending, close() counts it
-            self._drained.set()
-
-    async def _enqueue(self, batch: QueuedBatch) -> bool:
-        """Queue a sealed batch (or count it dropped); False: it went back to pending (shutdown)."""
-        queue = self.queue
-        while not queue.has_room(batch.nbytes):
-            if self.when_full == "block":
-                if self.shutdown.draining:  # at shutdown there is no waiting for room that may never come
-                    self._unseal(batch)
-                    return False
-                self._space.clear()
-                try:
-                    await self._space.wait()
-                except asyncio.CancelledError:
-                    self._unseal(batch)  # never lose a batch to a cancelled wait: close() counts it
-                    raise
-                continue
-            oldest = queue.drop_oldest()
-            if oldest is None:  # a single batch larger than the whole buffer
-                self._finish(batch, dropped="buffer_full", why="batch larger than buffer_max_bytes")
-                return True
-            self._finish(oldest, dropped="buffer_full", why="buffer full (when_full = drop_oldest)")
-        while True:
-            try:
-                await queue.put(batch)
-                break
-            except OSError as exc:
-                self.owner.note_error(f"buffer write failed: {exc.strerror or exc}")
-                if self.when_full != "block" or self.shutdown.draining:
-                    self._finish(batch, dropped="buffer_write_error", why=f"buffer write failed: {exc.strerror}")
-                    return True
-                await asyncio.sleep(1.0)  # logs wait for the disk; their sources stay paused
-        if queue.durable:
-            for token in batch.tokens:
-                token.done()
-            batch.tokens = []
-        self.owner.update_gauges()
-        return True
-
-    def _unseal(self, batch: QueuedBatch) -> None:
-        """Put a batch that could not be queued back in front of what is pending."""
-        self.pending.put_back(batch.items, batch.nbytes, batch.tokens)
-        batch.tokens = []
-
-    def _finish(self, batch: QueuedBatch | Dropped, *, dropped: str | None = None, why: str = "") -> None:
-        """A batch leaves for good: its sources are released, drops counted."""
-        if dropped:
-            self.owner.dropped(batch.count, dropped, why)
-        for token in batch.tokens:
-            token.done()
-        batch.tokens = []
-        self._space.set()
 
     # -------------------------------------------------------------- sender
 
@@ -299,7 +162,7 @@ class Lane:
             finally:
                 ahead.cancel()
         try:
-            self._finish(batch)
+            self.batcher.finish(batch)
             owner.update_gauges()
         except Exception as exc:  # the batch has left already (delivered or counted): only say it
             owner.unexpected("releasing a sent batch", exc, then="the sender goes on")
@@ -363,7 +226,7 @@ class Lane:
         self._tasks[0].cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._tasks[0]
-        await self.seal()
+        await self.batcher.seal()
         deadline = self.shutdown.deadline or 0.0
         while self.queue.items and time.monotonic() < deadline and not self._tasks[1].done():
             await asyncio.sleep(0.05)
@@ -378,11 +241,13 @@ class Lane:
         leftovers = self.queue.pending()
         if leftovers:  # memory queue: these items end with the process
             for batch in leftovers:
-                self._finish(batch, dropped="shutdown", why="memory buffer not delivered before shutdown_timeout")
+                self.batcher.finish(
+                    batch, dropped="shutdown", why="memory buffer not delivered before shutdown_timeout"
+                )
         if self.pending:  # a full buffer at shutdown ("block"): never queued, so their sources were not
             # acknowledged either; log files send these lines again after the restart
             self.owner.dropped(len(self.pending), "shutdown", "not buffered before shutdown: the buffer was full")
-            self.pending.clear()
+            self.batcher.pending.clear()
         await self.queue.close()
         if self.queue.items and self.queue.durable:
             log.info(

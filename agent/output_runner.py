@@ -120,7 +120,8 @@ class OutputRunner:
 
     def intake(self, signal: Signal) -> Intake | None:
         """The way in for items of ``signal`` (what the pipeline hands them to); None: not taken."""
-        return self.lanes.get(signal)
+        lane = self.lanes.get(signal)
+        return lane.batcher if lane is not None else None
 
     # ------------------------------------------------------------ what a lane needs (LaneOwner)
 
