@@ -367,7 +367,10 @@ class OutputContext:
     """The ``instance`` label and OTLP ``host.name``."""
     job: str = "hostwatch"
     agent_labels: Labels = ()
-    """``[agent] labels``: added to every pushed series and stream."""
+    """``[agent] labels``: the output adds them to everything it sends, in its backend's
+    model (series or stream labels; OTLP resource attributes). The items it is handed
+    do not carry them: this is the one place they are added (``/metrics`` adds them to
+    its page likewise). An item's own label of the same name wins."""
     version: str = "0"
     machine_id: str = ""
     telemetry: Any = None
