@@ -69,7 +69,6 @@ class Lane:
         # the intake is the batcher's (see agent.batching); bound here, so a call costs no extra frame
         self.offer = self.batcher.offer
         self.accept = self.batcher.accept
-        self.seal = self.batcher.seal
         self._tasks: list[asyncio.Task] = []
 
     @property
