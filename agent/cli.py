@@ -132,8 +132,11 @@ def _redact(config) -> int:
 
 
 def _once(config, fmt: str) -> int:
+    import msgspec
+
     from agent.exposition import render_samples
     from agent.logsetup import setup_logging
+    from agent.model import labels_from, merge_labels
     from agent.runtime import Agent
 
     setup_logging("warning")
@@ -160,6 +163,11 @@ def _once(config, fmt: str) -> int:
         return results, failed
 
     results, failed = asyncio.run(collect_all())
+    if agent_labels := labels_from(config.agent.labels):  # added on the way out, as /metrics adds them
+        results = {
+            name: [msgspec.structs.replace(s, labels=merge_labels(agent_labels, s.labels)) for s in samples]
+            for name, samples in results.items()
+        }
     if fmt == "json":
         out = [
             {

@@ -14,9 +14,10 @@ SpanSink = Callable[[Sequence[Span], Callable[[], None] | None], Awaitable[None]
 class RunEmitter:
     """Collects the samples of one run; the runtime hands them on when the run ends.
 
-    ``static_labels`` (``[agent] labels`` plus the instance's ``labels``) are
-    merged into every sample; the collector's own labels win on a clash, as
-    node_exporter's do over target labels.
+    ``static_labels`` (the instance's ``labels``) are merged into every sample;
+    the collector's own labels win on a clash, as node_exporter's do over target
+    labels. ``[agent] labels`` are not added here: the outputs and ``/metrics``
+    add them where data leave the agent.
     """
 
     __slots__ = ("_log_sink", "_sample_sink", "_span_sink", "errors", "samples", "static_labels", "time_ns")

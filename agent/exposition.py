@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent.model import Labels, Sample, same_series
+from agent.model import Labels, Sample, merge_labels, same_series
 
 
 def escape_label_value(value: str) -> str:
@@ -78,9 +78,15 @@ class LatestSamples:
     page's layout (families in order, and for each series its instance, index
     and name-and-labels text) is kept while that holds, so a render only formats
     the values; a run with other series makes the next render lay it out anew.
+
+    The page adds ``[agent] labels`` (``agent_labels``) to every series, as the
+    outputs add them to what they push; a sample's own label of the same name wins.
     """
 
-    def __init__(self, on_replace: Callable[[str, list[Sample]], None] | None = None) -> None:
+    def __init__(
+        self, on_replace: Callable[[str, list[Sample]], None] | None = None, agent_labels: Labels = ()
+    ) -> None:
+        self._agent_labels = agent_labels
         self._by_instance: dict[str, list[Sample]] = {}
         self._on_replace = on_replace
         self._page: bytes | None = None
@@ -100,6 +106,12 @@ class LatestSamples:
             self._layout = None
             return None
         return before
+
+    def set_agent_labels(self, labels: Labels) -> None:
+        if labels != self._agent_labels:
+            self._agent_labels = labels
+            self._prefixes.clear()
+            self._page = self._layout = None
 
     def forget(self, instance: str) -> None:
         if self._by_instance.pop(instance, None) is not None:
@@ -129,7 +141,7 @@ class LatestSamples:
                 key = (s.name, s.labels)
                 prefix = cache.get(key)
                 if prefix is None:
-                    prefix = cache[key] = series_prefix(s.name, s.labels)
+                    prefix = cache[key] = series_prefix(s.name, merge_labels(self._agent_labels, s.labels))
                 family[1].append((i, j, prefix))
         return list(families.values())
 

@@ -3,7 +3,9 @@
 The runner owns the output plugin and one lane per signal it accepts; it makes
 the export attempts (with a guard against a hung output), keeps the consecutive
 failures and the drop ledger that ``/ready`` and ``/health/detailed`` show, and
-sets the buffer gauges.
+sets the buffer gauges. It is each lane's ``LaneOwner`` (the lane reports to it)
+and talks to a lane only through the lane's public methods; the pipeline hands
+items to the lanes' :class:`~agent.lane_contract.Intake` that ``intake`` gives it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.buffer import DiskQueue, MemoryQueue
-from agent.delivery import ERROR_ATTEMPTS, EXPORT_GUARD_SECONDS, Lane
+from agent.delivery import ERROR_ATTEMPTS, Lane
+from agent.lane_contract import Intake, LaneSettings, Shutdown
 from agent.model import Signal
 from agent.plugin import Batch as ExportBatch
 from agent.plugin import ExportResult, ResultKind
+from agent.queue import Queue
 from agent.scheduler import iso_time
 
 log = logging.getLogger("hostwatch.delivery")
+EXPORT_GUARD_SECONDS = 120.0  # outputs enforce their own timeout; this only catches a hung bug
 
 
 class OutputRunner:
@@ -45,8 +50,7 @@ class OutputRunner:
         self.telemetry = telemetry
         self.clock = clock
         self.buffer_kind = buffer_kind
-        self.stop_now = asyncio.Event()
-        self.stopping = False
+        self.shutdown = Shutdown()  # shared with the lanes: they read it, the runner moves it on
         self.consecutive_failures = 0
         self.last_success_ns = 0
         self.last_error = ""
@@ -55,7 +59,7 @@ class OutputRunner:
         self._logged: set[str] = set()
         self.lanes: dict[Signal, Lane] = {}
         for signal in sorted(output.signals, key=lambda s: s.value):
-            when_full = self.common.when_full or ("drop_oldest" if signal is Signal.METRICS else "block")
+            queue: Queue
             if buffer_kind == "disk":
                 queue = DiskQueue(
                     state_dir / "buffer" / _safe(self.name) / signal.value,
@@ -66,9 +70,15 @@ class OutputRunner:
                 )
             else:
                 queue = MemoryQueue(self.common.buffer_max_bytes)
-            self.lanes[signal] = Lane(self, signal, queue, when_full)
+            self.lanes[signal] = Lane(self, signal, queue, LaneSettings.of(self.common, signal), self.shutdown)
         self._m_sent = {s: telemetry.output_sent_items.labels(self.name, s.value) for s in self.lanes}
         self._m_duration = telemetry.output_request_duration.labels(self.name)
+
+    @property
+    def stopping(self) -> bool:
+        return self.shutdown.draining
+
+    # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         await self.start_output()
@@ -86,14 +96,37 @@ class OutputRunner:
 
     async def close(self, timeout: float) -> None:
         """Drain within ``timeout``, then stop; what is left stays on disk (or is counted)."""
-        self.stopping = True
-        deadline = time.monotonic() + timeout
-        await asyncio.gather(*(lane.drain(deadline) for lane in self.lanes.values()))
-        self.stop_now.set()
+        self.shutdown.drain(timeout)
+        await asyncio.gather(*(lane.drain() for lane in self.lanes.values()))
+        self.shutdown.stop()
         await asyncio.gather(*(lane.close() for lane in self.lanes.values()))
+        await self.close_output()
+        self.update_gauges()
+
+    async def discard(self) -> None:
+        """Stop at once, without draining: for an instance whose buffers could not all be opened.
+
+        What its lanes gathered meanwhile is counted (log sources read those lines again)."""
+        self.shutdown.stop()
+        for lane in self.lanes.values():
+            with contextlib.suppress(Exception):
+                await lane.close()
+        await self.close_output()
+
+    async def close_output(self) -> None:
+        """The plugin's own close (idempotent): also what undoes :meth:`start_output` alone."""
         with contextlib.suppress(Exception):
             await self.output.close()
-        self.update_gauges()
+
+    def intake(self, signal: Signal) -> Intake | None:
+        """The way in for items of ``signal`` (what the pipeline hands them to); None: not taken."""
+        lane = self.lanes.get(signal)
+        return lane.batcher if lane is not None else None
+
+    # ------------------------------------------------------------ what a lane needs (LaneOwner)
+
+    def prepare(self, batch: ExportBatch) -> Any:
+        return self.output.prepare(batch)
 
     async def attempt(self, batch: ExportBatch) -> Any:
         started = time.perf_counter()
@@ -117,6 +150,9 @@ class OutputRunner:
         self.last_success_ns = self.clock()
         self.sent_items += items
         self._m_sent[signal].inc(items)
+
+    def retried(self) -> None:
+        self.telemetry.output_retries.labels(self.name).inc()
 
     def note_error(self, reason: str) -> None:
         self.consecutive_failures += 1
@@ -165,26 +201,34 @@ class OutputRunner:
         self.dropped(items, "corrupt", "damaged records in the disk buffer (torn write or corruption)")
 
     def update_gauges(self) -> None:
-        items = sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values())
-        size = sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values())
-        oldest = [t for lane in self.lanes.values() if (t := lane.queue.oldest_ns()) is not None]
-        self.telemetry.buffer_items.labels(self.name).set(items)
-        self.telemetry.buffer_max_bytes.labels(self.name).set(sum(lane.queue.capacity for lane in self.lanes.values()))
-        self.telemetry.buffer_bytes.labels(self.name).set(size)
+        fills = [lane.fill() for lane in self.lanes.values()]
+        oldest = [f.oldest_ns for f in fills if f.oldest_ns is not None]
+        self.telemetry.buffer_items.labels(self.name).set(sum(f.items for f in fills))
+        self.telemetry.buffer_max_bytes.labels(self.name).set(sum(f.capacity for f in fills))
+        self.telemetry.buffer_bytes.labels(self.name).set(sum(f.nbytes for f in fills))
         age = (self.clock() - min(oldest)) / 1e9 if oldest else 0.0
         self.telemetry.buffer_oldest_age.labels(self.name).set(max(0.0, age))
+
+    # ------------------------------------------------------------ report
 
     def problems(self) -> list[str]:
         found = []
         if self.consecutive_failures >= self.common.ready_failure_threshold:
             found.append(f"output {self.name} failing ({self.consecutive_failures} attempts): {self.last_error}")
-        for lane in self.lanes.values():
-            ratio = lane.queue.bytes / lane.queue.capacity if lane.queue.capacity else 0
+        for signal, lane in self.lanes.items():
+            ratio = lane.fill().ratio
             if ratio > self.common.ready_buffer_ratio:
-                found.append(f"output {self.name} {lane.signal.value} buffer {ratio:.0%} full")
+                found.append(f"output {self.name} {signal.value} buffer {ratio:.0%} full")
         return found
 
+    def totals(self) -> tuple[int, int, int, float]:
+        """Sent and dropped items so far, items held now, and the fullest lane's fill (status page)."""
+        fills = [lane.fill() for lane in self.lanes.values()]
+        held = sum(f.items for f in fills)
+        return self.sent_items, sum(self.dropped_by_reason.values()), held, max((f.ratio for f in fills), default=0.0)
+
     def status(self) -> dict[str, Any]:
+        fills = [lane.fill() for lane in self.lanes.values()]
         return {
             "type": self.spec.type,
             "signals": [s.value for s in self.lanes],
@@ -193,11 +237,11 @@ class OutputRunner:
             "last_error": self.last_error or None,
             "consecutive_failures": self.consecutive_failures,
             "sent_items": self.sent_items,
-            "queued_items": sum(lane.queue.items + len(lane.pending) for lane in self.lanes.values()),
-            "queued_bytes": sum(lane.queue.bytes + lane.pending_bytes for lane in self.lanes.values()),
+            "queued_items": sum(f.items for f in fills),
+            "queued_bytes": sum(f.nbytes for f in fills),
             "buffer_max_bytes": self.common.buffer_max_bytes,
             "dropped_items": dict(self.dropped_by_reason),
-            "corrupt_records": sum(lane.queue.corrupt_records for lane in self.lanes.values()),
+            "corrupt_records": sum(f.corrupt_records for f in fills),
         }
 
 

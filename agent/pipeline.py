@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 from agent.delivery import AckToken
 from agent.exposition import LatestSamples
+from agent.lane_contract import Intake
 from agent.model import LogRecord, Sample, Signal, Span, labels_from
 from agent.output_runner import OutputRunner
 from agent.plugin import OutputContext
@@ -41,9 +41,10 @@ class Pipeline:
         self.latest = latest
         self.clock = clock
         self.runners: dict[str, tuple[Any, OutputRunner]] = {}
-        self._metric_lanes: list[Any] = []
-        self._log_lanes: list[Any] = []
-        self._trace_lanes: list[Any] = []
+        # each signal's way into every running output that takes it (see _route)
+        self._metric_lanes: list[Intake] = []
+        self._log_lanes: list[Intake] = []
+        self._trace_lanes: list[Intake] = []
         self._said_unrouted: set[Signal] = set()
         self.failed: dict[str, str] = {}  # outputs of the config that could not be started, and why
         self.series = SeriesTracker()
@@ -81,8 +82,7 @@ class Pipeline:
     async def abort(self, plan: OutputPlan) -> None:
         """Close the plugins :meth:`prepare` started; the running outputs never noticed."""
         for _, runner in plan.started.values():
-            with contextlib.suppress(Exception):
-                await runner.output.close()
+            await runner.close_output()
         plan.started.clear()
 
     async def commit(self, plan: OutputPlan) -> None:
@@ -110,11 +110,7 @@ class Pipeline:
                 log.error("%s", self.failed[name])
                 del self.runners[name]
                 self._route()
-                for lane in runner.lanes.values():  # what it gathered is counted (logs are read again)
-                    with contextlib.suppress(Exception):
-                        await lane.close()
-                with contextlib.suppress(Exception):
-                    await runner.output.close()
+                await runner.discard()  # what it gathered is counted (logs are read again)
         self._route()
         failed_now = [self.failed[name] for name in plan.started if name in self.failed]
         if failed_now:
@@ -144,9 +140,9 @@ class Pipeline:
 
     def _route(self) -> None:
         runners = [r for _, r in self.runners.values()]
-        self._metric_lanes = [r.lanes[Signal.METRICS] for r in runners if Signal.METRICS in r.lanes]
-        self._log_lanes = [r.lanes[Signal.LOGS] for r in runners if Signal.LOGS in r.lanes]
-        self._trace_lanes = [r.lanes[Signal.TRACES] for r in runners if Signal.TRACES in r.lanes]
+        self._metric_lanes = [i for r in runners if (i := r.intake(Signal.METRICS)) is not None]
+        self._log_lanes = [i for r in runners if (i := r.intake(Signal.LOGS)) is not None]
+        self._trace_lanes = [i for r in runners if (i := r.intake(Signal.TRACES)) is not None]
 
     # ------------------------------------------------------------ intake
 
@@ -251,12 +247,16 @@ class Pipeline:
     def status(self) -> dict[str, Any]:
         return {name: r.status() for name, (_, r) in self.runners.items()}
 
+    def totals(self) -> dict[str, tuple[int, int, int, float]]:
+        """Each running output's :meth:`OutputRunner.totals` (the status page's figures)."""
+        return {name: r.totals() for name, (_, r) in self.runners.items()}
+
     def refresh_gauges(self) -> None:
         for _, runner in self.runners.values():
             runner.update_gauges()
 
 
-def _ack_token(lanes: list[Any], on_durable: Callable[[], None] | None) -> AckToken | None:
+def _ack_token(lanes: list[Intake], on_durable: Callable[[], None] | None) -> AckToken | None:
     """One token that every lane counts down; with no lane at all the items are done now."""
     if on_durable is None:
         return None

@@ -204,8 +204,13 @@ class CollectorContext:
     telemetry: Any = None
     """The agent's self-metrics (``agent.telemetry.Telemetry``); None in unit tests."""
     static_labels: Labels = ()
-    """``[agent] labels`` plus the instance's ``labels``; the engine adds them to
-    samples, log collectors also put them on their streams."""
+    """The instance's ``labels``: the engine adds them to samples, log collectors
+    put them on their streams."""
+    agent_labels: Labels = ()
+    """``[agent] labels``, for a collector whose own label model must see them (the
+    scrape collector: target labels, which ``honor_labels`` and relabeling act on).
+    Others leave them alone: they are added once, where data leave the agent (each
+    output in its backend's model, and ``/metrics``)."""
     denied_paths: frozenset[str] = frozenset()
     """Files no collector may read or ship: the configuration files and every
     plugin's secret files (``*_file`` options such as ``bearer_token_file``,
@@ -368,10 +373,16 @@ class ExportResult:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Items of one signal, in the order they were produced."""
+    """Items of one signal, in the order they were produced: what an output is handed.
+
+    ``prepared`` is what this output's :meth:`Output.prepare` returned for these
+    items, when the engine called it ahead of ``export``; None otherwise (always
+    for the halves of a batch split after ``too_large``).
+    """
 
     signal: Signal
     items: Sequence[Sample] | Sequence[LogRecord] | Sequence[Span]
+    prepared: Any = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -388,7 +399,10 @@ class OutputContext:
     """The ``instance`` label and OTLP ``host.name``."""
     job: str = "hostwatch"
     agent_labels: Labels = ()
-    """``[agent] labels``: added to every pushed series and stream."""
+    """``[agent] labels``: the output adds them to everything it sends, in its backend's
+    model (series or stream labels; OTLP resource attributes). The items it is handed
+    do not carry them: this is the one place they are added (``/metrics`` adds them to
+    its page likewise). An item's own label of the same name wins."""
     version: str = "0"
     machine_id: str = ""
     telemetry: Any = None
@@ -402,12 +416,13 @@ class Output(abc.ABC):
     ``signals`` lists what the output accepts; the pipeline routes only those.
     ``export`` must not raise for expected failures (HTTP status, connection
     errors, timeouts): it maps them to an :class:`ExportResult`. An exception
-    is treated as a bug: logged with its traceback, the batch dropped and counted.
+    is treated as a bug: logged with its traceback, the batch tried again a few
+    times, then dropped and counted.
 
-    Optional: a synchronous ``prepare(batch)``. While one request is in flight
-    the engine hands it the next queued batch, so the output can encode it in
-    the meantime; ``export`` of that batch then uses the result (the Loki output
-    does). A failing ``prepare`` is ignored: ``export`` encodes again.
+    Labels: every output adds ``job``, ``instance`` (:attr:`OutputContext.hostname`)
+    and ``[agent] labels`` (:attr:`OutputContext.agent_labels`) in its backend's
+    model (series labels, stream labels, OTLP resource attributes); the items it
+    is handed carry only their own and their collector instance's labels.
     """
 
     Config: ClassVar[type]
@@ -419,6 +434,17 @@ class Output(abc.ABC):
 
     async def start(self) -> None:
         """Create clients; no network I/O that can fail the agent's start."""
+
+    def prepare(self, batch: Batch) -> Any:
+        """Optional: work ``export`` can do ahead for ``batch`` (encoding, compressing).
+
+        While one request is in flight the engine calls this, on the event loop, with
+        the next queued batch, and hands the return value back as ``batch.prepared``
+        when it exports that batch (every attempt of it). Keep it synchronous and
+        short. A failing ``prepare`` is ignored (``export`` finds ``prepared`` None
+        and does the work itself). The default prepares nothing and returns None.
+        """
+        return None
 
     @abc.abstractmethod
     async def export(self, batch: Batch) -> ExportResult: ...

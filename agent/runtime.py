@@ -24,7 +24,7 @@ from agent import __version__
 from agent.config import Config, ConfigError, PluginSpec, load_config
 from agent.exposition import LatestSamples
 from agent.logsetup import SecretMask
-from agent.model import labels_from, merge_labels
+from agent.model import labels_from
 from agent.pipeline import ApplyError, Pipeline
 from agent.plugin import CollectorContext, Redactor
 from agent.scheduler import CollectorRunner, TickGroup, iso_time, scrape_key
@@ -62,7 +62,7 @@ class Agent:
         # the status page's charts: fed by the runs /metrics keeps anyway (see agent.status)
         self.history = History(outputs=lambda: output_totals(self.pipeline))
         self.problems = RecentProblems()
-        self.latest = LatestSamples(on_replace=self.history.observe)
+        self.latest = LatestSamples(on_replace=self.history.observe, agent_labels=labels_from(config.agent.labels))
         self.pipeline = Pipeline(self.telemetry, self.latest, clock=clock)
         self.runners: dict[str, tuple[tuple[Any, ...], CollectorRunner]] = {}
         self.http: HttpServer | None = None
@@ -133,6 +133,7 @@ class Agent:
             raise
         # everything new is ready: from here on the new configuration is the running one
         self.config = new_config
+        self.latest.set_agent_labels(labels_from(new_config.agent.labels))
         if moved:
             old_http, self.http = self.http, new_http
             if old_http is not None and old_http is not new_http:
@@ -199,7 +200,8 @@ class Agent:
     def build_runner(self, config: Config, spec: PluginSpec) -> CollectorRunner:
         agent = config.agent
         interval = spec.common.interval or agent.interval
-        static = merge_labels(labels_from(agent.labels), labels_from(spec.common.labels))
+        # [agent] labels are not the collectors' to add: the outputs and /metrics add them on the way out
+        static = labels_from(spec.common.labels)
         periodic = not getattr(spec.plugin, "streaming", False)
         worker = self._shared_worker(interval).bind(spec.name) if self._may_share(spec) else Worker(spec.name)
         context = CollectorContext(
@@ -214,6 +216,7 @@ class Agent:
             redactor=self._redactor_for(config, spec),
             telemetry=self.telemetry,
             static_labels=static,
+            agent_labels=labels_from(agent.labels),
             denied_paths=secret_paths(config),
             interval=interval,
             timeout=spec.common.timeout or interval,

@@ -230,13 +230,7 @@ def _round(value: float | None) -> float | None:
 
 def output_totals(pipeline: Any) -> dict[str, tuple[int, int, int, float]]:
     """Each running output's sent and dropped items so far, queued items and fullest lane's fill."""
-    totals = {}
-    for name, (_, runner) in pipeline.runners.items():
-        lanes = runner.lanes.values()
-        queued = sum(lane.queue.items + len(lane.pending) for lane in lanes)
-        fill = max((lane.queue.bytes / lane.queue.capacity for lane in lanes if lane.queue.capacity), default=0.0)
-        totals[name] = (runner.sent_items, sum(runner.dropped_by_reason.values()), queued, fill)
-    return totals
+    return pipeline.totals()
 
 
 class RecentProblems(logging.Handler):

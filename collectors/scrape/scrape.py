@@ -167,7 +167,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
         cfg = self.config
         resolver = Resolver(
             # the instance's and [agent] labels are target labels too: honor_labels decides a clash
-            merge_labels(self.context.static_labels, target.labels),
+            merge_labels(merge_labels(self.context.agent_labels, self.context.static_labels), target.labels),
             honor_labels=cfg.honor_labels,
             relabeler=self._relabeler,
             label_limit=cfg.label_limit,

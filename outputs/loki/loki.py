@@ -66,31 +66,29 @@ class LokiOutput(Output):
             self.headers["Content-Encoding"] = compression
         if config.tenant:
             self.headers["X-Scope-OrgID"] = config.tenant
-        # (batch items, encoded payload, request body or None when compressing it is left to export)
-        self._prepared: list[tuple[Sequence[LogRecord], bytes, bytes | None]] = []
 
     async def start(self) -> None:
         await self.client.start()
 
-    def prepare(self, batch: Batch) -> None:
-        """Encode and compress a batch ahead (the sender calls this while a request is in flight)."""
+    def prepare(self, batch: Batch) -> tuple[bytes, bytes | None] | None:
+        """Encode and compress a batch ahead (the engine calls this while a request is in flight):
+        (encoded payload, request body or None when compressing it is left to export)."""
         if not batch.items:
-            return
+            return None
         payload = self._encode(batch.items)
         kind = self.config.body_compression
         body = None if kind == "gzip" else compress(payload, kind)  # gzip is too slow for the event loop
-        # two kept: the batch in flight (a retry sends it again) and the next one
-        self._prepared = [p for p in self._prepared[-1:] if p[0] is not batch.items] + [(batch.items, payload, body)]
+        return payload, body
 
     async def export(self, batch: Batch) -> ExportResult:
         records = batch.items
         if not records:
             return ExportResult.ok()
-        prepared = next((p for p in self._prepared if p[0] is records), None)
-        if prepared is not None and prepared[2] is not None:
-            body = prepared[2]
+        prepared = batch.prepared
+        if prepared is not None and prepared[1] is not None:
+            body = prepared[1]
         else:
-            payload = prepared[1] if prepared is not None else self._encode(records)
+            payload = prepared[0] if prepared is not None else self._encode(records)
             body = await compress_async(payload, self.config.body_compression)
         response = await self.client.post(self.config.url, body, self.headers)
         if isinstance(response, ExportResult):
@@ -103,5 +101,4 @@ class LokiOutput(Output):
         return self.encoder.encode_json(records).payload
 
     async def close(self) -> None:
-        self._prepared = []
         await self.client.close()

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.buffer import Batch, DiskQueue
+from agent.buffer import DiskQueue, QueuedBatch
 from agent.model import LogRecord, Signal
 from tests.support import free_port, hostwatch_command
 
@@ -29,18 +29,18 @@ CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "real" / "a
 BATCH, BATCHES = 2000, 100
 
 
-def log_batches() -> tuple[list[Batch], int]:
+def log_batches() -> tuple[list[QueuedBatch], int]:
     lines = CORPUS.read_text().splitlines()
     labels = (("filename", "/var/log/apache2/access.log"), ("job", "bench"))
     batches, raw = [], 0
     for b in range(BATCHES):
         items = [LogRecord(b * BATCH + i, lines[(b * BATCH + i) % len(lines)], labels) for i in range(BATCH)]
         raw += sum(len(r.body) for r in items)
-        batches.append(Batch(Signal.LOGS, items, 0, time.time_ns()))
+        batches.append(QueuedBatch(Signal.LOGS, items, 0, time.time_ns()))
     return batches, raw
 
 
-async def throughput(directory: Path, fsync: str, batches: list[Batch]) -> tuple[float, float]:
+async def throughput(directory: Path, fsync: str, batches: list[QueuedBatch]) -> tuple[float, float]:
     queue = DiskQueue(directory, 1 << 34, signal=Signal.LOGS, fsync=fsync)
     await queue.open()
     started = time.perf_counter()

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Batch, BufferUnavailable, DiskQueue, MemoryQueue
+from agent.buffer import BufferUnavailable, DiskQueue, MemoryQueue, QueuedBatch
 from agent.model import LogRecord, Sample, Signal
 
 
-def sample_batch(start: int, count: int = 10) -> Batch:
+def sample_batch(start: int, count: int = 10) -> QueuedBatch:
     items = [
         Sample("seq", float(i), "gauge", (("n", str(i)),), 1_700_000_000_000_000_000 + i)
         for i in range(start, start + count)
     ]
-    return Batch(Signal.METRICS, items, 100 * count, 1_700_000_000_000_000_000)
+    return QueuedBatch(Signal.METRICS, items, 100 * count, 1_700_000_000_000_000_000)
 
 
 async def drain(queue, limit: int = 1000) -> list[float]:
@@ -104,7 +104,7 @@ async def test_flipped_bytes_cost_only_the_damaged_record(tmp_path) -> None:
 async def test_write_error_leaves_the_segment_valid(tmp_path) -> None:
     queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.LOGS)
     await queue.open()
-    logs = Batch(Signal.LOGS, [LogRecord(1, "a"), LogRecord(2, "b")], 50, 1)
+    logs = QueuedBatch(Signal.LOGS, [LogRecord(1, "a"), LogRecord(2, "b")], 50, 1)
     await queue.put(logs)
     write_all = queue._write_all
 
@@ -114,9 +114,9 @@ async def test_write_error_leaves_the_segment_valid(tmp_path) -> None:
 
     queue._write_all = half_then_enospc
     with pytest.raises(OSError):
-        await queue.put(Batch(Signal.LOGS, [LogRecord(3, "c")], 50, 3))
+        await queue.put(QueuedBatch(Signal.LOGS, [LogRecord(3, "c")], 50, 3))
     queue._write_all = write_all
-    await queue.put(Batch(Signal.LOGS, [LogRecord(4, "d")], 50, 4))
+    await queue.put(QueuedBatch(Signal.LOGS, [LogRecord(4, "d")], 50, 4))
     await queue.close()
     reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.LOGS)
     await reopened.open()
@@ -240,7 +240,7 @@ async def test_delivered_segments_are_deleted_even_when_the_cursor_cannot_be_sav
 async def test_a_torn_write_that_cannot_be_cut_moves_to_a_new_segment(tmp_path, monkeypatch) -> None:
     queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.LOGS, cache_bytes=0)  # read back from the disk
     await queue.open()
-    await queue.put(Batch(Signal.LOGS, [LogRecord(1, "a")], 50, 1))
+    await queue.put(QueuedBatch(Signal.LOGS, [LogRecord(1, "a")], 50, 1))
     write_all = queue._write_all
 
     def half_then_eio(data: bytes) -> None:
@@ -253,10 +253,10 @@ async def test_a_torn_write_that_cannot_be_cut_moves_to_a_new_segment(tmp_path, 
     queue._write_all = half_then_eio
     monkeypatch.setattr(os, "ftruncate", no_truncate)
     with pytest.raises(OSError):
-        await queue.put(Batch(Signal.LOGS, [LogRecord(2, "b")], 50, 2))
+        await queue.put(QueuedBatch(Signal.LOGS, [LogRecord(2, "b")], 50, 2))
     monkeypatch.undo()
     queue._write_all = write_all
-    await queue.put(Batch(Signal.LOGS, [LogRecord(3, "c")], 50, 3))
+    await queue.put(QueuedBatch(Signal.LOGS, [LogRecord(3, "c")], 50, 3))
     bodies = []
     while queue.items:
         bodies += [r.body for r in (await asyncio.wait_for(queue.take(), 5)).items]

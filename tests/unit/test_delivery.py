@@ -345,7 +345,7 @@ async def test_a_lane_task_ended_by_an_exception_is_reported_not_silent(tmp_path
     runner = runner_for(ScriptedOutput(), tmp_path)
     lane = runner.lanes[Signal.METRICS]
 
-    async def escapes(batch, prepare):
+    async def escapes(batch):
         raise RuntimeError("escaped every guard")
 
     monkeypatch.setattr(lane, "_send", escapes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from agent.buffer import Batch, DiskQueue
+from agent.buffer import DiskQueue, QueuedBatch
 from agent.delivery import AckToken, item_size, item_sizes
 from agent.model import LogRecord, Sample, Signal, labels_from
 from tests.unit.test_delivery import ScriptedOutput, runner_for
@@ -52,7 +52,7 @@ async def test_disk_queue_hands_out_what_it_wrote_without_reading_it_back_and_re
     queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.LOGS)
     await queue.open()
     written = [
-        Batch(Signal.LOGS, [LogRecord(n * 10 + i, f"line {n}.{i}") for i in range(10)], 100, 1) for n in range(3)
+        QueuedBatch(Signal.LOGS, [LogRecord(n * 10 + i, f"line {n}.{i}") for i in range(10)], 100, 1) for n in range(3)
     ]
     for batch in written:
         await queue.put(batch)

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from agent.buffer import Batch, DiskQueue
+from agent.buffer import DiskQueue, QueuedBatch
 from agent.delivery import AckToken, item_size
 from agent.exposition import LatestSamples
 from agent.model import Sample, Signal, Span, signal_of
@@ -74,7 +74,7 @@ async def test_spans_survive_the_disk_buffer_and_a_restart(tmp_path) -> None:
     spans = spans_of(two_resources_request())
     queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.TRACES)
     await queue.open()
-    await queue.put(Batch(Signal.TRACES, spans, sum(map(item_size, spans)), 1))
+    await queue.put(QueuedBatch(Signal.TRACES, spans, sum(map(item_size, spans)), 1))
     await queue.close()
     reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.TRACES)
     await reopened.open()

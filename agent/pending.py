@@ -1,0 +1,153 @@
+"""What a lane gathered and has not sealed yet: the items, their sizes, and the sources waiting on them."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from agent.model import LogRecord, Sample, Span
+
+log = logging.getLogger("hostwatch.delivery")
+
+
+def item_size(item: Sample | LogRecord | Span) -> int:
+    """Approximate encoded size, cheap enough to compute per item."""
+    if type(item) is Span:
+        return 24 + len(item.span) + len(item.resource) + len(item.scope)
+    labels = item.labels
+    size = 24 + sum(len(k) + len(v) for k, v in labels) if labels else 24
+    if type(item) is Sample:
+        return size + len(item.name)
+    return size + len(item.body) + (sum(len(k) + len(v) for k, v in item.attributes) if item.attributes else 0)
+
+
+def item_sizes(items: Sequence[Any]) -> list[int]:
+    """``[item_size(i) for i in items]``, with little Python code per log record.
+
+    A file's lines share one label tuple: labels are sized once per run of records
+    that share it, so a record costs about one ``len`` of its body.
+    """
+    if not items or type(items[0]) is not LogRecord:
+        return list(map(item_size, items))
+    try:
+        sizes: list[int] = []
+        start = 0
+        for labels, run in itertools.groupby([r.labels for r in items]):
+            count = len(list(run))
+            base = 24 + sum(len(k) + len(v) for k, v in labels) if labels else 24
+            part = items[start : start + count] if count != len(items) else items
+            sizes += [base + len(r.body) for r in part]
+            start += count
+        if any([r.attributes for r in items]):
+            for i, record in enumerate(items):
+                if record.attributes:
+                    sizes[i] += sum(len(k) + len(v) for k, v in record.attributes)
+    except AttributeError:  # not all of them log records
+        return list(map(item_size, items))
+    return sizes
+
+
+class AckToken:
+    """Counts down the lanes that still have to take a source's records durably."""
+
+    __slots__ = ("callback", "remaining")
+
+    def __init__(self, remaining: int, callback: Callable[[], None]) -> None:
+        self.remaining = remaining
+        self.callback = callback
+
+    def done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            try:
+                self.callback()
+            except Exception:
+                log.exception("acknowledgement callback failed")
+
+
+class PendingItems:
+    """A lane's items not sealed into a batch yet, oldest first.
+
+    Each token is kept with a mark: the number of pending items up to and including
+    the ones it covers. A token is done once every item before its mark has left
+    (queued durably, delivered, or counted as dropped).
+    """
+
+    __slots__ = ("items", "nbytes", "since", "sizes", "tokens")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.sizes: list[int] = []  # item_size of each item, computed once
+        self.nbytes = 0
+        self.tokens: list[tuple[int, AckToken]] = []
+        self.since = 0.0  # when the oldest pending item arrived (monotonic)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def add(self, items: Sequence[Any], sizes: list[int], token: AckToken | None) -> None:
+        if not self.items:
+            self.since = time.monotonic()
+        self.items.extend(items)
+        self.sizes += sizes
+        self.nbytes += sum(sizes)
+        if token is not None:
+            self.tokens.append((len(self.items), token))
+
+    def full(self, max_items: int, max_bytes: int) -> bool:
+        return len(self.items) >= max_items or self.nbytes >= max_bytes
+
+    def shed(self, target_bytes: int) -> int:
+        """Drop the oldest items until at most ``target_bytes`` are left; how many went.
+
+        A token whose items all went stays, marked at 0: it is done with the next batch.
+        """
+        shed, freed = 0, 0
+        for size in self.sizes:
+            if self.nbytes - freed <= target_bytes:
+                break
+            shed += 1
+            freed += size
+        del self.items[:shed], self.sizes[:shed]
+        self.nbytes -= freed
+        self.tokens = [(max(0, end - shed), token) for end, token in self.tokens]
+        return shed
+
+    def cut(self, max_items: int, max_bytes: int) -> tuple[list[Any], int, list[AckToken]]:
+        """Take the oldest batch's worth: (items, their bytes, the tokens it releases).
+
+        At most ``max_items``; the byte bound cuts after the last item that still fits,
+        but a batch always takes at least one item.
+        """
+        sizes = self.sizes
+        count = min(len(sizes), max_items)
+        size = sum(sizes[:count])
+        if size > max_bytes and count > 1:
+            count = max(1, bisect.bisect_right(list(itertools.accumulate(sizes[:count])), max_bytes))
+            size = sum(sizes[:count])
+        items, self.items = self.items[:count], self.items[count:]
+        self.sizes = sizes[count:]
+        self.nbytes -= size
+        # the sources whose items are all in this batch or earlier ones are released with it
+        tokens = [token for end, token in self.tokens if end <= count]
+        self.tokens = [(end - count, token) for end, token in self.tokens if end > count]
+        self.since = time.monotonic()
+        return items, size, tokens
+
+    def put_back(self, items: list[Any], nbytes: int, tokens: list[AckToken]) -> None:
+        """Return a cut batch that could not be queued, in front of what is pending."""
+        self.items[:0] = items
+        self.sizes[:0] = item_sizes(items)
+        self.nbytes += nbytes
+        count = len(items)  # token marks index into the items: everything after moves back
+        self.tokens = [(count, t) for t in tokens] + [(end + count, t) for end, t in self.tokens]
+
+    def clear(self) -> None:
+        self.items, self.sizes, self.nbytes, self.tokens = [], [], 0, []
