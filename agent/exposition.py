@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from agent.model import Labels, Sample, same_series
 
@@ -149,10 +148,6 @@ class LatestSamples:
         return "\n".join(lines)
 
 
-# prometheus_client's OpenMetrics types as the 0.0.4 text format names them
-_TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
-
-
 def go_float(value: float) -> str:
     """A value as Go's Prometheus client (and prometheus_client) writes it: ``1e+06``, ``+Inf``."""
     if value != value:
@@ -165,78 +160,3 @@ def go_float(value: float) -> str:
         mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+0{dot - 1}"
     return text
-
-
-class RegistryPage:
-    """The agent's own metrics (a prometheus_client registry) as text, like ``generate_latest``.
-
-    The same page, byte for byte, at a fraction of the CPU: the HELP and TYPE
-    lines and each series' name-and-labels text are built once and cached, only
-    the values are formatted on each scrape. The metric names are the agent's
-    own (``hostwatch_*``, ``process_*``), all valid classic names.
-    """
-
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
-        self._heads: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
-        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-
-    def render(self) -> bytes:
-        out: list[str] = []
-        append = out.append
-        heads, prefixes = self._heads, self._prefixes
-        if len(prefixes) > 10_000:  # label values that come and go (instances removed by reloads)
-            prefixes.clear()
-        for metric in self.registry.collect():
-            key = (metric.name, metric.type, metric.documentation)
-            head = heads.get(key)
-            if head is None:
-                head = heads[key] = _family_head(metric)
-            append(head[0])
-            apart = head[1]
-            extra: dict[str, list[str]] = {}
-            for s in metric.samples:
-                labels = s.labels
-                pkey = (s.name, tuple(labels.items()) if labels else ())
-                prefix = prefixes.get(pkey)
-                if prefix is None:
-                    prefix = prefixes[pkey] = _registry_prefix(s.name, labels)
-                line = f"{prefix}{go_float(float(s.value))}\n"
-                if s.timestamp is not None:
-                    line = f"{line[:-1]} {int(float(s.timestamp) * 1000):d}\n"
-                if s.name in apart:  # OpenMetrics-only samples go in a gauge of their own, after
-                    extra.setdefault(s.name, []).append(line)
-                else:
-                    append(line)
-            for name, lines in sorted(extra.items()):
-                append(apart[name])
-                out.extend(lines)
-        return "".join(out).encode()
-
-
-def _family_head(metric: Any) -> tuple[str, dict[str, str]]:
-    """The HELP and TYPE lines, and those of the OpenMetrics-only samples' gauges by sample name."""
-    name, kind = metric.name, metric.type
-    if kind == "counter":
-        name += "_total"
-    elif kind == "info":
-        name += "_info"
-    kind = _TEXT_TYPES.get(kind, kind)
-    doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-    apart = {
-        metric.name + suffix: f"# HELP {metric.name + suffix} {doc}\n# TYPE {metric.name + suffix} gauge\n"
-        for suffix in ("_created", "_gcount", "_gsum")
-    }
-    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n", apart
-
-
-def _registry_prefix(name: str, labels: dict[str, str]) -> str:
-    if not labels:
-        return name + " "
-    inner = ",".join(f'{k}="{_escape_client(v)}"' for k, v in sorted(labels.items()))
-    return f"{name}{{{inner}}} "
-
-
-def _escape_client(value: str) -> str:
-    # prometheus_client escapes backslash, newline and quote in label values
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
