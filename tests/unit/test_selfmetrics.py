@@ -229,3 +229,29 @@ def test_every_declared_metric_is_in_the_readme_and_counted_somewhere() -> None:
         uses = sources.replace(f"self.{attr} = add(", "")
         if attr != "registry" and f".{attr}" not in uses and f'"{attr}"' not in uses:
             pytest.fail(f"{metric.name} is declared as telemetry.{attr} and never used")
+
+
+def test_journal_entries_with_invalid_utf8_are_counted_with_the_log_lines(tmp_path) -> None:
+    """journald counts on telemetry.log_lines_invalid_encoding, which the logs plugin declares:
+    without a logs instance the attribute was missing and the entries' conversion raised."""
+    from agent.config import convert
+    from collectors.journald.export import ExportParser
+    from collectors.journald.journald import JournaldCollector
+    from tests.support import collector_context
+
+    export = (ROOT / "tests/fixtures/journald/export.bin").read_bytes()  # one entry has invalid UTF-8
+    telemetry = Telemetry()
+    collector = JournaldCollector(
+        convert({}, JournaldCollector.Config), collector_context(tmp_path, telemetry=telemetry)
+    )
+    records, _, _ = collector._convert(ExportParser(), export, "")
+    assert len(records) == 4
+    assert telemetry.registry.get_sample_value("hostwatch_log_lines_invalid_encoding_total") == 1
+    # a logs instance declaring it too gets the same counter, not a refusal
+    assert (
+        telemetry.counter(
+            "hostwatch_log_lines_invalid_encoding",
+            "Log lines with bytes invalid in their encoding, replaced by U+FFFD.",
+        )
+        is telemetry.log_lines_invalid_encoding
+    )
