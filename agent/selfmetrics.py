@@ -151,9 +151,9 @@ class Metric:
             if values or set(named) != set(self.labelnames):
                 raise ValueError(f"{self.name}: labels are {self.labelnames}")
             values = tuple(named[n] for n in self.labelnames)
-        key = tuple(str(v) for v in values)
-        series = self._series.get(key)
-        if series is None:
+        series = self._series.get(values)  # label values are strings nearly always: no conversion
+        if series is None or not values:
+            key = tuple(str(v) for v in values)
             if not self.labelnames or len(key) != len(self.labelnames):
                 raise ValueError(f"{self.name}: {len(self.labelnames)} label value(s) expected, got {len(key)}")
             with self._lock:
@@ -281,6 +281,7 @@ class ProcessMetrics:
 
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
+        self._stat = f"{proc}/self/stat"
         self._heads = [_head(name, kind, doc) for name, kind, doc in self._FIXED]
         self._ticks = float(os.sysconf("SC_CLK_TCK"))
         self._pagesize = resource.getpagesize()
@@ -300,9 +301,12 @@ class ProcessMetrics:
         """The six values in order; fewer when /proc cannot be read (none, or the first four)."""
         if not self._btime:
             return []
-        try:
-            with open(f"{self._proc}/self/stat", "rb") as stat:
-                parts = stat.read().split(b")")[-1].split()
+        try:  # os.open, not open(): no fstat and isatty calls for a file read whole at once
+            fd = os.open(self._stat, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                parts = os.read(fd, 8192).split(b")")[-1].split()
+            finally:
+                os.close(fd)
         except OSError:
             return []
         ticks = self._ticks

@@ -13,7 +13,9 @@
 * Start to ``/ready``.
 
 Environment: BENCH_SECONDS (default 60), BENCH_RUNS (default 3); BENCH_INTERVALS (default
-"10,1") and BENCH_SKIP_CYCLE=1 (footprint only) for quicker looks.
+"10,1") and BENCH_SKIP_CYCLE=1 (footprint only) for quicker looks. BENCH_BASELINE_REV (a git
+revision, e.g. ``main``) adds a fourth process, hostwatch as that revision has it (``git
+archive``), to the footprint runs: a before/after in the same conditions.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 from tests.support import free_port, hostwatch_command
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
+BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "")
+BASELINE_NAME = f"hostwatch at {BASELINE_REV}"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 
 # hostwatch plugin -> the node_exporter collectors it stands for. A tuple: the whole plugin;
@@ -52,6 +56,9 @@ NODE_EXPORTER_OF = {
     ),
     "hardware": lambda config: _switched_on(
         config, ("hwmon", "thermal_zone", "cpufreq", "powersupplyclass", "edac", "rapl", "dmi", "nvme")
+    ),
+    "storage": lambda config: _switched_on(
+        config, ("mdadm", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tapestats", "selinux")
     ),
     "system": lambda config: [name for name in config.collectors if name not in config.exclude],
 }
@@ -127,11 +134,12 @@ def wait_ready(url: str, timeout: float = 10.0) -> float:
     raise RuntimeError(f"{url} not ready")
 
 
-def start_agent(interval: str, tmp: Path) -> tuple[subprocess.Popen, str]:
-    """``hostwatch run`` on the embedded default, with only the interval, port and state_dir changed."""
+def start_agent(interval: str, tmp: Path, tree: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``hostwatch run`` on the embedded default, with only the interval, port and state_dir changed;
+    ``tree``: the agent of another source tree (its embedded default too)."""
     port = free_port()
     config = tmp / f"bench-{port}.toml"
-    text = embedded_default()[0]
+    text = embedded_default()[0] if tree is None else _embedded_default_of(tree)
     for pattern, value in (
         (r'(?m)^interval = "10s"$', f'interval = "{interval}"\nstate_dir = "{tmp}"'),
         (r'(?m)^listen = "[^"]*"$', f'listen = "127.0.0.1:{port}"'),
@@ -140,8 +148,32 @@ def start_agent(interval: str, tmp: Path) -> tuple[subprocess.Popen, str]:
         if found != 1:
             raise SystemExit(f"bench_agent: the embedded default no longer has {pattern!r}")
     config.write_text(text)
-    proc = subprocess.Popen([*hostwatch_command(), "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+    command, env = hostwatch_command(), None
+    if tree is not None:
+        command = [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.Popen([*command, "run", "--config", str(config)], stderr=subprocess.DEVNULL, env=env, cwd=tree)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def _embedded_default_of(tree: Path) -> str:
+    code = "from agent.config import EMBEDDED_DEFAULT; print(EMBEDDED_DEFAULT, end='')"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True).stdout
+
+
+def export_tree(revision: str, into: Path) -> Path:
+    """A revision's files (``git archive``), to run its agent beside this one."""
+    import tarfile
+
+    root = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(["git", "archive", revision], cwd=root, capture_output=True, check=True).stdout
+    with tempfile.TemporaryFile() as f:
+        f.write(archive)
+        f.seek(0)
+        with tarfile.open(fileobj=f) as tar:
+            tar.extractall(into, filter="data")
+    return into
 
 
 def start_node_exporter(collectors: list[str] | None) -> tuple[subprocess.Popen, str]:
@@ -156,7 +188,7 @@ def start_node_exporter(collectors: list[str] | None) -> tuple[subprocess.Popen,
     return subprocess.Popen(args, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"
 
 
-def footprint(interval: float, matching: list[str]) -> dict[str, tuple[float, float]]:
+def footprint(interval: float, matching: list[str], baseline: Path | None = None) -> dict[str, tuple[float, float]]:
     """CPU seconds over SECONDS and peak RSS, each process scraped every ``interval``."""
     with tempfile.TemporaryDirectory() as tmp:
         procs = {
@@ -164,6 +196,9 @@ def footprint(interval: float, matching: list[str]) -> dict[str, tuple[float, fl
             "node_exporter (matching collectors)": start_node_exporter(matching),
             "node_exporter (defaults)": start_node_exporter(None),
         }
+        if baseline is not None:
+            (Path(tmp) / "baseline").mkdir()
+            procs[BASELINE_NAME] = start_agent(f"{interval}s", Path(tmp) / "baseline", tree=baseline)
         try:
             for _proc, url in procs.values():
                 wait_ready(url + "/metrics")
@@ -292,8 +327,14 @@ def main() -> None:
             f"bare read+split of their files: {bare * 1e3:.3f} ms; ratio {engine / bare:.2f} (target <= 1.3)"
         )
         print(f"start to /ready (process spawn included): {start_to_ready():.3f}s (target <= 0.5 s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = export_tree(BASELINE_REV, Path(tmp)) if BASELINE_REV else None
+        report_footprints(matching, baseline)
+
+
+def report_footprints(matching: list[str], baseline: Path | None) -> None:
     for interval in (float(i) for i in os.environ.get("BENCH_INTERVALS", "10,1").split(",")):
-        runs = [footprint(interval, matching) for _ in range(RUNS)]
+        runs = [footprint(interval, matching, baseline) for _ in range(RUNS)]
         print(
             f"\ninterval {interval:g}s, all three scraped every {interval:g}s, {SECONDS:.0f}s; load {load_average()}:"
         )
@@ -311,6 +352,11 @@ def main() -> None:
         ):
             ratio = ours / medians[name] if medians[name] else float("inf")
             print(f"  hostwatch / {name}: {ratio:.2f}{target}")
+            if baseline is not None:
+                before = medians[BASELINE_NAME] / medians[name] if medians[name] else float("inf")
+                print(f"  {BASELINE_NAME} / {name}: {before:.2f}")
+        if baseline is not None:
+            print(f"  hostwatch / {BASELINE_NAME}: {ours / medians[BASELINE_NAME]:.2f}")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,16 @@ def test_the_metrics_page_is_the_same_whether_laid_out_anew_or_reused() -> None:
     assert "+Inf" in render_samples(run([math.inf, 0.0])) and "NaN" in render_samples(run([math.nan, 0.0]))
     latest.forget("network")
     assert latest.page().decode() == render_samples(latest.samples())
+
+
+def test_the_compiled_page_takes_percent_signs_single_series_and_ints() -> None:
+    """The page is rendered from one %-template: label values with % in them, a lone series and
+    int values must come out as the per-series rendering has them."""
+    latest = LatestSamples()
+    assert latest.page() == b""
+    latest.replace("a", [Sample("node_x", 1.5, "gauge", (("path", "/srv/100%s %r %%d"),), 1)])
+    assert latest.page().decode() == render_samples(latest.samples())
+    latest.replace("b", [Sample("node_y", 3, "counter", (), 1), Sample("node_x", 2.0, "gauge", (), 1)])
+    latest.replace("a", [Sample("node_x", -0.0, "gauge", (("path", "/srv/100%s %r %%d"),), 1)])  # layout kept
+    assert latest.page().decode() == render_samples(latest.samples())
+    assert "/srv/100%s %r %%d" in latest.page().decode()

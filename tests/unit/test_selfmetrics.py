@@ -165,6 +165,8 @@ def test_misuse_is_refused_with_the_metrics_name() -> None:
         counter.inc()  # a labelled family has no series of its own
     with pytest.raises(ValueError, match="hostwatch_test_x"):
         counter.labels("a", "b")
+    with pytest.raises(ValueError, match="hostwatch_test_z"):
+        Gauge("hostwatch_test_z", "z").labels()  # nor a family without labels any by name
     with pytest.raises(ValueError, match="only go up"):
         counter.labels("a").inc(-1)
     telemetry = Telemetry()
