@@ -111,6 +111,14 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def main_thread_seconds(pid: int) -> float:
+    """CPU time of the main thread alone: hostwatch's event loop (the rest are its worker threads)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -188,8 +196,11 @@ def start_node_exporter(collectors: list[str] | None) -> tuple[subprocess.Popen,
     return subprocess.Popen(args, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"
 
 
-def footprint(interval: float, matching: list[str], baseline: Path | None = None) -> dict[str, tuple[float, float]]:
-    """CPU seconds over SECONDS and peak RSS, each process scraped every ``interval``."""
+def footprint(
+    interval: float, matching: list[str], baseline: Path | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """CPU seconds over SECONDS, peak RSS and the main thread's CPU seconds, each process scraped
+    every ``interval``."""
     with tempfile.TemporaryDirectory() as tmp:
         procs = {
             "hostwatch": start_agent(f"{interval}s", Path(tmp)),
@@ -204,6 +215,7 @@ def footprint(interval: float, matching: list[str], baseline: Path | None = None
                 wait_ready(url + "/metrics")
             time.sleep(2)  # past start-up and the first collection
             before = {name: cpu_seconds(p.pid) for name, (p, _) in procs.items()}
+            loop_before = {name: main_thread_seconds(p.pid) for name, (p, _) in procs.items()}
             deadline = time.monotonic() + SECONDS
             next_scrape = time.monotonic()
             while time.monotonic() < deadline:
@@ -211,7 +223,14 @@ def footprint(interval: float, matching: list[str], baseline: Path | None = None
                     fetch(url + "/metrics")
                 next_scrape += interval
                 time.sleep(max(0.0, next_scrape - time.monotonic()))
-            return {name: (cpu_seconds(p.pid) - before[name], peak_rss_mib(p.pid)) for name, (p, _) in procs.items()}
+            return {
+                name: (
+                    cpu_seconds(p.pid) - before[name],
+                    peak_rss_mib(p.pid),
+                    main_thread_seconds(p.pid) - loop_before[name],
+                )
+                for name, (p, _) in procs.items()
+            }
         finally:
             for proc, _ in procs.values():
                 proc.terminate()
@@ -335,9 +354,7 @@ def main() -> None:
 def report_footprints(matching: list[str], baseline: Path | None) -> None:
     for interval in (float(i) for i in os.environ.get("BENCH_INTERVALS", "10,1").split(",")):
         runs = [footprint(interval, matching, baseline) for _ in range(RUNS)]
-        print(
-            f"\ninterval {interval:g}s, all three scraped every {interval:g}s, {SECONDS:.0f}s; load {load_average()}:"
-        )
+        print(f"\ninterval {interval:g}s, each scraped every {interval:g}s, {SECONDS:.0f}s; load {load_average()}:")
         medians = {}
         for name in runs[0]:
             cpu = statistics.median(r[name][0] for r in runs)
@@ -345,6 +362,9 @@ def report_footprints(matching: list[str], baseline: Path | None) -> None:
             medians[name] = cpu
             spread = " ".join(f"{r[name][0]:.3f}" for r in runs)
             print(f"  {name:<38} CPU {cpu:7.4f} s ({spread})   peak RSS {rss:6.1f} MiB")
+            if name.startswith("hostwatch"):
+                loop = statistics.median(r[name][2] for r in runs)
+                print(f"  {'':<38} of which the event loop {loop * 1e3 / SECONDS:.2f} ms per second")
         ours = medians["hostwatch"]
         for name, target in (
             ("node_exporter (matching collectors)", " (target <= 0.5)"),
