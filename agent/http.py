@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agent.config import values as config_values
-from agent.exposition import RegistryPage
 from agent.status_assets import STATIC, PageAssets
 
 if TYPE_CHECKING:
@@ -131,7 +130,6 @@ class HttpServer:
         self._connections: dict[asyncio.Task, float] = {}
         self._logged: set[str] = set()
         self._assets: PageAssets | None = None
-        self._own_page: RegistryPage | None = None  # the agent's own metrics, as generate_latest writes them
         self.routes: dict[str, Callable[[], Awaitable[Response]]] = {
             "/health": self.live,
             "/live": self.live,
@@ -302,9 +300,11 @@ class HttpServer:
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{headers}"
             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
         ).encode("latin-1")
-        writer.write(head)
-        if not head_only:
-            writer.write(body)  # not head + body: a /metrics page is copied once less
+        if head_only:
+            writer.write(head)
+        else:
+            # one send for head and page: a system call costs more than copying the page
+            writer.writelines((head, body))
         await writer.drain()
 
     # ------------------------------------------------------------ endpoints
@@ -323,13 +323,10 @@ class HttpServer:
         return 200, JSON, json.dumps(self.agent.detailed(), indent=2).encode()
 
     async def metrics(self) -> Response:
+        # all on the loop: the own metrics re-format only what changed since the last scrape and
+        # the process metrics read /proc/self (kernel memory), cheaper than a hop to a thread
         self.agent.pipeline.refresh_gauges()
-        registry = self.agent.telemetry.registry
-        if self._own_page is None or self._own_page.registry is not registry:
-            self._own_page = RegistryPage(registry)
-        # the process collector reads /proc/self: keep even that off the loop
-        own = await asyncio.to_thread(self._own_page.render)
-        return 200, PROMETHEUS_TEXT, own + self.agent.latest.page()
+        return 200, PROMETHEUS_TEXT, b"".join((self.agent.telemetry.page(), self.agent.latest.page()))
 
     # ------------------------------------------------------------ status page (built on request only)
 

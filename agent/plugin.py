@@ -59,6 +59,9 @@ from agent.config.values import Size as Size
 from agent.config.values import check_url as check_url
 from agent.config.values import http_headers as http_headers
 from agent.config.values import readable_file as readable_file
+
+if TYPE_CHECKING:  # only for the annotations: at run time the module stays a leaf
+    from agent.telemetry import Telemetry
 from agent.model import Labels, LogRecord, Sample, Signal, Span
 
 if TYPE_CHECKING:
@@ -201,8 +204,8 @@ class CollectorContext:
     run_blocking: Callable[..., Awaitable[Any]]
     """``await run_blocking(fn, *args)`` runs ``fn`` on this instance's worker thread."""
     redactor: Redactor | None = None
-    telemetry: Any = None
-    """The agent's self-metrics (``agent.telemetry.Telemetry``); None in unit tests."""
+    telemetry: Telemetry | None = None
+    """The agent's self-metrics, typed and declared (``agent.telemetry``); None in unit tests."""
     static_labels: Labels = ()
     """The instance's ``labels``: the engine adds them to samples, log collectors
     put them on their streams."""
@@ -405,7 +408,7 @@ class OutputContext:
     its page likewise). An item's own label of the same name wins."""
     version: str = "0"
     machine_id: str = ""
-    telemetry: Any = None
+    telemetry: Telemetry | None = None
     secrets: tuple[str, ...] = field(default=())
     """Values read from secret files, for the engine to mask in logs."""
 

@@ -13,7 +13,9 @@
 * Start to ``/ready``.
 
 Environment: BENCH_SECONDS (default 60), BENCH_RUNS (default 3); BENCH_INTERVALS (default
-"10,1") and BENCH_SKIP_CYCLE=1 (footprint only) for quicker looks.
+"10,1") and BENCH_SKIP_CYCLE=1 (footprint only) for quicker looks. BENCH_BASELINE_REV (a git
+revision, e.g. ``main``) adds a fourth process, hostwatch as that revision has it (``git
+archive``), to the footprint runs: a before/after in the same conditions.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 from tests.support import free_port, hostwatch_command
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
+BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "")
+BASELINE_NAME = f"hostwatch at {BASELINE_REV}"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 
 # hostwatch plugin -> the node_exporter collectors it stands for. A tuple: the whole plugin;
@@ -52,6 +56,9 @@ NODE_EXPORTER_OF = {
     ),
     "hardware": lambda config: _switched_on(
         config, ("hwmon", "thermal_zone", "cpufreq", "powersupplyclass", "edac", "rapl", "dmi", "nvme")
+    ),
+    "storage": lambda config: _switched_on(
+        config, ("mdadm", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tapestats", "selinux")
     ),
     "system": lambda config: [name for name in config.collectors if name not in config.exclude],
 }
@@ -104,6 +111,14 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def main_thread_seconds(pid: int) -> float:
+    """CPU time of the main thread alone: hostwatch's event loop (the rest are its worker threads)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -127,11 +142,12 @@ def wait_ready(url: str, timeout: float = 10.0) -> float:
     raise RuntimeError(f"{url} not ready")
 
 
-def start_agent(interval: str, tmp: Path) -> tuple[subprocess.Popen, str]:
-    """``hostwatch run`` on the embedded default, with only the interval, port and state_dir changed."""
+def start_agent(interval: str, tmp: Path, tree: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``hostwatch run`` on the embedded default, with only the interval, port and state_dir changed;
+    ``tree``: the agent of another source tree (its embedded default too)."""
     port = free_port()
     config = tmp / f"bench-{port}.toml"
-    text = embedded_default()[0]
+    text = embedded_default()[0] if tree is None else _embedded_default_of(tree)
     for pattern, value in (
         (r'(?m)^interval = "10s"$', f'interval = "{interval}"\nstate_dir = "{tmp}"'),
         (r'(?m)^listen = "[^"]*"$', f'listen = "127.0.0.1:{port}"'),
@@ -140,8 +156,32 @@ def start_agent(interval: str, tmp: Path) -> tuple[subprocess.Popen, str]:
         if found != 1:
             raise SystemExit(f"bench_agent: the embedded default no longer has {pattern!r}")
     config.write_text(text)
-    proc = subprocess.Popen([*hostwatch_command(), "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+    command, env = hostwatch_command(), None
+    if tree is not None:
+        command = [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.Popen([*command, "run", "--config", str(config)], stderr=subprocess.DEVNULL, env=env, cwd=tree)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def _embedded_default_of(tree: Path) -> str:
+    code = "from agent.config import EMBEDDED_DEFAULT; print(EMBEDDED_DEFAULT, end='')"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True).stdout
+
+
+def export_tree(revision: str, into: Path) -> Path:
+    """A revision's files (``git archive``), to run its agent beside this one."""
+    import tarfile
+
+    root = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(["git", "archive", revision], cwd=root, capture_output=True, check=True).stdout
+    with tempfile.TemporaryFile() as f:
+        f.write(archive)
+        f.seek(0)
+        with tarfile.open(fileobj=f) as tar:
+            tar.extractall(into, filter="data")
+    return into
 
 
 def start_node_exporter(collectors: list[str] | None) -> tuple[subprocess.Popen, str]:
@@ -156,19 +196,26 @@ def start_node_exporter(collectors: list[str] | None) -> tuple[subprocess.Popen,
     return subprocess.Popen(args, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"
 
 
-def footprint(interval: float, matching: list[str]) -> dict[str, tuple[float, float]]:
-    """CPU seconds over SECONDS and peak RSS, each process scraped every ``interval``."""
+def footprint(
+    interval: float, matching: list[str], baseline: Path | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """CPU seconds over SECONDS, peak RSS and the main thread's CPU seconds, each process scraped
+    every ``interval``."""
     with tempfile.TemporaryDirectory() as tmp:
         procs = {
             "hostwatch": start_agent(f"{interval}s", Path(tmp)),
             "node_exporter (matching collectors)": start_node_exporter(matching),
             "node_exporter (defaults)": start_node_exporter(None),
         }
+        if baseline is not None:
+            (Path(tmp) / "baseline").mkdir()
+            procs[BASELINE_NAME] = start_agent(f"{interval}s", Path(tmp) / "baseline", tree=baseline)
         try:
             for _proc, url in procs.values():
                 wait_ready(url + "/metrics")
             time.sleep(2)  # past start-up and the first collection
             before = {name: cpu_seconds(p.pid) for name, (p, _) in procs.items()}
+            loop_before = {name: main_thread_seconds(p.pid) for name, (p, _) in procs.items()}
             deadline = time.monotonic() + SECONDS
             next_scrape = time.monotonic()
             while time.monotonic() < deadline:
@@ -176,7 +223,14 @@ def footprint(interval: float, matching: list[str]) -> dict[str, tuple[float, fl
                     fetch(url + "/metrics")
                 next_scrape += interval
                 time.sleep(max(0.0, next_scrape - time.monotonic()))
-            return {name: (cpu_seconds(p.pid) - before[name], peak_rss_mib(p.pid)) for name, (p, _) in procs.items()}
+            return {
+                name: (
+                    cpu_seconds(p.pid) - before[name],
+                    peak_rss_mib(p.pid),
+                    main_thread_seconds(p.pid) - loop_before[name],
+                )
+                for name, (p, _) in procs.items()
+            }
         finally:
             for proc, _ in procs.values():
                 proc.terminate()
@@ -292,11 +346,15 @@ def main() -> None:
             f"bare read+split of their files: {bare * 1e3:.3f} ms; ratio {engine / bare:.2f} (target <= 1.3)"
         )
         print(f"start to /ready (process spawn included): {start_to_ready():.3f}s (target <= 0.5 s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = export_tree(BASELINE_REV, Path(tmp)) if BASELINE_REV else None
+        report_footprints(matching, baseline)
+
+
+def report_footprints(matching: list[str], baseline: Path | None) -> None:
     for interval in (float(i) for i in os.environ.get("BENCH_INTERVALS", "10,1").split(",")):
-        runs = [footprint(interval, matching) for _ in range(RUNS)]
-        print(
-            f"\ninterval {interval:g}s, all three scraped every {interval:g}s, {SECONDS:.0f}s; load {load_average()}:"
-        )
+        runs = [footprint(interval, matching, baseline) for _ in range(RUNS)]
+        print(f"\ninterval {interval:g}s, each scraped every {interval:g}s, {SECONDS:.0f}s; load {load_average()}:")
         medians = {}
         for name in runs[0]:
             cpu = statistics.median(r[name][0] for r in runs)
@@ -304,6 +362,9 @@ def main() -> None:
             medians[name] = cpu
             spread = " ".join(f"{r[name][0]:.3f}" for r in runs)
             print(f"  {name:<38} CPU {cpu:7.4f} s ({spread})   peak RSS {rss:6.1f} MiB")
+            if name.startswith("hostwatch"):
+                loop = statistics.median(r[name][2] for r in runs)
+                print(f"  {'':<38} of which the event loop {loop * 1e3 / SECONDS:.2f} ms per second")
         ours = medians["hostwatch"]
         for name, target in (
             ("node_exporter (matching collectors)", " (target <= 0.5)"),
@@ -311,6 +372,11 @@ def main() -> None:
         ):
             ratio = ours / medians[name] if medians[name] else float("inf")
             print(f"  hostwatch / {name}: {ratio:.2f}{target}")
+            if baseline is not None:
+                before = medians[BASELINE_NAME] / medians[name] if medians[name] else float("inf")
+                print(f"  {BASELINE_NAME} / {name}: {before:.2f}")
+        if baseline is not None:
+            print(f"  hostwatch / {BASELINE_NAME}: {ours / medians[BASELINE_NAME]:.2f}")
 
 
 if __name__ == "__main__":

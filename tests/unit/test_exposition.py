@@ -1,36 +1,13 @@
-"""/metrics text: the agent's own metrics rendered from cache, byte for byte as prometheus_client does."""
+"""/metrics text: the host samples' page kept between renders, and values written as Go writes them.
+
+The agent's own metrics are tested in test_selfmetrics.py."""
 
 from __future__ import annotations
 
 import math
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary, generate_latest
-
-from agent.exposition import LatestSamples, RegistryPage, go_float, render_samples
+from agent.exposition import LatestSamples, go_float, render_samples
 from agent.model import Sample
-from agent.telemetry import Telemetry
-
-
-def test_the_agents_own_page_is_generate_latests_page_byte_for_byte() -> None:
-    telemetry = Telemetry()
-    registry = telemetry.registry
-    page = RegistryPage(registry)
-    odd = Gauge("hostwatch_test_odd", "help with a \\ backslash\nand a newline", ["name"], registry=registry)
-    Counter("hostwatch_test_events", "events", registry=registry).inc(3)
-    Histogram("hostwatch_test_seconds", "latency", ["op"], registry=registry).labels("get").observe(0.2)
-    Info("hostwatch_test_build", "build", registry=registry).info({"commit": "abc"})
-    Summary("hostwatch_test_sizes", "sizes", registry=registry).observe(12)
-    for run in range(3):  # the cache must follow values, new series and new label values
-        for value in (0.0, 1.5, 1e6, 123456789.0, -2e7, math.inf, -math.inf, math.nan, 1e-9):
-            odd.labels(f'v"{value}\\\n{run}').set(value)
-        telemetry.collector_runs.labels(f"c{run}").inc()
-        telemetry.collector_duration.labels(f"c{run}").observe(0.01 * run)
-        assert steady(page.render()) == steady(generate_latest(registry))
-
-
-def steady(page: bytes) -> list[bytes]:
-    """The page less the process collector's values, which move between two reads (CPU time)."""
-    return [line for line in page.split(b"\n") if not line.startswith(b"process_")]
 
 
 def test_values_are_written_as_go_writes_them() -> None:
@@ -44,10 +21,6 @@ def test_values_are_written_as_go_writes_them() -> None:
         "1e+21",
     ]
     assert go_float(math.nan) == "NaN"
-
-
-def test_an_empty_registry_renders_nothing() -> None:
-    assert RegistryPage(CollectorRegistry()).render() == generate_latest(CollectorRegistry()) == b""
 
 
 def run(values: list[float], devices: tuple[str, ...] = ("eth0", "eth1"), t: int = 1) -> list[Sample]:
@@ -82,3 +55,16 @@ def test_the_metrics_page_is_the_same_whether_laid_out_anew_or_reused() -> None:
     assert "+Inf" in render_samples(run([math.inf, 0.0])) and "NaN" in render_samples(run([math.nan, 0.0]))
     latest.forget("network")
     assert latest.page().decode() == render_samples(latest.samples())
+
+
+def test_the_compiled_page_takes_percent_signs_single_series_and_ints() -> None:
+    """The page is rendered from one %-template: label values with % in them, a lone series and
+    int values must come out as the per-series rendering has them."""
+    latest = LatestSamples()
+    assert latest.page() == b""
+    latest.replace("a", [Sample("node_x", 1.5, "gauge", (("path", "/srv/100%s %r %%d"),), 1)])
+    assert latest.page().decode() == render_samples(latest.samples())
+    latest.replace("b", [Sample("node_y", 3, "counter", (), 1), Sample("node_x", 2.0, "gauge", (), 1)])
+    latest.replace("a", [Sample("node_x", -0.0, "gauge", (("path", "/srv/100%s %r %%d"),), 1)])  # layout kept
+    assert latest.page().decode() == render_samples(latest.samples())
+    assert "/srv/100%s %r %%d" in latest.page().decode()
