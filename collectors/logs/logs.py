@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -33,7 +33,7 @@ from collectors.logs.checkpoint import Ledger, Mark, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
 from collectors.logs.multiline import check_pattern
 from collectors.logs.stats import LogMetrics, LogStats
-from collectors.logs.tailer import StepResult, Tailer
+from collectors.logs.tailer import Redact, StepResult, Tailer
 
 ROUND_GAP = 0.25
 """Seconds at most from the start of one round to the next at low rates (none when a round ran out of
@@ -41,6 +41,11 @@ budget)."""
 ROUND_LINES = 250
 """At higher rates rounds come sooner, about this many lines each: the lines of one round are
 acknowledged together, and a crash sends the unacknowledged ones again."""
+SAVE_INTERVAL = 1.0
+"""Seconds at least between two checkpoint writes, unless ``SAVE_LINES`` lines were acknowledged since
+the last one: at low rates one write a second, at higher rates about one per round, so a crash sends
+again at most about a round's lines more than the batches in flight."""
+SAVE_LINES = ROUND_LINES
 
 
 def round_gap(lines: int, seconds: float) -> float:
@@ -151,6 +156,7 @@ class LogsCollector(StreamingCollector):
         self._ledger: Ledger | None = None
         self._store = Store(context.state_dir)
         self._save_wanted = asyncio.Event()
+        self._unsaved_lines = 0  # acknowledged since the last checkpoint write
         self._late_lock = threading.Lock()  # acknowledgements after run() ended: saved on a thread
         self._late: list[Any] | None = None
         self._late_writing = False
@@ -284,7 +290,7 @@ class LogsCollector(StreamingCollector):
             marks = result.sent
             for key, mark in marks.items():
                 ledger.sent(key, mark.offset)
-            await emit.logs(result.records, on_durable=functools.partial(self._acked, marks))
+            await emit.logs(result.records, on_durable=functools.partial(self._acked, marks, len(result.records)))
         for key, mark in result.skipped.items():
             ledger.skipped(key, mark)
         now = time.monotonic()
@@ -295,13 +301,14 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _acked(self, marks: dict[str, Mark]) -> None:
+    def _acked(self, marks: dict[str, Mark], lines: int) -> None:
         """on_durable: every log output has these records; the checkpoint may move past them."""
         ledger = self._ledger
         if ledger is None:
             return
         ledger.acked(marks)
         if not self._stopped:
+            self._unsaved_lines += lines
             self._save_wanted.set()
             return
         # after run() ended, outputs still drain: save soon, the process may exit soon; on a thread of
@@ -326,15 +333,25 @@ class LogsCollector(StreamingCollector):
                 self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
 
     async def _saver(self) -> None:
-        """Writes the checkpoint file after every change, one write at a time."""
+        """Writes the checkpoint file after changes, one write at a time: at most one per
+        ``SAVE_INTERVAL``, sooner once ``SAVE_LINES`` lines were acknowledged since the last."""
+        wanted = self._save_wanted
+        last = -SAVE_INTERVAL
         while True:
-            await self._save_wanted.wait()
-            self._save_wanted.clear()
+            await wanted.wait()
+            wanted.clear()
+            while (wait := last + SAVE_INTERVAL - time.monotonic()) > 0 and self._unsaved_lines < SAVE_LINES:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await wanted.wait()
+                wanted.clear()
             ledger = self._ledger
             if ledger is None:
                 continue
+            self._unsaved_lines = 0
+            last = time.monotonic()
             try:
-                await self.context.run_blocking(self._store.save, ledger.snapshot(time.monotonic()))
+                await self.context.run_blocking(self._store.save, ledger.encoded(last))
             except OSError as exc:
                 self.stats.file_errors["checkpoint"] += 1
                 if self._emit is not None:
@@ -358,18 +375,18 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ helpers
 
-    def _redactor(self) -> Callable[[list[str], str], list[str]] | None:
+    def _redactor(self) -> Redact | None:
         redactor = self.context.redactor
         if redactor is None:
             return None
         streams = getattr(redactor, "streams", None)
         if streams is not None:
-            return streams()  # a private key spread over lines is masked across reads, per file
+            return streams().many  # a private key spread over lines is masked across reads, per file
         many = getattr(redactor, "redact_lines", None)
         if many is None:
             one = redactor.redact
-            return lambda lines, _key: list(map(one, lines))
-        return lambda lines, _key: many(lines)
+            return lambda groups, _keys: [one(line) for lines in groups for line in lines]
+        return lambda groups, _keys: many(list(itertools.chain.from_iterable(groups)))
 
     def _push_metrics(self, files: int) -> None:
         if self._metrics is not None:

@@ -45,6 +45,9 @@ from collectors.logs.multiline import Multiline
 from collectors.logs.parse import Parser
 from collectors.logs.stats import LogStats
 
+Redact = Callable[[list[list[str]], list[str]], list[str]]
+"""(each file's lines, their files' keys) -> every line redacted, in one list; one key-block state per key."""
+
 CHUNK = 1 << 20  # bytes per read call
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
 
@@ -119,7 +122,7 @@ class Tailer:
         static_labels: Labels,
         stats: LogStats,
         clock: Callable[[], int],
-        redact: Callable[[list[str], str], list[str]] | None,  # (lines, file key): one key-block state per file
+        redact: Redact | None,
         saved: list[Saved],
         now: float,
         run_id: str,
@@ -575,22 +578,40 @@ class Tailer:
     # ------------------------------------------------------------------ records
 
     def _build(self, res: StepResult, pending: dict[str, Pending], now_ns: int) -> None:
-        records = res.records
-        lines_read = 0
-        for got in pending.values():
-            t, lines, blocks = got.file, got.lines, got.blocks
-            lines_read += len(lines)
-            changed = None
-            if self.redact is not None:
-                redacted = self.redact(lines, t.key)
-                if blocks is not None:
-                    # the lines redaction rewrote (new objects) no longer match the bytes read
-                    changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
-                lines = redacted
+        """The records of every file read this round: one redaction call and one parse pass for all
+        of them (at low rates a round holds a line or two of each of many files)."""
+        if not pending:
+            return
+        framed = [got for got in pending.values() if got.blocks is not None]
+        if len(framed) < len(pending):  # lines whose bytes are not all known (multiline, flushed) apart
+            self._build_batch(res, [got for got in pending.values() if got.blocks is None], now_ns)
+            if not framed:
+                return
+        self._build_batch(res, framed, now_ns)
+
+    def _build_batch(self, res: StepResult, batch: list[Pending], now_ns: int) -> None:
+        lines: list[str] = []
+        labels: list[Labels] = []
+        times: list[int] = []
+        blocks: list[tuple[int, bytes]] | None = [] if batch[0].blocks is not None else None
+        for got in batch:
+            t, first, count = got.file, len(lines), len(got.lines)
             base = max(now_ns, t.last_ns + 1)
-            records.extend(self.parser.records(lines, t.labels, base, blocks, changed))
-            t.last_ns = base + len(lines) - 1
-        self.stats.lines_read += lines_read
+            t.last_ns = base + count - 1
+            lines += got.lines
+            labels += [t.labels] * count
+            times += range(base, base + count)
+            if blocks is not None and got.blocks is not None:
+                blocks += [(first + index, block) for index, block in got.blocks]
+        changed = None
+        if self.redact is not None:
+            redacted = self.redact([got.lines for got in batch], [got.file.key for got in batch])
+            if blocks is not None:
+                # the lines redaction rewrote (new objects) no longer match the bytes read
+                changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
+            lines = redacted
+        res.records.extend(self.parser.batch(lines, labels, times, blocks, changed))
+        self.stats.lines_read += len(lines)
 
     # ------------------------------------------------------------------ helpers
 
