@@ -197,7 +197,9 @@ class Watcher:
     :data:`COALESCE_SECONDS` before reading again: meanwhile the kernel merges
     repeated identical events (a file appended to line by line gives one
     IN_MODIFY per pause, not one per write), so a busy file costs a few wake-ups
-    a second, not work per write.
+    a second, not work per write. Once it has woken the loop, it reads nothing
+    more until the loop has taken the changes (or :data:`PENDING_SECONDS`
+    passed): the loop paces its rounds, so reading sooner only costs wake-ups.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, relevant: Callable[[str], bool]) -> None:
@@ -209,6 +211,7 @@ class Watcher:
         self._dirty: set[str] = set()
         self._rescan = False
         self._signalled = False
+        self._taken = threading.Event()  # set by take() (and stop()): the thread may read again
         self._fd = -1
         self._stop_r = self._stop_w = -1
         self._thread: threading.Thread | None = None
@@ -250,12 +253,14 @@ class Watcher:
         with self._lock:
             rescan, dirty = self._rescan, self._dirty
             self._rescan, self._dirty, self._signalled = False, set(), False
+        self._taken.set()
         return rescan, dirty
 
     def stop(self) -> None:
         thread, self._thread = self._thread, None
         if self._stop_w >= 0:
             os.write(self._stop_w, b"x")
+        self._taken.set()
         if thread is not None:
             thread.join(timeout=5)
         for fd in (self._fd, self._stop_r, self._stop_w):
@@ -333,8 +338,11 @@ class Watcher:
                 self._handle(b"".join(chunks))
             # while the loop has not taken what was noted (it paces its rounds), reading sooner gains nothing
             with self._lock:
-                pause = PENDING_SECONDS if self._signalled else COALESCE_SECONDS
-            if select.select([stop], [], [], pause)[0]:
+                signalled = self._signalled
+            if signalled:
+                self._taken.wait(PENDING_SECONDS)
+            self._taken.clear()
+            if select.select([stop], [], [], COALESCE_SECONDS)[0]:
                 return
 
     def _handle(self, data: bytes) -> None:
@@ -398,8 +406,9 @@ def _libc() -> ctypes.CDLL:
 
 COALESCE_SECONDS = 0.02
 """How long the watcher thread pauses after each read, letting the kernel merge repeated events."""
-PENDING_SECONDS = 0.1
-"""The pause instead while the loop has not taken the changes noted yet."""
+PENDING_SECONDS = 1.0
+"""How long at most the thread waits for the loop to take the changes noted before it reads again (the
+loop may be held back by a full buffer; a queue that overflows meanwhile costs a rescan, not events)."""
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
 _IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800

@@ -593,16 +593,16 @@ class Tailer:
         lines: list[str] = []
         labels: list[Labels] = []
         times: list[int] = []
-        blocks: list[tuple[int, bytes]] | None = [] if batch[0].blocks is not None else None
+        blocks: list[bytes] | None = [] if batch[0].blocks is not None else None
         for got in batch:
-            t, first, count = got.file, len(lines), len(got.lines)
+            t, count = got.file, len(got.lines)
             base = max(now_ns, t.last_ns + 1)
             t.last_ns = base + count - 1
             lines += got.lines
             labels += [t.labels] * count
             times += range(base, base + count)
             if blocks is not None and got.blocks is not None:
-                blocks += [(first + index, block) for index, block in got.blocks]
+                blocks += [block for _index, block in got.blocks]
         changed = None
         if self.redact is not None:
             redacted = self.redact([got.lines for got in batch], [got.file.key for got in batch])
@@ -610,7 +610,10 @@ class Tailer:
                 # the lines redaction rewrote (new objects) no longer match the bytes read
                 changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
             lines = redacted
-        res.records.extend(self.parser.batch(lines, labels, times, blocks, changed))
+        # each piece holds whole lines, one newline each, and together they hold every line of the batch:
+        # level words are searched in one piece
+        pieces = None if blocks is None else [(0, b"".join(blocks))]
+        res.records.extend(self.parser.batch(lines, labels, times, pieces, changed))
         self.stats.lines_read += len(lines)
 
     # ------------------------------------------------------------------ helpers
