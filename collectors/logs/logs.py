@@ -32,8 +32,9 @@ from collectors.logs.access import Access
 from collectors.logs.checkpoint import Ledger, Mark, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
 from collectors.logs.multiline import check_pattern
+from collectors.logs.records import Redact
 from collectors.logs.stats import LogMetrics, LogStats
-from collectors.logs.tailer import Redact, StepResult, Tailer
+from collectors.logs.tailer import StepResult, Tailer
 
 ROUND_GAP = 0.25
 """Seconds at most from the start of one round to the next at low rates (none when a round ran out of
