@@ -205,6 +205,9 @@ class Watcher:
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, relevant: Callable[[str], bool]) -> None:
         self._relevant = relevant
         self._relevance: dict[str, bool] = {}  # per path: a busy file's events cost no glob match each
+        # an IN_MODIFY/IN_ATTRIB event's bytes (watch, mask, name) -> its path, "" when irrelevant: most
+        # events are another write to a known file; emptied whenever a watch descriptor changes meaning
+        self._modified: dict[bytes, str] = {}
         self._loop = loop
         self._wake = wake
         self._lock = threading.Lock()
@@ -230,6 +233,8 @@ class Watcher:
             for directory, wd in gone:  # forgotten first: their IN_IGNORED then asks for nothing
                 del self._wd_of[directory]
                 self._dir_of.pop(wd, None)
+            if gone:
+                self._modified.clear()
         for _directory, wd in gone:
             _libc().inotify_rm_watch(self._fd, wd)
         for directory, recursive in sorted(plan.items()):
@@ -306,6 +311,7 @@ class Watcher:
             with self._lock:
                 self._dir_of[wd] = current
                 self._wd_of[current] = wd
+                self._modified.clear()
         return problems
 
     def _note(self, dirty: set[str], rescan: bool) -> None:
@@ -350,6 +356,7 @@ class Watcher:
         rescan = False
         new_dirs: list[str] = []
         seen: set[bytes] = set()
+        modified = self._modified
         pos, end = 0, len(data)
         while pos + _EVENT.size <= end:
             wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
@@ -358,11 +365,17 @@ class Watcher:
             if raw in seen:  # the same event again (two busy files take turns, so the kernel merged none)
                 continue
             seen.add(raw)
+            known = modified.get(raw)
+            if known is not None:
+                if known:
+                    dirty.add(known)
+                continue
             name = raw[_EVENT.size :].split(b"\0", 1)[0]
             if mask & (_IN_Q_OVERFLOW | _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT):
                 with self._lock:  # events were lost, or a watched directory went away
                     if mask & _IN_IGNORED and wd in self._dir_of:
                         self._wd_of.pop(self._dir_of.pop(wd), None)
+                        self._modified.clear()
                 rescan = True
                 continue
             with self._lock:
@@ -375,8 +388,14 @@ class Watcher:
                 if mask & (_IN_CREATE | _IN_MOVED_TO):
                     new_dirs.append(path)
             elif mask & (_IN_MODIFY | _IN_ATTRIB):
-                if self.relevant(path):
+                relevant = self.relevant(path)
+                if relevant:
                     dirty.add(path)
+                with self._lock:
+                    if self._dir_of.get(wd) == directory:  # still what the descriptor means
+                        if len(modified) >= 65536:
+                            modified.clear()
+                        modified[raw] = path if relevant else ""
             elif self.relevant(path):
                 rescan = True  # a file appeared, moved or vanished
         for directory in new_dirs:

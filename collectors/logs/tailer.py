@@ -281,6 +281,7 @@ class Tailer:
             labels=merge_labels(self.static_labels, (("filename", name),)),
             polled=os.path.islink(file.path),
             last_data=now,
+            head=hash(head[: file.fp_len]),
         )
 
     def _start(
@@ -395,6 +396,7 @@ class Tailer:
         grown = t.id.grown(head)
         if grown is not None:
             t.id = grown
+            t.head = hash(head[: grown.fp_len])
             res.identity[t.key] = grown
 
     def _truncated(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending]) -> None:

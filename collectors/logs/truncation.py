@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from collectors.logs.identity import FP_BYTES, FileId, same_content
+from collectors.logs.identity import FP_BYTES, FileId
 from collectors.logs.tracker import Tracker
 
-FRESH = ("key", "id", "pos", "framer", "multiline", "twin", "copied")
+FRESH = ("key", "id", "head", "pos", "framer", "multiline", "twin", "copied")
 """What a new generation starts afresh; the rest (descriptor, name, labels, timers) is the file's."""
 
 
@@ -24,9 +24,22 @@ def replaced(t: Tracker, st: os.stat_result) -> bool:
     stamp = (st.st_size, st.st_mtime_ns)
     if stamp == t.last_stat:
         return False
-    gone = st.st_size < t.pos or (t.last_stat[0] >= 0 and not same_content(t.fd, t.id))
+    gone = st.st_size < t.pos or (t.last_stat[0] >= 0 and not same_start(t))
     t.last_stat = stamp
     return gone
+
+
+def same_start(t: Tracker) -> bool:
+    """Does the open file still start with the bytes fingerprinted (not truncated and rewritten)?
+    Compared by ``hash()`` (the per-process one), not the fingerprint: a round reading a line from each
+    of many files makes this check once per file."""
+    if t.id.fp_len == 0:
+        return True
+    try:
+        head = os.pread(t.fd, t.id.fp_len, 0)
+    except OSError:
+        return True
+    return hash(head) == t.head
 
 
 def restart(t: Tracker, key: str, fresh: Callable[[str, str, FileId, int, bytes, int], Tracker]) -> None:
