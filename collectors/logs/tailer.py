@@ -45,7 +45,7 @@ from collectors.logs.parse import Parser
 from collectors.logs.records import Pending, Redact, build_records
 from collectors.logs.stats import LogStats
 from collectors.logs.tracker import Tracker, Twin, tracker_resume, waits
-from collectors.logs.truncation import replaced, restart
+from collectors.logs.truncation import replaced, restart, same_start
 
 CHUNK = 1 << 20  # bytes per read call
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
@@ -317,15 +317,19 @@ class Tailer:
 
     def _pump(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending], budget: int) -> int:
         """Read what is new in one file; returns the bytes read."""
-        try:
-            st = os.fstat(t.fd)
-        except OSError as exc:
-            self._problem(t.path, "read", exc, res)
-            return 0
-        if t.twin is not None and follow_original(t, res.skipped, st.st_size, self.config.max_line_bytes, self.stats):
-            return 0  # a copy of a live file: its original reads these bytes
-        if replaced(t, st):
-            self._truncated(t, now, res, pending)
+        looked = t.twin is not None or t.last_stat[0] < 0  # a copy, or a first look: its size first
+        if looked:
+            try:
+                st = os.fstat(t.fd)
+            except OSError as exc:
+                self._problem(t.path, "read", exc, res)
+                return 0
+            if t.twin is not None and follow_original(
+                t, res.skipped, st.st_size, self.config.max_line_bytes, self.stats
+            ):
+                return 0  # a copy of a live file: its original reads these bytes
+            if replaced(t, st):
+                self._truncated(t, now, res, pending)
         read = 0
         while read < budget:
             want = min(CHUNK, budget - read)
@@ -334,6 +338,22 @@ class Tailer:
             except OSError as exc:
                 self._problem(t.path, "read", exc, res)
                 break
+            if not looked:
+                # truncated or rewritten since the last look? Nothing new: its size and time tell; new
+                # bytes: whether it still starts as it did (one read, not an fstat and a read, per file
+                # and round: at low rates a round reads a line from each of many files)
+                looked = True
+                if data:
+                    gone = not same_start(t)
+                else:
+                    try:
+                        gone = replaced(t, os.fstat(t.fd))
+                    except OSError as exc:
+                        self._problem(t.path, "read", exc, res)
+                        break
+                if gone:
+                    self._truncated(t, now, res, pending)
+                    continue  # read the new generation from its start
             if not data:
                 break
             t.pos += len(data)

@@ -72,7 +72,7 @@ async def test_the_watcher_reads_nothing_more_until_the_loop_took_what_it_noted(
         await asyncio.sleep(0.015)
     assert wake.is_set()
     assert len(handled) <= 2, f"{len(handled)} reads while the loop had not taken the first notice"
-    rescan, dirty = watcher.take()
+    _rescan, dirty = watcher.take()
     wake.clear()
     with open(files[0], "a") as f:
         f.write("after\n")
