@@ -8,8 +8,9 @@ full output buffer applies backpressure, pausing the reading) and goes back to
 waiting for inotify events or its next timer.
 
 Checkpoints move only when the pipeline says every log output has durably
-taken a batch (``on_durable``), and are written right after, so a crash sends
-at most the batches in that window again. See ``checkpoint.py`` for the
+taken a batch (``on_durable``), and are written at most once a second, or as
+soon as ``SAVE_LINES`` lines were acknowledged since the last write, so a crash
+sends again the batches in flight and at most about a round's acknowledged lines. See ``checkpoint.py`` for the
 ledger, ``tailer.py`` for file identity and rotation.
 """
 
@@ -47,6 +48,7 @@ SAVE_INTERVAL = 1.0
 the last one: at low rates one write a second, at higher rates about one per round, so a crash sends
 again at most about a round's lines more than the batches in flight."""
 SAVE_LINES = ROUND_LINES
+"""Acknowledged lines that make the next checkpoint write due at once."""
 
 
 def round_gap(lines: int, seconds: float) -> float:
