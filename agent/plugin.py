@@ -89,6 +89,11 @@ class StreamRedactor(Protocol):
 
     def __call__(self, lines: list[str], key: str) -> list[str]: ...
 
+    def many(self, groups: list[list[str]], keys: list[str]) -> list[str]:
+        """The lines of several streams (``groups[i]`` of stream ``keys[i]``) redacted, in one
+        flat list: as a call per stream, in one pass where no stream is inside a key block."""
+        ...
+
 
 @runtime_checkable
 class Redactor(Protocol):

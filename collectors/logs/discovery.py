@@ -197,18 +197,24 @@ class Watcher:
     :data:`COALESCE_SECONDS` before reading again: meanwhile the kernel merges
     repeated identical events (a file appended to line by line gives one
     IN_MODIFY per pause, not one per write), so a busy file costs a few wake-ups
-    a second, not work per write.
+    a second, not work per write. Once it has woken the loop, it reads nothing
+    more until the loop has taken the changes (or :data:`PENDING_SECONDS`
+    passed): the loop paces its rounds, so reading sooner only costs wake-ups.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, relevant: Callable[[str], bool]) -> None:
         self._relevant = relevant
         self._relevance: dict[str, bool] = {}  # per path: a busy file's events cost no glob match each
+        # an IN_MODIFY/IN_ATTRIB event's bytes (watch, mask, name) -> its path, "" when irrelevant: most
+        # events are another write to a known file; emptied whenever a watch descriptor changes meaning
+        self._modified: dict[bytes, str] = {}
         self._loop = loop
         self._wake = wake
         self._lock = threading.Lock()
         self._dirty: set[str] = set()
         self._rescan = False
         self._signalled = False
+        self._taken = threading.Event()  # set by take() (and stop()): the thread may read again
         self._fd = -1
         self._stop_r = self._stop_w = -1
         self._thread: threading.Thread | None = None
@@ -227,6 +233,8 @@ class Watcher:
             for directory, wd in gone:  # forgotten first: their IN_IGNORED then asks for nothing
                 del self._wd_of[directory]
                 self._dir_of.pop(wd, None)
+            if gone:
+                self._modified.clear()
         for _directory, wd in gone:
             _libc().inotify_rm_watch(self._fd, wd)
         for directory, recursive in sorted(plan.items()):
@@ -250,12 +258,14 @@ class Watcher:
         with self._lock:
             rescan, dirty = self._rescan, self._dirty
             self._rescan, self._dirty, self._signalled = False, set(), False
+        self._taken.set()
         return rescan, dirty
 
     def stop(self) -> None:
         thread, self._thread = self._thread, None
         if self._stop_w >= 0:
             os.write(self._stop_w, b"x")
+        self._taken.set()
         if thread is not None:
             thread.join(timeout=5)
         for fd in (self._fd, self._stop_r, self._stop_w):
@@ -301,6 +311,7 @@ class Watcher:
             with self._lock:
                 self._dir_of[wd] = current
                 self._wd_of[current] = wd
+                self._modified.clear()
         return problems
 
     def _note(self, dirty: set[str], rescan: bool) -> None:
@@ -333,8 +344,11 @@ class Watcher:
                 self._handle(b"".join(chunks))
             # while the loop has not taken what was noted (it paces its rounds), reading sooner gains nothing
             with self._lock:
-                pause = PENDING_SECONDS if self._signalled else COALESCE_SECONDS
-            if select.select([stop], [], [], pause)[0]:
+                signalled = self._signalled
+            if signalled:
+                self._taken.wait(PENDING_SECONDS)
+            self._taken.clear()
+            if select.select([stop], [], [], COALESCE_SECONDS)[0]:
                 return
 
     def _handle(self, data: bytes) -> None:
@@ -342,6 +356,7 @@ class Watcher:
         rescan = False
         new_dirs: list[str] = []
         seen: set[bytes] = set()
+        modified = self._modified
         pos, end = 0, len(data)
         while pos + _EVENT.size <= end:
             wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
@@ -350,11 +365,17 @@ class Watcher:
             if raw in seen:  # the same event again (two busy files take turns, so the kernel merged none)
                 continue
             seen.add(raw)
+            known = modified.get(raw)
+            if known is not None:
+                if known:
+                    dirty.add(known)
+                continue
             name = raw[_EVENT.size :].split(b"\0", 1)[0]
             if mask & (_IN_Q_OVERFLOW | _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT):
                 with self._lock:  # events were lost, or a watched directory went away
                     if mask & _IN_IGNORED and wd in self._dir_of:
                         self._wd_of.pop(self._dir_of.pop(wd), None)
+                        self._modified.clear()
                 rescan = True
                 continue
             with self._lock:
@@ -367,8 +388,14 @@ class Watcher:
                 if mask & (_IN_CREATE | _IN_MOVED_TO):
                     new_dirs.append(path)
             elif mask & (_IN_MODIFY | _IN_ATTRIB):
-                if self.relevant(path):
+                relevant = self.relevant(path)
+                if relevant:
                     dirty.add(path)
+                with self._lock:
+                    if self._dir_of.get(wd) == directory:  # still what the descriptor means
+                        if len(modified) >= 65536:
+                            modified.clear()
+                        modified[raw] = path if relevant else ""
             elif self.relevant(path):
                 rescan = True  # a file appeared, moved or vanished
         for directory in new_dirs:
@@ -398,8 +425,9 @@ def _libc() -> ctypes.CDLL:
 
 COALESCE_SECONDS = 0.02
 """How long the watcher thread pauses after each read, letting the kernel merge repeated events."""
-PENDING_SECONDS = 0.1
-"""The pause instead while the loop has not taken the changes noted yet."""
+PENDING_SECONDS = 1.0
+"""How long at most the thread waits for the loop to take the changes noted before it reads again (the
+loop may be held back by a full buffer; a queue that overflows meanwhile costs a rescan, not events)."""
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
 _IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800

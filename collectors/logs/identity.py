@@ -153,17 +153,6 @@ def holds(fd: int, size: int, offset: int, tail: bytes) -> bool:
         return False
 
 
-def same_content(fd: int, file: FileId) -> bool:
-    """Does the open file still start with the bytes fingerprinted (not truncated and rewritten)?"""
-    if file.fp_len == 0:
-        return True
-    try:
-        head = os.pread(fd, file.fp_len, 0)
-    except OSError:
-        return True
-    return len(head) == file.fp_len and fingerprint(head, file.fp_len) == file.fp
-
-
 def rotation_kind(previous_fd: int) -> str:
     """A new file under a tailed name: the old one was renamed away (still linked) or deleted."""
     try:

@@ -8,8 +8,9 @@ full output buffer applies backpressure, pausing the reading) and goes back to
 waiting for inotify events or its next timer.
 
 Checkpoints move only when the pipeline says every log output has durably
-taken a batch (``on_durable``), and are written right after, so a crash sends
-at most the batches in that window again. See ``checkpoint.py`` for the
+taken a batch (``on_durable``), and are written at most once a second, or as
+soon as ``SAVE_LINES`` lines were acknowledged since the last write, so a crash
+sends again the batches in flight and at most about a round's acknowledged lines. See ``checkpoint.py`` for the
 ledger, ``tailer.py`` for file identity and rotation.
 """
 
@@ -34,12 +35,12 @@ from agent.plugin import (
     Redactor,
     Size,
     StreamingCollector,
-    StreamRedactor,
 )
 from collectors.logs.access import Access
 from collectors.logs.checkpoint import Ledger, Mark, Store
 from collectors.logs.discovery import NETWORK_FS, Patterns, Watcher, filesystem_type, glob_regex
 from collectors.logs.multiline import check_pattern
+from collectors.logs.records import Redact
 from collectors.logs.stats import LogMetrics, LogStats
 from collectors.logs.tailer import StepResult, Tailer
 
@@ -49,6 +50,12 @@ budget)."""
 ROUND_LINES = 250
 """At higher rates rounds come sooner, about this many lines each: the lines of one round are
 acknowledged together, and a crash sends the unacknowledged ones again."""
+SAVE_INTERVAL = 1.0
+"""Seconds at least between two checkpoint writes, unless ``SAVE_LINES`` lines were acknowledged since
+the last one: at low rates one write a second, at higher rates about one per round, so a crash sends
+again at most about a round's lines more than the batches in flight."""
+SAVE_LINES = ROUND_LINES
+"""Acknowledged lines that make the next checkpoint write due at once."""
 
 
 def round_gap(lines: int, seconds: float) -> float:
@@ -159,6 +166,7 @@ class LogsCollector(StreamingCollector):
         self._ledger: Ledger | None = None
         self._store = Store(context.state_dir)
         self._save_wanted = asyncio.Event()
+        self._unsaved_lines = 0  # acknowledged since the last checkpoint write
         self._late_lock = threading.Lock()  # acknowledgements after run() ended: saved on a thread
         self._late: list[Any] | None = None
         self._late_writing = False
@@ -292,7 +300,7 @@ class LogsCollector(StreamingCollector):
             marks = result.sent
             for key, mark in marks.items():
                 ledger.sent(key, mark.offset)
-            await emit.logs(result.records, on_durable=functools.partial(self._acked, marks))
+            await emit.logs(result.records, on_durable=functools.partial(self._acked, marks, len(result.records)))
         for key, mark in result.skipped.items():
             ledger.skipped(key, mark)
         now = time.monotonic()
@@ -303,13 +311,14 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _acked(self, marks: dict[str, Mark]) -> None:
+    def _acked(self, marks: dict[str, Mark], lines: int) -> None:
         """on_durable: every log output has these records; the checkpoint may move past them."""
         ledger = self._ledger
         if ledger is None:
             return
         ledger.acked(marks)
         if not self._stopped:
+            self._unsaved_lines += lines
             self._save_wanted.set()
             return
         # after run() ended, outputs still drain: save soon, the process may exit soon; on a thread of
@@ -334,15 +343,25 @@ class LogsCollector(StreamingCollector):
                 self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
 
     async def _saver(self) -> None:
-        """Writes the checkpoint file after every change, one write at a time."""
+        """Writes the checkpoint file after changes, one write at a time: at most one per
+        ``SAVE_INTERVAL``, sooner once ``SAVE_LINES`` lines were acknowledged since the last."""
+        wanted = self._save_wanted
+        last = -SAVE_INTERVAL
         while True:
-            await self._save_wanted.wait()
-            self._save_wanted.clear()
+            await wanted.wait()
+            wanted.clear()
+            while (wait := last + SAVE_INTERVAL - time.monotonic()) > 0 and self._unsaved_lines < SAVE_LINES:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await wanted.wait()
+                wanted.clear()
             ledger = self._ledger
             if ledger is None:
                 continue
+            self._unsaved_lines = 0
+            last = time.monotonic()
             try:
-                await self.context.run_blocking(self._store.save, ledger.snapshot(time.monotonic()))
+                await self.context.run_blocking(self._store.save, ledger.encoded(last))
             except OSError as exc:
                 self.stats.file_errors["checkpoint"] += 1
                 if self._emit is not None:
@@ -366,10 +385,10 @@ class LogsCollector(StreamingCollector):
 
     # ------------------------------------------------------------------ helpers
 
-    def _redactor(self) -> StreamRedactor | None:
+    def _redactor(self) -> Redact | None:
         redactor: Redactor | None = self.context.redactor
-        # per file: a private key spread over lines is masked across reads
-        return None if redactor is None else redactor.streams()
+        # per file: a private key spread over lines is masked across reads; a round's files in one call
+        return None if redactor is None else redactor.streams().many
 
     def _push_metrics(self, files: int) -> None:
         if self._metrics is not None:

@@ -26,7 +26,7 @@ import bisect
 import datetime
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 import re2
@@ -108,7 +108,7 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 class Parser:
-    """Builds the records of one chunk of lines of one file."""
+    """Builds the records of a round's lines (of one file, or of many in one pass)."""
 
     def __init__(self, fmt: str, detect_severity: bool, stats: LogStats) -> None:
         self.stats = stats
@@ -133,11 +133,24 @@ class Parser:
         indices of lines whose text no longer matches those bytes (redaction rewrote them);
         their level words are searched in the text instead.
         """
+        count = len(lines)
+        return self.batch(lines, [labels] * count, range(now_ns, now_ns + count), blocks, changed)
+
+    def batch(
+        self,
+        lines: list[str],
+        labels: list[Labels],
+        times: Sequence[int],
+        blocks: list[tuple[int, bytes]] | None = None,
+        changed: list[int] | None = None,
+    ) -> list[LogRecord]:
+        """:meth:`records` for the lines of many files in one pass: ``labels[i]`` and ``times[i]``
+        (the time when the line has none) are line ``i``'s."""
         if not lines:
             return []
         if self._fields is not None:
-            return [self._structured(line, labels, now_ns + i) for i, line in enumerate(lines)]
-        records = list(map(LogRecord, range(now_ns, now_ns + len(lines)), lines, itertools.repeat(labels, len(lines))))
+            return list(map(self._structured, lines, labels, times))
+        records = list(map(LogRecord, times, lines, labels))
         if self._detect:
             if blocks is None:
                 found = raw_severities(lines)
@@ -148,7 +161,7 @@ class Parser:
                     found = [hit for hit in found if hit[0] not in rewritten]
                     found += _rewritten_severities(lines, changed)
             for index, text, number in found:
-                records[index] = LogRecord(now_ns + index, lines[index], labels, text, (), number)
+                records[index] = LogRecord(times[index], lines[index], labels[index], text, (), number)
         return records
 
     def _structured(self, line: str, labels: Labels, default_ns: int) -> LogRecord:

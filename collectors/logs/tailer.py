@@ -3,20 +3,20 @@
 Each file is kept open, so a file renamed or deleted by rotation is still read
 to its end; it is closed once it has been gone from the globs and silent for
 ``rotate_wait``. Which file is which, and where a newly found file starts, is
-``identity.py``'s: a truncated file starts a new generation at offset 0 and the
-old one is retired to :class:`~collectors.logs.identity.Generations`, so a
-rotated copy that turns up later continues where it stopped.
+``identity.py``'s; a truncated file starts a new generation at offset 0
+(``truncation.py``) and the old one is retired to
+:class:`~collectors.logs.identity.Generations`, so a rotated copy that turns up
+later continues where it stopped; a copy of a file still being read keeps pace
+with it until the truncation is seen (``copies.py``).
 :meth:`Tailer.step` does one round: scan the globs if asked, read what changed
-(only the files with an event, or more to read, or a timer), frame, parse and
-redact, and return the records with the offsets they bring each generation to.
+(only the files with an event, or more to read, or a timer), frame, and hand
+the lines of every file to ``records.py``, which redacts and parses them
+together; it returns the records with the offsets they bring each generation to.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import itertools
-import operator
 import os
 import resource
 from collections.abc import Callable
@@ -26,6 +26,7 @@ from typing import Any
 from agent.model import Labels, LogRecord, merge_labels
 from collectors.logs.access import Access, Refused
 from collectors.logs.checkpoint import NO_MARK, Loaded, Mark, Saved
+from collectors.logs.copies import catch_up, copies_of, find_original, follow_original
 from collectors.logs.discovery import Patterns, is_compressed
 from collectors.logs.framing import Framer, resolve_encoding
 from collectors.logs.identity import (
@@ -37,59 +38,17 @@ from collectors.logs.identity import (
     Head,
     Known,
     Opened,
-    holds,
     rotation_kind,
-    same_content,
 )
 from collectors.logs.multiline import Multiline
 from collectors.logs.parse import Parser
+from collectors.logs.records import Pending, Redact, build_records
 from collectors.logs.stats import LogStats
+from collectors.logs.tracker import Tracker, Twin, tracker_resume, waits
+from collectors.logs.truncation import replaced, restart, same_start
 
 CHUNK = 1 << 20  # bytes per read call
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
-
-
-@dataclass(slots=True, eq=False)
-class Tracker:
-    """An open file, read as the generation ``key``."""
-
-    key: str
-    name: str  # the path it was found under: the ``filename`` label
-    id: FileId  # its path now, inode and fingerprint
-    fd: int
-    pos: int  # next byte to read
-    framer: Framer
-    multiline: Multiline | None
-    labels: Labels
-    polled: bool  # a symlink: inotify on the link's directory does not see the target change
-    last_data: float
-    last_stat: tuple[int, int] = (-1, -1)
-    last_ns: int = 0
-    orphan_since: float | None = None
-    more: bool = True
-    twin: Twin | None = None  # a copy of a live file (copytruncate's, before the truncation is seen)
-    copied: bool = False  # a twin copy exists: held data of the old content is read there
-
-    @property
-    def path(self) -> str:
-        return self.id.path
-
-
-@dataclass(frozen=True, slots=True)
-class Twin:
-    """The live original a copy follows, and its generation key when they were linked."""
-
-    original: Tracker
-    key: str
-
-
-@dataclass(slots=True)
-class Pending:
-    """Lines read from one generation this round, and their bytes per piece (None when not all known)."""
-
-    file: Tracker
-    lines: list[str] = field(default_factory=list)
-    blocks: list[tuple[int, bytes]] | None = field(default_factory=list)
 
 
 @dataclass
@@ -119,7 +78,7 @@ class Tailer:
         static_labels: Labels,
         stats: LogStats,
         clock: Callable[[], int],
-        redact: Callable[[list[str], str], list[str]] | None,  # (lines, file key): one key-block state per file
+        redact: Redact | None,
         saved: list[Saved],
         now: float,
         run_id: str,
@@ -193,9 +152,9 @@ class Tailer:
                 break
         looked.update(self.attention)
         self._timers(now, res, pending, looked)
-        self._build(res, pending, now_ns)
+        res.records = build_records(pending.values(), now_ns, self.redact, self.parser, self.stats)
         for t in looked:
-            if t.fd >= 0 and _waits(t):
+            if t.fd >= 0 and waits(t):
                 self.attention[t] = None
             else:
                 self.attention.pop(t, None)
@@ -322,6 +281,7 @@ class Tailer:
             labels=merge_labels(self.static_labels, (("filename", name),)),
             polled=os.path.islink(file.path),
             last_data=now,
+            head=hash(head[: file.fp_len]),
         )
 
     def _start(
@@ -336,13 +296,11 @@ class Tailer:
             return 0, "", None  # the inode was reused, or the file rewritten: new content
         if match is None and len(head) >= MIN_FP_MATCH:
             # 2. a copy of a file being read right now (copytruncate copied it; truncation not seen yet)
-            for tracker in self.trackers.values():
-                if tracker.id.fp_len >= MIN_FP_MATCH and tracker.twin is None and first.starts_like(tracker.id):
-                    offset, tail = tracker_resume(tracker)
-                    if holds(fd, st.st_size, offset, tail):
-                        self.stats.rotations["copytruncate"] += 1
-                        tracker.copied = True
-                        return offset, tracker.key, Twin(tracker, tracker.key)
+            twin = find_original(self.trackers.values(), first, fd, st.st_size)
+            if twin is not None:
+                self.stats.rotations["copytruncate"] += 1
+                twin.original.copied = True
+                return tracker_resume(twin.original).offset, twin.key, twin
             # 3. a copy of a generation no longer read (truncated, or saved by an earlier run)
             match = self.generations.copy_of(inode, first, fd, st.st_size)
             if match is not None and match.known.truncated:
@@ -359,18 +317,19 @@ class Tailer:
 
     def _pump(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending], budget: int) -> int:
         """Read what is new in one file; returns the bytes read."""
-        try:
-            st = os.fstat(t.fd)
-        except OSError as exc:
-            self._problem(t.path, "read", exc, res)
-            return 0
-        if t.twin is not None and self._follow_twin(t, res, st.st_size):
-            return 0  # a copy of a live file: its original reads these bytes
-        stamp = (st.st_size, st.st_mtime_ns)
-        if stamp != t.last_stat:
-            if st.st_size < t.pos or (t.last_stat[0] >= 0 and not same_content(t.fd, t.id)):
+        looked = t.twin is not None or t.last_stat[0] < 0  # a copy, or a first look: its size first
+        if looked:
+            try:
+                st = os.fstat(t.fd)
+            except OSError as exc:
+                self._problem(t.path, "read", exc, res)
+                return 0
+            if t.twin is not None and follow_original(
+                t, res.skipped, st.st_size, self.config.max_line_bytes, self.stats
+            ):
+                return 0  # a copy of a live file: its original reads these bytes
+            if replaced(t, st):
                 self._truncated(t, now, res, pending)
-            t.last_stat = stamp
         read = 0
         while read < budget:
             want = min(CHUNK, budget - read)
@@ -379,6 +338,22 @@ class Tailer:
             except OSError as exc:
                 self._problem(t.path, "read", exc, res)
                 break
+            if not looked:
+                # truncated or rewritten since the last look? Nothing new: its size and time tell; new
+                # bytes: whether it still starts as it did (one read, not an fstat and a read, per file
+                # and round: at low rates a round reads a line from each of many files)
+                looked = True
+                if data:
+                    gone = not same_start(t)
+                else:
+                    try:
+                        gone = replaced(t, os.fstat(t.fd))
+                    except OSError as exc:
+                        self._problem(t.path, "read", exc, res)
+                        break
+                if gone:
+                    self._truncated(t, now, res, pending)
+                    continue  # read the new generation from its start
             if not data:
                 break
             t.pos += len(data)
@@ -429,7 +404,7 @@ class Tailer:
             if block is None:
                 got.blocks = None
             else:
-                got.blocks.append((len(got.lines), block))
+                got.blocks.append(block)
         got.lines.extend(lines)
         res.sent[t.key] = Mark(end, tail)
 
@@ -441,57 +416,26 @@ class Tailer:
         grown = t.id.grown(head)
         if grown is not None:
             t.id = grown
+            t.head = hash(head[: grown.fp_len])
             res.identity[t.key] = grown
-
-    def _follow_twin(self, t: Tracker, res: StepResult, size: int) -> bool:
-        """While its original is read, a copy only keeps up with it; True while that lasts."""
-        twin = t.twin
-        assert twin is not None
-        original = twin.original
-        if original.key != twin.key or original.fd < 0:
-            t.twin = None  # the original was truncated or closed: the copy reads on alone
-            return False
-        ahead, tail = tracker_resume(original)
-        ahead = min(ahead, size)  # the original grew past the copy: all of the copy is covered
-        if ahead > t.pos and not t.framer.pending and not (t.multiline and t.multiline.held):
-            t.pos = ahead
-            t.framer = Framer(t.framer.codec, self.config.max_line_bytes, self.stats, ahead, ends=t.framer.ends)
-            t.framer.tail = tail
-            if t.multiline is not None:
-                t.multiline.reset(ahead)
-            res.skipped[t.key] = Mark(ahead, tail)
-        return True
 
     def _truncated(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending]) -> None:
         """The file was truncated (copytruncate) or rewritten: a new generation from offset 0."""
         self.stats.truncations += 1
         if not t.copied:
             self._flush(t, res, pending)  # the held tail belongs to the old content
-        for other in self.trackers.values():
-            if other.twin is not None and other.twin.original is t:
-                with contextlib.suppress(OSError):  # catch the copy up to all the original read
-                    self._follow_twin(other, res, os.fstat(other.fd).st_size)
+        catch_up(self.trackers.values(), t, res.skipped, self.config.max_line_bytes, self.stats)
         offset, tail = tracker_resume(t)
-        old_key = t.key
-        self.generations.retire(old_key, t.id, offset, tail, True, now)
-        res.closed.append(old_key)
-        del self.trackers[old_key]
-        try:
-            head = os.pread(t.fd, FP_BYTES, 0)
-            st = os.fstat(t.fd)
-        except OSError:
-            head, st = b"", None
+        self.generations.retire(t.key, t.id, offset, tail, True, now)
+        res.closed.append(t.key)
+        del self.trackers[t.key]
         self._serial += 1
-        file = FileId.of(t.path, st, head) if st is not None else FileId.of(t.path, None, b"")
-        fresh = self._new_tracker(f"{self._run_id}.{self._serial}", t.name, file, t.fd, head, 0, now)
-        for name in ("key", "id", "pos", "framer", "multiline", "twin", "copied"):
-            setattr(t, name, getattr(fresh, name))
+        restart(t, f"{self._run_id}.{self._serial}", lambda *fresh: self._new_tracker(*fresh, now))
         self.trackers[t.key] = t
         res.opened.append(Opened(t.key, t.id, 0))
-        for other in self.trackers.values():
-            if other.twin is not None and other.twin.original is t:
-                other.more = True  # a copy of the old content: it reads on alone from now on
-                self.attention[other] = None
+        for other in copies_of(self.trackers.values(), t):
+            other.more = True  # a copy of the old content: it reads on alone from now on
+            self.attention[other] = None
 
     # ------------------------------------------------------------------ timers
 
@@ -574,24 +518,6 @@ class Tailer:
 
     # ------------------------------------------------------------------ records
 
-    def _build(self, res: StepResult, pending: dict[str, Pending], now_ns: int) -> None:
-        records = res.records
-        lines_read = 0
-        for got in pending.values():
-            t, lines, blocks = got.file, got.lines, got.blocks
-            lines_read += len(lines)
-            changed = None
-            if self.redact is not None:
-                redacted = self.redact(lines, t.key)
-                if blocks is not None:
-                    # the lines redaction rewrote (new objects) no longer match the bytes read
-                    changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
-                lines = redacted
-            base = max(now_ns, t.last_ns + 1)
-            records.extend(self.parser.records(lines, t.labels, base, blocks, changed))
-            t.last_ns = base + len(lines) - 1
-        self.stats.lines_read += lines_read
-
     # ------------------------------------------------------------------ helpers
 
     def _refuse(self, path: str, refused: Refused, res: StepResult) -> None:
@@ -606,25 +532,6 @@ class Tailer:
         if self.reported.get(path) != text:
             self.reported[path] = text
             res.errors.append(text + ("; retried at every scan" if op != "read" else "; retried"))
-
-
-def _waits(t: Tracker) -> bool:
-    """Does the file need a look next round even without an event?"""
-    return (
-        t.more
-        or t.orphan_since is not None
-        or t.polled
-        or bool(t.framer.pending)
-        or (t.multiline is not None and t.multiline.held)
-        or t.twin is not None
-    )
-
-
-def tracker_resume(t: Tracker) -> Mark:
-    """Offset just past the last record produced, and the bytes before it (empty when unknown)."""
-    if t.multiline is not None and t.multiline.held:
-        return Mark(t.multiline.start, b"")
-    return Mark(t.framer.consumed, t.framer.tail)
 
 
 def _line_start_before(fd: int, size: int) -> int:

@@ -20,15 +20,20 @@ is taken over a fixed window and divided by the lines written in it. Scenarios: 
 Bulk: one file of the corpus repeated (``BENCH_BULK_MIB``) read from its beginning, each shipper
 alone and pinned to one CPU: hostwatch into VictoriaLogs (redaction and disk buffer on), rsyslog
 into the TCP sink. Wall time until the last line arrived. Target: hostwatch >= 0.6x rsyslog's
-lines per second.
+lines per second. Beside it, from the same runs: the rate with hostwatch's start-up left out (timed
+from its ``/metrics`` answering: its Python start-up is 0.3 s on a quiet machine, rsyslog's a few ms) and
+lines per CPU second of each process (its threads' schedstat; wall time on the shared machine includes
+waiting for the CPU).
 
 Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
-BENCH_LOWRATE_ONLY=1 skips the bulk part.
+BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
+by thread (named by ``py-spy dump`` when py-spy is installed, else by thread id).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,6 +47,7 @@ from tests.bench.bench_logs import CORPUS, get, metric, pinned, start_agent, sta
 
 WINDOW = float(os.environ.get("BENCH_LOWRATE_SECONDS", "30"))
 BULK_MIB = float(os.environ.get("BENCH_BULK_MIB", "64"))
+BY_THREAD = os.environ.get("BENCH_LOWRATE_THREADS") == "1"
 WARMUP = 8.0
 SCENARIOS = [(20, 200), (2000, 1000)]  # (files, combined lines per second)
 TARGET_CPU_RATIO, TARGET_BULK_RATIO = 1.5, 0.6
@@ -72,6 +78,29 @@ module(load="imfile" mode="inotify")
 input(type="imfile" File="{glob}" Tag="app" addMetadata="on" {extra})
 action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp" template="RSYSLOG_SyslogProtocol23Format")
 """
+
+
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU time of each thread of a process, by thread id (nanoseconds)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found[task.name] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def thread_names(pid: int) -> dict[str, str]:
+    """Thread id -> Python thread name, from ``py-spy dump`` (empty without py-spy)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not os.path.exists(spy):
+        return {}
+    try:
+        dump = subprocess.run([spy, "dump", "-p", str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {m.group(1): m.group(2) for m in re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump)}
 
 
 def cpu_ns(pid: int) -> int:
@@ -146,11 +175,17 @@ def lowrate(home: Path, files: int, rate: float) -> list[tuple[str, bool]]:
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(logs), str(files), str(rate), str(CORPUS)])
         procs.append(writer)
         time.sleep(WARMUP)
+        names = thread_names(agent.pid) if BY_THREAD else {}
+        threads_before = thread_cpu_ns(agent.pid)
         before = {p.pid: cpu_ns(p.pid) for p in (agent, rsyslog)}
         lines_before = written(logs)
         time.sleep(WINDOW)
         used = {p.pid: cpu_ns(p.pid) - before[p.pid] for p in (agent, rsyslog)}
         lines = written(logs) - lines_before
+        by_thread: dict[str, int] = {}
+        for tid, ns in thread_cpu_ns(agent.pid).items():
+            name = names.get(tid, f"thread {tid}")
+            by_thread[name] = by_thread.get(name, 0) + ns - threads_before.get(tid, 0)
         stop(writer)
         total = written(logs)
         sent = 0.0
@@ -172,6 +207,9 @@ def lowrate(home: Path, files: int, rate: float) -> list[tuple[str, bool]]:
         f"rsyslog {rsyslog_us:.1f} us ({ratio:.2f}x); delivered: hostwatch {sent:,.0f}, rsyslog {sink.lines:,} "
         f"of {total:,}"
     )
+    if BY_THREAD:
+        busy = sorted(by_thread.items(), key=lambda item: -item[1])
+        print("  hostwatch by thread: " + ", ".join(f"{n} {ns / 1000 / max(lines, 1):.1f} us" for n, ns in busy[:6]))
     return [
         (f"{name}: hostwatch CPU <= {TARGET_CPU_RATIO:g}x rsyslog's (got {ratio:.2f}x)", ratio <= TARGET_CPU_RATIO),
         (f"{name}: every line shipped by both", sent >= total and sink.lines >= total),
@@ -194,14 +232,17 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
         started = time.monotonic()
         agent, url = start_agent(home, collector, vl_url)
         try:
-            sent = 0.0
+            sent, up = 0.0, None
             while time.monotonic() < started + 600 and sent < lines:
                 time.sleep(0.05)
                 try:
                     sent = metric(get(url + "/metrics"), "hostwatch_output_sent_items_total", signal="logs")
+                    up = up or time.monotonic()  # started: /metrics answers
                 except OSError:
                     pass
             agent_seconds = time.monotonic() - started
+            agent_flow = time.monotonic() - (up or started)
+            agent_cpu = cpu_ns(agent.pid) / 1e9
         finally:
             stop(agent)
     finally:
@@ -214,6 +255,8 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
         while time.monotonic() < started + 600 and sink.lines < lines:
             time.sleep(0.05)
         rsyslog_seconds = time.monotonic() - started
+        rsyslog_flow = rsyslog_seconds  # rsyslog starts in a few milliseconds
+        rsyslog_cpu = cpu_ns(rsyslog.pid) / 1e9
     finally:
         stop(rsyslog)
         sink.close()
@@ -223,6 +266,14 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
         f"bulk, {repeats * len(chunk) / 2**20:.0f} MiB ({lines:,} lines) from the beginning, one CPU each: "
         f"hostwatch {agent_rate:,.0f} lines/s (delivered {sent:,.0f}), rsyslog {rsyslog_rate:,.0f} lines/s "
         f"(delivered {sink.lines:,}): {ratio:.2f}x"
+    )
+    # the same runs without hostwatch's start-up (from /metrics answering), and per CPU second (the machine is
+    # shared: wall time includes waiting for the CPU, which CPU time does not)
+    flow, per_cpu = (lines / agent_flow) / (lines / rsyslog_flow), (lines / agent_cpu) / (lines / rsyslog_cpu)
+    print(
+        f"bulk without start-up: hostwatch {lines / agent_flow:,.0f} lines/s, rsyslog {lines / rsyslog_flow:,.0f} "
+        f"({flow:.2f}x); per CPU second: hostwatch {lines / agent_cpu:,.0f} lines, rsyslog "
+        f"{lines / rsyslog_cpu:,.0f} ({per_cpu:.2f}x)"
     )
     return [
         (f"bulk: hostwatch >= {TARGET_BULK_RATIO:g}x rsyslog's lines/s (got {ratio:.2f}x)", ratio >= TARGET_BULK_RATIO)

@@ -234,3 +234,21 @@ def test_streams_remember_a_bounded_number_of_open_blocks(redactor, monkeypatch,
     assert streams([RSA[0]], "a") == [RSA[0]]  # forgotten: the oldest goes first
     assert streams([RSA[0]], "c") == [MARK]
     assert streams(["-----END PRIVATE KEY-----"], "c") and streams([RSA[1]], "c") == [RSA[1]]
+
+
+def test_many_streams_in_one_call_redact_as_stream_by_stream(redactor):
+    """Streams.many (the tailer's round: lines of many files at once) gives what one call per file gives,
+    key blocks included, and keeps each file's block state."""
+    groups = [
+        ["password=hunter2 login", "plain"],
+        ["-----BEGIN PRIVATE KEY-----", RSA[0]],
+        ["token: ghp_" + "a" * 36, "again password=x"],
+    ]
+    keys = ["a", "b", "c"]
+    one_by_one = redactor.streams()
+    expected = [line for lines, key in zip(groups, keys, strict=True) for line in one_by_one(lines, key)]
+    batched = redactor.streams()
+    assert batched.many(groups, keys) == expected
+    assert batched.many([[RSA[1]], [RSA[1]]], ["b", "a"]) == [MARK, RSA[1]], "b is still inside its key block"
+    plain = [["password=a"], ["user=b"], ["nothing"]]
+    assert batched.many(plain, ["x", "y", "z"]) == [redactor.redact(line) for lines in plain for line in lines]

@@ -126,3 +126,39 @@ def test_an_unreadable_checkpoint_resumes_every_file(tmp_path) -> None:
     (tmp_path / "checkpoints.json").mkdir()  # read_bytes fails with EISDIR
     loaded = Store(tmp_path).load()
     assert loaded.files == [] and loaded.resume_all and "cannot read" in loaded.problem
+
+
+def test_encoded_entries_match_the_snapshot_and_only_changed_ones_are_encoded_again() -> None:
+    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "", True, 1.0)], 0.0)
+    for key in ("a", "b", "c"):
+        open_entry(ledger, key)
+    ledger.sent("a", 100)
+    first = ledger.encoded(0.0)
+    assert [msgspec.json.decode(raw, type=Saved) for raw in first] == ledger.snapshot(0.0)
+    ledger.acked({"a": (100, b"\n")})
+    open_entry(ledger, "copy", offset=30, pred="b")  # held at b's offset while b has records in flight
+    ledger.sent("copy", 80)
+    ledger.acked({"copy": (80, b"")})
+    ledger.sent("b", 40)
+    ledger.claimed("old.1")
+    second = ledger.encoded(0.0)
+    decoded = [msgspec.json.decode(raw, type=Saved) for raw in second]
+    assert decoded == ledger.snapshot(0.0)
+    assert {s.key: s.offset for s in decoded} == {"a": 100, "b": 0, "c": 0, "copy": 0}
+    assert second[2] is first[3], "c did not change: its encoding is reused, not made again"
+    ledger.acked({"b": (40, b"")})
+    third = ledger.encoded(0.0)
+    assert {msgspec.json.decode(raw, type=Saved).key: msgspec.json.decode(raw, type=Saved).offset for raw in third} == {
+        "a": 100,
+        "b": 40,
+        "c": 0,
+        "copy": 80,
+    }, "b's acknowledgement frees its copy's offset"
+
+
+def test_the_store_writes_encoded_entries_as_the_same_file(tmp_path) -> None:
+    ledger = Ledger([], 0.0)
+    open_entry(ledger, "a", offset=7)
+    store = Store(tmp_path)
+    store.save(ledger.encoded(0.0))
+    assert store.load() == Loaded(ledger.snapshot(0.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -448,3 +449,57 @@ def test_several_instances_share_the_declared_log_metrics(tmp_path, logs) -> Non
     assert registry.get_sample_value("hostwatch_log_files", {"collector": "a"}) == 0
     assert registry.get_sample_value("hostwatch_log_files", {"collector": "b"}) == 0
     assert registry.get_sample_value("hostwatch_log_lines_read_total") == 0
+
+
+async def test_checkpoint_writes_are_coalesced_at_low_rates(tmp_path, logs, monkeypatch) -> None:
+    """A round a few lines long, four times a second, is not a checkpoint write each: at most one a second."""
+    import collectors.logs.logs as logs_module
+
+    writes: list[float] = []
+    save = Store.save
+    monkeypatch.setattr(Store, "save", lambda self, entries: (writes.append(time.monotonic()), save(self, entries)))
+    monkeypatch.setattr(logs_module, "SAVE_INTERVAL", 0.5, raising=False)
+    files = [logs / f"app{i}.log" for i in range(20)]
+    for path in files:
+        path.write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")])
+    await asyncio.sleep(0.6)
+    writes.clear()
+    started = time.monotonic()
+    for n in range(12):
+        append(files[n % len(files)], [f"line {n}"])
+        await until(lambda n=n: len(sink.records) == n + 1)
+        await asyncio.sleep(0.1)
+    elapsed = time.monotonic() - started
+    await until(lambda: checkpoint(tmp_path)[str(files[11])] == files[11].stat().st_size)
+    await run.stop()
+    during = [w for w in writes if w < started + elapsed]
+    assert len(during) <= elapsed / 0.5 + 1, f"{len(during)} writes in {elapsed:.1f} s for 12 acknowledged rounds"
+    assert all(b - a >= 0.45 for a, b in itertools.pairwise(during)), "at most one write per interval"
+
+
+async def test_a_round_redacts_the_lines_of_all_its_files_in_one_call(tmp_path, logs) -> None:
+    calls: list[int] = []
+
+    class Redactor:
+        def redact_lines(self, lines: list[str]) -> list[str]:
+            calls.append(len(lines))
+            return [line.replace("secret", "[REDACTED]") for line in lines]
+
+    files = [logs / f"app{i}.log" for i in range(20)]
+    for path in files:
+        path.write_text("")
+    sink = Sink()
+    config = convert({"paths": [str(logs / "*.log")], **FAST}, LogsCollector.Config)
+    collector = LogsCollector(config, collector_context(tmp_path, redactor=Redactor()))
+    task = asyncio.create_task(collector.run(RunEmitter(time.time_ns(), (), sink)))
+    await asyncio.sleep(0.3)  # the first scan
+    for i, path in enumerate(files):
+        append(path, [f"line {i} secret"])
+    await until(lambda: len(sink.records) == 20)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert sorted(sink.bodies()) == sorted(f"line {i} [REDACTED]" for i in range(20))
+    assert sum(calls) == 20 and len(calls) <= 3, f"one call per round, not per file: {calls}"

@@ -270,3 +270,25 @@ def test_a_partial_line_whose_end_came_before_its_event_is_not_cut(tmp_path) -> 
     res = rig.tailer.step(rig.now, False, set(), False)
     assert [r.body for r in res.records] == ["first half, second half"]
     rig.close()
+
+
+def test_a_file_truncated_and_rewritten_between_two_looks_is_read_anew(tmp_path) -> None:
+    """Rewritten past the old offset (only its first bytes tell), or to fewer bytes (its size tells):
+    either way the new content is read from its start, once, and the old content's lines stay as read."""
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 10))
+    rig.step()
+    rig.step(scan=False)  # a look with nothing new in between
+    with open(app, "w") as f:  # truncated and rewritten, longer than what was read
+        f.write("\n".join(block("b", 30)) + "\n")
+    rig.step(scan=False)
+    assert rig.bodies == block("a", 10) + block("b", 30)
+    assert rig.stats["truncations"] == 1
+    with open(app, "w") as f:  # and again, shorter
+        f.write("\n".join(block("c", 3)) + "\n")
+    rig.step(scan=False)
+    rig.step(scan=False)
+    assert rig.bodies == block("a", 10) + block("b", 30) + block("c", 3)
+    assert rig.stats["truncations"] == 2
+    rig.close()

@@ -1,0 +1,76 @@
+"""The records of one round: the lines read from every file, redacted and parsed together.
+
+At low rates a round holds a line or two of each of many files; a redaction call
+and a parse call per file would cost more than the work itself, so the lines of
+all files go through one redaction call (each file keeps its own key-block
+state, see ``agent.redact.Streams.many``) and one parse pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from agent.model import Labels, LogRecord
+from collectors.logs.parse import Parser
+from collectors.logs.stats import LogStats
+from collectors.logs.tracker import Tracker
+
+Redact = Callable[[list[list[str]], list[str]], list[str]]
+"""(each file's lines, their files' keys) -> every line redacted, in one list; one key-block state per key."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """Lines read from one generation this round, and the bytes they were framed from (None when not
+    all known: multiline records, flushed partial lines)."""
+
+    file: Tracker
+    lines: list[str] = field(default_factory=list)
+    blocks: list[bytes] | None = field(default_factory=list)
+
+
+def build_records(
+    pending: Iterable[Pending], now_ns: int, redact: Redact | None, parser: Parser, stats: LogStats
+) -> list[LogRecord]:
+    """Every file's lines as records; lines without a time of their own get their file's next
+    nanoseconds from ``now_ns`` on (so a file's order is kept)."""
+    framed: list[Pending] = []
+    other: list[Pending] = []
+    for got in pending:
+        (framed if got.blocks is not None else other).append(got)
+    records: list[LogRecord] = []
+    for batch in (other, framed):  # level words are searched in bytes only where all bytes are known
+        if batch:
+            records += _batch(batch, now_ns, redact, parser)
+            stats.lines_read += sum(len(got.lines) for got in batch)
+    return records
+
+
+def _batch(batch: list[Pending], now_ns: int, redact: Redact | None, parser: Parser) -> list[LogRecord]:
+    lines: list[str] = []
+    labels: list[Labels] = []
+    times: list[int] = []
+    blocks: list[bytes] | None = [] if batch[0].blocks is not None else None
+    for got in batch:
+        t, count = got.file, len(got.lines)
+        base = max(now_ns, t.last_ns + 1)
+        t.last_ns = base + count - 1
+        lines += got.lines
+        labels += [t.labels] * count
+        times += range(base, base + count)
+        if blocks is not None and got.blocks is not None:
+            blocks += got.blocks
+    changed = None
+    if redact is not None:
+        redacted = redact([got.lines for got in batch], [got.file.key for got in batch])
+        if blocks is not None:
+            # the lines redaction rewrote (new objects) no longer match the bytes read
+            changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
+        lines = redacted
+    # each block holds whole lines, one newline each, and together they hold every line of the batch:
+    # level words are searched in one piece
+    pieces = None if blocks is None else [(0, b"".join(blocks))]
+    return parser.batch(lines, labels, times, pieces, changed)
