@@ -410,13 +410,13 @@ class Streams:
         One search over all of them when no stream is inside a key block and none begins one: the
         tailer's round at low rates holds a line or two of each of many files, and a call per file
         would cost more than the redaction itself. Otherwise stream by stream, as :meth:`__call__`."""
-        redactor = self._redactor
+        engine = self._redactor  # this module's RE2 engine itself, not the protocol: its internals are ours
         if len(groups) > 1 and not any(key in self._inside for key in keys):
             lines = list(chain.from_iterable(groups))
             joined = "\n".join(lines)
             data = joined.encode("utf-8", "surrogatepass")
-            if redactor._block is None or not HINT_SEARCH.search(data):
-                return redactor._redact_joined(lines, joined, data)
+            if engine._block is None or not HINT_SEARCH.search(data):
+                return engine._redact_joined(lines, joined, data)
         return list(chain.from_iterable(map(self, groups, keys)))
 
 

@@ -391,7 +391,16 @@ async def test_redaction_and_multiline_on_the_laravel_corpus(tmp_path, logs) -> 
             raise AssertionError("the batch form is used when there is one")
 
         def streams(self):
-            return lambda lines, _key: self.redact_lines(lines)
+            redactor = self
+
+            class Streams:  # the StreamRedactor protocol: per stream, or several streams at once
+                def __call__(self, lines: list[str], _key: str) -> list[str]:
+                    return redactor.redact_lines(lines)
+
+                def many(self, groups: list[list[str]], _keys: list[str]) -> list[str]:
+                    return redactor.redact_lines([line for lines in groups for line in lines])
+
+            return Streams()
 
     source = CORPUS / "laravel_php.log"
     text = source.read_text()
@@ -482,10 +491,23 @@ async def test_checkpoint_writes_are_coalesced_at_low_rates(tmp_path, logs, monk
 async def test_a_round_redacts_the_lines_of_all_its_files_in_one_call(tmp_path, logs) -> None:
     calls: list[int] = []
 
+    def redact_lines(lines: list[str]) -> list[str]:
+        calls.append(len(lines))
+        return [line.replace("secret", "[REDACTED]") for line in lines]
+
+    class Streams:  # counts calls whichever form the tailer uses: per file, or a round's files at once
+        def __call__(self, lines: list[str], _key: str) -> list[str]:
+            return redact_lines(lines)
+
+        def many(self, groups: list[list[str]], _keys: list[str]) -> list[str]:
+            return redact_lines([line for lines in groups for line in lines])
+
     class Redactor:
         def redact_lines(self, lines: list[str]) -> list[str]:
-            calls.append(len(lines))
-            return [line.replace("secret", "[REDACTED]") for line in lines]
+            return redact_lines(lines)
+
+        def streams(self) -> Streams:
+            return Streams()
 
     files = [logs / f"app{i}.log" for i in range(20)]
     for path in files:
