@@ -10,7 +10,7 @@ clash; the loser of a scraped label is kept as ``exported_<name>``), then
 from __future__ import annotations
 
 from agent.model import Labels
-from collectors.scrape.exposition import parse_series
+from collectors.scrape.grammar import parse_series
 from collectors.scrape.relabel import Relabeler
 
 
