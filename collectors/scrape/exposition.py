@@ -104,6 +104,7 @@ def scan(
     honor_timestamps: bool = True,
     max_samples: int = 0,
     plan: Plan | None = None,
+    resolve_many: Callable[[list[str]], dict[str, Any]] | None = None,
 ) -> Scan:
     """Parse ``text`` into ``Sample`` rows; each series text goes through ``previous``, else ``resolve``.
 
@@ -116,12 +117,15 @@ def scan(
     ``plan``'s series (``previous`` is then ``Scan.cache``, as it is). ``plan``
     is ``Scan.plan`` of the last scrape, with ``previous`` its cache. Samples are
     stamped ``time_ns`` unless they carry a timestamp and ``honor_timestamps``.
-    ``max_samples`` (> 0) stops parsing once exceeded.
+    ``max_samples`` (> 0) stops parsing once exceeded. ``resolve_many(texts)``, if
+    given, is ``{text: resolve(text) for text in texts}`` done faster.
     """
     if openmetrics:
         text = until_eof(text)
     limit = max_samples if text.count("\n") >= max_samples else 0  # fewer lines than the limit: no need to count
     scanner = _Scanner(text, openmetrics, resolve, previous, current, time_ns, honor_timestamps, limit, max_samples)
+    if resolve_many is not None:
+        scanner.resolve_many = resolve_many
     if plan is None:
         scanner.next_plan = Plan()
     else:
@@ -175,6 +179,7 @@ class _Scanner:
         self.text = text
         self.openmetrics = openmetrics
         self.resolve = resolve
+        self.resolve_many = lambda texts: {text: resolve(text) for text in texts}
         self.previous = previous
         self.current = current
         self.time_ns = time_ns
@@ -373,20 +378,20 @@ class _Scanner:
         """Resolve the series the cache lacks into ``entries``; False: leave the run to :meth:`careful`."""
         if self.series_cap and len(self.current) + len(keys) > self.series_cap:
             return False  # the cap may be reached within this run: stop at the very line
-        resolve, openmetrics = self.resolve, self.openmetrics
-        for at in list(compress(range(len(entries)), map(is_, entries, repeat(None)))):
+        openmetrics = self.openmetrics
+        misses = list(compress(range(len(entries)), map(is_, entries, repeat(None))))
+        for at in misses:
             line, key = lines[at], keys[at]
             # the series text as the line-by-line parse cuts it, or that parse must run
             end = line.rfind("}") + 1 or line.find(" ")
             if end <= 0 or line[:end] != key or (openmetrics and " # " in line):
                 return False
-            entry = fresh.get(key)
-            if entry is None:
-                try:
-                    entry = fresh[key] = resolve(key)
-                except ValueError:
-                    return False  # the line-by-line parse names the line
-            entries[at] = entry
+        try:
+            fresh.update(self.resolve_many(list(dict.fromkeys(map(keys.__getitem__, misses)))))
+        except ValueError:
+            return False  # the line-by-line parse names the line
+        for at in misses:
+            entries[at] = fresh[keys[at]]
         return True
 
     def careful(self, lines: list[str]) -> None:

@@ -12,6 +12,8 @@ gauges prometheus_client writes in the text format) are start times, not samples
 from __future__ import annotations
 
 import re
+from itertools import chain, repeat
+from operator import add, and_, contains, getitem, itemgetter
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -46,6 +48,12 @@ class ExpositionError(ValueError):
 
 def parse_series(text: str) -> tuple[str, list[tuple[str, str]]]:
     """``name{a="b",...}`` -> name and label pairs in written order. Raises ``ValueError``."""
+    name, keys, values = split_series(text)
+    return name, list(zip(keys, values, strict=True))
+
+
+def split_series(text: str) -> tuple[str, list[str], list[str]]:
+    """``name{a="b",...}`` -> name, label names and label values in written order. Raises ``ValueError``."""
     brace = text.find("{")
     name = (text if brace < 0 else text[:brace]).strip()
     if name not in _names:
@@ -54,13 +62,14 @@ def parse_series(text: str) -> tuple[str, list[tuple[str, str]]]:
         if len(_names) < _CACHE_MAX:
             _names.add(name)
     if brace < 0:
-        return name, []
+        return name, [], []
     body = text[brace + 1 :].rstrip()
     if not body.endswith("}"):
         raise ValueError(f"unterminated label set of {name}")
     body = body[:-1]
     if "\\" in body:
-        return name, _labels_escaped(name, body)
+        pairs = _labels_escaped(name, body)
+        return name, [k for k, _ in pairs], [v for _, v in pairs]
     parts = body.split('"')
     if len(parts) % 2 == 0:
         raise ValueError(f"unbalanced quotes in the labels of {name}")
@@ -68,18 +77,57 @@ def parse_series(text: str) -> tuple[str, list[tuple[str, str]]]:
     if tail and tail.strip() not in ("", ","):
         raise ValueError(f"unexpected {tail.strip()[:40]!r} in the labels of {name}")
     if not parts:
-        return name, []
+        return name, [], []
     # between two values comes ',key=': with a comma in front of the first, every key looks alike
     parts[0] = "," + parts[0]
     raws = parts[::2]
     keys = list(map(_keys.get, raws))
     if None in keys:
         keys = [key or _label_key(raw, name) for key, raw in zip(keys, raws, strict=True)]
-    return name, list(zip(keys, parts[1::2], strict=True))
+    return name, keys, parts[1::2]
 
 
 _names: set[str] = set()
 _keys: dict[str, str] = {}
+
+
+def split_many(texts: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]] | None:
+    """:func:`split_series` of many ``name{k="v",...}`` texts at once, with C-level calls over the
+    list, for the usual shape only: a brace, no escapes, no space around the name, nothing after the
+    last value. None: one of them is not of that shape (or not valid), take them one by one."""
+    if any(map(contains, texts, repeat("\\"))):
+        return None
+    parts = list(map(str.partition, texts, repeat("{")))
+    names = list(map(itemgetter(0), parts))
+    if not _names.issuperset(names):
+        for name in set(names).difference(_names):
+            if len(_names) >= _CACHE_MAX or not _NAME.fullmatch(name):
+                return None
+            _names.add(name)
+    rests = list(map(itemgetter(2), parts))
+    if not all(map(str.endswith, rests, repeat("}"))):
+        return None
+    # between two values comes ',key=': with a comma in front of the first, every key looks alike
+    split = list(map(str.split, map(add, repeat(","), map(getitem, rests, repeat(_BEFORE_BRACE))), repeat('"')))
+    if not all(map(and_, map(len, split), repeat(1))) or list(map(itemgetter(-1), split)).count("") != len(split):
+        return None  # unbalanced quotes, or something after the last value
+    raws = list(map(getitem, split, repeat(_RAW_KEYS)))
+    keys = list(map(list, map(map, repeat(_keys.get), raws)))
+    if any(map(contains, keys, repeat(None))):
+        try:
+            for raw in set(chain.from_iterable(raws)).difference(_keys):
+                _label_key(raw, "a series")
+        except ValueError:
+            return None
+        keys = list(map(list, map(map, repeat(_keys.get), raws)))
+        if any(map(contains, keys, repeat(None))):
+            return None  # the cache of label names is full
+    return names, keys, list(map(getitem, split, repeat(_VALUES)))
+
+
+_BEFORE_BRACE = slice(None, -1)
+_RAW_KEYS = slice(0, -1, 2)
+_VALUES = slice(1, None, 2)
 
 
 def _label_key(raw: str, metric: str) -> str:

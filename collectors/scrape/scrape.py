@@ -280,6 +280,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
                 honor_timestamps=cfg.honor_timestamps,
                 max_samples=cfg.sample_limit,
                 plan=state.plan,
+                resolve_many=state.resolver.resolve_many,
             )
         except ExpositionError as exc:
             state.cache.update(current)  # series resolved before the error: keep them for the next scrape

@@ -1,6 +1,7 @@
 """The line-by-line exposition parser hostwatch used before the bulk one, kept unchanged as the oracle
 of tests/unit/collectors/test_scrape_bulk.py: the bulk parse must give the same samples, counts,
-cache and errors for any body. (``scan`` here empties ``previous`` as it goes.)
+cache and errors for any body. (``scan`` here empties ``previous`` as it goes.) ``Resolver`` is the
+series resolver it was used with, for the benchmark's before/after comparison.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from agent.model import Sample
+from agent.model import Labels, Sample
+from collectors.scrape.relabel import Relabeler
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -334,3 +336,78 @@ def _without_exemplar(line: str) -> str:
             i += 1
     cut = line.find(" # ", end)
     return line if cut < 0 else line[:cut]
+
+
+class LabelLimitError(ValueError):
+    """A series breaks label_limit, label_name_length_limit or label_value_length_limit."""
+
+
+class Resolver:
+    """``resolve(series_text)`` -> ``(scraped name, name, labels)``; name is None when relabeling dropped it."""
+
+    def __init__(
+        self,
+        target_labels: Labels,
+        *,
+        honor_labels: bool,
+        relabeler: Relabeler,
+        label_limit: int = 0,
+        name_length_limit: int = 0,
+        value_length_limit: int = 0,
+    ) -> None:
+        self.target_labels = target_labels
+        self.honor_labels = honor_labels
+        self.relabeler = relabeler
+        self.label_limit = label_limit
+        self.name_length_limit = name_length_limit
+        self.value_length_limit = value_length_limit
+        self._target = dict(target_labels)
+        self._limited = bool(label_limit or name_length_limit or value_length_limit)
+
+    def resolve(self, series: str) -> tuple[str, str | None, Labels]:
+        scraped, pairs = parse_series(series)
+        labels = dict(pairs)
+        if len(labels) != len(pairs):
+            raise ValueError(f"a label appears twice in {scraped}")
+        if "" in labels.values():
+            labels = {k: v for k, v in labels.items() if v}
+        if self.honor_labels:
+            for key, value in self.target_labels:
+                labels.setdefault(key, value)
+        elif not self._target.keys().isdisjoint(labels):
+            for key in labels.keys() & self._target.keys():
+                exported = "exported_" + key
+                while exported in labels:
+                    exported = "exported_" + exported
+                labels[exported] = labels[key]
+            labels.update(self._target)
+        else:
+            labels.update(self._target)
+        name = scraped
+        if self.relabeler:
+            labels["__name__"] = name
+            relabeled = self.relabeler.apply(labels)
+            if relabeled is None:
+                return scraped, None, ()
+            name = relabeled.pop("__name__", "")
+            if not name:
+                return scraped, None, ()  # a rule removed the name: Prometheus drops such a series too
+            labels = relabeled
+        if self._limited:
+            self._check_limits(name, labels)
+        return scraped, name, tuple(sorted(labels.items()))
+
+    def _check_limits(self, name: str, labels: dict[str, str]) -> None:
+        if self.label_limit and len(labels) + 1 > self.label_limit:  # + 1: the name, as Prometheus counts
+            raise LabelLimitError(f"{name} has {len(labels) + 1} labels, more than label_limit = {self.label_limit}")
+        limit = self.name_length_limit
+        if limit and max(map(len, labels), default=0) > limit:
+            key = max(labels, key=len)
+            raise LabelLimitError(f"{name}: label name {key[:40]}... is longer than label_name_length_limit = {limit}")
+        limit = self.value_length_limit
+        if limit and max(map(len, labels.values()), default=0) > limit:
+            key = max(labels, key=lambda k: len(labels[k]))
+            raise LabelLimitError(
+                f"{name}: the value of label {key} is {len(labels[key])} characters long,"
+                f" more than label_value_length_limit = {limit}"
+            )

@@ -181,6 +181,7 @@ def run_new(text: str, openmetrics: bool, state: dict, max_samples: int):
             time_ns=T,
             max_samples=max_samples,
             plan=state["plan"],
+            resolve_many=state["resolve"].__self__.resolve_many,
         )
     except ExpositionError as exc:
         state["cache"].update(current)
@@ -298,3 +299,80 @@ def test_kinds_after_leaving_the_plan_are_those_of_the_line_by_line_parse() -> N
     # the TYPE line after x's first sample changes the kind of the x samples that follow it
     *_, last = scrapes('x{a="1"} 1\n# TYPE x counter\ny 1\n', 'x{a="1"} 1\n# TYPE x counter\ny 1\nx{a="2"} 2\n')
     assert [(name, kind) for name, _, kind, _, _ in last["rows"]] == [("x", "gauge"), ("y", "gauge"), ("x", "counter")]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_resolve_many_is_resolve_of_each(seed: int, monkeypatch) -> None:
+    rng = random.Random(seed)
+    texts = set()
+    plain = rng.random() < 0.6  # a batch of the usual shape, or with a nasty series in it
+    for _ in range(rng.randint(2, 40)):
+        labels = [(k, f"v{rng.randint(0, 2)}") for k in rng.sample(["a", "b", "le", "instance"], rng.randint(0, 3))]
+        if not plain and rng.random() < 0.2:
+            labels.append((rng.choice(["a", "job", "c"]), rng.choice(NASTY)))
+        text = ",".join(f'{k}="{escape(v)}"' for k, v in labels)
+        texts.add(f"m{rng.randint(0, 3)}" + (f"{{{text}}}" if labels or rng.random() < 0.3 else ""))
+    texts = sorted(texts)
+    if seed % 4 == 0:
+        monkeypatch.setattr("collectors.scrape.series._PAIRS_MAX", 3)  # the shared pairs start over often
+    limits = {"label_limit": rng.choice([0, 3, 64]), "value_length_limit": rng.choice([0, 4, 4096])}
+    one = Resolver(TARGET, honor_labels=False, relabeler=Relabeler([]), **limits)
+    many = Resolver(TARGET, honor_labels=False, relabeler=Relabeler([]), **limits)
+
+    def each() -> dict:
+        return {text: one.resolve(text) for text in texts}
+
+    try:
+        want = each()
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            many.resolve_many(texts)
+        return
+    assert many.resolve_many(texts) == want
+
+
+def test_resolve_many_takes_the_bulk_path_for_the_usual_shape(monkeypatch) -> None:
+    import collectors.scrape.series as series
+
+    calls = []
+
+    def split_many(texts):
+        calls.append(result := grammar_split_many(texts))
+        return result
+
+    grammar_split_many = series.split_many
+    monkeypatch.setattr(series, "split_many", split_many)
+    texts = [f'm{{a="{i}",le="{le}"}}' for i in range(50) for le in ("0.1", "+Inf")] + ["bare"]
+    resolver = Resolver(TARGET, honor_labels=False, relabeler=Relabeler([]), label_limit=64)
+    got = resolver.resolve_many(texts)
+    assert calls and calls[0] is not None
+    assert got == {text: Resolver(TARGET, honor_labels=False, relabeler=Relabeler([])).resolve(text) for text in texts}
+    # the 100 series share their le pairs and the target's: far fewer pair objects than labels
+    assert len(resolver._pairs) == 50 + 2 + 2
+    assert len({id(pair) for entry in got.values() for pair in entry[2]}) == 54
+
+
+@pytest.mark.parametrize(
+    ("texts", "limits"),
+    [
+        (['m{a="1",a="2"}', 'm{a="3"}'], {}),  # a label twice
+        (['m{a="1",b="2",c="3"}', 'm{a="3"}'], {"label_limit": 4}),
+        (['m{a="1234567"}', 'm{a="3"}'], {"value_length_limit": 5}),
+        (['m{abcdefg="1"}', 'm{a="3"}'], {"name_length_limit": 5}),
+        (['m{a=""}', 'm{a="3"}'], {}),  # an empty value is no label
+        (['m{job="x"}', 'm{a="3"}'], {}),  # exported_job
+        (['m{a="x\\"y"}', 'm{a="3"}'], {}),
+        (['m{a="1"} ', "m", 'm{a="3"}'], {}),
+    ],
+)
+def test_resolve_many_in_the_cases_resolve_looks_at(texts: list[str], limits: dict) -> None:
+    def resolver() -> Resolver:
+        return Resolver(TARGET, honor_labels=False, relabeler=Relabeler([]), **limits)
+
+    try:
+        want = {text: resolver().resolve(text) for text in texts}
+    except ValueError as exc:
+        with pytest.raises(type(exc), match="label"):
+            resolver().resolve_many(texts)
+        return
+    assert resolver().resolve_many(texts) == want
