@@ -222,8 +222,16 @@ class _Scanner:
             if not lines:
                 continue
             if self.plan is None or not self.in_step(lines):
-                self.bulk(lines)
+                if self.usual(lines[0]):
+                    self.bulk(lines)
+                else:  # the run is likely all of the first line's shape (timestamps, say): no bulk attempt
+                    self.careful(lines)
             self.at += len(lines)
+
+    def usual(self, line: str) -> bool:
+        """Is the line of the shape :meth:`bulk` takes, ``series value``?"""
+        end = line.rfind("}") + 1 or line.find(" ")
+        return 0 < end == line.rfind(" ") and not (self.openmetrics and " # " in line)
 
     def type_line(self, line: str) -> None:
         plan = self.plan

@@ -141,6 +141,41 @@ def hostwatch_parse(bodies: list[bytes], rounds: int = 5) -> dict[str, float]:
     return figures
 
 
+def cache_memory(body: bytes) -> dict[str, float]:
+    """Bytes a target keeps between scrapes (series cache, plan, shared label pairs) after its first
+    scrape of ``body``: hostwatch's, and the line-by-line parser's before it (its cache)."""
+    import tracemalloc
+
+    config = convert({"job": "bench", "targets": ["127.0.0.1:9999"], "sample_limit": 0}, Config)
+    collector = PrometheusScrapeCollector(config, collector_context(Path(tempfile.mkdtemp())))
+    figures = {}
+    for name in ("hostwatch", "before"):
+        state = collector._new_state(collector._static[0])
+        gc.collect()
+        tracemalloc.start()
+        if name == "hostwatch":
+            collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns(), RunEmitter(0))
+        else:
+            resolver = scrape_reference.Resolver(
+                state.resolver.target_labels,
+                honor_labels=False,
+                relabeler=Relabeler([]),
+                label_limit=config.label_limit,
+                name_length_limit=config.label_name_length_limit,
+                value_length_limit=config.label_value_length_limit,
+            )
+            cache: dict = {}
+            text = body.decode()
+            resolve = resolver.resolve
+            scrape_reference.scan(text, openmetrics=False, resolve=resolve, previous={}, current=cache, time_ns=1)
+            del text
+        gc.collect()
+        figures[name] = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del state
+    return figures
+
+
 # --------------------------------------------------------------- the peers, for comparison
 
 
@@ -302,6 +337,11 @@ def main(argv: list[str]) -> int:
                 f" = {f[key + '_before_samples_per_s'] / 1e6:.2f} M samples/s"
             )
         print(line)
+    memory = cache_memory(body)
+    print(
+        f"  kept between scrapes       hostwatch {memory['hostwatch'] / 1e6:.0f} MB"
+        f" | line-by-line parser before {memory['before'] / 1e6:.0f} MB"
+    )
     missing = [b for b in ("prometheus", "vmagent", "victoria-metrics") if not shutil.which(b)]
     if missing and not args.no_peers:
         print(f"peers not timed: {', '.join(missing)} not installed (tests/peers/install.sh)")
