@@ -198,6 +198,11 @@ class _Scanner:
         """``# TYPE`` lines so far, while in step."""
         self.next_plan: Plan | None = None
         """This body's plan, once out of step (until a line needs the line-by-line parse)."""
+        self.left: Plan | None = None
+        """The previous body's plan once out of step, for :meth:`follow`."""
+        self.position = 0
+        """Where in ``left`` the next line is expected."""
+        self.positions: dict[str, int] | None = None
 
     def block(self, block: str) -> None:
         """Some whole lines of the body: comment lines one by one, the sample lines between them in bulk."""
@@ -221,7 +226,7 @@ class _Scanner:
                 lines = list(filter(None, lines))
             if not lines:
                 continue
-            if self.plan is None or not self.in_step(lines):
+            if (self.plan is None or not self.in_step(lines)) and not self.follow(lines):
                 if self.usual(lines[0]):
                     self.bulk(lines)
                 else:  # the run is likely all of the first line's shape (timestamps, say): no bulk attempt
@@ -285,6 +290,7 @@ class _Scanner:
         line-by-line parse would have them, and this body's plan so far."""
         plan, at, type_at = self.plan, self.at, self.type_at
         self.plan = None
+        self.left, self.position = plan, at
         keys = plan.keys[:at]
         self.current.update(zip(keys, map(self.previous.get, keys), strict=True))
         kinds: dict[str, str] = {}
@@ -308,6 +314,94 @@ class _Scanner:
             at - keep.count(True),
             plan.types[:type_at],
         )
+
+    def follow(self, lines: list[str]) -> bool:
+        """Out of step: are these lines the previous body's lines, elsewhere (a series came or went
+        before them)? Then their series, names and labels are taken from there, as :meth:`bulk`
+        would find them in the cache, and kinds as :meth:`bulk` works them out. False: they are not."""
+        plan = self.left
+        if plan is None:
+            return False
+        key = lines[0].rpartition(" ")[0]
+        at = self.position
+        if at >= len(plan.keys) or plan.keys[at] != key:
+            if self.positions is None:
+                self.positions = dict(zip(plan.keys, range(len(plan.keys)), strict=True))
+            at = self.positions.get(key, -1)
+            if at < 0:
+                return False
+        end = at + len(lines)
+        if end > len(plan.keys) or not all(map(str.startswith, lines, plan.prefixes[at:end])):
+            return False
+        try:
+            values = list(map(float, map(getitem, lines, plan.cuts[at:end])))
+        except ValueError:
+            return False
+        keys = plan.keys[at:end]
+        entries = list(map(self.previous.get, keys))
+        if None in entries:
+            return False  # not from this cache
+        scraped, names = plan.scraped[at:end], plan.names[at:end]
+        kinds, keep, kept = self._kinds(scraped, names)
+        out = self.out
+        if self.limit and len(out.rows) + kept + out.duplicates > self.limit:
+            return False
+        if not self._add_series(keys, entries):
+            return False
+        labels = plan.labels[at:end]
+        self._add_samples(names, values, kinds, labels, keep, kept)
+        self.position = end
+        following = self.next_plan
+        if following is not None:
+            following.keys += keys
+            following.prefixes += plan.prefixes[at:end]
+            following.cuts += plan.cuts[at:end]
+            self._extend(following, scraped, names, kinds, labels, keep, kept)
+        return True
+
+    def _kinds(self, scraped: list[str], names: list[str | None]) -> tuple[list[str], list[bool] | None, int]:
+        """Kinds of the lines' series, as the line-by-line parse works them out, and which lines are kept."""
+        memo = self.kinds
+        kinds = list(map(memo.get, scraped))
+        if None in kinds:
+            for name in set(scraped).difference(memo):
+                memo[name] = kind_of(name, self.types)
+            kinds = list(map(memo.__getitem__, scraped))
+        if SKIP in kinds or None in names:
+            keep = list(map(and_, map(is_not, kinds, repeat(SKIP)), map(is_not, names, repeat(None))))
+            return kinds, keep, keep.count(True)
+        return kinds, None, len(kinds)
+
+    def _add_series(self, keys: list[str], entries: list[Any]) -> bool:
+        """Into the next cache; False (and nothing added): a series is there twice."""
+        current = self.current
+        before = len(current)
+        current.update(zip(keys, entries, strict=True))
+        if len(current) - before != len(keys):  # the new keys went in last: take them out
+            for _ in range(len(current) - before):
+                current.popitem()
+            return False
+        return True
+
+    def _add_samples(self, names: list, values: list[float], kinds: list[str], labels: list, keep, kept: int) -> None:
+        out = self.out
+        samples = map(Sample, names, values, kinds, labels, repeat(self.time_ns))
+        if keep is None:
+            out.rows.extend(samples)
+        else:
+            out.rows.extend(compress(samples, keep))
+            created = kinds.count(SKIP)
+            out.created += created
+            out.dropped += len(values) - kept - created
+
+    @staticmethod
+    def _extend(plan: Plan, scraped: list, names: list, kinds: list, labels: list, keep, kept: int) -> None:
+        plan.scraped += scraped
+        plan.names += names
+        plan.kinds += kinds
+        plan.labels += labels
+        plan.keep += [True] * len(kinds) if keep is None else keep
+        plan.skipped += len(kinds) - kept
 
     def finish(self) -> None:
         plan = self.plan
@@ -334,38 +428,16 @@ class _Scanner:
             values = list(map(float, map(_third, parts)))
         except ValueError:
             return self.careful(lines)
-        scraped = list(map(_first, entries))
-        memo = self.kinds
-        kinds = list(map(memo.get, scraped))
-        if None in kinds:
-            for name in set(scraped).difference(memo):
-                memo[name] = kind_of(name, self.types)
-            kinds = list(map(memo.__getitem__, scraped))
-        names = list(map(_second, entries))
-        keep = None
-        kept = len(lines)
-        if SKIP in kinds or None in names:
-            keep = list(map(and_, map(is_not, kinds, repeat(SKIP)), map(is_not, names, repeat(None))))
-            kept = keep.count(True)
+        scraped, names = list(map(_first, entries)), list(map(_second, entries))
+        kinds, keep, kept = self._kinds(scraped, names)
         out = self.out
         if self.limit and len(out.rows) + kept + out.duplicates > self.limit:
             return self.careful(lines)  # it stops at the very line
-        current = self.current
-        before = len(current)
-        current.update(zip(keys, entries, strict=True))
-        if len(current) - before != len(keys):  # a series twice: the new keys went in last, take them out
-            for _ in range(len(current) - before):
-                current.popitem()
+        if not self._add_series(keys, entries):
             return self.careful(lines)
         labels = list(map(_third, entries))
-        samples = map(Sample, names, values, kinds, labels, repeat(self.time_ns))
-        if keep is None:
-            out.rows.extend(samples)
-        else:
-            out.rows.extend(compress(samples, keep))
-            created = kinds.count(SKIP)
-            out.created += created
-            out.dropped += len(lines) - kept - created
+        self._add_samples(names, values, kinds, labels, keep, kept)
+        memo = self.kinds
         for name, stored, _ in fresh.values():
             if stored is not None and memo[name] is not SKIP:
                 out.new_series += 1
@@ -375,12 +447,7 @@ class _Scanner:
             following.keys += keys
             following.prefixes += prefixes
             following.cuts += map(_cuts.__getitem__, map(len, prefixes))
-            following.scraped += scraped
-            following.names += names
-            following.kinds += kinds
-            following.labels += labels
-            following.keep += [True] * len(lines) if keep is None else keep
-            following.skipped += len(lines) - kept
+            self._extend(following, scraped, names, kinds, labels, keep, kept)
 
     def _resolve_new(self, lines: list[str], keys: list[str], entries: list[Any], fresh: dict[str, Any]) -> bool:
         """Resolve the series the cache lacks into ``entries``; False: leave the run to :meth:`careful`."""

@@ -132,6 +132,12 @@ def hostwatch_parse(bodies: list[bytes], rounds: int = 5) -> dict[str, float]:
         body = bodies[(i + 1) % len(bodies)]
         timed("warm", ours, state, body)
         _, cache = timed("warm_before", before, cache, body)
+    # one series more near the start of the body, then gone again: every scrape is a change
+    changed = bodies[0].replace(
+        b"# TYPE app_queue_depth_0 gauge\n", b"# TYPE app_queue_depth_0 gauge\napp_queue_depth_0 1\n"
+    )
+    for i in range(rounds):
+        timed("warm_changed", ours, state, (changed, bodies[0])[i % 2])
     for i in range(rounds):
         timed("warm_cache_only", ours, state, bodies[i % len(bodies)], False)
     figures: dict[str, float] = {"samples": samples, "bytes": len(bodies[0])}
@@ -328,6 +334,7 @@ def main(argv: list[str]) -> int:
     for label, key in (
         ("first scrape", "cold"),
         ("later scrapes, in step", "warm"),
+        ("a series came or went", "warm_changed"),
         ("later scrapes, cache only", "warm_cache_only"),
     ):
         line = f"  {label:26s} hostwatch {f[key + '_seconds']:.3f}s = {f[key + '_samples_per_s'] / 1e6:.2f} M samples/s"

@@ -376,3 +376,18 @@ def test_resolve_many_in_the_cases_resolve_looks_at(texts: list[str], limits: di
             resolver().resolve_many(texts)
         return
     assert resolver().resolve_many(texts) == want
+
+
+def test_a_series_already_read_is_a_duplicate_where_the_body_meets_the_last_one_again() -> None:
+    # c comes first now, then where the last body had it: the second c is a duplicate, counted and left out
+    *_, last = scrapes("a 1\nb 1\n# TYPE c gauge\nc 1\n", "c 2\nb 3\n# TYPE c gauge\nc 4\n")
+    assert [(name, value) for name, value, *_ in last["rows"]] == [("c", 2.0), ("b", 3.0)]
+    assert last["counts"][3] == 1  # duplicates
+
+
+def test_after_a_new_series_the_rest_of_the_body_meets_the_last_one_again() -> None:
+    first = "".join(f"# TYPE m{i} gauge\n" + "".join(f'm{i}{{x="{j}"}} {j}\n' for j in range(3)) for i in range(4))
+    second = first.replace('m1{x="0"} 0\n', 'm1{x="0"} 0\nm1{x="new"} 9\n').replace(" 2\n", " 5\n")
+    *_, last = scrapes(first, second)
+    assert last["counts"][4] == 1 and len(last["rows"]) == 13  # one new series, every value read
+    assert ("m3", 5.0) in [(name, value) for name, value, *_ in last["rows"]]
