@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
-from operator import and_, getitem, is_, is_not, itemgetter
+from operator import add, and_, contains, getitem, is_, is_not, itemgetter
 from typing import Any
 
 from agent.model import Labels, Sample
@@ -455,18 +455,26 @@ class _Scanner:
             return False  # the cap may be reached within this run: stop at the very line
         openmetrics = self.openmetrics
         misses = list(compress(range(len(entries)), map(is_, entries, repeat(None))))
-        for at in misses:
-            line, key = lines[at], keys[at]
-            # the series text as the line-by-line parse cuts it, or that parse must run
-            end = line.rfind("}") + 1 or line.find(" ")
-            if end <= 0 or line[:end] != key or (openmetrics and " # " in line):
+        new = list(map(lines.__getitem__, misses))
+        if openmetrics and any(map(contains, new, repeat(" # "))):
+            return False  # an exemplar, perhaps
+        # the series text must be what the line-by-line parse cuts: up to the last "}" (or the first
+        # space of a bare name), which must be right before the last space, where the key was cut
+        closes = list(map(str.rfind, new, repeat("}")))
+        if -1 in closes:
+            if not all(map(self.usual, new)):
                 return False
+        elif list(map(add, closes, repeat(1))) != list(map(str.rfind, new, repeat(" "))):
+            return False
         try:
             fresh.update(self.resolve_many(list(dict.fromkeys(map(keys.__getitem__, misses)))))
         except ValueError:
             return False  # the line-by-line parse names the line
-        for at in misses:
-            entries[at] = fresh[keys[at]]
+        if len(misses) == len(entries):
+            entries[:] = map(fresh.__getitem__, keys)
+        else:
+            for at in misses:
+                entries[at] = fresh[keys[at]]
         return True
 
     def careful(self, lines: list[str]) -> None:

@@ -47,6 +47,7 @@ class Body:
         self.exemplars = openmetrics and rng.random() < 0.3
         self.space_before_brace = rng.random() < 0.05
         self.tab_after_brace = rng.random() < 0.05
+        self.double_space = rng.random() < 0.05
         self.broken = rng.random() < 0.08
         self.type_late = rng.random() < 0.08
         self.duplicate = rng.random() < 0.08
@@ -128,6 +129,8 @@ class Body:
                 line = metric + (" " if self.space_before_brace else "")
                 line += f"{{{text}}}" if labels or rng.random() < 0.1 else ""
                 line += ("\t" if self.tab_after_brace and "}" in line else " ") + value
+                if self.double_space and rng.random() < 0.3:
+                    line = line.replace(" ", "  ", 1) if "{" not in line else line.replace("} ", "}  ", 1)
                 if self.timestamps and rng.random() < 0.5:
                     line += " 1700000000.250" if self.openmetrics else " 1700000000250"
                 if self.exemplars and suffix in ("_bucket", "_total") and rng.random() < 0.5:
@@ -244,7 +247,7 @@ def test_clean_bodies_stay_on_the_bulk_paths() -> None:
         rng = random.Random(seed)
         body = Body(rng, openmetrics=False)
         body.crlf = body.timestamps = body.broken = body.duplicate = body.type_late = False
-        body.trailing = body.tab_after_brace = body.space_before_brace = False
+        body.trailing = body.tab_after_brace = body.space_before_brace = body.double_space = False
         state = {"resolve": resolver(rng).resolve, "cache": {}, "plan": None}
         for _ in range(3):
             text = body.text()
@@ -260,7 +263,7 @@ def test_clean_bodies_read_as_prometheus_client_reads_them(seed: int) -> None:
     rng = random.Random(seed)
     body = Body(rng, openmetrics=False)
     body.timestamps = body.broken = body.duplicate = body.exemplars = body.crlf = body.blank_lines = False
-    body.tab_after_brace = body.space_before_brace = body.type_late = False
+    body.tab_after_brace = body.space_before_brace = body.type_late = body.double_space = False
     for family in body.families:
         family[3] = True  # typed: an untyped X_created is a sample of its own
     text = body.text()
@@ -391,3 +394,9 @@ def test_after_a_new_series_the_rest_of_the_body_meets_the_last_one_again() -> N
     *_, last = scrapes(first, second)
     assert last["counts"][4] == 1 and len(last["rows"]) == 13  # one new series, every value read
     assert ("m3", 5.0) in [(name, value) for name, value, *_ in last["rows"]]
+
+
+def test_two_spaces_before_the_value_are_the_same_series() -> None:
+    (only,) = scrapes('a{x="1"}  1\na{x="1"} 2\nb  3\nb 4\n')
+    assert [(name, value) for name, value, *_ in only["rows"]] == [("a", 1.0), ("b", 3.0)]
+    assert only["counts"][3] == 2  # duplicates
