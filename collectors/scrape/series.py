@@ -17,6 +17,9 @@ from collectors.scrape.grammar import split_many, split_series
 from collectors.scrape.relabel import Relabeler
 
 _PAIRS_MAX = 1 << 16
+_CHUNK = 64
+"""Series taken apart at once: the lists of a few dozen die young; those of thousands would live long
+enough for the garbage collector to move them to its older generations and go over them again there."""
 
 
 class LabelLimitError(ValueError):
@@ -93,8 +96,16 @@ class Resolver:
         return scraped, name, tuple(map(self._pairs.setdefault, items, items))
 
     def resolve_many(self, texts: list[str]) -> dict[str, tuple[str, str | None, Labels]]:
-        """:meth:`resolve` of each text, done over the whole list at once when they are of the usual
+        """:meth:`resolve` of each text, done over the list at once when they are of the usual
         shape (no relabeling, honor_labels, empty value, clash, escape or limit to look at)."""
+        if len(texts) > _CHUNK:
+            resolved = {}
+            for start in range(0, len(texts), _CHUNK):
+                resolved.update(self._resolve_many(texts[start : start + _CHUNK]))
+            return resolved
+        return self._resolve_many(texts)
+
+    def _resolve_many(self, texts: list[str]) -> dict[str, tuple[str, str | None, Labels]]:
         if self.relabeler or self.honor_labels or len(texts) < 2:
             return {text: self.resolve(text) for text in texts}
         braced = list(map(contains, texts, repeat("{")))
