@@ -8,14 +8,16 @@ calls over the whole list (``str.startswith``, ``str.rpartition``, ``dict.get``,
 - in step with the previous body (its :class:`Plan`), a line is checked to start
   with the series text the same line had last time, and its value is the rest;
   the series' kind, name and labels are taken from the plan as they are;
+- out of step (a series came, went or moved), the lines are looked for in the
+  plan elsewhere (by their first line's series), and followed from there;
 - otherwise a line is cut at its last space and the series text looked up in the
   cache the caller keeps from one scrape to the next; only a series never seen
   before is taken apart (:func:`~collectors.scrape.grammar.parse_series`) and
   handed to the caller's ``resolve`` (target labels, relabeling). Prometheus'
   own scrape cache works the same way, keyed by the series' bytes;
 - anything else (a timestamp, an exemplar, a duplicate, a malformed line, a
-  limit about to be reached) goes to the line-by-line parse, which the other
-  two give way to whenever they cannot be sure to give the same result.
+  limit about to be reached) goes to the line-by-line parse, which the others
+  give way to whenever they cannot be sure to give the same result.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ _cuts = _Cuts()
 
 
 class _Scanner:
-    """One body's parse: see the module's docstring for the three ways a run of lines is taken."""
+    """One body's parse: see the module's docstring for the ways a run of lines is taken."""
 
     def __init__(
         self,
