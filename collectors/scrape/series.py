@@ -4,7 +4,9 @@ Runs once per new series (the scrape cache keeps the answer), in Prometheus'
 order: target labels are attached (``honor_labels`` decides who wins a
 clash; the loser of a scraped label is kept as ``exported_<name>``), then
 ``metric_relabel_configs``, then the label limits. Empty label values mean
-"no such label" in Prometheus' data model, so they are left out.
+"no such label" in Prometheus' data model, so they are left out. The new series
+of a scrape can be resolved together (:meth:`Resolver.resolve_many`), and the
+label pairs of a target's series are shared (the cache holds each pair once).
 """
 
 from __future__ import annotations
