@@ -32,7 +32,7 @@ import msgspec
 from agent.model import merge_labels
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, Size, readable_file
 from collectors.scrape.discovery import Defaults, FileTargets, Target, static_targets
-from collectors.scrape.exposition import SERIES_PER_SAMPLE_LIMIT, ExpositionError, Scan, scan
+from collectors.scrape.exposition import SERIES_PER_SAMPLE_LIMIT, ExpositionError, Plan, Scan, scan
 from collectors.scrape.relabel import Relabeler, RelabelRule
 from collectors.scrape.series import LabelLimitError, Resolver
 
@@ -114,11 +114,12 @@ class ScrapeFailed(Exception):
 
 @dataclass
 class TargetState:
-    """What a target keeps between scrapes: its series cache and its counters."""
+    """What a target keeps between scrapes: its series cache, its last body's plan and its counters."""
 
     target: Target
     resolver: Resolver
     cache: dict = field(default_factory=dict)
+    plan: Plan | None = None
     failures: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     logged: set[str] = field(default_factory=set)
@@ -278,15 +279,19 @@ class PrometheusScrapeCollector(PeriodicCollector):
                 time_ns=start_ns,
                 honor_timestamps=cfg.honor_timestamps,
                 max_samples=cfg.sample_limit,
+                plan=state.plan,
+                resolve_many=state.resolver.resolve_many,
             )
         except ExpositionError as exc:
-            state.cache.update(current)  # scan moved these out of the cache: keep them for the next scrape
+            state.cache.update(current)  # series resolved before the error: keep them for the next scrape
+            state.plan = None
             if isinstance(exc.__cause__, LabelLimitError):
                 raise ScrapeFailed("label_limit", str(exc)) from None
             html = " (the target answered a web page, not metrics)" if "html" in content_type else ""
             raise ScrapeFailed("parse_error", f"{exc}{html}") from None
         if result.truncated:
             state.cache.update(current)
+            state.plan = None  # the cache now holds more than the plan's series
             if result.too_many_series:
                 raise ScrapeFailed(
                     "sample_limit",
@@ -294,7 +299,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
                     " (counting those metric_relabel_configs drops)",
                 )
             raise ScrapeFailed("sample_limit", f"more than sample_limit = {cfg.sample_limit} samples")
-        state.cache = current
+        state.cache, state.plan = result.cache, result.plan
         emit.add(result.rows)
         return result
 

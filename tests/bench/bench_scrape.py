@@ -6,11 +6,17 @@ instrumented web app exposes, scaled up) through the collector's own parse
 step: body bytes to ``Sample`` values with the target's labels attached.
 "Cold" is a target's first scrape (every series is new: its labels are taken
 apart, target labels and relabeling applied); "warm" is every scrape after
-that (series found in the target's cache). Then (unless ``--no-peers``) the
-same body is served over HTTP to Prometheus 2.42 and to vmagent (writing into
-VictoriaMetrics), and the ``scrape_duration_seconds`` each of them records for
-it (request, parse and append: the fair common measure, neither exposes its
-parser alone) is printed next to hostwatch's own for the same scrape.
+that, with new values each time (two bodies, the same series, alternate):
+"in step" when the body has the previous one's series in the same order (the
+usual case), "cache only" when it does not (a series came or went: lines are
+looked up in the series cache one by one, in bulk). In the same run, the same
+bodies go through the line-by-line parser hostwatch used before
+(``tests/unit/collectors/scrape_reference.py``), round for round. Then
+(unless ``--no-peers``) the same body is served over HTTP to Prometheus 2.42
+and to vmagent (writing into VictoriaMetrics), and the
+``scrape_duration_seconds`` each of them records for it (request, parse and
+append: the fair common measure, neither exposes its parser alone) is printed
+next to hostwatch's own for the same scrape.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ from pathlib import Path
 
 from agent.config.validation import convert
 from agent.emitter import RunEmitter
+from collectors.scrape.relabel import Relabeler
 from collectors.scrape.scrape import Config, PrometheusScrapeCollector
 from tests.support import collector_context
+from tests.unit.collectors import scrape_reference
 
 PATHS = [f"/api/v1/resource{i}/{{id}}" for i in range(40)]
 METHODS = ["GET", "POST", "PUT", "DELETE"]
@@ -42,8 +50,9 @@ CODES = ["200", "201", "400", "404", "500"]
 BUCKETS = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf"]
 
 
-def exposition(target_bytes: int = 10 << 20) -> bytes:
-    """A text-format body of about ``target_bytes``: app-like histograms, counters, gauges."""
+def exposition(target_bytes: int = 10 << 20, variant: int = 0) -> bytes:
+    """A text-format body of about ``target_bytes``: app-like histograms, counters, gauges.
+    Another ``variant`` has the same series with other values."""
     out: list[str] = []
     size, shard = 0, 0
     while size < target_bytes:
@@ -56,9 +65,11 @@ def exposition(target_bytes: int = 10 << 20) -> bytes:
                 for code in CODES:
                     labels = f'method="{method}",path="{path}",status="{code}"'
                     for i, le in enumerate(BUCKETS):
-                        lines.append(f'http_request_duration_seconds_{shard}_bucket{{{labels},le="{le}"}} {i * 7}')
-                    lines.append(f"http_request_duration_seconds_{shard}_sum{{{labels}}} 123.456")
-                    lines.append(f"http_request_duration_seconds_{shard}_count{{{labels}}} 77")
+                        lines.append(
+                            f'http_request_duration_seconds_{shard}_bucket{{{labels},le="{le}"}} {i * 7 + variant}'
+                        )
+                    lines.append(f"http_request_duration_seconds_{shard}_sum{{{labels}}} {123.456 + variant * 0.7:g}")
+                    lines.append(f"http_request_duration_seconds_{shard}_count{{{labels}}} {77 + variant}")
         lines.append(f"# TYPE app_queue_depth_{shard} gauge")
         lines.extend(f'app_queue_depth_{shard}{{queue="q{i}"}} {i}' for i in range(200))
         lines.append(f"# TYPE app_events_{shard}_total counter")
@@ -70,29 +81,105 @@ def exposition(target_bytes: int = 10 << 20) -> bytes:
     return "".join(out).encode()
 
 
-def hostwatch_parse(body: bytes, rounds: int = 5) -> dict[str, float]:
+def hostwatch_parse(bodies: list[bytes], rounds: int = 5) -> dict[str, float]:
+    """Seconds per parse, best of ``rounds``: hostwatch's, and the line-by-line parser's before it, interleaved."""
     config = convert({"job": "bench", "targets": ["127.0.0.1:9999"], "sample_limit": 0}, Config)
     collector = PrometheusScrapeCollector(config, collector_context(Path(tempfile.mkdtemp())))
+    content_type = "text/plain; version=0.0.4"
+
+    def ours(state, body: bytes, plan: bool = True) -> int:
+        if not plan:
+            state.plan = None
+        return len(collector._parse(state, body, content_type, time.time_ns(), RunEmitter(0)).rows)
+
+    def before(cache: dict, body: bytes) -> tuple[int, dict]:
+        current: dict = {}
+        result = scrape_reference.scan(
+            body.decode("utf-8", "replace"),
+            openmetrics=False,
+            resolve=resolver.resolve,
+            previous=cache,
+            current=current,
+            time_ns=time.time_ns(),
+            max_samples=0,
+        )
+        return len(result.rows), current
+
     state = collector._new_state(collector._static[0])
-    gc.collect()
-    started = time.perf_counter()
-    result = collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns(), RunEmitter(0))
-    cold = time.perf_counter() - started
-    warm = []
-    for _ in range(rounds):
+    resolver = scrape_reference.Resolver(
+        state.resolver.target_labels,
+        honor_labels=False,
+        relabeler=Relabeler([]),
+        label_limit=config.label_limit,
+        name_length_limit=config.label_name_length_limit,
+        value_length_limit=config.label_value_length_limit,
+    )
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, call, *args):
+        gc.collect()
         started = time.perf_counter()
-        result = collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns(), RunEmitter(0))
-        warm.append(time.perf_counter() - started)
-    samples = len(result.rows)
-    best = min(warm)
-    return {
-        "samples": samples,
-        "bytes": len(body),
-        "cold_seconds": cold,
-        "cold_samples_per_s": samples / cold,
-        "warm_seconds": best,
-        "warm_samples_per_s": samples / best,
-    }
+        result = call(*args)
+        times.setdefault(name, []).append(time.perf_counter() - started)
+        return result
+
+    samples, cache = 0, {}
+    for _ in range(2):  # the first scrape, twice each (a new target each time)
+        state = collector._new_state(collector._static[0])
+        samples = timed("cold", ours, state, bodies[0])
+        _, cache = timed("cold_before", before, {}, bodies[0])
+    for i in range(rounds):
+        body = bodies[(i + 1) % len(bodies)]
+        timed("warm", ours, state, body)
+        _, cache = timed("warm_before", before, cache, body)
+    # one series more near the start of the body, then gone again: every scrape is a change
+    changed = bodies[0].replace(
+        b"# TYPE app_queue_depth_0 gauge\n", b"# TYPE app_queue_depth_0 gauge\napp_queue_depth_0 1\n"
+    )
+    for i in range(rounds):
+        timed("warm_changed", ours, state, (changed, bodies[0])[i % 2])
+    for i in range(rounds):
+        timed("warm_cache_only", ours, state, bodies[i % len(bodies)], False)
+    figures: dict[str, float] = {"samples": samples, "bytes": len(bodies[0])}
+    for name, values in times.items():
+        figures[f"{name}_seconds"] = min(values)
+        figures[f"{name}_samples_per_s"] = samples / min(values)
+    return figures
+
+
+def cache_memory(body: bytes) -> dict[str, float]:
+    """Bytes a target keeps between scrapes (series cache, plan, shared label pairs) after its first
+    scrape of ``body``: hostwatch's, and the line-by-line parser's before it (its cache)."""
+    import tracemalloc
+
+    config = convert({"job": "bench", "targets": ["127.0.0.1:9999"], "sample_limit": 0}, Config)
+    collector = PrometheusScrapeCollector(config, collector_context(Path(tempfile.mkdtemp())))
+    figures = {}
+    for name in ("hostwatch", "before"):
+        state = collector._new_state(collector._static[0])
+        gc.collect()
+        tracemalloc.start()
+        if name == "hostwatch":
+            collector._parse(state, body, "text/plain; version=0.0.4", time.time_ns(), RunEmitter(0))
+        else:
+            resolver = scrape_reference.Resolver(
+                state.resolver.target_labels,
+                honor_labels=False,
+                relabeler=Relabeler([]),
+                label_limit=config.label_limit,
+                name_length_limit=config.label_name_length_limit,
+                value_length_limit=config.label_value_length_limit,
+            )
+            cache: dict = {}
+            text = body.decode()
+            resolve = resolver.resolve
+            scrape_reference.scan(text, openmetrics=False, resolve=resolve, previous={}, current=cache, time_ns=1)
+            del text
+        gc.collect()
+        figures[name] = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del state
+    return figures
 
 
 # --------------------------------------------------------------- the peers, for comparison
@@ -239,12 +326,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip timing Prometheus and vmagent on the same body")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    body = exposition(int(args.mb * (1 << 20)))
-    figures = hostwatch_parse(body)
+    size = int(args.mb * (1 << 20))
+    bodies = [exposition(size), exposition(size, variant=1)]
+    body = bodies[0]
+    f = hostwatch_parse(bodies)
+    print(f"parse {f['bytes'] / 1e6:.1f} MB, {f['samples']} samples, best of 2 (cold) or 5 (warm) in this run:")
+    for label, key in (
+        ("first scrape", "cold"),
+        ("later scrapes, in step", "warm"),
+        ("a series came or went", "warm_changed"),
+        ("later scrapes, cache only", "warm_cache_only"),
+    ):
+        line = f"  {label:26s} hostwatch {f[key + '_seconds']:.3f}s = {f[key + '_samples_per_s'] / 1e6:.2f} M samples/s"
+        if key + "_before_seconds" in f:
+            line += (
+                f" | line-by-line parser before {f[key + '_before_seconds']:.3f}s"
+                f" = {f[key + '_before_samples_per_s'] / 1e6:.2f} M samples/s"
+            )
+        print(line)
+    memory = cache_memory(body)
     print(
-        f"parse {figures['bytes'] / 1e6:.1f} MB, {figures['samples']} samples: "
-        f"cold {figures['cold_seconds']:.3f}s = {figures['cold_samples_per_s'] / 1e6:.2f} M samples/s, "
-        f"warm {figures['warm_seconds']:.3f}s = {figures['warm_samples_per_s'] / 1e6:.2f} M samples/s"
+        f"  kept between scrapes       hostwatch {memory['hostwatch'] / 1e6:.0f} MB"
+        f" | line-by-line parser before {memory['before'] / 1e6:.0f} MB"
     )
     missing = [b for b in ("prometheus", "vmagent", "victoria-metrics") if not shutil.which(b)]
     if missing and not args.no_peers:

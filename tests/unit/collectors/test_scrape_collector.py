@@ -450,3 +450,21 @@ def test_series_relabeling_drops_still_count_against_a_bound(tmp_path) -> None:
     with pytest.raises(Exception, match="series") as info:
         c._parse(state, body, "text/plain", 1, RunEmitter(1))
     assert info.value.reason == "sample_limit" and len(state.cache) <= 400
+
+
+def test_each_scrape_follows_the_last_good_one_and_a_failed_one_breaks_the_chain(tmp_path) -> None:
+    c = collector(tmp_path, targets=["127.0.0.1:9"])
+    state = c._new_state(c._static[0])
+
+    def parse(text: str):
+        result = c._parse(state, text.encode(), "text/plain", 1, RunEmitter(1))
+        return [(s.name, s.value) for s in result.rows], result.new_series
+
+    assert parse("a 1\nb 2\n") == ([("a", 1.0), ("b", 2.0)], 2) and state.plan is not None
+    cache = state.cache
+    assert parse("a 3\nb 4\n") == ([("a", 3.0), ("b", 4.0)], 0) and state.cache is cache  # in step: kept as is
+    with pytest.raises(Exception, match="bad value") as info:
+        parse("a 1\nb x\n")
+    assert info.value.reason == "parse_error" and state.plan is None
+    assert parse("a 5\nc 6\n") == ([("a", 5.0), ("c", 6.0)], 1) and set(state.cache) == {"a", "c"}
+    assert parse("c 7\na 8\n") == ([("c", 7.0), ("a", 8.0)], 0) and state.plan.keys == ["c", "a"]
