@@ -59,6 +59,7 @@ from agent.config.values import check_url as check_url
 from agent.config.values import http_headers as http_headers
 from agent.config.values import readable_file as readable_file
 from agent.model import Labels, LogRecord, Sample, Signal, Span
+from agent.procfiles import KeptFiles as KeptFiles
 
 T = TypeVar("T")
 

@@ -13,7 +13,10 @@
 * Start to ``/ready``.
 
 Environment: BENCH_SECONDS (default 60), BENCH_RUNS (default 3); BENCH_INTERVALS (default
-"10,1") and BENCH_SKIP_CYCLE=1 (footprint only) for quicker looks.
+"10,1") and BENCH_SKIP_CYCLE=1 (footprint only) for quicker looks. BENCH_COMPARE_WITH=DIR
+adds a fourth process in the same runs: hostwatch from the source tree DIR (an earlier
+commit, ``git archive COMMIT | tar -x -C DIR``), so a change is measured before and after
+under the same load.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tests.support import free_port, hostwatch_command
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+COMPARE_WITH = os.environ.get("BENCH_COMPARE_WITH")
 
 # hostwatch plugin -> the node_exporter collectors it stands for. A tuple: the whole plugin;
 # a callable: the parts its config switches on (each part is named after its node_exporter
@@ -54,6 +58,9 @@ NODE_EXPORTER_OF = {
         config, ("hwmon", "thermal_zone", "cpufreq", "powersupplyclass", "edac", "rapl", "dmi", "nvme")
     ),
     "system": lambda config: [name for name in config.collectors if name not in config.exclude],
+    "storage": lambda config: _switched_on(
+        config, ("mdadm", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tapestats", "selinux")
+    ),
 }
 # Plugins that have no node_exporter counterpart (the agent's own metrics).
 NO_COUNTERPART = {"internal"}
@@ -127,8 +134,9 @@ def wait_ready(url: str, timeout: float = 10.0) -> float:
     raise RuntimeError(f"{url} not ready")
 
 
-def start_agent(interval: str, tmp: Path) -> tuple[subprocess.Popen, str]:
-    """``hostwatch run`` on the embedded default, with only the interval, port and state_dir changed."""
+def start_agent(interval: str, tmp: Path, tree: str | None = None) -> tuple[subprocess.Popen, str]:
+    """``hostwatch run`` on the embedded default, with only the interval, port and state_dir changed;
+    from the source tree ``tree`` when given (its directory first on the module path)."""
     port = free_port()
     config = tmp / f"bench-{port}.toml"
     text = embedded_default()[0]
@@ -140,7 +148,12 @@ def start_agent(interval: str, tmp: Path) -> tuple[subprocess.Popen, str]:
         if found != 1:
             raise SystemExit(f"bench_agent: the embedded default no longer has {pattern!r}")
     config.write_text(text)
-    proc = subprocess.Popen([*hostwatch_command(), "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+    env = None
+    if tree:
+        env = {**os.environ, "PYTHONPATH": tree}
+    proc = subprocess.Popen(
+        [*hostwatch_command(), "run", "--config", str(config)], stderr=subprocess.DEVNULL, cwd=tree, env=env
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -164,6 +177,8 @@ def footprint(interval: float, matching: list[str]) -> dict[str, tuple[float, fl
             "node_exporter (matching collectors)": start_node_exporter(matching),
             "node_exporter (defaults)": start_node_exporter(None),
         }
+        if COMPARE_WITH:
+            procs["hostwatch (BENCH_COMPARE_WITH)"] = start_agent(f"{interval}s", Path(tmp), COMPARE_WITH)
         try:
             for _proc, url in procs.values():
                 wait_ready(url + "/metrics")
@@ -304,13 +319,11 @@ def main() -> None:
             medians[name] = cpu
             spread = " ".join(f"{r[name][0]:.3f}" for r in runs)
             print(f"  {name:<38} CPU {cpu:7.4f} s ({spread})   peak RSS {rss:6.1f} MiB")
-        ours = medians["hostwatch"]
-        for name, target in (
-            ("node_exporter (matching collectors)", " (target <= 0.5)"),
-            ("node_exporter (defaults)", ""),
-        ):
-            ratio = ours / medians[name] if medians[name] else float("inf")
-            print(f"  hostwatch / {name}: {ratio:.2f}{target}")
+        matching_name = "node_exporter (matching collectors)"
+        for ours in [name for name in medians if name.startswith("hostwatch")]:
+            for name, target in ((matching_name, " (target <= 0.5)"), ("node_exporter (defaults)", "")):
+                ratio = medians[ours] / medians[name] if medians[name] else float("inf")
+                print(f"  {ours} / {name}: {ratio:.2f}{target}")
 
 
 if __name__ == "__main__":
