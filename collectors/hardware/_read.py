@@ -48,3 +48,22 @@ def parse_int(text: str) -> int:
 def list_dir(path: str) -> list[str]:
     """Entry names, sorted as Go's ``os.ReadDir`` returns them."""
     return sorted(os.listdir(path))
+
+
+def numbered(directory: str, prefix: str) -> list[tuple[str, str]]:
+    """(suffix, path) of the entries of ``directory`` named ``<prefix><digit>...``, sorted: what Go's
+    ``filepath.Glob(directory + "/<prefix>[0-9]*")`` finds, without glob's pattern machinery (a third of
+    the cost of a run that finds nothing). None when the directory cannot be listed, as Glob."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    start = len(prefix)
+    return [
+        (name[start:], f"{directory}/{name}")
+        for name in sorted(names)
+        if name.startswith(prefix) and len(name) > start and name[start] in _DIGITS
+    ]
+
+
+_DIGITS = frozenset("0123456789")

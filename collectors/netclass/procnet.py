@@ -56,9 +56,7 @@ def softnet(proc_root: str, emit: Emitter, report: Report, read: Read = read_tex
             emit.counter(metric, value, labels, unit="1")
 
 
-def arp(
-    proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Report, read: Read = read_text
-) -> None:
+def arp(proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Report, read: Read = read_text) -> None:
     path = f"{proc_root}/net/arp"
     try:
         text = read(path)

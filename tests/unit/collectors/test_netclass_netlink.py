@@ -103,7 +103,9 @@ def test_series_from_the_dump_and_the_few_sysfs_attributes(tmp_path):
         veth1={**common, "flags": "0x1002"},  # down: speed and duplex absent (EINVAL on a real kernel)
         lo={"addr_assign_type": "0", "dev_id": "0x0", "flags": "0x9"},  # no name_assign_type: left out
     )
-    part = NetlinkNetclass(str(sys_root), re.compile("^$"), False, logging.getLogger("t"), dump=lambda: list(links_of().values()))
+    part = NetlinkNetclass(
+        str(sys_root), re.compile("^$"), False, logging.getLogger("t"), dump=lambda: list(links_of().values())
+    )
     emitter, errors = run(part)
     assert errors == []
     series = by_series(emitter.samples)
@@ -117,7 +119,9 @@ def test_series_from_the_dump_and_the_few_sysfs_attributes(tmp_path):
     assert series[("node_network_carrier", dev("veth0"))] == 0 and series[("node_network_dormant", dev("veth0"))] == 0
     assert ("node_network_carrier", dev("veth1")) not in series  # down: sysfs answers EINVAL, no series
     assert ("node_network_dormant", dev("veth1")) not in series
-    assert series[("node_network_iface_link", dev("veth0"))] == 2 and series[("node_network_iface_link", dev("lo"))] == 1
+    assert (
+        series[("node_network_iface_link", dev("veth0"))] == 2 and series[("node_network_iface_link", dev("lo"))] == 1
+    )
     assert series[("node_network_up", dev("veth0"))] == 0  # lowerlayerdown
     assert series[("node_network_protocol_type", dev("lo"))] == 772
     assert series[("node_network_carrier_down_changes_total", dev("veth1"))] == 1
@@ -210,7 +214,8 @@ netlink = NetlinkNetclass("/sys", ignored, False, logging.getLogger("t"))
 sysfs = lambda emit, report: sysnet.netclass("/sys", ignored, False, emit, report)
 steps = [
     [],
-    [["link", "set", "veth1", "up"], ["link", "set", "veth0", "mtu", "1280"], ["link", "set", "veth1", "promisc", "on"]],
+    [["link", "set", "veth1", "up"], ["link", "set", "veth0", "mtu", "1280"],
+     ["link", "set", "veth1", "promisc", "on"]],
     [["link", "set", "veth0", "alias", ""], ["link", "set", "veth1", "down"], ["link", "set", "lo", "down"]],
     [["link", "del", "veth0"], ["link", "add", "veth0", "type", "veth", "peer", "name", "veth2"]],
 ]
@@ -241,7 +246,9 @@ def test_same_series_as_sysfs_on_a_real_kernel(tmp_path):
     for step in steps:
         assert step["ours"][1] == step["sysfs"][1] == []  # no errors either way
         assert step["same"], (step["ours"][0], step["sysfs"][0])
-    values = [{(name, tuple(map(tuple, labels))): value for name, labels, value, *_ in step["ours"][0]} for step in steps]
+    values = [
+        {(name, tuple(map(tuple, labels))): value for name, labels, value, *_ in step["ours"][0]} for step in steps
+    ]
     veth0 = (("device", "veth0"),)
     assert values[0][("node_network_mtu_bytes", veth0)] == 9000 and values[1][("node_network_mtu_bytes", veth0)] == 1280
     assert values[0][("node_network_carrier", veth0)] == 0 and values[1][("node_network_carrier", veth0)] == 1
