@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.plugin import KeptFiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +14,8 @@ class Roots:
     proc: Path
     sys: Path
     rootfs: Path
+    files: KeptFiles = field(default_factory=KeptFiles)
+    """/proc and /sys files read every run, through descriptors kept open (the collector sweeps it)."""
 
 
 class Unavailable(Exception):
@@ -42,9 +46,9 @@ def read_bytes(path: Path) -> bytes:
         os.close(fd)
 
 
-def read_uint(path: Path) -> int:
+def read_uint(path: Path | str, files: KeptFiles | None = None) -> int:
     """A file holding one unsigned integer, as node_exporter's readUintFromFile reads it."""
-    text = read_bytes(path).strip()
+    text = (files.read_once(path) if files is not None else read_bytes(path)).strip()
     if not text.isdigit():
         raise ValueError(f"{path}: expected an unsigned integer, got {text[:40]!r}")
     return int(text)

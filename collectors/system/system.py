@@ -25,7 +25,7 @@ from typing import Annotated
 
 import msgspec
 
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.plugin import CollectorContext, Emitter, KeptFiles, PeriodicCollector, PluginConfig
 
 from .base import Roots, Unavailable
 from .clock import TimeCollector, TimexCollector
@@ -74,7 +74,8 @@ class SystemCollector(PeriodicCollector):
 
     def __init__(self, config: SystemCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
-        roots = Roots(context.proc_root, context.sys_root, context.rootfs)
+        self._files = KeptFiles()
+        roots = Roots(context.proc_root, context.sys_root, context.rootfs, self._files)
         chosen = [name for name in dict.fromkeys(config.collectors) if name not in config.exclude]
         self._parts = [PARTS[name](roots) for name in chosen]
         self._labels = {name: (("collector", name),) for name in chosen}
@@ -83,7 +84,14 @@ class SystemCollector(PeriodicCollector):
     async def collect(self, emit: Emitter) -> None:
         await self.context.run_blocking(self._collect, emit)
 
+    async def close(self) -> None:
+        self._files.close()
+
     def _collect(self, emit: Emitter) -> None:
+        self._collect_parts(emit)
+        self._files.sweep()
+
+    def _collect_parts(self, emit: Emitter) -> None:
         for part in self._parts:
             started = time.perf_counter()
             success = 0.0
