@@ -27,12 +27,14 @@ class KeptFiles:
     Used from one thread at a time (a collector's worker). Call :meth:`sweep` once per
     run: it closes the descriptors that run did not read (devices that went away, parts
     switched off), so their number follows what is read. Past ``limit`` a file is opened
-    for each read, as without this class. :meth:`close` releases everything.
+    for each read, as without this class: a host with hundreds of interfaces does not spend
+    its descriptors (the log tailer needs them) on sysfs attributes. :meth:`close` releases
+    everything.
     """
 
     __slots__ = ("_devices", "_fds", "_limit", "_roots", "_run")
 
-    def __init__(self, limit: int = 256, kernel_roots: tuple[str, ...] = ("/proc", "/sys")) -> None:
+    def __init__(self, limit: int = 128, kernel_roots: tuple[str, ...] = ("/proc", "/sys")) -> None:
         self._fds: dict[str, list[int]] = {}  # path -> [fd, run that last read it]
         self._limit = limit
         self._run = 0
