@@ -70,7 +70,10 @@ class CpuCollector(PeriodicCollector):
         await self.context.run_blocking(self._collect, emit)
 
     async def close(self) -> None:
-        self._files.close()
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files):
+            await self.context.run_blocking(self._files.close)
 
     def _collect(self, emit: Emitter) -> None:
         self._collect_files(emit)

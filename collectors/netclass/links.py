@@ -69,6 +69,11 @@ class NetlinkNetclass:
         netclass(self._base[: -len("/class/net")], self._ignored, self._ignore_invalid_speed, emit, report,
                  self._static)  # fmt: skip
 
+    @property
+    def is_open(self) -> bool:
+        """Holds a socket or descriptors that :meth:`close` releases."""
+        return bool(len(self._files)) or (self._dumper is not None and self._dumper.is_open)
+
     def close(self) -> None:
         if self._dumper is not None:
             self._dumper.close()

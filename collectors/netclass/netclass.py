@@ -128,6 +128,12 @@ class NetclassCollector(PeriodicCollector):
         return errors
 
     async def close(self) -> None:
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files) or (self._links is not None and self._links.is_open):
+            await self.context.run_blocking(self._close)
+
+    def _close(self) -> None:
         if self._links is not None:
             self._links.close()
         self._files.close()

@@ -160,6 +160,10 @@ class LinkDumper:
             if done:
                 return links
 
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

@@ -84,7 +84,10 @@ class NetworkCollector(PeriodicCollector):
             emit.error(error)
 
     async def close(self) -> None:
-        self._files.close()
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files):
+            await self.context.run_blocking(self._files.close)
 
     def _read(self, path: str) -> str:
         return self._files.read(path, 16384).decode("ascii", "replace")

@@ -257,3 +257,21 @@ def test_same_series_as_sysfs_on_a_real_kernel(tmp_path):
     assert ("node_network_carrier", (("device", "lo"),)) not in values[2]  # lo down: no carrier, as sysfs
     assert ("node_network_up", (("device", "veth1"),)) not in values[3]  # removed with its peer
     assert ("node_network_up", (("device", "veth2"),)) in values[3]
+
+
+async def test_close_releases_the_socket_and_descriptors_once(tmp_path):
+    if not os.path.isdir("/sys/class/net"):
+        pytest.skip("no sysfs here")
+    context = collector_context(tmp_path, proc_root="/proc", sys_root="/sys")
+    collector = NetclassCollector(Config(), context)
+    before = set(os.listdir("/proc/self/fd"))
+    emitter = RunEmitter(0)
+    await collector.collect(emitter)
+    assert emitter.errors == [] and len(set(os.listdir("/proc/self/fd")) - before) > 0  # kept for the next run
+    await collector.close()
+    assert set(os.listdir("/proc/self/fd")) - before == set()
+    await collector.close()  # idempotent
+    emitter = RunEmitter(0)
+    await collector.collect(emitter)  # a run after close opens again
+    assert emitter.errors == [] and any(s.name == "node_network_up" for s in emitter.samples)
+    await collector.close()
