@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 from collections.abc import Callable
 
 from agent.plugin import Emitter, KeptFiles
 
 from . import rtnetlink as nl
-from ._read import ABSENT, GONE
+from ._read import ABSENT, GONE, read_attr
 from .sysnet import NUMERIC, Report, StaticCache, integer, netclass, raw_attr
 
 # The socket is refused by policy (a seccomp or RestrictAddressFamilies filter, no
@@ -50,6 +51,8 @@ class NetlinkNetclass:
         self._files = KeptFiles()
         self._static: StaticCache = {}
         self._netlink = True
+        self._matched: frozenset[tuple[str, int]] = frozenset()  # the interfaces last found in sysfs too
+        self._mismatches = 0
 
     def __call__(self, emit: Emitter, report: Report) -> None:
         if self._netlink:
@@ -63,11 +66,37 @@ class NetlinkNetclass:
                 else:
                     report(f"rtnetlink dump failed, sysfs this run: {exc}")
             else:
-                self._emit(links, emit, report)
-                self._files.sweep()
-                return
+                if self._same_namespace(links):
+                    self._emit(links, emit, report)
+                    self._files.sweep()
+                    return
         netclass(self._base[: -len("/class/net")], self._ignored, self._ignore_invalid_speed, emit, report,
                  self._static)  # fmt: skip
+
+    def _same_namespace(self, links: list[nl.Link]) -> bool:
+        """rtnetlink answers for this process' network namespace, /sys/class/net for the one sysfs was
+        mounted in: a container that bind-mounts the host's /sys sees two different sets. Checked when
+        the set of interfaces changes (names and ifindex alike in both); three misses in a row, one
+        after the other (not an interface added between the dump and the check), and sysfs it is."""
+        found = frozenset((link.name, link.index) for link in links)
+        if found == self._matched:
+            return True
+        try:
+            listed = {name for name in os.listdir(self._base) if os.path.isdir(f"{self._base}/{name}")}
+            same = listed == {name for name, _ in found} and all(
+                read_attr(f"{self._base}/{name}/ifindex") == str(index) for name, index in found
+            )
+        except OSError:
+            same = False
+        if same:
+            self._matched, self._mismatches = found, 0
+            return True
+        self._mismatches += 1
+        if self._mismatches >= 3:
+            self._netlink = False
+            self._logger.info("netclass: rtnetlink and %s list different interfaces, reading sysfs", self._base)
+            self.close()
+        return False
 
     @property
     def is_open(self) -> bool:

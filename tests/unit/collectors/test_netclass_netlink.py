@@ -99,9 +99,9 @@ def test_series_from_the_dump_and_the_few_sysfs_attributes(tmp_path):
     common = {"addr_assign_type": "3", "dev_id": "0x0", "name_assign_type": "3"}
     sys_root = fake_sys(
         tmp_path,
-        veth0={**common, "flags": "0x1003", "speed": "10000", "duplex": "full"},
-        veth1={**common, "flags": "0x1002"},  # down: speed and duplex absent (EINVAL on a real kernel)
-        lo={"addr_assign_type": "0", "dev_id": "0x0", "flags": "0x9"},  # no name_assign_type: left out
+        veth0={**common, "flags": "0x1003", "speed": "10000", "duplex": "full", "ifindex": "3"},
+        veth1={**common, "flags": "0x1002", "ifindex": "2"},  # down: no speed, duplex (EINVAL on a real kernel)
+        lo={"addr_assign_type": "0", "dev_id": "0x0", "flags": "0x9", "ifindex": "1"},  # no name_assign_type
     )
     part = NetlinkNetclass(
         str(sys_root), re.compile("^$"), False, logging.getLogger("t"), dump=lambda: list(links_of().values())
@@ -168,13 +168,35 @@ def test_a_failed_dump_is_reported_and_that_run_reads_sysfs(tmp_path):
             raise answers.pop()
         return list(links_of().values())
 
-    fixture = FIXTURES / "netclass" / "sys"
-    part = NetlinkNetclass(str(fixture), re.compile("^$"), False, logging.getLogger("t"), dump=flaky)
+    sys_root = fake_sys(tmp_path, lo={"ifindex": "1", "mtu": "1500"}, veth1={"ifindex": "2"}, veth0={"ifindex": "3"})
+    part = NetlinkNetclass(str(sys_root), re.compile("^$"), False, logging.getLogger("t"), dump=flaky)
     emitter, errors = run(part)
     assert len(errors) == 1 and "rtnetlink dump failed" in errors[0]
-    assert {dict(s.labels).get("device") for s in emitter.samples} >= {"eth0", "bond0"}  # the fixture's, via sysfs
+    mtu = {dict(s.labels)["device"]: s.value for s in emitter.samples if s.name == "node_network_mtu_bytes"}
+    assert mtu == {"lo": 1500}  # from sysfs this run
     emitter, errors = run(part)  # the next run asks netlink again
-    assert {dict(s.labels).get("device") for s in emitter.samples} == {"lo", "veth0", "veth1"}
+    mtu = {dict(s.labels)["device"]: s.value for s in emitter.samples if s.name == "node_network_mtu_bytes"}
+    assert errors == [] and mtu == {"lo": 65536, "veth0": 9000, "veth1": 1500}
+
+
+def test_another_namespaces_sysfs_means_sysfs(tmp_path, caplog):
+    # A container with its own network namespace and the host's /sys: the dump's interfaces are not those of
+    # /sys/class/net. Each run reads sysfs; after three such runs netclass stops asking rtnetlink, said once.
+    fixture = FIXTURES / "netclass" / "sys"
+    calls = []
+
+    def dump() -> list[nl.Link]:
+        calls.append(1)
+        return list(links_of().values())
+
+    part = NetlinkNetclass(str(fixture), re.compile("^$"), False, logging.getLogger("t.ns"), dump=dump)
+    expected, _ = run(lambda emit, report: sysnet.netclass(str(fixture), re.compile("^$"), False, emit, report))
+    with caplog.at_level(logging.INFO, "t.ns"):
+        for _ in range(5):
+            emitter, errors = run(part)
+            assert errors == [] and by_series(emitter.samples) == by_series(expected.samples)
+    assert len(calls) == 3
+    assert len([r for r in caplog.records if "list different interfaces" in r.message]) == 1
 
 
 def test_netlink_only_for_the_real_sys(tmp_path):
