@@ -31,14 +31,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 PROJECT = ("agent", "collectors", "outputs")
-PLUGIN_API = ("agent.model", "agent.plugin", "agent.redact", "agent.telemetry", "agent.sysfs", "agent.statefile")
+PLUGIN_API = ("agent.model", "agent.plugin", "agent.redact", "agent.telemetry", "agent.sysfs", "agent.procfiles",
+              "agent.statefile")  # fmt: skip
 """What a plugin may import of the core: the data model, the plugin contract, and the
-shared services (redaction, self-telemetry, /sys and /proc reading, state files)."""
+shared services (redaction, self-telemetry, /sys and /proc reading and kept descriptors,
+state files)."""
 LEAVES = {
     "agent.model": (),
     "agent.plugin": ("agent.model", "agent.config.values"),
     "agent.config.values": (),
     "agent.sysfs": (),
+    "agent.procfiles": (),
     "agent.statefile": (),
 }
 

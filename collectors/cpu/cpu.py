@@ -23,6 +23,7 @@ import msgspec
 
 from agent.model import Labels
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.procfiles import KeptFiles
 from agent.sysfs import read_bytes
 
 MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -55,8 +56,9 @@ class CpuCollector(PeriodicCollector):
     def __init__(self, config: CpuCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
         self._hz = float(os.sysconf("SC_CLK_TCK"))
-        self._stat = context.proc_root / "stat"
-        self._loadavg = context.proc_root / "loadavg"
+        self._stat = str(context.proc_root / "stat")
+        self._loadavg = str(context.proc_root / "loadavg")
+        self._files = KeptFiles()  # /proc/stat and /proc/loadavg, opened once
         self._only = frozenset(str(cpu).encode() for cpu in config.cpus)
         self._last: dict[bytes, list[float]] = {}
         self._labels: dict[bytes, tuple[Labels, ...]] = {}
@@ -69,15 +71,25 @@ class CpuCollector(PeriodicCollector):
     async def collect(self, emit: Emitter) -> None:
         await self.context.run_blocking(self._collect, emit)
 
+    async def close(self) -> None:
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files):
+            await self.context.run_blocking(self._files.close)
+
     def _collect(self, emit: Emitter) -> None:
+        self._collect_files(emit)
+        self._files.sweep()
+
+    def _collect_files(self, emit: Emitter) -> None:
         try:
-            stat = read_bytes(self._stat)
+            stat = self._files.read(self._stat, 16384)
         except OSError as exc:
             emit.error(f"cannot read {self._stat}: {exc}")
         else:
             self._parse_stat(stat, emit)
         try:
-            fields = read_bytes(self._loadavg).split()
+            fields = self._files.read(self._loadavg).split()
             loads = [float(fields[i]) for i in range(3)]
         except OSError as exc:
             emit.error(f"cannot read {self._loadavg}: {exc}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable
 
 from agent.model import Labels
 from agent.plugin import Emitter
-from agent.sysfs import list_dir, read_attr
+from agent.sysfs import list_dir, numbered, read_attr
 
 Report = Callable[[str], None]
 
@@ -19,14 +18,12 @@ DMI_LABELS = ("bios_date", "bios_release", "bios_vendor", "bios_version", "board
 
 
 def edac(sys_root: str, emit: Emitter, report: Report) -> None:
-    for controller in sorted(glob.glob(f"{sys_root}/devices/system/edac/mc/mc[0-9]*")):
-        number = os.path.basename(controller)[2:]
+    for number, controller in numbered(f"{sys_root}/devices/system/edac/mc", "mc"):
         try:
             counts = {name: int(read_attr(f"{controller}/{name}")) for name in
                       ("ce_count", "ce_noinfo_count", "ue_count", "ue_noinfo_count")}  # fmt: skip
             rows = []
-            for csrow in sorted(glob.glob(f"{controller}/csrow[0-9]*")):
-                row = os.path.basename(csrow)[5:]
+            for row, csrow in numbered(controller, "csrow"):
                 rows.append((row, int(read_attr(f"{csrow}/ce_count")), int(read_attr(f"{csrow}/ue_count"))))
         except (OSError, ValueError) as exc:
             report(f"edac controller {number}: {getattr(exc, 'strerror', None) or exc}")

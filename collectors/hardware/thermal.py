@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import errno
-import glob
 import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-from agent.sysfs import read_attr
+from agent.sysfs import numbered, read_attr
 
 Report = Callable[[str], None]
 
@@ -23,14 +22,9 @@ _CPUFREQ = (
 )
 
 
-def _numbered(pattern: str, prefix: str) -> list[tuple[str, str]]:
-    """(number, path) of ``<prefix>N`` entries, in Go's glob order."""
-    return [(os.path.basename(path)[len(prefix) :], path) for path in sorted(glob.glob(pattern))]
-
-
 def thermal_zone(sys_root: str, emit: Emitter, report: Report) -> None:
     base = f"{sys_root}/class/thermal"
-    for zone, path in _numbered(f"{base}/thermal_zone[0-9]*", "thermal_zone"):
+    for zone, path in numbered(base, "thermal_zone"):
         try:
             kind = read_attr(f"{path}/type")
             read_attr(f"{path}/policy")  # node_exporter requires it: a zone without one is broken
@@ -43,7 +37,7 @@ def thermal_zone(sys_root: str, emit: Emitter, report: Report) -> None:
             report(f"thermal zone {zone}: {exc}")
             continue
         emit.gauge("node_thermal_zone_temp", temp / 1000.0, (("type", kind), ("zone", zone)), unit="Cel")
-    for device, path in _numbered(f"{base}/cooling_device[0-9]*", "cooling_device"):
+    for device, path in numbered(base, "cooling_device"):
         try:
             kind = read_attr(f"{path}/type")
             max_state = int(read_attr(f"{path}/max_state"))
@@ -57,7 +51,7 @@ def thermal_zone(sys_root: str, emit: Emitter, report: Report) -> None:
 
 
 def cpufreq(sys_root: str, emit: Emitter, report: Report) -> None:
-    for cpu, path in _numbered(f"{sys_root}/devices/system/cpu/cpu[0-9]*", "cpu"):
+    for cpu, path in numbered(f"{sys_root}/devices/system/cpu", "cpu"):
         if not os.path.isdir(f"{path}/cpufreq"):
             continue  # no frequency scaling (VMs): nothing to report
         labels = (("cpu", cpu),)

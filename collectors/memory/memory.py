@@ -22,13 +22,12 @@ line count or a selected field not found sends the run back to the full scan.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated
 
 import msgspec
 
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
-from agent.sysfs import read_bytes
+from agent.procfiles import KeptFiles
 
 DEFAULT_VMSTAT_FIELDS = r"^(oom_kill|pgpg|pswp|pg.*fault).*"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -55,8 +54,9 @@ class MemoryCollector(PeriodicCollector):
 
     def __init__(self, config: MemoryCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
-        self._meminfo = context.proc_root / "meminfo"
-        self._vmstat = context.proc_root / "vmstat"
+        self._meminfo = str(context.proc_root / "meminfo")
+        self._vmstat = str(context.proc_root / "vmstat")
+        self._files = KeptFiles()  # the two files of every run, opened once
         self._fields = re.compile(config.vmstat_fields) if config.vmstat_fields else None
         self._mem_names: dict[bytes, tuple[str, str]] = {}
         self._vm_names: dict[bytes, str | None] = {}
@@ -66,14 +66,29 @@ class MemoryCollector(PeriodicCollector):
     async def collect(self, emit: Emitter) -> None:
         await self.context.run_blocking(self._collect, emit)
 
+    async def close(self) -> None:
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files):
+            await self.context.run_blocking(self._files.close)
+
     def _collect(self, emit: Emitter) -> None:
-        data = _read(self._meminfo, emit)
+        data = self._read(self._meminfo, emit)
         if data is not None:
             self._parse_meminfo(data, emit)
         if self._fields is not None:
-            data = _read(self._vmstat, emit)
+            data = self._read(self._vmstat, emit)
             if data is not None:
                 self._parse_vmstat(data, emit)
+        self._files.sweep()
+
+    def _read(self, path: str, emit: Emitter) -> bytes | None:
+        """The whole file, or None (reported)."""
+        try:
+            return self._files.read(path, 8192)
+        except OSError as exc:
+            emit.error(f"cannot read {path}: {exc}")
+            return None
 
     def _parse_meminfo(self, data: bytes, emit: Emitter) -> None:
         names = self._mem_names
@@ -168,14 +183,5 @@ class MemoryCollector(PeriodicCollector):
         return name
 
 
-def _read(path: Path, emit: Emitter) -> bytes | None:
-    """The whole file, or None (reported)."""
-    try:
-        return read_bytes(path)
-    except OSError as exc:
-        emit.error(f"cannot read {path}: {exc}")
-        return None
-
-
-def _report(emit: Emitter, path: Path, bad: int, first: bytes) -> None:
+def _report(emit: Emitter, path: str, bad: int, first: bytes) -> None:
     emit.error(f"{path}: skipped {bad} malformed line(s), first: {first.decode(errors='replace')!r}")

@@ -10,6 +10,7 @@ the others still export.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import partial
 from typing import Annotated
@@ -17,8 +18,10 @@ from typing import Annotated
 import msgspec
 
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, run_parts
+from agent.procfiles import KeptFiles
 
 from . import fabric, ipvs, procnet, sysnet, tcpstat
+from .links import NetlinkNetclass
 
 
 class Config(PluginConfig):
@@ -26,6 +29,13 @@ class Config(PluginConfig):
     netclass_ignored_devices: Annotated[
         str, msgspec.Meta(description="Interfaces (regex) netclass leaves out; node_exporter's default '^$'.")
     ] = "^$"
+    netclass_netlink: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Interface attributes from one rtnetlink dump (sysfs only for speed, duplex, flags, "
+            "addr_assign_type) when sys_root is /sys; false: every attribute from sysfs."
+        ),
+    ] = True
     netclass_ignore_invalid_speed: Annotated[
         bool, msgspec.Meta(description="Leave out node_network_speed_bytes when the driver reports -1.")
     ] = False
@@ -69,20 +79,37 @@ class NetclassCollector(PeriodicCollector):
     def __init__(self, config: Config, context: CollectorContext) -> None:
         super().__init__(config, context)
         proc, sys = str(context.proc_root), str(context.sys_root)
+        self._files = KeptFiles()  # /proc/net files read every run, opened once
+
+        def read(path: str) -> str:
+            return self._files.read(path).decode("utf-8", "replace")
+
         wanted_labels = tuple(label for label in ipvs.BACKEND_LABELS if label in config.ipvs_backend_labels)
+        ignored = re.compile(config.netclass_ignored_devices)
+        # rtnetlink answers for this process' network namespace, which is /sys' only when
+        # sys_root is the real /sys (not a fixture tree, not a host's /sys mounted elsewhere).
+        self._links = (
+            NetlinkNetclass(sys, ignored, config.netclass_ignore_invalid_speed, context.logger)
+            if config.netclass and config.netclass_netlink and os.path.realpath(sys) == "/sys"
+            else None
+        )
         parts = {
-            "netclass": partial(
+            "netclass": self._links
+            or partial(
                 sysnet.netclass,
                 sys,
-                re.compile(config.netclass_ignored_devices),
+                ignored,
                 config.netclass_ignore_invalid_speed,
                 static={},  # attributes fixed for a device's lifetime, per device
             ),
-            "softnet": partial(procnet.softnet, proc),
+            "softnet": partial(procnet.softnet, proc, read=read),
             "arp": partial(
-                procnet.arp, proc, procnet.device_filter(config.arp_device_include, config.arp_device_exclude)
+                procnet.arp,
+                proc,
+                procnet.device_filter(config.arp_device_include, config.arp_device_exclude),
+                read=read,
             ),
-            "conntrack": partial(procnet.conntrack, proc),
+            "conntrack": partial(procnet.conntrack, proc, read=read),
             "udp_queues": partial(procnet.udp_queues, proc),
             "tcpstat": partial(tcpstat.tcpstat, proc, config.tcpstat_max_sockets),
             "bonding": partial(sysnet.bonding, sys),
@@ -93,5 +120,21 @@ class NetclassCollector(PeriodicCollector):
         self._parts = [(name, part) for name, part in parts.items() if getattr(config, name)]
 
     async def collect(self, emit: Emitter) -> None:
-        for error in await self.context.run_blocking(run_parts, self._parts, emit):
+        for error in await self.context.run_blocking(self._run, emit):
             emit.error(error)
+
+    def _run(self, emit: Emitter) -> list[str]:
+        errors = run_parts(self._parts, emit)
+        self._files.sweep()
+        return errors
+
+    async def close(self) -> None:
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files) or (self._links is not None and self._links.is_open):
+            await self.context.run_blocking(self._close)
+
+    def _close(self) -> None:
+        if self._links is not None:
+            self._links.close()
+        self._files.close()

@@ -9,6 +9,7 @@ from agent.plugin import Emitter
 from agent.sysfs import read_text
 
 Report = Callable[[str], None]
+Read = Callable[[str], str]  # a file's text: read_text, or through descriptors kept open
 
 _SOFTNET = (
     "node_softnet_processed_total",
@@ -32,10 +33,10 @@ _CONNTRACK_STAT = (
 )
 
 
-def softnet(proc_root: str, emit: Emitter, report: Report) -> None:
+def softnet(proc_root: str, emit: Emitter, report: Report, read: Read = read_text) -> None:
     path = f"{proc_root}/net/softnet_stat"
     try:
-        text = read_text(path)
+        text = read(path)
     except OSError as exc:
         report(f"cannot read {path}: {exc.strerror}")
         return
@@ -54,10 +55,10 @@ def softnet(proc_root: str, emit: Emitter, report: Report) -> None:
             emit.counter(metric, value, labels, unit="1")
 
 
-def arp(proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Report) -> None:
+def arp(proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Report, read: Read = read_text) -> None:
     path = f"{proc_root}/net/arp"
     try:
-        text = read_text(path)
+        text = read(path)
     except FileNotFoundError:
         return  # no IPv4
     except OSError as exc:
@@ -76,11 +77,11 @@ def arp(proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Re
             emit.gauge("node_arp_entries", count, (("device", device),), unit="1")
 
 
-def conntrack(proc_root: str, emit: Emitter, report: Report) -> None:
+def conntrack(proc_root: str, emit: Emitter, report: Report, read: Read = read_text) -> None:
     base = f"{proc_root}/sys/net/netfilter"
     for name, metric in _CONNTRACK_FILES:
         try:
-            value = int(read_text(f"{base}/{name}").strip())
+            value = int(read(f"{base}/{name}").strip())
         except FileNotFoundError:
             return  # nf_conntrack not loaded: nothing to report
         except (OSError, ValueError) as exc:
@@ -89,7 +90,7 @@ def conntrack(proc_root: str, emit: Emitter, report: Report) -> None:
         emit.gauge(metric, value, unit="1")
     path = f"{proc_root}/net/stat/nf_conntrack"
     try:
-        rows = read_text(path).splitlines()[1:]  # the first line names the columns
+        rows = read(path).splitlines()[1:]  # the first line names the columns
     except FileNotFoundError:
         return
     except OSError as exc:

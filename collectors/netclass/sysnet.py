@@ -12,7 +12,7 @@ from agent.sysfs import ABSENT, GONE, list_dir, parse_int, read_attr, read_raw
 Report = Callable[[str], None]
 
 # sysfs attribute -> (metric, is a counter, unit); all labelled {device}
-_NUMERIC = (
+NUMERIC = (
     ("addr_assign_type", "node_network_address_assign_type", False, "1"),
     ("carrier", "node_network_carrier", False, "1"),
     ("carrier_changes", "node_network_carrier_changes_total", True, "1"),
@@ -85,34 +85,34 @@ def _device(
         ),
     )
     known: dict[str, bytes | None] | None = None
-    ifindex = _raw(prefix + "ifindex", report)  # also the device's identity for the static cache
+    ifindex = raw_attr(prefix + "ifindex", report)  # also the device's identity for the static cache
     if static is not None and ifindex is not None:
         cached = static.get(device)
         if cached is None or cached[0] != ifindex:
             cached = static[device] = (ifindex, {})
         known = cached[1]
     gauge, counter = emit.gauge, emit.counter
-    for attr, metric, is_counter, unit in _NUMERIC:
+    for attr, metric, is_counter, unit in NUMERIC:
         if attr == "ifindex":
             raw = ifindex
         elif known is not None and attr in _STATIC:
-            raw = known[attr] if attr in known else _raw(prefix + attr, report, known, attr)
+            raw = known[attr] if attr in known else raw_attr(prefix + attr, report, known, attr)
         else:
-            raw = _raw(prefix + attr, report)
+            raw = raw_attr(prefix + attr, report)
         if raw is None:
             continue
-        value = _integer(prefix + attr, raw, report)
+        value = integer(prefix + attr, raw, report)
         if value is not None:
             (counter if is_counter else gauge)(metric, value, labels, unit=unit)
-    raw = _raw(prefix + "speed", report)
-    speed = None if raw is None else _integer(prefix + "speed", raw, report)
+    raw = raw_attr(prefix + "speed", report)
+    speed = None if raw is None else integer(prefix + "speed", raw, report)
     # Drivers without a link speed report -1; node_exporter 1.5 exports that as
     # -125000 unless --collector.netclass.ignore-invalid-speed is set.
     if speed is not None and (speed >= 0 or not ignore_invalid_speed):
         emit.gauge("node_network_speed_bytes", speed * 125_000, labels, unit="By/s")
 
 
-def _raw(path: str, report: Report, keep: dict[str, bytes | None] | None = None, key: str = "") -> bytes | None:
+def raw_attr(path: str, report: Report, keep: dict[str, bytes | None] | None = None, key: str = "") -> bytes | None:
     """An attribute's bytes, whitespace trimmed; None when the driver does not provide it.
     ``keep`` remembers the answer, unless it was an error worth reporting."""
     try:
@@ -127,7 +127,7 @@ def _raw(path: str, report: Report, keep: dict[str, bytes | None] | None = None,
     return raw
 
 
-def _integer(path: str, raw: bytes, report: Report) -> int | None:
+def integer(path: str, raw: bytes, report: Report) -> int | None:
     # plain decimal digits (the usual case) without decoding; anything else as Go's ParseInt base 0
     if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):  # 48: "0", a leading 0 means octal
         return int(raw)

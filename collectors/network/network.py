@@ -21,6 +21,7 @@ from typing import Annotated
 import msgspec
 
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.procfiles import KeptFiles
 
 NETSTAT_FIELDS = (
     r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)"
@@ -46,11 +47,6 @@ class Config(PluginConfig):
                 re.compile(getattr(self, key))
             except re.error as exc:
                 raise ValueError(f"{key}: invalid regex: {exc}") from None
-
-
-def _read(path: str) -> str:
-    with open(path, "rb", buffering=0) as f:
-        return f.read().decode("ascii", "replace")
 
 
 _NETDEV = tuple(
@@ -82,17 +78,32 @@ class NetworkCollector(PeriodicCollector):
         self._page_size = os.sysconf("SC_PAGESIZE")
         self._net = f"{context.proc_root}/net"
         self._sys_net = f"{context.sys_root}/class/net"
+        self._files = KeptFiles()  # the same files every run: opened once
 
     async def collect(self, emit: Emitter) -> None:
         for error in await self.context.run_blocking(self._collect, emit):
             emit.error(error)
 
+    async def close(self) -> None:
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files):
+            await self.context.run_blocking(self._files.close)
+
+    def _read(self, path: str) -> str:
+        return self._files.read(path, 16384).decode("ascii", "replace")
+
     def _collect(self, emit: Emitter) -> list[str]:
+        errors = self._collect_files(emit)
+        self._files.sweep()
+        return errors
+
+    def _collect_files(self, emit: Emitter) -> list[str]:
         errors: list[str] = []
         files: dict[str, str] = {}
         for name in ("dev", "netstat", "snmp", "snmp6", "sockstat", "sockstat6"):
             try:
-                files[name] = _read(f"{self._net}/{name}")
+                files[name] = self._read(f"{self._net}/{name}")
             except FileNotFoundError:
                 if name not in _OPTIONAL:
                     errors.append(f"cannot read {self._net}/{name}: no such file")
@@ -137,7 +148,7 @@ class NetworkCollector(PeriodicCollector):
             for (metric, unit), value in zip(_NETDEV, values, strict=True):
                 counter(metric, value, labels, unit=unit)
             try:
-                nohandler = _read(f"{self._sys_net}/{name}/statistics/rx_nohandler")
+                nohandler = self._read(f"{self._sys_net}/{name}/statistics/rx_nohandler")
             except OSError as exc:
                 if exc.errno not in _GONE:
                     errors.append(f"cannot read rx_nohandler of {name}: {exc}")

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-from agent.sysfs import read_text
+from agent.sysfs import entries, read_text
 
 Report = Callable[[str], None]
 
@@ -124,7 +124,7 @@ def _cache_set(path: str, uuid: str, emit: Emitter, priority_stats: bool) -> Non
 
 
 def bcache(sys_root: str, priority_stats: bool, emit: Emitter, report: Report) -> None:
-    for path in sorted(glob.glob(f"{sys_root}/fs/bcache/*-*")):
+    for path in entries(f"{sys_root}/fs/bcache", containing="-"):
         uuid = os.path.basename(path)
         try:
             _cache_set(path, uuid, emit, priority_stats)

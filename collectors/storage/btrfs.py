@@ -9,12 +9,11 @@ with their size only, exactly as node_exporter does.
 from __future__ import annotations
 
 import errno
-import glob
 import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-from agent.sysfs import list_dir, parse_uint, read_attr
+from agent.sysfs import entries, list_dir, parse_uint, read_attr
 
 from . import btrfs_ioctl
 
@@ -95,7 +94,7 @@ def _filesystem(path: str, mounted: dict[str, list[btrfs_ioctl.Device]], emit: E
 
 
 def btrfs(proc_root: str, sys_root: str, rootfs: str, emit: Emitter, report: Report) -> None:
-    filesystems = sorted(glob.glob(f"{sys_root}/fs/btrfs/*-*"))
+    filesystems = entries(f"{sys_root}/fs/btrfs", containing="-")
     mounted = btrfs_ioctl.device_stats(proc_root, rootfs) if filesystems else {}
     for path in filesystems:
         try:

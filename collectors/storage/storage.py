@@ -48,6 +48,10 @@ PARTS = ("mdadm", "bcache", "btrfs", "xfs", "zfs", "nfs", "nfsd", "tapestats", "
 
 
 class StorageCollector(PeriodicCollector):
+    # /proc and /sys, and the Btrfs ioctls, which answer from the mounted filesystem's memory: the
+    # shared thread, not one of its own (a thread hop per interval). Should a call ever get stuck,
+    # the engine moves this instance to a thread of its own.
+    shares_worker = True
     Config = Config
 
     def __init__(self, config: Config, context: CollectorContext) -> None:

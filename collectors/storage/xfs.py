@@ -7,12 +7,11 @@ rejects is rejected here too; unknown lines of newer kernels are accepted.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-from agent.sysfs import parse_uint, parse_uint32, read_text
+from agent.sysfs import entries, parse_uint, parse_uint32, read_text
 
 Report = Callable[[str], None]
 
@@ -59,7 +58,7 @@ def parse(text: str) -> dict[str, list[int]]:
 
 
 def xfs(sys_root: str, emit: Emitter, report: Report) -> None:
-    for path in sorted(glob.glob(f"{sys_root}/fs/xfs/*/stats/stats")):
+    for path in entries(f"{sys_root}/fs/xfs", below="/stats/stats"):
         device = os.path.basename(os.path.dirname(os.path.dirname(path)))
         try:
             stats = parse(read_text(path))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.procfiles import KeptFiles
 from agent.sysfs import read_bytes
 
 
@@ -13,6 +14,8 @@ class Roots:
     proc: Path
     sys: Path
     rootfs: Path
+    files: KeptFiles = field(default_factory=KeptFiles)
+    """/proc and /sys files read every run, through descriptors kept open (the collector sweeps it)."""
 
 
 class Unavailable(Exception):
@@ -31,9 +34,9 @@ class Unavailable(Exception):
         self.warn = warn
 
 
-def read_uint(path: Path) -> int:
+def read_uint(path: Path | str, files: KeptFiles | None = None) -> int:
     """A file holding one unsigned integer, as node_exporter's readUintFromFile reads it."""
-    text = read_bytes(path).strip()
+    text = (files.read_once(path) if files is not None else read_bytes(path)).strip()
     if not text.isdigit():
         raise ValueError(f"{path}: expected an unsigned integer, got {text[:40]!r}")
     return int(text)

@@ -14,7 +14,6 @@ import os
 import time
 
 from agent.plugin import Emitter
-from agent.sysfs import read_bytes
 
 from .base import Roots, Unavailable
 
@@ -56,7 +55,8 @@ class TimeCollector:
     name = "time"
 
     def __init__(self, roots: Roots) -> None:
-        self._clocksource = roots.sys / "devices" / "system" / "clocksource"
+        self._clocksource = str(roots.sys / "devices" / "system" / "clocksource")
+        self._files = roots.files
 
     def collect(self, emit: Emitter) -> None:
         now = time.time()
@@ -69,9 +69,9 @@ class TimeCollector:
         except FileNotFoundError:
             return  # no sysfs here (a container): node_exporter exports only the time then
         for index, device in enumerate(devices):
-            folder = self._clocksource / device
-            available = read_bytes(folder / "available_clocksource").split()
-            current = read_bytes(folder / "current_clocksource").strip().decode()
+            folder = f"{self._clocksource}/{device}"
+            available = self._files.read_once(folder + "/available_clocksource").split()
+            current = self._files.read_once(folder + "/current_clocksource").strip().decode()
             labels_device = ("device", str(index))
             for source in available:
                 emit.gauge("node_time_clocksource_available_info", 1, (("clocksource", source.decode()), labels_device))

@@ -28,10 +28,11 @@ class FilefdCollector:
     name = "filefd"
 
     def __init__(self, roots: Roots) -> None:
-        self._path = roots.proc / "sys" / "fs" / "file-nr"
+        self._path = str(roots.proc / "sys" / "fs" / "file-nr")
+        self._files = roots.files
 
     def collect(self, emit: Emitter) -> None:
-        parts = read_bytes(self._path).strip().split(b"\t")
+        parts = self._files.read_once(self._path).strip().split(b"\t")
         if len(parts) < 3:
             raise ValueError(f"{self._path}: unexpected number of file stats")
         # the second number (free handles) has been 0 since Linux 2.6
@@ -43,24 +44,26 @@ class EntropyCollector:
     name = "entropy"
 
     def __init__(self, roots: Roots) -> None:
-        self._dir = roots.proc / "sys" / "kernel" / "random"
+        folder = roots.proc / "sys" / "kernel" / "random"
+        self._available, self._size = str(folder / "entropy_avail"), str(folder / "poolsize")
+        self._files = roots.files
 
     def collect(self, emit: Emitter) -> None:
-        emit.gauge("node_entropy_available_bits", read_uint(self._dir / "entropy_avail"), unit="bit")
-        emit.gauge("node_entropy_pool_size_bits", read_uint(self._dir / "poolsize"), unit="bit")
+        emit.gauge("node_entropy_available_bits", read_uint(self._available, self._files), unit="bit")
+        emit.gauge("node_entropy_pool_size_bits", read_uint(self._size, self._files), unit="bit")
 
 
 class PressureCollector:
     name = "pressure"
 
     def __init__(self, roots: Roots) -> None:
-        self._dir = roots.proc / "pressure"
+        self._paths = [(str(roots.proc / "pressure" / resource), wanted) for resource, wanted in PRESSURE.items()]
+        self._files = roots.files
 
     def collect(self, emit: Emitter) -> None:
-        for resource, wanted in PRESSURE.items():
-            path = self._dir / resource
+        for path, wanted in self._paths:
             try:
-                data = read_bytes(path)
+                data = self._files.read(path)
             except FileNotFoundError:
                 raise Unavailable(f"{path} is absent: PSI needs Linux 4.20+ built with CONFIG_PSI") from None
             except OSError as exc:
@@ -91,11 +94,12 @@ class SchedstatCollector:
     name = "schedstat"
 
     def __init__(self, roots: Roots) -> None:
-        self._path = roots.proc / "schedstat"
+        self._path = str(roots.proc / "schedstat")
+        self._files = roots.files
 
     def collect(self, emit: Emitter) -> None:
         try:
-            data = read_bytes(self._path)
+            data = self._files.read(self._path)
         except FileNotFoundError:
             raise Unavailable(f"{self._path} is absent: the kernel is built without CONFIG_SCHED_INFO") from None
         for line in data.splitlines():

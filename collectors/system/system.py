@@ -26,6 +26,7 @@ from typing import Annotated
 import msgspec
 
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.procfiles import KeptFiles
 
 from .base import Roots, Unavailable
 from .clock import TimeCollector, TimexCollector
@@ -74,7 +75,8 @@ class SystemCollector(PeriodicCollector):
 
     def __init__(self, config: SystemCollector.Config, context: CollectorContext) -> None:
         super().__init__(config, context)
-        roots = Roots(context.proc_root, context.sys_root, context.rootfs)
+        self._files = KeptFiles()
+        roots = Roots(context.proc_root, context.sys_root, context.rootfs, self._files)
         chosen = [name for name in dict.fromkeys(config.collectors) if name not in config.exclude]
         self._parts = [PARTS[name](roots) for name in chosen]
         self._labels = {name: (("collector", name),) for name in chosen}
@@ -83,7 +85,17 @@ class SystemCollector(PeriodicCollector):
     async def collect(self, emit: Emitter) -> None:
         await self.context.run_blocking(self._collect, emit)
 
+    async def close(self) -> None:
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files):
+            await self.context.run_blocking(self._files.close)
+
     def _collect(self, emit: Emitter) -> None:
+        self._collect_parts(emit)
+        self._files.sweep()
+
+    def _collect_parts(self, emit: Emitter) -> None:
         for part in self._parts:
             started = time.perf_counter()
             success = 0.0

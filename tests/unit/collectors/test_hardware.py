@@ -292,3 +292,24 @@ async def test_a_part_that_raises_does_not_stop_the_others(tmp_path, monkeypatch
     emitter = await collect_once(hardware(tmp_path))
     assert emitter.errors == ["nvme: RuntimeError: a driver we never met"]
     assert any(s.name == "node_dmi_info" for s in emitter.samples)
+
+
+def test_numbered_entries_are_what_go_glob_prefix_digit_star_finds(tmp_path):
+    import glob
+
+    from agent.sysfs import numbered
+
+    for name in (
+        "thermal_zone10",
+        "thermal_zone2",
+        "thermal_zone",
+        "thermal_zonex1",
+        ".thermal_zone3",
+        "cooling_device0",
+    ):
+        (tmp_path / name).mkdir()
+    (tmp_path / "thermal_zone7-broken").symlink_to(tmp_path / "missing")
+    found = numbered(str(tmp_path), "thermal_zone")
+    assert [path for _, path in found] == sorted(glob.glob(f"{tmp_path}/thermal_zone[0-9]*"))
+    assert [number for number, _ in found] == ["10", "2", "7-broken"]  # sorted as paths, as Go's Glob sorts
+    assert numbered(str(tmp_path / "absent"), "cpu") == []

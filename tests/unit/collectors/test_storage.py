@@ -286,3 +286,18 @@ def test_config_rejects_a_bad_regex():
 
 def test_mdstat_parse_of_an_empty_file():
     assert mdadm.parse("") == []
+
+
+def test_entries_are_what_glob_finds(tmp_path):
+    import glob
+
+    from agent.sysfs import entries
+
+    for name in ("b-uuid-2", "a-uuid-1", "register", ".hidden-x", "sdb", "sda"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "sda" / "stats").mkdir()
+    (tmp_path / "sda" / "stats" / "stats").write_text("")
+    (tmp_path / "dangling-link").symlink_to(tmp_path / "missing")
+    assert entries(str(tmp_path), containing="-") == sorted(glob.glob(f"{tmp_path}/*-*"))
+    assert entries(str(tmp_path), below="/stats/stats") == sorted(glob.glob(f"{tmp_path}/*/stats/stats"))
+    assert entries(str(tmp_path / "absent"), containing="-") == []

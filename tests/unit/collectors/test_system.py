@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from agent.config import ConfigError, parse_config
+from agent.procfiles import KeptFiles
 from agent.registry import load_registry
-from collectors.system import kernel
 from collectors.system.base import Roots, Unavailable
 from collectors.system.clock import STA_NANO, TimexCollector
 from collectors.system.info import parse_os_release
@@ -203,10 +203,10 @@ async def test_a_missing_proc_file_is_an_error_not_a_crash(tmp_path):
 
 
 async def test_pressure_disabled_at_boot_is_unavailable(tmp_path, monkeypatch):
-    def refuse(path):
+    def refuse(self, path, size=4096):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    monkeypatch.setattr(kernel, "read_bytes", refuse)
+    monkeypatch.setattr(KeptFiles, "read", refuse)  # the pressure files are read through kept descriptors
     emitter = await collect_once(make(tmp_path, "host", collectors=["pressure"]))
     assert emitter.errors == []
     assert success(emitter.samples) == {"pressure": 0.0}

@@ -1,0 +1,170 @@
+"""Every network interface's attributes from one rtnetlink ``RTM_GETLINK`` dump.
+
+One dump answers, for all interfaces at once, what ``/sys/class/net/<dev>/`` would
+answer in about twenty reads per interface (mtu, carrier, operstate, address ...):
+the same kernel fields, read under the same lock. :func:`parse_dump` is pure (tests
+feed it captured bytes); :class:`LinkDumper` owns the socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+NETLINK_ROUTE = 0
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+IFLA_ADDRESS, IFLA_BROADCAST, IFLA_IFNAME, IFLA_MTU, IFLA_LINK = 1, 2, 3, 4, 5
+IFLA_TXQLEN, IFLA_OPERSTATE, IFLA_LINKMODE, IFLA_IFALIAS = 13, 16, 17, 20
+IFLA_GROUP, IFLA_EXT_MASK, IFLA_CARRIER, IFLA_CARRIER_CHANGES = 27, 29, 33, 35
+IFLA_CARRIER_UP_COUNT, IFLA_CARRIER_DOWN_COUNT = 47, 48
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # no per-VF statistics (SR-IOV): netclass needs none
+IFF_UP, IFF_DORMANT = 0x1, 0x20000
+# rfc2863 operational states, as /sys/class/net/<dev>/operstate names them
+OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
+
+_U32 = frozenset((IFLA_MTU, IFLA_LINK, IFLA_TXQLEN, IFLA_GROUP, IFLA_CARRIER_CHANGES))
+_U32 |= {IFLA_CARRIER_UP_COUNT, IFLA_CARRIER_DOWN_COUNT}
+_U8 = frozenset((IFLA_OPERSTATE, IFLA_LINKMODE, IFLA_CARRIER))
+_BYTES = frozenset((IFLA_ADDRESS, IFLA_BROADCAST))
+_STRING = frozenset((IFLA_IFNAME, IFLA_IFALIAS))
+_WANTED = _U32 | _U8 | _BYTES | _STRING
+
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+_ATTR = struct.Struct("=HH")  # rtattr: len, type
+_U32_VALUE = struct.Struct("=I")
+
+
+class NetlinkError(OSError):
+    """The kernel refused the dump, or answered something that is not one."""
+
+
+@dataclass(slots=True)
+class Link:
+    """One interface of the dump: ``ifinfomsg`` plus the attributes netclass uses, by IFLA_* number."""
+
+    index: int
+    type: int
+    flags: int
+    attrs: dict[int, int | bytes | str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.attrs.get(IFLA_IFNAME, ""))
+
+
+def request(seq: int) -> bytes:
+    """``RTM_GETLINK`` dump of every interface, statistics left out."""
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _ATTR.pack(8, IFLA_EXT_MASK)
+    body += _U32_VALUE.pack(RTEXT_FILTER_SKIP_STATS)
+    return _HEADER.pack(_HEADER.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def parse_dump(chunks: list[bytes], seq: int) -> tuple[list[Link], bool]:
+    """The links in the messages of ``chunks`` that answer ``seq``; True once NLMSG_DONE is seen.
+
+    Raises :class:`NetlinkError` on an NLMSG_ERROR or a message that does not fit its buffer.
+    """
+    links: list[Link] = []
+    header, ifinfo = _HEADER.unpack_from, _IFINFO.unpack_from
+    for buf in chunks:
+        offset, end = 0, len(buf)
+        while offset + 16 <= end:
+            length, kind, _flags, msg_seq, _pid = header(buf, offset)
+            if length < 16 or offset + length > end:
+                raise NetlinkError(f"rtnetlink: truncated message ({length} bytes at {offset} of {end})")
+            if msg_seq == seq:
+                if kind == NLMSG_DONE:
+                    return links, True
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", buf, offset + 16)[0]
+                    raise NetlinkError(code, f"rtnetlink dump refused: {os.strerror(code)}")
+                if kind == RTM_NEWLINK and length >= 32:
+                    _family, if_type, index, flags, _change = ifinfo(buf, offset + 16)
+                    link = Link(index, if_type, flags)
+                    _attributes(buf, offset + 32, offset + length, link.attrs)
+                    links.append(link)
+            offset += (length + 3) & ~3
+    return links, False
+
+
+def _attributes(
+    buf: bytes,
+    offset: int,
+    end: int,
+    into: dict,
+    attr=_ATTR.unpack_from,
+    u32=_U32_VALUE.unpack_from,
+    wanted=_WANTED,
+    u32_kinds=_U32,
+    u8_kinds=_U8,
+    string_kinds=_STRING,
+) -> None:
+    # About forty attributes per interface, a dozen wanted: the loop is the cost, kept bare
+    # (names bound as defaults). A value cut short by ``end`` is refused, not read past.
+    while offset < end:
+        length, kind = attr(buf, offset)
+        if length < 4 or offset + length > end:
+            raise NetlinkError(f"rtnetlink: malformed attribute {kind} ({length} bytes)")
+        kind &= 0x3FFF  # NLA_F_NESTED, NLA_F_NET_BYTEORDER
+        if kind in wanted:
+            if kind in u32_kinds:
+                into[kind] = u32(buf, offset + 4)[0] if length == 8 else None
+            elif kind in u8_kinds:
+                into[kind] = buf[offset + 4] if length > 4 else None
+            elif kind in string_kinds:
+                into[kind] = buf[offset + 4 : offset + length].split(b"\0", 1)[0].decode("utf-8", "replace")
+            else:
+                into[kind] = buf[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+
+
+def mac(value: bytes) -> str:
+    """A hardware address as sysfs prints it: lower-case hex pairs joined by ':'."""
+    return value.hex(":")
+
+
+class LinkDumper:
+    """Asks the kernel for every interface; the socket stays open from one run to the next."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def dump(self) -> list[Link]:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+            sock.bind((0, 0))
+            self._sock = sock
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        try:
+            return self._exchange(self._sock, self._seq)
+        except OSError:
+            self.close()  # a half-read answer would mix with the next one: start clean
+            raise
+
+    def _exchange(self, sock: socket.socket, seq: int) -> list[Link]:
+        sock.send(request(seq))
+        links: list[Link] = []
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise NetlinkError("rtnetlink: socket closed during the dump")
+            found, done = parse_dump([chunk], seq)
+            links += found
+            if done:
+                return links
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

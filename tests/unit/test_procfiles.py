@@ -1,0 +1,102 @@
+"""KeptFiles: /proc and /sys read through descriptors kept open between runs give fresh values, whole files,
+and nothing stale; files on a disk are opened for each read; unread descriptors are closed."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.procfiles import KeptFiles
+
+_opens: list[str] = []
+
+
+def _hook(event: str, args: tuple) -> None:
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(("/proc/", "/sys/")):
+        _opens.append(args[0])
+
+
+sys.addaudithook(_hook)
+
+
+def opened(path: str) -> int:
+    return _opens.count(path)
+
+
+def test_a_kept_descriptor_gives_fresh_values_without_opening_again():
+    files = KeptFiles()
+    before = opened("/proc/uptime")
+    first = files.read("/proc/uptime")
+    deadline = time.monotonic() + 2
+    second = first
+    while second == first and time.monotonic() < deadline:  # /proc/uptime moves every 10 ms
+        time.sleep(0.02)
+        second = files.read("/proc/uptime")
+    assert second != first and float(second.split()[0]) > float(first.split()[0])
+    assert opened("/proc/uptime") - before == 1 and len(files) == 1
+    files.close()
+
+
+def test_a_sysfs_attribute_is_read_once_per_call_through_one_descriptor():
+    path = "/sys/class/net/lo/mtu"
+    if not os.path.exists(path):
+        pytest.skip("no sysfs here")
+    expected = Path(path).read_bytes()
+    files = KeptFiles()
+    before = opened(path)
+    values = {files.read_once(path) for _ in range(5)}
+    assert values == {expected} and opened(path) - before == 1
+    files.close()
+
+
+def test_a_seq_file_longer_than_a_page_is_read_whole():
+    # /proc/crypto is a seq_file listing every algorithm (several pages) that does not change meanwhile:
+    # a seq_file hands out about a page per read, whatever was asked
+    expected = Path("/proc/crypto").read_bytes()
+    if len(expected) <= 4096:
+        pytest.skip("/proc/crypto fits in a page here")
+    files = KeptFiles()
+    assert files.read("/proc/crypto") == expected
+    assert files.read("/proc/crypto") == expected  # and again from offset 0 through the kept descriptor
+    assert files.read("/proc/crypto", 64) == expected
+    files.close()
+
+
+def test_files_on_a_disk_are_opened_for_each_read(tmp_path):
+    # A fixture tree's file replaced by a rename: a kept descriptor would go on reading the old one.
+    path = tmp_path / "softnet_stat"
+    path.write_text("old\n")
+    files = KeptFiles()
+    assert files.read(str(path)) == b"old\n"
+    replacement = tmp_path / "new"
+    replacement.write_text("new\n")
+    replacement.rename(path)
+    assert files.read(str(path)) == b"new\n" and files.read_once(str(path)) == b"new\n"
+    assert len(files) == 0
+
+
+def test_sweep_closes_what_a_run_did_not_read_and_the_limit_holds():
+    files = KeptFiles(limit=2)
+    for path in ("/proc/uptime", "/proc/loadavg", "/proc/version"):
+        files.read(path)  # the third is read, not kept
+    assert len(files) == 2
+    fds_before = len(os.listdir("/proc/self/fd"))
+    files.sweep()  # end of the run that read them: all kept
+    files.read("/proc/uptime")
+    files.sweep()  # the next run read only uptime: loadavg's descriptor is closed
+    assert len(files) == 1 and len(os.listdir("/proc/self/fd")) == fds_before - 1
+    files.close()
+    assert len(files) == 0
+
+
+def test_a_missing_file_raises_as_open_does():
+    files = KeptFiles()
+    with pytest.raises(FileNotFoundError):
+        files.read("/proc/no-such-file")
+    with pytest.raises(FileNotFoundError):
+        files.read_once("/sys/no-such-attribute")
+    assert len(files) == 0
