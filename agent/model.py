@@ -185,8 +185,12 @@ def same_series(before: Sequence[Sample], now: Sequence[Sample]) -> bool:
     pairwise, which needs no hashing of label tuples, unlike building a set of them."""
     if len(before) != len(now):
         return False
-    for a, b in zip(before, now, strict=True):
-        if a.name != b.name or a.labels != b.labels or a.kind != b.kind or a.unit != b.unit:
+    # Collectors keep a series' label tuple between runs (the very object): identity answers
+    # first, the element-wise tuple comparison only when the tuples are not the same object.
+    for a, b in zip(before, now, strict=False):  # equal lengths, checked above: no check per pair
+        if a.name != b.name or (a.labels is not b.labels and a.labels != b.labels) or a.kind != b.kind:
+            return False
+        if a.unit != b.unit:
             return False
     return True
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from agent.model import Labels
 from agent.plugin import CollectorContext, Duration, Emitter, PeriodicCollector, PluginConfig
 from collectors.disk.stat_pool import StatPool
 
@@ -138,6 +139,9 @@ class DiskCollector(PeriodicCollector):
         root = str(context.rootfs).rstrip("/")
         self._rootfs = root  # "" for "/"
         self._udev_dir = f"{root}/run/udev/data"
+        # label tuples kept between runs (each its own key): a run's samples then share their labels'
+        # identity with the last run's, which makes the engine's comparison of the two runs cheaper
+        self._labels: dict[Labels, Labels] = {}
 
     async def collect(self, emit: Emitter) -> None:
         for error in await self.context.run_blocking(self._collect, emit):
@@ -155,6 +159,8 @@ class DiskCollector(PeriodicCollector):
 
     def _collect(self, emit: Emitter) -> list[str]:
         errors: list[str] = []
+        if len(self._labels) > 4096:  # mounts and devices come and go: keep the cache bounded
+            self._labels.clear()
         try:
             self._filesystems(emit, errors)
         except OSError as exc:
@@ -196,6 +202,7 @@ class DiskCollector(PeriodicCollector):
             if "\\" in device:
                 device = _unescape(device)
             labels = (("device", device), ("fstype", fstype), ("mountpoint", mountpoint))
+            labels = self._labels.setdefault(labels, labels)
             if labels not in mounts:
                 mounts[labels] = "ro" in options.split(",")
                 if not pool.is_stuck(mountpoint):
@@ -242,7 +249,9 @@ class DiskCollector(PeriodicCollector):
             except ValueError:
                 errors.append(f"malformed diskstats line: {line!r}")
                 continue
-            device = (("device", name),)
+            kept = self._labels
+            device: Labels = (("device", name),)
+            device = kept.setdefault(device, device)
             info = self._udev_info(major, minor) if udev else {}
             serial = info.get("SCSI_IDENT_SERIAL") or info.get("ID_SERIAL_SHORT", "")
             info_labels = (
@@ -250,11 +259,11 @@ class DiskCollector(PeriodicCollector):
                 ("path", info.get("ID_PATH", "")), ("revision", info.get("ID_REVISION", "")),
                 ("serial", serial), ("wwn", info.get("ID_WWN", "")),
             )  # fmt: skip
-            gauge("node_disk_info", 1, info_labels, unit=_1)
+            gauge("node_disk_info", 1, kept.setdefault(info_labels, info_labels), unit=_1)
             for (metric, is_counter, factor, unit), value in zip(_DISK_FIELDS, values, strict=False):
                 (counter if is_counter else gauge)(metric, value * factor, device, unit=unit)
             if info:
-                self._udev_series(emit, name, info)
+                self._udev_series(emit, name, info, device)
 
     def _udev_info(self, major: str, minor: str) -> dict[str, str]:
         try:
@@ -269,23 +278,23 @@ class DiskCollector(PeriodicCollector):
                     info[key] = value
         return info
 
-    @staticmethod
-    def _udev_series(emit: Emitter, name: str, info: dict[str, str]) -> None:
+    def _udev_series(self, emit: Emitter, name: str, info: dict[str, str], device: Labels) -> None:
+        kept = self._labels
         if fs_type := info.get("ID_FS_TYPE"):
             labels = (
                 ("device", name), ("type", fs_type), ("usage", info.get("ID_FS_USAGE", "")),
                 ("uuid", info.get("ID_FS_UUID", "")), ("version", info.get("ID_FS_VERSION", "")),
             )  # fmt: skip
-            emit.gauge("node_disk_filesystem_info", 1, labels, unit=_1)
+            emit.gauge("node_disk_filesystem_info", 1, kept.setdefault(labels, labels), unit=_1)
         if dm_name := info.get("DM_NAME"):
             labels = (
                 ("device", name), ("lv_layer", info.get("DM_LV_LAYER", "")), ("lv_name", info.get("DM_LV_NAME", "")),
                 ("name", dm_name), ("uuid", info.get("DM_UUID", "")), ("vg_name", info.get("DM_VG_NAME", "")),
             )  # fmt: skip
-            emit.gauge("node_disk_device_mapper_info", 1, labels, unit=_1)
+            emit.gauge("node_disk_device_mapper_info", 1, kept.setdefault(labels, labels), unit=_1)
         if info.get("ID_ATA"):
             for key, metric in _ATA:
                 try:
-                    emit.gauge(metric, float(info[key]), (("device", name),), unit=_1)
+                    emit.gauge(metric, float(info[key]), device, unit=_1)
                 except (KeyError, ValueError):
                     continue  # node_exporter skips absent or unparsable attributes too

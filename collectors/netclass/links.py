@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable
 
+from agent.model import Labels
 from agent.plugin import Emitter
 from agent.procfiles import KeptFiles
 from agent.sysfs import ABSENT, GONE, read_attr
@@ -51,6 +52,9 @@ class NetlinkNetclass:
         self._dump = dump or self._dumper.dump  # type: ignore[union-attr]
         self._files = KeptFiles()
         self._static: StaticCache = {}
+        # label tuples kept between runs (each its own key): a run's samples then share their labels'
+        # identity with the last run's, which makes the engine's comparison of the two runs cheaper
+        self._labels: dict[Labels, Labels] = {}
         self._netlink = True
         self._matched: frozenset[tuple[str, int]] = frozenset()  # the interfaces last found in sysfs too
         self._mismatches = 0
@@ -119,6 +123,8 @@ class NetlinkNetclass:
             self._device(link, device, emit, report)
         for gone in self._static.keys() - seen:
             del self._static[gone]
+        if len(self._labels) > 64 * len(seen) + 64:  # devices and addresses come and go: stay bounded
+            self._labels.clear()
 
     def _device(self, link: nl.Link, device: str, emit: Emitter, report: Report) -> None:
         attrs, prefix = link.attrs, f"{self._base}/{device}/"
@@ -126,20 +132,19 @@ class NetlinkNetclass:
         state = attrs.get(nl.IFLA_OPERSTATE)
         operstate = nl.OPERSTATES[state] if isinstance(state, int) and state < len(nl.OPERSTATES) else ""
         alias = attrs.get(nl.IFLA_IFALIAS)
-        labels = (("device", device),)
+        kept = self._labels
+        labels: Labels = (("device", device),)
+        labels = kept.setdefault(labels, labels)
         emit.gauge("node_network_up", 1.0 if operstate == "up" else 0.0, labels, unit="1")
-        emit.gauge(
-            "node_network_info",
-            1.0,
-            (
-                ("address", _hardware_address(attrs.get(nl.IFLA_ADDRESS))),
-                ("broadcast", _hardware_address(attrs.get(nl.IFLA_BROADCAST))),
-                ("device", device),
-                ("duplex", self._text(prefix + "duplex", report)),
-                ("ifalias", alias.strip() if isinstance(alias, str) else ""),
-                ("operstate", operstate),
-            ),
+        info: Labels = (
+            ("address", _hardware_address(attrs.get(nl.IFLA_ADDRESS))),
+            ("broadcast", _hardware_address(attrs.get(nl.IFLA_BROADCAST))),
+            ("device", device),
+            ("duplex", self._text(prefix + "duplex", report)),
+            ("ifalias", alias.strip() if isinstance(alias, str) else ""),
+            ("operstate", operstate),
         )
+        emit.gauge("node_network_info", 1.0, kept.setdefault(info, info))
         values: dict[str, int | bytes | str | None] = {
             "carrier": attrs.get(nl.IFLA_CARRIER) if running else None,
             "carrier_changes": attrs.get(nl.IFLA_CARRIER_CHANGES),

@@ -20,6 +20,7 @@ from typing import Annotated
 
 import msgspec
 
+from agent.model import Labels
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
 from agent.procfiles import KeptFiles
 
@@ -73,6 +74,9 @@ class NetworkCollector(PeriodicCollector):
         self._exclude = re.compile(config.interfaces_exclude).search if config.interfaces_exclude else None
         self._field = re.compile(config.netstat_fields).search
         self._iface_ok: dict[str, bool] = {}
+        # one label tuple per interface, kept between runs: a run's samples then share their labels'
+        # identity with the last run's, which makes the engine's comparison of the two runs cheaper
+        self._device_labels: dict[str, Labels] = {}
         self._headers: dict[str, tuple[int, tuple[tuple[int, str, str], ...]]] = {}  # header -> (count, selected)
         self._snmp6: dict[str, tuple[str, str] | None] = {}  # Ip6InOctets -> (metric, unit)
         self._page_size = os.sysconf("SC_PAGESIZE")
@@ -144,7 +148,11 @@ class NetworkCollector(PeriodicCollector):
             if not sep or len(values) != 16:
                 errors.append(f"malformed line in net/dev: {line!r}")
                 continue
-            labels = (("device", name),)
+            labels = self._device_labels.get(name)
+            if labels is None:
+                if len(self._device_labels) >= 4096:  # interfaces come and go: keep the cache bounded
+                    self._device_labels.clear()
+                labels = self._device_labels[name] = (("device", name),)
             for (metric, unit), value in zip(_NETDEV, values, strict=True):
                 counter(metric, value, labels, unit=unit)
             try:

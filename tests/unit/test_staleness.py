@@ -136,3 +136,17 @@ def test_samples_not_served_go_to_outputs_only() -> None:
     pipeline.publish_samples("internal", [rx(ETH0)], served=False)
     assert lane.items == [rx(ETH0)]
     assert latest.samples() == []
+
+
+def test_same_series_compares_labels_by_value_when_the_tuples_are_not_the_same_object() -> None:
+    from agent.model import same_series
+
+    kept = [rx(ETH0), rx(ETH1)]
+    assert same_series(kept, [rx(ETH0, 2.0), rx(ETH1, 3.0)])  # the very label tuples
+    rebuilt = [rx((("device", "eth" + "0"),)), rx((("device", "".join(("et", "h1"))),))]
+    assert rebuilt[0].labels is not ETH0 and same_series(kept, rebuilt)  # equal tuples, other objects
+    assert not same_series(kept, [rx(ETH0), rx((("device", "eth2"),))])
+    assert not same_series(kept, [rx(ETH1), rx(ETH0)])  # same series, other order
+    assert not same_series(kept, [rx(ETH0), Sample("node_network_receive_bytes_total", 1.0, "gauge", ETH1, T0, "By")])
+    assert not same_series(kept, [rx(ETH0), Sample("node_network_receive_bytes_total", 1.0, "counter", ETH1, T0)])
+    assert not same_series(kept, [rx(ETH0)])

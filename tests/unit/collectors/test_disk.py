@@ -439,3 +439,15 @@ async def test_readme_lists_every_emitted_metric(tmp_path):
     text = (Path(sys.modules[DiskCollector.__module__].__file__).parent / "README.md").read_text()
     assert len(names) == 30
     assert all(f"`{name}`" in text for name in names)
+
+
+async def test_label_tuples_are_kept_between_runs(tmp_path):
+    """Each mount's and device's label tuple is the very object of the last run, so the
+    engine's comparison of two runs (agent.model.same_series) answers by identity."""
+    fake = FakeStatvfs({statvfs_path(mp): make_stat(i) for i, mp in enumerate(KEPT, 1)})
+    collector = disk(tmp_path, fake)
+    first, second = await collect(collector), await collect(collector)
+    await collector.close()
+    pairs = list(zip(first.samples, second.samples, strict=True))
+    assert {a.name for a, _ in pairs} >= {"node_filesystem_size_bytes", "node_disk_read_bytes_total"}
+    assert all(a.labels == b.labels and a.labels is b.labels for a, b in pairs)

@@ -297,3 +297,21 @@ async def test_close_releases_the_socket_and_descriptors_once(tmp_path):
     await collector.collect(emitter)  # a run after close opens again
     assert emitter.errors == [] and any(s.name == "node_network_up" for s in emitter.samples)
     await collector.close()
+
+
+def test_label_tuples_are_kept_between_runs(tmp_path):
+    """A device's label tuples (``device`` and the info series') are the very objects of the
+    last run, so the engine's comparison of two runs (agent.model.same_series) answers by identity."""
+    common = {"addr_assign_type": "3", "dev_id": "0x0", "name_assign_type": "3", "flags": "0x1003"}
+    sys_root = fake_sys(
+        tmp_path, veth0={**common, "ifindex": "3"}, veth1={**common, "ifindex": "2"}, lo={**common, "ifindex": "1"}
+    )
+    part = NetlinkNetclass(
+        str(sys_root), re.compile("^$"), False, logging.getLogger("t"), dump=lambda: list(links_of().values())
+    )
+    (first, errors), (second, _) = run(part), run(part)
+    assert errors == []
+    pairs = list(zip(first.samples, second.samples, strict=True))
+    assert any(a.name == "node_network_info" for a, _ in pairs)
+    assert [a.name for a, b in pairs if a.labels is not b.labels] == []
+    assert all(a.labels == b.labels and a.labels is b.labels for a, b in pairs)

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from agent.config import convert
+from agent.emitter import RunEmitter
 from collectors.network.network import NETSTAT_FIELDS, Config, NetworkCollector
 from tests.support import FIXTURES, by_series, collect_once, collector_context
 
@@ -230,3 +231,15 @@ async def test_readme_lists_every_emitted_metric(tmp_path):
     text = (Path(sys.modules[NetworkCollector.__module__].__file__).parent / "README.md").read_text()
     assert len(names) == 17 + len(netstat_expected()) + 20
     assert all(f"`{name}`" in text for name in names)
+
+
+async def test_netdev_label_tuples_are_kept_between_runs(tmp_path):
+    """Each interface's label tuple is the very object of the last run, so the engine's
+    comparison of two runs (agent.model.same_series) answers by identity."""
+    collector = network(tmp_path)
+    first, second = RunEmitter(1), RunEmitter(2)
+    await collector.collect(first)
+    await collector.collect(second)
+    await collector.close()
+    netdev = [(a, b) for a, b in zip(first.samples, second.samples, strict=True) if a.labels]
+    assert netdev and all(a.name == b.name and a.labels is b.labels for a, b in netdev)
