@@ -89,7 +89,8 @@ def test_the_command_exits_1_and_names_each_bad_import(tmp_path, capsys) -> None
         "collectors/cpu/bad.py:1: collectors.cpu.bad imports collectors.net.net: plugins never import each other"
         " (shared code goes into a module of the plugin API)",
         "collectors/cpu/bad.py:2: collectors.cpu.bad imports agent.buffer: a plugin imports only the plugin API"
-        " of the core: agent.model, agent.plugin, agent.redact, agent.telemetry, agent.sysfs, agent.procfiles, agent.statefile",
+        " of the core: agent.model, agent.plugin, agent.redact, agent.telemetry, agent.sysfs,"
+        " agent.procfiles, agent.statefile",
     ]
     plant(tmp_path, {"collectors/cpu/bad.py": ""})
     assert main([str(tmp_path)]) == 0
