@@ -21,6 +21,7 @@ before/after. ``BENCH_RUNS`` (default 3) repeats; ``BENCH_RENDERS`` (default 200
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import subprocess
@@ -74,23 +75,28 @@ async def measure() -> dict[str, float]:
             agent.pipeline.publish_samples(runner.name, emitter.samples)
 
     http = HttpServer(agent, "127.0.0.1:0")
+
+    async def handler() -> tuple:
+        answer = http.metrics()  # a coroutine on older trees
+        return await answer if inspect.isawaitable(answer) else answer
+
     results: dict[str, float] = {}
     for label, latest, rounds in (
         ("own metrics render", LatestSamples(), RENDERS),
         ("handler", host_page, max(1, RENDERS // 10)),  # a collection before each: fewer
     ):
         agent.latest = latest
-        await http.metrics()
+        await handler()
         spent = 0.0
         for _ in range(rounds):
             if latest is host_page:
                 await collection()
             one_interval()
             started = time.process_time()
-            await http.metrics()
+            await handler()
             spent += time.process_time() - started
         results[label] = spent / rounds * 1e3
-    results["page bytes"] = float(len((await http.metrics())[2]))
+    results["page bytes"] = float(len((await handler())[2]))
 
     await http.start()
     client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(http.port), "5")

@@ -8,6 +8,7 @@ the server works on the transports directly, and the two loops' transports diffe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from types import SimpleNamespace
@@ -291,13 +292,14 @@ async def test_a_connection_cut_for_the_write_timeout_is_really_closed(served) -
 
         def drain() -> int:
             received = 0
-            while chunk := sock.recv(1 << 20):
-                received += len(chunk)
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
             return received
 
-        with pytest.raises(ConnectionResetError):  # the server dropped the rest of the page
-            received = await asyncio.to_thread(drain)
-            raise AssertionError(f"the whole page ({received} bytes) was sent after the write timeout")
+        # the client gets what the kernel held already, then the end: not the rest of the page
+        received = await asyncio.to_thread(drain)
+        assert received < len(BIG_PAGE), f"the whole page ({received} bytes) was sent after the write timeout"
     finally:
         sock.close()
 
