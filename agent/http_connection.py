@@ -92,7 +92,7 @@ class Connection(asyncio.Protocol):
     def _expect(self, state: str, within: float) -> None:
         now = self.loop.time()
         self.state, self.deadline = state, now + within
-        if state != ANSWERING:
+        if state != ANSWERING and self.waiting_since == math.inf:  # kept from idle through the head
             self.waiting_since = now
         if self.deadline < self.timer_at:  # earlier than the timer: set it again (rare)
             if self.timer is not None:
