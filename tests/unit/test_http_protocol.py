@@ -337,3 +337,25 @@ async def test_stop_closes_every_connection_and_counts_them_gone(served) -> None
         writer.close()
     stuck.close()
     assert not http.serving
+
+
+async def test_an_endpoint_that_fails_answers_500_and_the_connection_goes_on(served, caplog) -> None:
+    http = await served()
+
+    def broken() -> dict:
+        raise RuntimeError("detailed broke")
+
+    async def broken_later() -> dict:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("status broke")
+
+    http.agent.detailed, http.agent.status_document = broken, broken_later
+    reader, writer = await connect(http)
+    writer.write(b"GET /health/detailed HTTP/1.1\r\n\r\nGET /status.json HTTP/1.1\r\n\r\nGET /live HTTP/1.1\r\n\r\n")
+    for expected in ("HTTP/1.1 500 Internal Server Error",) * 2 + ("HTTP/1.1 200 OK",):
+        line, headers, body = await response(reader)
+        assert line == expected and headers["connection"] == "keep-alive"
+        assert body == (b"internal error\n" if expected.endswith("Error") else b'{"status": "alive"}')
+    assert "HTTP handler for /health/detailed failed" in caplog.text
+    assert "HTTP handler for /status.json failed" in caplog.text
+    writer.close()
