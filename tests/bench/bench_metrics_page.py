@@ -10,7 +10,8 @@ thread, so a hop to a thread counts):
 * **handler**: the handler with the host page after every collector ran and
   published again (as a scrape at the 1 s interval finds it: both pages changed);
 * **scrape**: the server's CPU per request over loopback, a new connection each
-  (as ``bench_agent`` scrapes), the requests made by another process.
+  (as ``bench_agent`` scrapes), the requests made by another process;
+* **scrape kept-alive**: the same on one kept-alive connection (as Prometheus scrapes).
 
 ``BENCH_BASELINE_REV`` (a git revision, e.g. ``main``) runs the same measurements on
 that revision's tree (``git archive``) in the same run, alternating, for a side-by-side
@@ -21,6 +22,7 @@ before/after. ``BENCH_RUNS`` (default 3) repeats; ``BENCH_RENDERS`` (default 200
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import subprocess
@@ -37,12 +39,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CLIENT = """
 import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, kept = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "kept"
+c = http.client.HTTPConnection("127.0.0.1", port)
 for _ in range(n):
-    c = http.client.HTTPConnection("127.0.0.1", port)
+    if not kept:
+        c = http.client.HTTPConnection("127.0.0.1", port)
     c.request("GET", "/metrics")
     c.getresponse().read()
-    c.close()
+    if not kept:
+        c.close()
 """
 
 
@@ -74,31 +79,37 @@ async def measure() -> dict[str, float]:
             agent.pipeline.publish_samples(runner.name, emitter.samples)
 
     http = HttpServer(agent, "127.0.0.1:0")
+
+    async def handler() -> tuple:
+        answer = http.metrics()  # a coroutine on older trees
+        return await answer if inspect.isawaitable(answer) else answer
+
     results: dict[str, float] = {}
     for label, latest, rounds in (
         ("own metrics render", LatestSamples(), RENDERS),
         ("handler", host_page, max(1, RENDERS // 10)),  # a collection before each: fewer
     ):
         agent.latest = latest
-        await http.metrics()
+        await handler()
         spent = 0.0
         for _ in range(rounds):
             if latest is host_page:
                 await collection()
             one_interval()
             started = time.process_time()
-            await http.metrics()
+            await handler()
             spent += time.process_time() - started
         results[label] = spent / rounds * 1e3
-    results["page bytes"] = float(len((await http.metrics())[2]))
+    results["page bytes"] = float(len((await handler())[2]))
 
     await http.start()
-    client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(http.port), "5")
-    await client.wait()  # warm: first connections, caches
-    started = time.process_time()
-    client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(http.port), str(SCRAPES))
-    await client.wait()
-    results["scrape"] = (time.process_time() - started) / SCRAPES * 1e3
+    for label, kept in (("scrape", "new"), ("scrape kept-alive", "kept")):
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(http.port), "5", kept)
+        await client.wait()  # warm: first connections, caches
+        started = time.process_time()
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(http.port), str(SCRAPES), kept)
+        await client.wait()
+        results[label] = (time.process_time() - started) / SCRAPES * 1e3
     await http.stop()
     for runner in runners:
         await runner.stop()
@@ -146,7 +157,7 @@ def main() -> None:
     print(f"{RUNS} runs, alternating; {RENDERS} renders, {SCRAPES} scrapes each; load {load}")
     for name, runs in results.items():
         print(f"{name}: page {runs[0]['page bytes'] / 1024:.1f} KiB")
-        for key in ("own metrics render", "handler", "scrape"):
+        for key in ("own metrics render", "handler", "scrape", "scrape kept-alive"):
             values = sorted(r[key] for r in runs)
             print(f"  {key:<20} {values[0]:.3f}-{values[-1]:.3f} ms  ({' '.join(f'{v:.3f}' for v in values)})")
 
