@@ -47,6 +47,7 @@ from collectors.logs.stats import LogStats
 from collectors.logs.tracker import Tracker, Twin, tracker_resume, waits
 from collectors.logs.truncation import replaced, restart, same_start
 
+_mark = tuple.__new__
 CHUNK = 1 << 20  # bytes per read call
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
 
@@ -397,16 +398,18 @@ class Tailer:
         pending: dict[str, Pending],
         block: bytes | None = None,
     ) -> None:
-        got = pending.get(t.key)
-        if got is None:
-            got = pending[t.key] = Pending(t)
-        if got.blocks is not None:
-            if block is None:
-                got.blocks = None
-            else:
-                got.blocks.append(block)
-        got.lines.extend(lines)
-        res.sent[t.key] = Mark(end, tail)
+        key = t.key
+        got = pending.get(key)
+        if got is None:  # most rounds at low rates: one read of one line from each of many files
+            pending[key] = Pending(t, lines, None if block is None else [block])
+        else:
+            if got.blocks is not None:
+                if block is None:
+                    got.blocks = None
+                else:
+                    got.blocks.append(block)
+            got.lines.extend(lines)
+        res.sent[key] = _mark(Mark, (end, tail))  # tuple.__new__: a Mark without a Python-level call
 
     def _grow_fingerprint(self, t: Tracker, res: StepResult) -> None:
         try:
