@@ -31,6 +31,8 @@ from typing import Any
 
 import re2
 
+from collectors.logs.listing import Listings
+
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".z", ".br", ".lzma", ".7z", ".tgz")
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18", b"PK\x03\x04")
 # where inotify does not report changes made by other machines
@@ -93,6 +95,7 @@ class Patterns:
         # an exclude glob without a slash applies to the file's name, in any directory
         self._exclude = [(glob_regex(e), "/" not in e) for e in exclude]
         self.include_compressed = include_compressed
+        self._listings = Listings()
 
     def matches(self, path: str) -> bool:
         return any(r.match(path) for r in self._include) and not self.excluded(path)
@@ -103,13 +106,25 @@ class Patterns:
         name = path.rsplit("/", 1)[-1]
         return any(r.match(name if by_name else path) for r, by_name in self._exclude)
 
-    def scan(self) -> tuple[dict[str, os.stat_result], list[tuple[str, OSError]], dict[str, os.stat_result]]:
+    def scan(
+        self, reuse: bool = True
+    ) -> tuple[dict[str, os.stat_result], list[tuple[str, OSError]], dict[str, os.stat_result]]:
         """Regular files matching now (symlinks followed), the paths that could not be looked at, and
-        the special files (FIFOs, sockets, devices) matching: never opened, reported."""
+        the special files (FIFOs, sockets, devices) matching: never opened, reported. A glob wild only
+        in its last part reuses its directory's listing while the directory's time is unchanged
+        (``listing.py``); ``reuse=False`` (polling) lists it anew."""
         found: dict[str, os.stat_result] = {}
         problems: list[tuple[str, OSError]] = []
         special: dict[str, os.stat_result] = {}
         for pattern in self.paths:
+            directory, part = os.path.split(pattern)
+            if _MAGIC.search(part) and not _MAGIC.search(directory):  # /var/log/app/*.log: listed once
+                listed, failed = self._listings.matches(directory, part, self.excluded, reuse=reuse)
+                problems += failed
+                for path, st in listed.items():
+                    if path not in found:
+                        (found if stat.S_ISREG(st.st_mode) else special)[path] = st
+                continue
             for path in expand(pattern):
                 if path in found or self.excluded(path):
                     continue

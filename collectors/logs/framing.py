@@ -85,6 +85,28 @@ class Framer:
 
     def feed(self, data: bytes) -> tuple[list[str], list[int] | None]:
         """Add bytes read right after the previous ones; return complete lines (and their end offsets)."""
+        if (
+            self._fast
+            and data[-1:] == b"\n"
+            and not (self.ends or self.pending or self.skipping or self.drop_newline or self._bom)
+            and len(data) <= self._max
+        ):
+            # the usual read at low rates, whole lines and nothing held: what the general path below
+            # does with them, without its checks (one read per file and round)
+            try:
+                text = data.decode(self.codec)
+            except UnicodeDecodeError:
+                pass  # the general path finds the bad lines and counts them
+            else:
+                if "\r" in text:
+                    text = text.replace("\r\n", "\n")
+                got = text.split("\n")
+                got.pop()  # the empty string after the final newline
+                self.block = data
+                n = len(data)
+                self.tail = data[n - TAIL_BYTES :] if n >= TAIL_BYTES else (self.tail + data)[-TAIL_BYTES:]
+                self.pending_at += n
+                return got, None
         lines: list[str] = []
         ends: list[int] | None = [] if self.ends else None
         self.block = None

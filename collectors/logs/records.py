@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from agent.model import Labels, LogRecord
 from collectors.logs.parse import Parser
@@ -22,14 +21,17 @@ Redact = Callable[[list[list[str]], list[str]], list[str]]
 """(each file's lines, their files' keys) -> every line redacted, in one list; one key-block state per key."""
 
 
-@dataclass(slots=True)
 class Pending:
     """Lines read from one generation this round, and the bytes they were framed from (None when not
-    all known: multiline records, flushed partial lines)."""
+    all known: multiline records, flushed partial lines). A plain class: one is made per file read,
+    and a dataclass's ``default_factory`` costs more than the rest of it."""
 
-    file: Tracker
-    lines: list[str] = field(default_factory=list)
-    blocks: list[bytes] | None = field(default_factory=list)
+    __slots__ = ("blocks", "file", "lines")
+
+    def __init__(self, file: Tracker, lines: list[str] | None = None, blocks: list[bytes] | None = None) -> None:
+        self.file = file
+        self.lines = [] if lines is None else lines
+        self.blocks = blocks
 
 
 def build_records(

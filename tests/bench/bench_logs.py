@@ -94,7 +94,8 @@ def start_victoria_logs(home: Path) -> tuple[subprocess.Popen, str]:
     sys.exit("victoria-logs did not start")
 
 
-def start_agent(home: Path, collector: str, loki_url: str) -> tuple[subprocess.Popen, str]:
+def start_agent(home: Path, collector: str, loki_url: str, tree: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``hostwatch run`` with ``collector`` and a Loki output; ``tree``: the agent of another source tree."""
     port = free_port()
     config = home / "hostwatch.toml"
     config.write_text(
@@ -110,7 +111,13 @@ url = "{loki_url}/insert/loki/api/v1/push"
 """
     )
     stderr = open(home / "agent.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([*pinned(AGENT_CPU), *hostwatch_command(), "run", "--config", str(config)], stderr=stderr)
+    command, env = hostwatch_command(), None
+    if tree is not None:
+        command = [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.Popen(
+        [*pinned(AGENT_CPU), *command, "run", "--config", str(config)], stderr=stderr, env=env, cwd=tree
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -27,7 +27,10 @@ waiting for the CPU).
 
 Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
-by thread (named by ``py-spy dump`` when py-spy is installed, else by thread id).
+by thread (named by ``py-spy dump`` when py-spy is installed, else by thread id), BENCH_LOWRATE_FILES=2000
+runs only the scenarios with that many files (comma-separated counts). BENCH_BASELINE_REV (a git revision,
+e.g. ``main``) adds a third shipper to the low-rate runs: hostwatch as that revision has it (``git
+archive``), tailing the same files in the same window, for a before/after in the same conditions.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.bench.bench_agent import export_tree
 from tests.bench.bench_logs import CORPUS, get, metric, pinned, start_agent, start_victoria_logs, stop
 
 WINDOW = float(os.environ.get("BENCH_LOWRATE_SECONDS", "30"))
@@ -50,6 +54,8 @@ BULK_MIB = float(os.environ.get("BENCH_BULK_MIB", "64"))
 BY_THREAD = os.environ.get("BENCH_LOWRATE_THREADS") == "1"
 WARMUP = 8.0
 SCENARIOS = [(20, 200), (2000, 1000)]  # (files, combined lines per second)
+ONLY_FILES = {int(n) for n in os.environ.get("BENCH_LOWRATE_FILES", "").split(",") if n.strip()}
+BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "")
 TARGET_CPU_RATIO, TARGET_BULK_RATIO = 1.5, 0.6
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
@@ -158,7 +164,7 @@ def written(directory: Path) -> int:
         return 0
 
 
-def lowrate(home: Path, files: int, rate: float) -> list[tuple[str, bool]]:
+def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -> list[tuple[str, bool]]:
     logs = home / "logs"
     logs.mkdir(parents=True)
     for i in range(files):
@@ -171,16 +177,22 @@ def lowrate(home: Path, files: int, rate: float) -> list[tuple[str, bool]]:
         agent, url = start_agent(home, collector, vl_url)
         rsyslog = start_rsyslog(home, f"{logs}/*.log", sink.port)
         procs += [agent, rsyslog]
+        old = old_url = None
+        if baseline is not None:
+            (home / "baseline").mkdir()
+            old, old_url = start_agent(home / "baseline", collector, vl_url, tree=baseline)
+            procs.append(old)
         time.sleep(3)  # both have found the files before the first line is written
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(logs), str(files), str(rate), str(CORPUS)])
         procs.append(writer)
         time.sleep(WARMUP)
         names = thread_names(agent.pid) if BY_THREAD else {}
         threads_before = thread_cpu_ns(agent.pid)
-        before = {p.pid: cpu_ns(p.pid) for p in (agent, rsyslog)}
+        shippers = [p for p in (agent, rsyslog, old) if p is not None]
+        before = {p.pid: cpu_ns(p.pid) for p in shippers}
         lines_before = written(logs)
         time.sleep(WINDOW)
-        used = {p.pid: cpu_ns(p.pid) - before[p.pid] for p in (agent, rsyslog)}
+        used = {p.pid: cpu_ns(p.pid) - before[p.pid] for p in shippers}
         lines = written(logs) - lines_before
         by_thread: dict[str, int] = {}
         for tid, ns in thread_cpu_ns(agent.pid).items():
@@ -188,10 +200,12 @@ def lowrate(home: Path, files: int, rate: float) -> list[tuple[str, bool]]:
             by_thread[name] = by_thread.get(name, 0) + ns - threads_before.get(tid, 0)
         stop(writer)
         total = written(logs)
-        sent = 0.0
-        for _ in range(100):  # both catch up with the last lines
+        sent = old_sent = 0.0
+        for _ in range(100):  # all catch up with the last lines
             sent = metric(get(url + "/metrics"), "hostwatch_output_sent_items_total", signal="logs")
-            if sent >= total and sink.lines >= total:
+            if old_url is not None:
+                old_sent = metric(get(old_url + "/metrics"), "hostwatch_output_sent_items_total", signal="logs")
+            if sent >= total and sink.lines >= total and (old_url is None or old_sent >= total):
                 break
             time.sleep(0.1)
     finally:
@@ -207,6 +221,12 @@ def lowrate(home: Path, files: int, rate: float) -> list[tuple[str, bool]]:
         f"rsyslog {rsyslog_us:.1f} us ({ratio:.2f}x); delivered: hostwatch {sent:,.0f}, rsyslog {sink.lines:,} "
         f"of {total:,}"
     )
+    if old is not None:
+        old_us = used[old.pid] / 1000 / max(lines, 1)
+        print(
+            f"  hostwatch at {BASELINE_REV}, same run: {old_us:.1f} us/line ({old_us / rsyslog_us:.2f}x rsyslog); "
+            f"this tree / {BASELINE_REV}: {agent_us / old_us:.2f}; delivered {old_sent:,.0f} of {total:,}"
+        )
     if BY_THREAD:
         busy = sorted(by_thread.items(), key=lambda item: -item[1])
         print("  hostwatch by thread: " + ", ".join(f"{n} {ns / 1000 / max(lines, 1):.1f} us" for n, ns in busy[:6]))
@@ -285,8 +305,10 @@ def main() -> int:
         sys.exit("rsyslogd is not installed: run tests/peers/install.sh")
     results: list[tuple[str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="bench-lowrate-") as tmp:
+        baseline = export_tree(BASELINE_REV, Path(tmp) / "baseline-tree") if BASELINE_REV else None
         for i, (files, rate) in enumerate(SCENARIOS):
-            results += lowrate(Path(tmp) / f"s{i}", files, rate)
+            if not ONLY_FILES or files in ONLY_FILES:
+                results += lowrate(Path(tmp) / f"s{i}", files, rate, baseline)
         if os.environ.get("BENCH_LOWRATE_ONLY") != "1":
             results += bulk(Path(tmp) / "b")
     for name, ok in results:

@@ -69,3 +69,81 @@ async def test_the_watcher_reads_nothing_more_until_the_loop_took_what_it_noted(
     watcher.stop()
     assert wake.is_set() and str(files[0]) in dirty2 | dirty, "changes after take() wake the loop again"
     assert not rescan2
+
+
+def _age(directory, seconds: float = 60.0) -> None:
+    """Set a directory's modification time back, as if nothing had changed there for a while."""
+    past = os.stat(directory).st_mtime_ns - int(seconds * 1e9)
+    os.utime(directory, ns=(past, past))
+
+
+def test_a_scan_of_an_unchanged_directory_does_not_list_it_again(tmp_path, monkeypatch) -> None:
+    """2,000 files: the periodic scan costs a stat of the directory, not a listing and a stat per file;
+    what changed since (a new, a removed file) is found as soon as the directory's time moves."""
+    for i in range(50):
+        (tmp_path / f"app{i}.log").write_text("x\n")
+    (tmp_path / ".hidden.log").write_text("x\n")
+    (tmp_path / "skip.log").write_text("x\n")
+    patterns = Patterns([str(tmp_path / "*.log")], ["skip.log"], False)
+    _age(tmp_path)
+    first = patterns.scan()[0]
+    assert sorted(first) == sorted(str(tmp_path / f"app{i}.log") for i in range(50))
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": listed.append(path) or real_scandir(path))
+    monkeypatch.setattr(os, "stat", _counting(os.stat, stats := []))
+    again = patterns.scan()[0]
+    assert again.keys() == first.keys()
+    assert [(st.st_dev, st.st_ino) for st in again.values()] == [(st.st_dev, st.st_ino) for st in first.values()]
+    assert listed == [] and stats == [str(tmp_path)]
+    (tmp_path / "app0.log").unlink()
+    (tmp_path / "new.log").write_text("y\n")  # the directory's time moves
+    found = patterns.scan()[0]
+    assert str(tmp_path / "new.log") in found and str(tmp_path / "app0.log") not in found
+    assert listed == [str(tmp_path)]
+
+
+def _counting(real, calls: list):
+    def stat(path, *args, **kwargs):
+        calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    return stat
+
+
+def test_a_directory_changed_just_before_its_listing_is_listed_again(tmp_path) -> None:
+    """A change in the same tick of the directory's clock as the listing leaves its time as it was:
+    a directory changed within seconds of its listing is not trusted to be unchanged."""
+    patterns = Patterns([str(tmp_path / "*.log")], [], False)
+    (tmp_path / "a.log").write_text("x\n")
+    assert list(patterns.scan()[0]) == [str(tmp_path / "a.log")]
+    before = os.stat(tmp_path).st_mtime_ns
+    (tmp_path / "b.log").write_text("x\n")
+    os.utime(tmp_path, ns=(before, before))  # the new file's change landed in the same tick
+    assert sorted(patterns.scan()[0]) == [str(tmp_path / "a.log"), str(tmp_path / "b.log")]
+
+
+def test_a_symlink_and_polling_are_looked_at_anew_in_an_unchanged_directory(tmp_path) -> None:
+    """A symlink's target can be replaced elsewhere, and a network file system's times are the
+    server's: neither is taken from the remembered listing."""
+    target_dir = tmp_path / "real"
+    target_dir.mkdir()
+    (target_dir / "one").write_text("x\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "link.log").symlink_to(target_dir / "one")
+    (logs / "plain.log").write_text("x\n")
+    patterns = Patterns([str(logs / "*.log")], [], False)
+    _age(logs)
+    first = patterns.scan()[0]
+    (target_dir / "one").unlink()
+    (target_dir / "one").write_text("another file\n")  # another file behind the same link
+    second = patterns.scan()[0]
+    assert second[str(logs / "link.log")].st_size != first[str(logs / "link.log")].st_size
+    # a file replaced without the directory's time showing it (a clock or granularity elsewhere)
+    plain = os.stat(logs).st_mtime_ns
+    (logs / "plain.log").unlink()
+    (logs / "plain.log").write_text("new\n")
+    os.utime(logs, ns=(plain, plain))
+    assert patterns.scan()[0][str(logs / "plain.log")].st_size == 2  # the remembered listing
+    assert patterns.scan(reuse=False)[0][str(logs / "plain.log")].st_size == 4

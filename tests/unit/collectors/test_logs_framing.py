@@ -137,3 +137,24 @@ def test_utf8_byte_order_mark_at_file_start_is_not_part_of_the_line() -> None:
     assert framer.feed(b"\xef\xbb\xbfhello\n")[0] == ["hello"]
     resumed = Framer("utf-8", 1024, stats(), 9, ends=False)  # not at the start: bytes as they are
     assert resumed.feed("\ufeffx\n".encode())[0] == ["\ufeffx"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_whole_lines_with_nothing_held_frame_as_the_general_path_frames_them(encoding) -> None:
+    """Reads of whole lines (the usual read at low rates) take a shorter path: the same lines, offsets,
+    tail bytes and counts as the line-by-line path (``ends=True``) gives, read after read, whatever
+    came before (a partial line, an overlong line, invalid bytes, CRLF, a byte order mark)."""
+    rng = random.Random(7)
+    pieces = [b"plain\n", b"crlf\r\n", b"two\nlines\n", b"\xff\xfebad\n", "caf\u00e9\n".encode(encoding)]
+    pieces += [b"partial", b" end\n", b"x" * 100 + b"\n", b"\n", b"lone\rcr\n", b"\xef\xbb\xbfbom\n"]
+    for _ in range(50):
+        reads = [rng.choice(pieces) for _ in range(rng.randint(1, 12))]
+        fast, slow = Framer(encoding, 64, stats(), 0, ends=False), Framer(encoding, 64, stats(), 0, ends=True)
+        for data in reads:
+            assert fast.feed(data)[0] == slow.feed(data)[0], reads
+            assert (fast.consumed, fast.tail, fast.pending) == (slow.consumed, slow.tail, slow.pending), reads
+        assert vars_of(fast.stats) == vars_of(slow.stats), reads
+
+
+def vars_of(s: LogStats) -> tuple:
+    return (s.lines_truncated, s.lines_invalid)

@@ -292,3 +292,26 @@ def test_a_file_truncated_and_rewritten_between_two_looks_is_read_anew(tmp_path)
     assert rig.bodies == block("a", 10) + block("b", 30) + block("c", 3)
     assert rig.stats["truncations"] == 2
     rig.close()
+
+
+def test_a_round_looking_at_every_file_reads_only_those_that_changed(tmp_path, monkeypatch) -> None:
+    """The periodic look at every file (the glob scan's round, polling) costs an fstat of a quiet file,
+    not a read; a grown file and a file truncated and rewritten to its old size are still read."""
+    rig = Rig(tmp_path, pattern="*.log")
+    for i in range(20):
+        write(rig.dir / f"f{i:02d}.log", block(f"f{i}", 2))
+    rig.step()
+    rig.step(scan=False)  # the files are seen as they are now (size and time)
+    reads: list[int] = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(fd) or real(fd, n, at))
+    rig.step(scan=False)
+    assert reads == []
+    write(rig.dir / "f03.log", ["grown"])
+    size = (rig.dir / "f07.log").stat().st_size
+    write(rig.dir / "f07.log", ["r" * (size - 1)], mode="w")  # copytruncate and refill, same size
+    rig.bodies.clear()
+    rig.step(scan=False)
+    assert "grown" in rig.bodies and "r" * (size - 1) in rig.bodies, rig.bodies
+    assert len(set(reads)) == 2
+    rig.close()
