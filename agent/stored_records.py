@@ -41,15 +41,19 @@ class LogRecordsDecoder:
 
     def decode(self, buffer: Any) -> list[LogRecord]:
         decode_labels = self._labels.decode
-        seen: dict[bytes, Labels] = {b"\x90": ()}
+        seen: dict[bytes, Labels] = {}
+        last_raw, last = _EMPTY, ()  # consecutive records mostly share a label set: compare with the last
         out: list[LogRecord] = []
         append = out.append
         for s in self._records.decode(buffer):
-            key = bytes(s.labels)
-            labels = seen.get(key)
-            if labels is None:
-                labels = seen[key] = decode_labels(key)
+            raw = s.labels
+            if raw != last_raw:
+                key = bytes(raw)
+                last = seen.get(key)  # type: ignore[assignment]
+                if last is None:
+                    last = seen[key] = decode_labels(key)
+                last_raw = raw
             attributes = s.attributes
-            attrs = () if len(attributes) == 1 and bytes(attributes) == b"\x90" else decode_labels(attributes)
-            append(LogRecord(s.time_ns, s.body, labels, s.severity, attrs, s.severity_number))
+            attrs = () if attributes == _EMPTY else decode_labels(attributes)
+            append(LogRecord(s.time_ns, s.body, last, s.severity, attrs, s.severity_number))
         return out
