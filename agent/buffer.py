@@ -40,6 +40,7 @@ from agent.queue import Dropped, MemoryQueue, Queue, QueuedBatch
 from agent.segment_files import recover
 from agent.segment_store import BufferUnavailable, SegmentStore
 from agent.segments import Ref
+from agent.stored_records import LogRecordsDecoder
 from agent.workers import Worker
 
 __all__ = ["BufferUnavailable", "DiskQueue", "MemoryQueue", "Queue", "QueuedBatch"]
@@ -76,7 +77,7 @@ class DiskQueue(SegmentStore):
             directory,
             fsync=fsync,
             segment_bytes=segment_bytes or max(64 * 1024, min(16 * 1024 * 1024, capacity // 16)),
-            decoder=msgspec.msgpack.Decoder(list[item]),  # type: ignore[valid-type]
+            decoder=LogRecordsDecoder() if item is LogRecord else msgspec.msgpack.Decoder(list[item]),  # type: ignore[valid-type]
         )
         self.capacity = capacity
         self.signal = signal

@@ -16,9 +16,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
-
-import msgspec
+from typing import Any, Protocol
 
 from agent.segment_files import (
     CURSOR,
@@ -37,6 +35,13 @@ log = logging.getLogger("hostwatch.buffer")
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+class Decoder(Protocol):
+    """What reads a record's payload back into its items (a ``msgspec.msgpack.Decoder(list[...])``,
+    or ``agent.stored_records.LogRecordsDecoder``); raises ``msgspec.DecodeError`` on bad bytes."""
+
+    def decode(self, buffer: Any) -> list[Any]: ...
+
+
 class BufferUnavailable(OSError):
     """The disk buffer's directory cannot be used at all (read-only, not a directory)."""
 
@@ -47,7 +52,7 @@ class BufferUnavailable(OSError):
 class SegmentStore:
     """The segment files under ``directory``; see the module docstring."""
 
-    def __init__(self, directory: Path, *, fsync: str, segment_bytes: int, decoder: msgspec.msgpack.Decoder) -> None:
+    def __init__(self, directory: Path, *, fsync: str, segment_bytes: int, decoder: Decoder) -> None:
         self.directory = directory
         self.fsync = fsync
         self.segment_bytes = segment_bytes

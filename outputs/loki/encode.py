@@ -100,12 +100,16 @@ class PushEncoder:
 
     def _groups(self, records: Sequence[LogRecord]) -> dict[Labels, list[LogRecord]]:
         groups: dict[Labels, list[LogRecord]] = {}
+        last: Labels | None = None  # a file's lines share one labels object: look a run of them up once
+        group: list[LogRecord] = []
         for record in records:
-            group = groups.get(record.labels)
-            if group is None:
-                groups[record.labels] = [record]
-            else:
-                group.append(record)
+            labels = record.labels
+            if labels is not last:
+                last = labels
+                group = groups.get(labels)  # type: ignore[assignment]
+                if group is None:
+                    group = groups[labels] = []
+            group.append(record)
         for labels, group in groups.items():
             last = -1
             for record in group:

@@ -23,7 +23,7 @@ into the TCP sink. Wall time until the last line arrived. Target: hostwatch >= 0
 lines per second. Beside it, from the same runs: the rate with hostwatch's start-up left out (timed
 from its ``/metrics`` answering: its Python start-up is 0.3 s on a quiet machine, rsyslog's a few ms) and
 lines per CPU second of each process (its threads' schedstat; wall time on the shared machine includes
-waiting for the CPU).
+waiting for the CPU), and the CPU time VictoriaLogs spent ingesting (rsyslog's sink only counts lines).
 
 Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
@@ -31,6 +31,9 @@ by thread (named by ``py-spy dump`` when py-spy is installed, else by thread id)
 runs only the scenarios with that many files (comma-separated counts). BENCH_BASELINE_REV (a git revision,
 e.g. ``main``) adds a third shipper to the low-rate runs: hostwatch as that revision has it (``git
 archive``), tailing the same files in the same window, for a before/after in the same conditions.
+BENCH_BULK_BASELINE=DIR also ships the bulk file with hostwatch from the source tree DIR (an earlier
+commit: ``git archive REV | tar -x -C DIR``), alternating with this tree's, for a before/after in the same
+run; BENCH_BULK_RUNS=N ships it N times with each tree (the goal's figures: this tree's median run).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from tests.bench.bench_logs import CORPUS, get, metric, pinned, start_agent, sta
 WINDOW = float(os.environ.get("BENCH_LOWRATE_SECONDS", "30"))
 BULK_MIB = float(os.environ.get("BENCH_BULK_MIB", "64"))
 BY_THREAD = os.environ.get("BENCH_LOWRATE_THREADS") == "1"
+BULK_RUNS = int(os.environ.get("BENCH_BULK_RUNS", "1"))
+BASELINE = os.environ.get("BENCH_BULK_BASELINE", "")  # a source tree (git archive REV | tar -x -C DIR) to ship too
 WARMUP = 8.0
 SCENARIOS = [(20, 200), (2000, 1000)]  # (files, combined lines per second)
 ONLY_FILES = {int(n) for n in os.environ.get("BENCH_LOWRATE_FILES", "").split(",") if n.strip()}
@@ -236,21 +241,26 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
     ]
 
 
-def bulk(home: Path) -> list[tuple[str, bool]]:
-    path = home / "bulk" / "access.log"
-    path.parent.mkdir(parents=True)
-    chunk = CORPUS.read_bytes()
-    repeats = max(1, int(BULK_MIB * 2**20 / len(chunk)))
-    with open(path, "wb") as f:
-        for _ in range(repeats):
-            f.write(chunk)
-    lines = repeats * chunk.count(b"\n")
-    # hostwatch: redaction (the default sets) and the disk buffer (the default) on
+def ship_with_hostwatch(
+    home: Path, path: Path, lines: int, tree: str | None
+) -> tuple[float, float, float, float, float]:
+    """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs:
+    (seconds, seconds from /metrics answering, agent CPU seconds, lines sent, VictoriaLogs CPU seconds)."""
+    home.mkdir(parents=True)
     vl, vl_url = start_victoria_logs(home)
+    saved = os.environ.get("PYTHONPATH")
     try:
         collector = f'[[collectors.logs]]\npaths = ["{path}"]\nstart_at = "beginning"\n'
+        if tree:
+            os.environ["PYTHONPATH"] = tree  # before the editable install's path: the agent imports that tree
         started = time.monotonic()
-        agent, url = start_agent(home, collector, vl_url)
+        try:
+            agent, url = start_agent(home, collector, vl_url)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         try:
             sent, up = 0.0, None
             while time.monotonic() < started + 600 and sent < lines:
@@ -260,13 +270,36 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
                     up = up or time.monotonic()  # started: /metrics answers
                 except OSError:
                     pass
-            agent_seconds = time.monotonic() - started
-            agent_flow = time.monotonic() - (up or started)
-            agent_cpu = cpu_ns(agent.pid) / 1e9
+            seconds = time.monotonic() - started
+            flow = time.monotonic() - (up or started)
+            cpu = cpu_ns(agent.pid) / 1e9
+            peer_cpu = cpu_ns(vl.pid) / 1e9
         finally:
             stop(agent)
     finally:
         stop(vl)
+    return seconds, flow, cpu, sent, peer_cpu
+
+
+def bulk(home: Path) -> list[tuple[str, bool]]:
+    path = home / "bulk" / "access.log"
+    path.parent.mkdir(parents=True)
+    chunk = CORPUS.read_bytes()
+    repeats = max(1, int(BULK_MIB * 2**20 / len(chunk)))
+    with open(path, "wb") as f:
+        for _ in range(repeats):
+            f.write(chunk)
+    lines = repeats * chunk.count(b"\n")
+    # hostwatch: redaction (the default sets) and the disk buffer (the default) on; with BASELINE, the
+    # tree before a change runs too, right after, on the same file
+    # tree before a change runs too, alternating with this one (ABBA...), BULK_RUNS times each
+    trees = [("hostwatch", None)] + ([("hostwatch before", BASELINE)] if BASELINE else [])
+    shipped: dict[str, list[tuple[float, float, float, float, float]]] = {name: [] for name, _ in trees}
+    for run in range(BULK_RUNS):
+        for name, tree in trees if run % 2 == 0 else trees[::-1]:
+            shipped[name].append(ship_with_hostwatch(home / f"hw{len(shipped[name])}{name[-1]}", path, lines, tree))
+    # the goal's figures: this tree's median run by wall time
+    agent_seconds, agent_flow, agent_cpu, sent, _ = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
     # rsyslog: imfile from the beginning of the file (a new file, no state yet) into the sink
     sink = Sink()
     started = time.monotonic()
@@ -282,6 +315,13 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
         sink.close()
     agent_rate, rsyslog_rate = lines / agent_seconds, lines / rsyslog_seconds
     ratio = agent_rate / rsyslog_rate
+    for name, results in shipped.items():
+        for seconds, flow_seconds, cpu, _, peer_cpu in results:
+            print(
+                f"  {name}: {lines / seconds:,.0f} lines/s ({lines / seconds / rsyslog_rate:.2f}x rsyslog), "
+                f"{lines / flow_seconds:,.0f} without start-up, {lines / cpu:,.0f} per CPU second; "
+                f"VictoriaLogs CPU {peer_cpu:.2f} s of {seconds:.2f} s"
+            )
     print(
         f"bulk, {repeats * len(chunk) / 2**20:.0f} MiB ({lines:,} lines) from the beginning, one CPU each: "
         f"hostwatch {agent_rate:,.0f} lines/s (delivered {sent:,.0f}), rsyslog {rsyslog_rate:,.0f} lines/s "
