@@ -127,7 +127,8 @@ def _ns(stamp: str) -> tuple[str, int]:
 
 @pytest.mark.peers
 def test_the_agent_ships_what_hostwatch_redact_prints(tmp_path: Path, victoria_logs):
-    from tests.e2e.test_logs_rotation import Agent, wait_rows
+    from tests.e2e.agentproc import AgentProcess
+    from tests.e2e.test_logs_rotation import wait_rows
 
     rsa = ["MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun", "VTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u"]
     pgp = ["lQOYBGZ3k2kBCADFm9TpeN2Y0Xr6sZ0a1vTqCk8r7bQ3xW5mJpL2nH4dFgT6yU8iO0", "=Xq3p"]
@@ -144,13 +145,10 @@ def test_the_agent_ships_what_hostwatch_redact_prints(tmp_path: Path, victoria_l
     ]
     logs = tmp_path / "logs"
     logs.mkdir()
-    agent = Agent(tmp_path, "", victoria_logs.loki_push_url)
-    agent.config.write_text(  # the same [redaction] for the agent and for hostwatch redact
+    # the same [redaction] for the agent and for hostwatch redact: both read this one file
+    agent = AgentProcess(
+        tmp_path,
         f"""
-[agent]
-state_dir = "{tmp_path / "state"}"
-[http]
-listen = "127.0.0.1:{agent.port}"
 [redaction]
 sets = ["secrets", "pii"]
 [[collectors.logs]]
@@ -159,7 +157,7 @@ start_at = "beginning"
 [[outputs.loki]]
 url = "{victoria_logs.loki_push_url}"
 flush_interval = "200ms"
-"""
+""",
     )
     expected = subprocess.run(
         [*hostwatch_command(), "redact", "--config", str(agent.config)],
