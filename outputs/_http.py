@@ -28,20 +28,21 @@ without a server.
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import gzip
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal
 
 import cramjam
 import msgspec
 
+from agent.httpauth import Credentials as Credentials
+from agent.httpauth import build_ssl_context as build_ssl_context
+from agent.httpauth import load_credentials as load_credentials
+from agent.httpauth import read_secret as read_secret
 from agent.plugin import Duration, ExportResult, PluginConfig, http_headers, readable_file
 from agent.plugin import check_url as _check_url
 from outputs._transport import AiohttpTransport, Transport, TransportError
@@ -115,42 +116,8 @@ def check_url(url: str, what: str = "url") -> None:
 # ----------------------------------------------------------------- secrets and TLS
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """The ``Authorization`` header built from secret files (never shown in a repr)."""
-
-    authorization: str = field(default="", repr=False)
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-
-
-def read_secret(path: str) -> str:
-    """A secret file's content without its trailing newline (blocking: call on a thread)."""
-    return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-
-
-def load_credentials(config: HttpClientConfig) -> Credentials:
-    """Read the auth files named in ``config`` (blocking). Errors name the file, not its content."""
-    if config.bearer_token_file:
-        token = read_secret(config.bearer_token_file).strip()
-        if not token:
-            raise ValueError(f"bearer_token_file {config.bearer_token_file} is empty")
-        return Credentials(f"Bearer {token}", (token,))
-    if config.basic_auth_user:
-        password = read_secret(config.basic_auth_password_file)
-        pair = base64.b64encode(f"{config.basic_auth_user}:{password}".encode()).decode()
-        return Credentials(f"Basic {pair}", tuple(s for s in (password, pair) if s))
-    return Credentials()
-
-
-def build_ssl_context(config: HttpClientConfig) -> ssl.SSLContext:
-    """A client TLS context from ``config`` (blocking: reads certificate files)."""
-    context = ssl.create_default_context(cafile=config.tls_ca or None)
-    if config.tls_cert:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
-    if config.tls_insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+# Credentials, read_secret, load_credentials and build_ssl_context live in agent.httpauth
+# (the scrape collector uses them too); re-exported here for the outputs.
 
 
 # ------------------------------------------------------------ bodies and answers

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 PROJECT = ("agent", "collectors", "outputs")
 PLUGIN_API = ("agent.model", "agent.plugin", "agent.redact", "agent.telemetry", "agent.sysfs", "agent.procfiles",
-              "agent.statefile")  # fmt: skip
+              "agent.statefile", "agent.httpauth")  # fmt: skip
 """What a plugin may import of the core: the data model, the plugin contract, and the
 shared services (redaction, self-telemetry, /sys and /proc reading and kept descriptors,
 state files)."""
@@ -42,6 +42,7 @@ LEAVES = {
     "agent.config.values": (),
     "agent.sysfs": (),
     "agent.procfiles": (),
+    "agent.httpauth": (),
     "agent.statefile": (),
 }
 

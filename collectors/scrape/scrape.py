@@ -20,7 +20,6 @@ logged once per target and reason.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Annotated
 import aiohttp
 import msgspec
 
+from agent.httpauth import build_ssl_context, load_credentials
 from agent.model import merge_labels
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, Size, readable_file
 from collectors.scrape.discovery import Defaults, FileTargets, Target, static_targets
@@ -154,7 +154,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
             return
         try:
             headers: dict[str, str] | ScrapeFailed = await self._headers()
-        except OSError as exc:  # a secret file gone: every target is down for it, as in Prometheus
+        except (OSError, ValueError) as exc:  # a secret file gone or empty: every target is down for it
             headers = ScrapeFailed("credentials", str(exc))
         session = await self._open()
         await asyncio.gather(*(self._scrape(session, headers, state, emit) for state in self._states.values()))
@@ -182,7 +182,7 @@ class PrometheusScrapeCollector(PeriodicCollector):
             cfg = self.config
             tls: ssl.SSLContext | bool = True
             if cfg.tls_ca or cfg.tls_cert or cfg.tls_insecure_skip_verify:
-                tls = await self.context.run_blocking(_tls_context, cfg)
+                tls = await self.context.run_blocking(build_ssl_context, cfg)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=tls, limit=32),
                 timeout=aiohttp.ClientTimeout(total=self._fetch_timeout),
@@ -322,24 +322,9 @@ class PrometheusScrapeCollector(PeriodicCollector):
         )
 
 
-def _tls_context(cfg: Config) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cfg.tls_ca or None)
-    if cfg.tls_cert:
-        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    if cfg.tls_insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _authorization(cfg: Config) -> str:
     """The Authorization header from the secret files (blocking). Errors name the file, not its content."""
-    path = cfg.bearer_token_file or cfg.basic_auth_password_file
     try:
-        with open(path, encoding="utf-8") as handle:
-            secret = handle.read().rstrip("\r\n")
+        return load_credentials(cfg).authorization
     except OSError as exc:
-        raise OSError(f"cannot read {path}: {exc.strerror}") from None
-    if cfg.bearer_token_file:
-        return f"Bearer {secret.strip()}"
-    return "Basic " + base64.b64encode(f"{cfg.basic_auth_user}:{secret}".encode()).decode()
+        raise OSError(f"cannot read {exc.filename}: {exc.strerror}") from None

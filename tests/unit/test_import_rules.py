@@ -90,7 +90,7 @@ def test_the_command_exits_1_and_names_each_bad_import(tmp_path, capsys) -> None
         " (shared code goes into a module of the plugin API)",
         "collectors/cpu/bad.py:2: collectors.cpu.bad imports agent.buffer: a plugin imports only the plugin API"
         " of the core: agent.model, agent.plugin, agent.redact, agent.telemetry, agent.sysfs,"
-        " agent.procfiles, agent.statefile",
+        " agent.procfiles, agent.statefile, agent.httpauth",
     ]
     plant(tmp_path, {"collectors/cpu/bad.py": ""})
     assert main([str(tmp_path)]) == 0

@@ -319,12 +319,16 @@ async def test_credentials_are_read_from_files_each_scrape(hostile, tmp_path) ->
         await run(b)
         token.unlink()  # the secret manager lost it: the target is down, the file is named
         gone = await run(c)
+        token.write_text("\n")  # emptied: as the outputs, no request with an empty token
+        empty = await run(c)
     finally:
         await c.close()
         await b.close()
     assert handler.authorization == ["Bearer first", "Bearer second", "Basic dTpzM2NyZXQ="]
     assert value(gone, "up") == 0.0
     assert value(gone, "hostwatch_scrape_failures_total", reason="credentials") == 1.0
+    assert value(empty, "up") == 0.0
+    assert value(empty, "hostwatch_scrape_failures_total", reason="credentials") == 2.0
 
 
 async def test_parsing_a_10mb_body_leaves_the_event_loop_free(tmp_path) -> None:
