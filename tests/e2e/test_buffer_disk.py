@@ -17,8 +17,15 @@ import pytest
 
 from agent.segments import HEADER, scan
 from tests.e2e.agentproc import AgentProcess
-from tests.e2e.test_delivery_process import acked_next, numbers_at, queued, report, restart, segments
-from tests.support import free_port
+from tests.e2e.test_delivery_process import (
+    acked_next,
+    buffered_behind_a_dead_backend,
+    numbers_at,
+    queued,
+    report,
+    restart,
+    segments,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -206,23 +213,8 @@ buffer = "disk"
 
 @pytest.mark.peers
 def test_damaged_records_count_their_items_and_a_directory_segment_is_set_aside(victoria_metrics, tmp_path) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nothing listens there
-    body = """
-[[collectors.sequence]]
-rate = 5000
-count = 6000
-[[outputs.remote_write]]
-url = "{url}"
-flush_interval = "100ms"
-batch_max_items = 200
-buffer_max_bytes = "1MiB"
-batch_max_bytes = "256KiB"
-"""
-    agent = AgentProcess(tmp_path, body.format(url=dead))
+    agent, dead = buffered_behind_a_dead_backend(tmp_path)
     try:
-        agent.start()
-        agent.wait(lambda: acked_next(agent) == 6000, 30, "all numbers buffered")
-        agent.kill()
         segs = [p for p in segments(agent, "remote_write") if p.stat().st_size]
         assert len(segs) >= 3
         data = bytearray(segs[0].read_bytes())

@@ -235,24 +235,36 @@ def _all_rows(victoria_logs, expected: int) -> list[dict]:
         time.sleep(0.5)
 
 
-def test_damaged_buffers_are_cut_counted_and_the_rest_delivered(victoria_metrics, tmp_path) -> None:
+def buffered_behind_a_dead_backend(tmp_path: Path) -> tuple[AgentProcess, str]:
+    """An agent that put 6,000 numbers into its disk buffer for a remote-write URL nothing listens
+    on (batches of 200 in several segments), then was killed; and that URL. The caller damages
+    the segments, points the configuration at a live backend and starts the agent again."""
     dead = f"http://127.0.0.1:{_closed_port()}/api/v1/write"
-    body = """
+    body = f"""
 [[collectors.sequence]]
 rate = 5000
 count = 6000
 [[outputs.remote_write]]
-url = "{url}"
+url = "{dead}"
 flush_interval = "100ms"
 batch_max_items = 200
 buffer_max_bytes = "1MiB"
 batch_max_bytes = "256KiB"
 """
-    agent = AgentProcess(tmp_path, body.format(url=dead))
+    agent = AgentProcess(tmp_path, body)
     try:
         agent.start()
         agent.wait(lambda: acked_next(agent) == 6000, 30, "all numbers buffered")
         agent.kill()
+    except BaseException:
+        agent.close()
+        raise
+    return agent, dead
+
+
+def test_damaged_buffers_are_cut_counted_and_the_rest_delivered(victoria_metrics, tmp_path) -> None:
+    agent, dead = buffered_behind_a_dead_backend(tmp_path)
+    try:
         segs = segments(agent, "remote_write")
         assert len(segs) >= 2
         with open(segs[-1], "r+b") as f:  # a torn tail: the last record cut in half
