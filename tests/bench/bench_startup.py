@@ -1,0 +1,139 @@
+"""The agent's start-up, pinned to one CPU: from exec until ``/metrics`` answers and until the first line is read.
+
+Run: ``python -m tests.bench.bench_startup`` (needs VictoriaLogs from ``tests/peers/install.sh``).
+
+The configuration is the bulk log bench's (``bench_logs_lowrate``): ``hostwatch run`` pinned to one
+CPU, with a logs collector reading a file from its beginning and a Loki output into a real
+VictoriaLogs (pinned to the other CPU), the default redaction and disk buffer. The file holds 100
+lines, so that the first round's reading is a small part of the time to the first line. The bench
+polls ``/metrics`` every few milliseconds from the moment it spawns the agent: the first answer is
+"``/metrics`` answering"; the first page with ``hostwatch_log_lines_read_total`` above zero is
+"first line read". Beside it, the resident memory (``VmRSS``, and the peak ``VmHWM``) of
+``hostwatch run`` on the embedded default, two seconds after ``/ready``.
+
+The trees are byte-compiled first (``compileall``, as the packages ship them): a tree run from
+its sources with ``PYTHONDONTWRITEBYTECODE`` set compiles every module of the project at each
+start, which the installed agent never does.
+
+Environment: BENCH_STARTUP_RUNS (default 5; the figures are the median and the range),
+BENCH_STARTUP_BASELINE=DIR also starts the agent of the source tree DIR (an earlier commit: ``git
+archive REV | tar -x -C DIR``), alternating with this tree's, for a before/after in the same
+conditions. Target: <= 0.25 s to ``/metrics`` and to the first line.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.bench import bench_agent
+from tests.bench.bench_logs import CORPUS, metric, start_agent, start_victoria_logs, stop
+
+RUNS = int(os.environ.get("BENCH_STARTUP_RUNS", "5"))
+BASELINE = os.environ.get("BENCH_STARTUP_BASELINE", "")
+TARGET_SECONDS = 0.25
+POLL = 0.003
+LINES = 100
+
+
+def poll_metrics(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def start_once(home: Path, log: Path, vl_url: str, tree: Path | None) -> tuple[float, float]:
+    """Seconds from spawning ``hostwatch run`` until /metrics answers, and until the first line is read."""
+    home.mkdir(parents=True)
+    collector = f'[[collectors.logs]]\npaths = ["{log}"]\nstart_at = "beginning"\n'
+    started = time.monotonic()
+    agent, url = start_agent(home, collector, vl_url, tree=tree)
+    answering = first_line = None
+    try:
+        while time.monotonic() < started + 30:
+            page = poll_metrics(url)
+            now = time.monotonic()
+            if page is not None:
+                answering = answering or now
+                if metric(page, "hostwatch_log_lines_read_total") > 0:
+                    first_line = now
+                    break
+            time.sleep(POLL)
+    finally:
+        stop(agent)
+    if answering is None or first_line is None:
+        sys.exit(f"bench_startup: the agent did not start; see {home / 'agent.log'}")
+    return answering - started, first_line - started
+
+
+def resident_mib(tree: Path | None) -> tuple[float, float]:
+    """VmRSS and VmHWM (MiB) of ``hostwatch run`` on the embedded default, 2 s after /ready."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = bench_agent.start_agent("10s", Path(tmp), tree=tree)
+        try:
+            bench_agent.wait_ready(url + "/ready")
+            time.sleep(2)
+            status = dict(
+                line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ":" in line
+            )
+            return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.3f} s (range {min(values):.3f}-{max(values):.3f})"
+
+
+def main() -> int:
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if BASELINE:
+        trees.append(("baseline", Path(BASELINE).resolve()))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in trees}
+    memory: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in trees}
+    for _, tree in trees:
+        bench_agent.byte_compile(tree)
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        home = Path(tmp)
+        log = home / "access.log"
+        log.write_bytes(b"".join(CORPUS.read_bytes().splitlines(keepends=True)[:LINES]))
+        vl, vl_url = start_victoria_logs(home)
+        try:
+            for run in range(RUNS):
+                for name, tree in trees if run % 2 == 0 else trees[::-1]:  # ABBA: drifts in load cancel out
+                    times[name].append(start_once(home / f"run{run}-{len(times[name])}{name[0]}", log, vl_url, tree))
+        finally:
+            stop(vl)
+    for _ in range(2):
+        for name, tree in trees:
+            memory[name].append(resident_mib(tree))
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"start-up pinned to one CPU, {RUNS} runs each, alternating; load {load}")
+    results = []
+    for name, _ in trees:
+        metrics_s = [t[0] for t in times[name]]
+        line_s = [t[1] for t in times[name]]
+        rss = max(m[0] for m in memory[name])
+        hwm = max(m[1] for m in memory[name])
+        print(f"  {name}: exec to /metrics {spread(metrics_s)}; to the first line read {spread(line_s)}")
+        print(f"  {name}: embedded default, 2 s after /ready: VmRSS {rss:.1f} MiB, peak {hwm:.1f} MiB")
+        if name == "this tree":
+            results = [
+                (f"/metrics answering <= {TARGET_SECONDS} s", statistics.median(metrics_s) <= TARGET_SECONDS),
+                (f"first line read <= {TARGET_SECONDS} s", statistics.median(line_s) <= TARGET_SECONDS),
+            ]
+    for what, ok in results:
+        print(f"{'PASS' if ok else 'FAIL'} {what}")
+    return 0 if all(ok for _, ok in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
