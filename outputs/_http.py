@@ -28,7 +28,6 @@ without a server.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import gzip
 import ssl
 import time
@@ -147,6 +146,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # the HTTP-date form only: the email package costs ~4 ms of start-up
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
