@@ -9,7 +9,9 @@ lines, so that the first round's reading is a small part of the time to the firs
 polls ``/metrics`` every few milliseconds from the moment it spawns the agent: the first answer is
 "``/metrics`` answering"; the first page with ``hostwatch_log_lines_read_total`` above zero is
 "first line read". Beside it, the resident memory (``VmRSS``, and the peak ``VmHWM``) of
-``hostwatch run`` on the embedded default, two seconds after ``/ready``.
+``hostwatch run`` on the embedded default, two seconds after ``/ready``. And what importing aiohttp
+adds, in time and RSS, to a fresh interpreter that has imported asyncio, ssl and uvloop, and what
+finding the plugins costs there, by ``importlib.metadata`` and by :mod:`agent.registry`.
 
 The trees are byte-compiled first (``compileall``, as the packages ship them): a tree run from
 its sources with ``PYTHONDONTWRITEBYTECODE`` set compiles every module of the project at each
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.bench import bench_agent
-from tests.bench.bench_logs import CORPUS, metric, start_agent, start_victoria_logs, stop
+from tests.bench.bench_logs import CORPUS, metric, pinned, start_agent, start_victoria_logs, stop
 
 RUNS = int(os.environ.get("BENCH_STARTUP_RUNS", "5"))
 BASELINE = os.environ.get("BENCH_STARTUP_BASELINE", "")
@@ -89,6 +92,33 @@ def resident_mib(tree: Path | None) -> tuple[float, float]:
             proc.wait(10)
 
 
+IMPORT_PROBE = (
+    "import time, sys; import asyncio, ssl, uvloop; started = time.perf_counter(); {extra}; "
+    "elapsed = time.perf_counter() - started; "
+    "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS:')][0].split()[1]; print(elapsed, rss)"
+)
+PROBES = {
+    "importing aiohttp": "import aiohttp",
+    "plugin discovery by importlib.metadata": (
+        "import importlib.metadata as m; "
+        "[m.entry_points(group=g) for g in ('hostwatch.collectors', 'hostwatch.outputs')]"
+    ),
+    "plugin discovery by agent.registry": "import agent.registry as r; r.load_registry()",
+}
+
+
+def import_cost(extra: str) -> tuple[float, float]:
+    """Seconds and RSS (MiB) of running ``extra`` in a fresh interpreter pinned to one CPU that has
+    imported asyncio, ssl and uvloop (what the agent imports anyway); the median of 7."""
+    runs = []
+    for _ in range(7):
+        code = IMPORT_PROBE.format(extra=extra)
+        out = subprocess.run([*pinned("0"), sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        seconds, rss = out.stdout.split()
+        runs.append((float(seconds), int(rss) / 1024))
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
 def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.3f} s (range {min(values):.3f}-{max(values):.3f})"
 
@@ -130,6 +160,12 @@ def main() -> int:
                 (f"/metrics answering <= {TARGET_SECONDS} s", statistics.median(metrics_s) <= TARGET_SECONDS),
                 (f"first line read <= {TARGET_SECONDS} s", statistics.median(line_s) <= TARGET_SECONDS),
             ]
+    bare, bare_rss = import_cost("pass")
+    for what, code in PROBES.items():
+        seconds, rss = import_cost(code)
+        print(
+            f"  {what}, after asyncio, ssl and uvloop: +{(seconds - bare) * 1000:.0f} ms, RSS +{rss - bare_rss:.1f} MiB"
+        )
     for what, ok in results:
         print(f"{'PASS' if ok else 'FAIL'} {what}")
     return 0 if all(ok for _, ok in results) else 1
