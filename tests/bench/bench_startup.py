@@ -52,13 +52,15 @@ def poll_metrics(url: str) -> str | None:
         return None
 
 
-def start_once(home: Path, log: Path, vl_url: str, tree: Path | None) -> tuple[float, float]:
-    """Seconds from spawning ``hostwatch run`` until /metrics answers, and until the first line is read."""
+def start_once(home: Path, log: Path, vl_url: str, tree: Path | None) -> tuple[float, float, float]:
+    """Seconds from spawning ``hostwatch run`` until /metrics answers and until the first line is read,
+    and its VmRSS (MiB) half a second after that (the first lines sent)."""
     home.mkdir(parents=True)
     collector = f'[[collectors.logs]]\npaths = ["{log}"]\nstart_at = "beginning"\n'
     started = time.monotonic()
     agent, url = start_agent(home, collector, vl_url, tree=tree)
     answering = first_line = None
+    rss = 0.0
     try:
         while time.monotonic() < started + 30:
             page = poll_metrics(url)
@@ -67,13 +69,23 @@ def start_once(home: Path, log: Path, vl_url: str, tree: Path | None) -> tuple[f
                 answering = answering or now
                 if metric(page, "hostwatch_log_lines_read_total") > 0:
                     first_line = now
+                    time.sleep(0.5)
+                    rss = vm(agent.pid, "VmRSS")
                     break
             time.sleep(POLL)
     finally:
         stop(agent)
     if answering is None or first_line is None:
         sys.exit(f"bench_startup: the agent did not start; see {home / 'agent.log'}")
-    return answering - started, first_line - started
+    return answering - started, first_line - started, rss
+
+
+def vm(pid: int, field: str) -> float:
+    """A ``/proc/PID/status`` memory field, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def resident_mib(tree: Path | None) -> tuple[float, float]:
@@ -145,7 +157,7 @@ def main() -> int:
     trees: list[tuple[str, Path | None]] = [("this tree", None)]
     if BASELINE:
         trees.append(("baseline", Path(BASELINE).resolve()))
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in trees}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in trees}
     memory: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in trees}
     for _, tree in trees:
         bench_agent.byte_compile(tree)
@@ -172,6 +184,8 @@ def main() -> int:
         rss = max(m[0] for m in memory[name])
         hwm = max(m[1] for m in memory[name])
         print(f"  {name}: exec to /metrics {spread(metrics_s)}; to the first line read {spread(line_s)}")
+        bulk_rss = statistics.median(t[2] for t in times[name])
+        print(f"  {name}: this configuration's VmRSS 0.5 s after the first line: median {bulk_rss:.1f} MiB")
         print(f"  {name}: embedded default, 2 s after /ready: VmRSS {rss:.1f} MiB, peak {hwm:.1f} MiB")
         if name == "this tree":
             results = [
