@@ -20,15 +20,14 @@ A redirect is not followed (the body would be posted to an address nobody
 configured): it is dropped, and the reason names where it pointed.
 
 The bytes go over a :class:`outputs._transport.Transport` (the seam
-prometheus_client's ``handler`` is): :class:`outputs._transport.AiohttpTransport` by
-default; a test hands ``HttpClient`` one of its own to script answers and failures
+prometheus_client's ``handler`` is): :class:`outputs._asyncio_transport.AsyncioTransport`
+by default; a test hands ``HttpClient`` one of its own to script answers and failures
 without a server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import gzip
 import ssl
 import time
@@ -45,8 +44,9 @@ from agent.httpauth import load_credentials as load_credentials
 from agent.httpauth import read_secret as read_secret
 from agent.plugin import Duration, ExportResult, PluginConfig, http_headers, readable_file
 from agent.plugin import check_url as _check_url
-from outputs._transport import AiohttpTransport, Transport, TransportError
+from outputs._asyncio_transport import AsyncioTransport
 from outputs._transport import Response as Response  # re-exported: the outputs take it from here
+from outputs._transport import Transport, TransportError
 
 Desc = msgspec.Meta
 REASON_MAX = 200
@@ -146,6 +146,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # the HTTP-date form only: the email package costs ~4 ms of start-up
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -238,7 +240,7 @@ class HttpClient:
         self.max_response_bytes = max_response_bytes
         self.auth_retry_seconds = auth_retry_seconds
         self.clock = clock
-        self.transport: Transport = transport if transport is not None else AiohttpTransport()
+        self.transport: Transport = transport if transport is not None else AsyncioTransport()
         self._started = False
         self._credentials = Credentials()
         self._former_secrets: tuple[str, ...] = ()  # still masked: a server may echo an old token
@@ -327,8 +329,8 @@ class HttpClient:
             return
         config = self.config
         await self.read_credentials()
-        # without TLS options aiohttp's own default context (verifying, system CAs, made when
-        # it was imported) is the same thing: building another costs ~30 ms of start-up CPU
+        # without TLS options the transport's verifying default (the system's CAs) is the same
+        # thing, built on the first https:// request only: it costs ~30 ms of CPU
         own = config.tls_ca or config.tls_cert or config.tls_insecure_skip_verify
         tls: ssl.SSLContext | bool = await asyncio.to_thread(build_ssl_context, config) if own else True
         headers = {"User-Agent": f"hostwatch/{self.version}", **config.headers}

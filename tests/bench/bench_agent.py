@@ -184,6 +184,17 @@ def export_tree(revision: str, into: Path) -> Path:
     return into
 
 
+def byte_compile(tree: Path | None = None) -> None:
+    """Byte-compile a source tree's packages (this one by default), as the packages ship them: run from
+    its sources with ``PYTHONDONTWRITEBYTECODE`` set, the agent would compile every module of the
+    project at each start, which the installed agent never does."""
+    import compileall
+
+    root = tree or Path(__file__).resolve().parents[2]
+    for package in ("agent", "collectors", "outputs"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
 def start_node_exporter(collectors: list[str] | None) -> tuple[subprocess.Popen, str]:
     binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     if not binary:
