@@ -97,6 +97,7 @@ _decode_any = msgspec.json.Decoder().decode
 # what an entry's encoding ends with after its head (``"offset":``) at the defaults
 _DEFAULT_REST = b'0,"tail":"","closed":false,"closed_at":0.0}'
 _REST = b'%s%d,"tail":"%s","closed":%s,"closed_at":%s}'
+_UNENCODED = msgspec.Raw(b"")  # a new entry's place, encoded before it is written (it is stale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +147,16 @@ class Ledger:
                 s.key, s.file_id, s.offset, s.offset, s.tail_bytes, closed=True, closed_at=s.closed_at or now
             )
         self.dirty = False
-        self._encoded: dict[str, msgspec.Raw] = {}
+        # key -> its entry encoded, in the order of ``entries`` (a key enters and leaves both together),
+        # so the whole list is a copy of its values
+        self._encoded: dict[str, msgspec.Raw] = dict.fromkeys(self.entries, _UNENCODED)
         self._stale: set[str] = set(self.entries)  # keys whose encoded form may be out of date
         self._closed: set[str] = set(self.entries)
         self._successors: dict[str, set[str]] = {}  # pred key -> keys held at its offset
 
     def opened(self, opened: Opened) -> None:
         self.entries[opened.key] = Entry(opened.key, opened.id, opened.offset, opened.offset, pred=opened.pred)
+        self._encoded.setdefault(opened.key, _UNENCODED)
         if opened.pred:
             self._successors.setdefault(opened.pred, set()).add(opened.key)
         self._stale.add(opened.key)
@@ -246,7 +250,7 @@ class Ledger:
             entry = entries.get(key)
             if entry is not None:
                 cache[key] = self._encode(entry)
-        return [cache[key] for key in entries]
+        return list(cache.values())
 
     def _saved(self, e: Entry) -> Saved:
         offset = self.offset(e)

@@ -181,3 +181,21 @@ def test_encoded_entries_are_the_bytes_msgspec_writes_for_the_snapshot() -> None
     assert encoded == [msgspec.json.encode(s) for s in ledger.snapshot(0.0)]
     assert len(encoded) == 3 and b"renamed.log" in encoded[1] and b'"closed":true' in encoded[2]
     assert b'"offset":100,"tail":"",' in encoded[2], "held at a's acknowledged offset, its own tail unknown there"
+
+
+def test_encoded_entries_follow_entries_opened_and_forgotten() -> None:
+    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "", True, 1.0)], 0.0)
+    for key in ("a", "b", "c"):
+        open_entry(ledger, key)
+
+    def check(now: float) -> list[str]:
+        encoded = [bytes(raw) for raw in ledger.encoded(now)]
+        assert encoded == [msgspec.json.encode(s) for s in ledger.snapshot(now)]
+        return [msgspec.json.decode(raw, type=Saved).key for raw in encoded]
+
+    assert check(0.0) == ["old.1", "a", "b", "c"]
+    ledger.closed("b", 10.0)
+    ledger.claimed("b")  # forgotten at the next write
+    open_entry(ledger, "d")
+    assert check(11.0) == ["old.1", "a", "c", "d"]
+    assert check(2 + RETAIN_SECONDS) == ["a", "c", "d"], "the saved entry expired"
