@@ -153,7 +153,12 @@ class Tailer(OpenFiles):
                 break
             t.pos += len(data)
             read += len(data)
-            self._lines(t, t.framer.feed(data), res, pending)
+            framer = t.framer
+            lines, ends = framer.feed(data)
+            if lines and ends is None:  # whole lines, no multiline: the usual read
+                self._add(t, lines, framer.pending_at, framer.tail, res, pending, framer.block)
+            else:
+                self._lines(t, (lines, ends), res, pending)
             if len(data) < want:
                 break
         t.more = read >= budget
@@ -213,7 +218,7 @@ class Tailer(OpenFiles):
         grown = t.id.grown(head)
         if grown is not None:
             t.id = grown
-            t.head = hash(head[: grown.fp_len])
+            t.head = head[: grown.fp_len]
             res.identity[t.key] = grown
 
     def _truncated(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending]) -> None:
