@@ -97,13 +97,13 @@ class Tailer(OpenFiles):
                     rest.more = True  # its event is taken: read it next round, not at its next event
                 break
         looked.update(self.attention)
-        self._timers(now, res, pending, looked)
+        # only a file that waits can have a timer due; most were read to their end and hold nothing
+        waiting = [t for t in looked if t.fd >= 0 and waits(t)]
+        self._timers(now, res, pending, waiting)
         res.records = build_records(pending.values(), now_ns, self.redact, self.parser, self.stats)
-        for t in looked:
-            if t.fd >= 0 and waits(t):
-                self.attention[t] = None
-            else:
-                self.attention.pop(t, None)
+        # what waits now, and what the timers' reads added (the copies of a file found truncated)
+        added = [t for t in self.attention if t not in looked]
+        self.attention = dict.fromkeys([t for t in waiting if t.fd >= 0 and waits(t)] + added)
         res.more = res.more or any(t.more for t in self.attention)
         res.files = len(self.trackers)
         return res
@@ -241,12 +241,12 @@ class Tailer(OpenFiles):
 
     # ------------------------------------------------------------------ timers
 
-    def _timers(self, now: float, res: StepResult, pending: dict[str, Pending], looked: dict[Tracker, None]) -> None:
+    def _timers(self, now: float, res: StepResult, pending: dict[str, Pending], looked: list[Tracker]) -> None:
         config = self.config
         partial_after = config.partial_line_timeout
         flush_after = config.multiline.flush_timeout
         due: float | None = None
-        for t in list(looked):
+        for t in looked:
             if t.fd < 0:
                 continue
             if t.framer.pending and not t.more:  # with more to read, the line's end may be unread yet
