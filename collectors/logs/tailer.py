@@ -39,8 +39,8 @@ _mark = tuple.__new__
 CHUNK = 1 << 20  # bytes per read call
 FIRST_CHUNK = 64 << 10
 """Bytes asked for by a file's first read in a round; the next reads ask for :data:`CHUNK`. At low rates
-a read brings a line: a 1 MiB buffer for it costs an ``mmap``, an ``mremap`` and a ``munmap`` (about
-12 us, 20 times the read) wherever the allocator's mmap threshold is below 1 MiB, as it is by default."""
+a read brings a line: a 1 MiB buffer for it costs an ``mmap``, an ``mremap`` and a ``munmap`` besides the
+read wherever the allocator's mmap threshold is below 1 MiB, as it is by default."""
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
 
 
