@@ -28,27 +28,44 @@ def item_size(item: Sample | LogRecord | Span) -> int:
 def item_sizes(items: Sequence[Any]) -> list[int]:
     """``[item_size(i) for i in items]``, with little Python code per log record.
 
-    A file's lines share one label tuple: labels are sized once per run of records
-    that share it, so a record costs about one ``len`` of its body.
+    Records share label tuples (a file's lines share one, for as long as the file is read): a batch
+    of one tuple sizes it once; a batch of many (a line of each of many files, at low rates) looks
+    each up in :data:`_LABEL_SIZES`, so a record costs about a lookup and a ``len`` of its body.
     """
     if not items or type(items[0]) is not LogRecord:
         return list(map(item_size, items))
     try:
-        sizes: list[int] = []
-        start = 0
-        for labels, run in itertools.groupby([r.labels for r in items]):
-            count = len(list(run))
-            base = 24 + sum(len(k) + len(v) for k, v in labels) if labels else 24
-            part = items[start : start + count] if count != len(items) else items
-            sizes += [base + len(r.body) for r in part]
-            start += count
+        labels = [r.labels for r in items]
+        if labels.count(labels[0]) == len(labels):
+            base = _labels_size(labels[0])
+            sizes = [base + len(r.body) for r in items]
+        else:
+            known = _LABEL_SIZES
+            if len(known) > _LABEL_SIZES_MAX:
+                known.clear()  # bounded: label sets come and go (files rotated away, other sources)
+            sizes = []
+            for r in items:
+                size = known.get(r.labels)
+                if size is None:
+                    size = known[r.labels] = _labels_size(r.labels)
+                sizes.append(size + len(r.body))
         if any([r.attributes for r in items]):
             for i, record in enumerate(items):
                 if record.attributes:
                     sizes[i] += sum(len(k) + len(v) for k, v in record.attributes)
-    except AttributeError:  # not all of them log records
+    except (AttributeError, TypeError):  # not all of them log records (or labels not as declared)
         return list(map(item_size, items))
     return sizes
+
+
+_LABEL_SIZES: dict[Any, int] = {}
+"""Label tuple -> its share of a record's size, kept across calls (item_sizes)."""
+_LABEL_SIZES_MAX = 4096
+
+
+def _labels_size(labels: Any) -> int:
+    """``item_size``'s share for a label tuple: 24, and the length of every name and value."""
+    return 24 + sum([len(k) + len(v) for k, v in labels]) if labels else 24
 
 
 class AckToken:

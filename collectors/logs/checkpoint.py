@@ -30,6 +30,7 @@ Either case is counted once (``hostwatch_log_checkpoint_corrupt_total``).
 
 from __future__ import annotations
 
+from binascii import hexlify
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,10 @@ _encode = msgspec.json.Encoder().encode
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _decode_entry = msgspec.json.Decoder(Saved).decode
 _decode_any = msgspec.json.Decoder().decode
+# what an entry's encoding ends with after its head (``"offset":``) at the defaults
+_DEFAULT_REST = b'0,"tail":"","closed":false,"closed_at":0.0}'
+_REST = b'%s%d,"tail":"%s","closed":%s,"closed_at":%s}'
+_UNENCODED = msgspec.Raw(b"")  # a new entry's place, encoded before it is written (it is stale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,7 @@ class Entry:
     closed: bool = False
     closed_at: float = 0.0
     claimed: bool = False
+    head: bytes = b""  # its encoded form up to the offset, made again only when its identity changes
 
 
 class Ledger:
@@ -141,13 +147,16 @@ class Ledger:
                 s.key, s.file_id, s.offset, s.offset, s.tail_bytes, closed=True, closed_at=s.closed_at or now
             )
         self.dirty = False
-        self._encoded: dict[str, msgspec.Raw] = {}
+        # key -> its entry encoded, in the order of ``entries`` (a key enters and leaves both together),
+        # so the whole list is a copy of its values
+        self._encoded: dict[str, msgspec.Raw] = dict.fromkeys(self.entries, _UNENCODED)
         self._stale: set[str] = set(self.entries)  # keys whose encoded form may be out of date
         self._closed: set[str] = set(self.entries)
         self._successors: dict[str, set[str]] = {}  # pred key -> keys held at its offset
 
     def opened(self, opened: Opened) -> None:
         self.entries[opened.key] = Entry(opened.key, opened.id, opened.offset, opened.offset, pred=opened.pred)
+        self._encoded.setdefault(opened.key, _UNENCODED)
         if opened.pred:
             self._successors.setdefault(opened.pred, set()).add(opened.key)
         self._stale.add(opened.key)
@@ -173,6 +182,7 @@ class Ledger:
         entry = self.entries.get(key)
         if entry is not None and entry.id != file:
             entry.id = file
+            entry.head = b""
             self._stale.add(key)
             self.dirty = True
 
@@ -239,14 +249,26 @@ class Ledger:
         for key in stale:
             entry = entries.get(key)
             if entry is not None:
-                cache[key] = msgspec.Raw(_encode(self._saved(entry)))
-        return [cache[key] for key in entries]
+                cache[key] = self._encode(entry)
+        return list(cache.values())
 
     def _saved(self, e: Entry) -> Saved:
         offset = self.offset(e)
         tail = e.tail.hex() if offset == e.committed else ""
         f = e.id
         return Saved(e.key, f.path, f.dev, f.ino, f.fp_len, f.fp, offset, tail, e.closed, e.closed_at)
+
+    def _encode(self, e: Entry) -> msgspec.Raw:
+        """``_encode(self._saved(e))``, made of the entry's encoded head (what changes only with its
+        identity) and its offset and after: about a third of the cost of encoding a :class:`Saved` (one
+        entry per file read at low rates, where each read brings a line)."""
+        if not e.head:
+            whole = _encode(Saved(e.key, e.id.path, e.id.dev, e.id.ino, e.id.fp_len, e.id.fp, 0))
+            e.head = whole[: -len(_DEFAULT_REST)]
+        offset = self.offset(e) if e.pred else e.committed
+        tail = hexlify(e.tail) if offset == e.committed else b""
+        at = _encode(e.closed_at) if e.closed_at else b"0.0"
+        return msgspec.Raw(_REST % (e.head, offset, tail, b"true" if e.closed else b"false", at))
 
     def _forget(self, now: float) -> None:
         """Drop closed entries nobody needs any more: claimed, unmatchable, too old, or too many."""

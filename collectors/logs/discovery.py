@@ -373,19 +373,21 @@ class Watcher:
         seen: set[bytes] = set()
         modified = self._modified
         pos, end = 0, len(data)
-        while pos + _EVENT.size <= end:
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
-            raw = data[pos : pos + _EVENT.size + length]
-            pos += _EVENT.size + length
-            if raw in seen:  # the same event again (two busy files take turns, so the kernel merged none)
-                continue
-            seen.add(raw)
+        while pos + _HEAD <= end:
+            # most events are another write to a known file: its bytes find its path, nothing unpacked
+            (length,) = _LENGTH.unpack_from(data, pos + _HEAD - 4)
+            raw = data[pos : pos + _HEAD + length]
+            pos += _HEAD + length
             known = modified.get(raw)
             if known is not None:
                 if known:
                     dirty.add(known)
                 continue
-            name = raw[_EVENT.size :].split(b"\0", 1)[0]
+            if raw in seen:  # the same event again (two busy files take turns, so the kernel merged none)
+                continue
+            seen.add(raw)
+            wd, mask, _cookie, _length = _EVENT.unpack_from(raw)
+            name = raw[_HEAD:].split(b"\0", 1)[0]
             if mask & (_IN_Q_OVERFLOW | _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT):
                 with self._lock:  # events were lost, or a watched directory went away
                     if mask & _IN_IGNORED and wd in self._dir_of:
@@ -444,6 +446,8 @@ PENDING_SECONDS = 1.0
 """How long at most the thread waits for the loop to take the changes noted before it reads again (the
 loop may be held back by a full buffer; a queue that overflows meanwhile costs a rescan, not events)."""
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+_HEAD = _EVENT.size
+_LENGTH = struct.Struct("I")  # its last field: the length of the name after it
 _IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
 _IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
 _IN_UNMOUNT, _IN_Q_OVERFLOW, _IN_IGNORED, _IN_ONLYDIR, _IN_ISDIR = 0x2000, 0x4000, 0x8000, 0x1000000, 0x40000000

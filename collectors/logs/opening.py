@@ -218,7 +218,7 @@ class OpenFiles:
             labels=merge_labels(self.static_labels, (("filename", name),)),
             polled=os.path.islink(file.path),
             last_data=now,
-            head=hash(head[: file.fp_len]),
+            head=head[: file.fp_len],
         )
 
     def _start(

@@ -37,6 +37,10 @@ __all__ = ["StepResult", "Tailer"]
 
 _mark = tuple.__new__
 CHUNK = 1 << 20  # bytes per read call
+FIRST_CHUNK = 64 << 10
+"""Bytes asked for by a file's first read in a round; the next reads ask for :data:`CHUNK`. At low rates
+a read brings a line: a 1 MiB buffer for it costs an ``mmap``, an ``mremap`` and a ``munmap`` besides the
+read wherever the allocator's mmap threshold is below 1 MiB, as it is by default."""
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
 
 
@@ -97,13 +101,13 @@ class Tailer(OpenFiles):
                     rest.more = True  # its event is taken: read it next round, not at its next event
                 break
         looked.update(self.attention)
-        self._timers(now, res, pending, looked)
+        # only a file that waits can have a timer due; most were read to their end and hold nothing
+        waiting = [t for t in looked if t.fd >= 0 and waits(t)]
+        self._timers(now, res, pending, waiting)
         res.records = build_records(pending.values(), now_ns, self.redact, self.parser, self.stats)
-        for t in looked:
-            if t.fd >= 0 and waits(t):
-                self.attention[t] = None
-            else:
-                self.attention.pop(t, None)
+        # what waits now, and what the timers' reads added (the copies of a file found truncated)
+        added = [t for t in self.attention if t not in looked]
+        self.attention = dict.fromkeys([t for t in waiting if t.fd >= 0 and waits(t)] + added)
         res.more = res.more or any(t.more for t in self.attention)
         res.files = len(self.trackers)
         return res
@@ -127,7 +131,7 @@ class Tailer(OpenFiles):
                 self._truncated(t, now, res, pending)
         read = 0
         while read < budget:
-            want = min(CHUNK, budget - read)
+            want = min(CHUNK if read else FIRST_CHUNK, budget - read)
             try:
                 data = os.pread(t.fd, want, t.pos)
             except OSError as exc:
@@ -153,7 +157,12 @@ class Tailer(OpenFiles):
                 break
             t.pos += len(data)
             read += len(data)
-            self._lines(t, t.framer.feed(data), res, pending)
+            framer = t.framer
+            lines, ends = framer.feed(data)
+            if lines and ends is None:  # whole lines, no multiline: the usual read
+                self._add(t, lines, framer.pending_at, framer.tail, res, pending, framer.block)
+            else:
+                self._lines(t, (lines, ends), res, pending)
             if len(data) < want:
                 break
         t.more = read >= budget
@@ -213,7 +222,7 @@ class Tailer(OpenFiles):
         grown = t.id.grown(head)
         if grown is not None:
             t.id = grown
-            t.head = hash(head[: grown.fp_len])
+            t.head = head[: grown.fp_len]
             res.identity[t.key] = grown
 
     def _truncated(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending]) -> None:
@@ -236,12 +245,12 @@ class Tailer(OpenFiles):
 
     # ------------------------------------------------------------------ timers
 
-    def _timers(self, now: float, res: StepResult, pending: dict[str, Pending], looked: dict[Tracker, None]) -> None:
+    def _timers(self, now: float, res: StepResult, pending: dict[str, Pending], looked: list[Tracker]) -> None:
         config = self.config
         partial_after = config.partial_line_timeout
         flush_after = config.multiline.flush_timeout
         due: float | None = None
-        for t in list(looked):
+        for t in looked:
             if t.fd < 0:
                 continue
             if t.framer.pending and not t.more:  # with more to read, the line's end may be unread yet

@@ -25,7 +25,7 @@ class Tracker:
     labels: Labels
     polled: bool  # a symlink: inotify on the link's directory does not see the target change
     last_data: float
-    head: int = 0  # hash() of the file's first ``id.fp_len`` bytes: a cheap check that it still starts so
+    head: bytes = b""  # the file's first ``id.fp_len`` bytes: compared, a cheap check that it still starts so
     last_stat: tuple[int, int] = (-1, -1)
     last_ns: int = 0
     orphan_since: float | None = None

@@ -7,7 +7,10 @@ a ``Tailer`` with the default redaction; CPU time (``time.process_time``) of:
 * a glob scan (``Patterns.scan``), and a round with the scan and the look at every open file
   (``Tailer.step(scan=True, check_all=True)``: what every ``glob_interval`` costs), nothing written;
 * a round reading one new line from each of 250 of the files (what a round costs at 1,000 lines/s
-  spread over 2,000 files), per line, the writes left out.
+  spread over 2,000 files), per line, the writes left out;
+* the checkpoint work those lines bring, per line: the ledger on the event loop (each file's offset
+  handed on and acknowledged, the changed entries encoded) and the write of the checkpoint file
+  (all 2,000 entries, atomically; one write per round, as ``SAVE_LINES`` asks at this rate).
 
 Environment: BENCH_ROUNDS (rounds of 250 lines, default 200). To compare with an older tree, copy
 this file into it (``git archive REV | tar -x -C DIR``) and run it there the same way, alternately.
@@ -24,6 +27,7 @@ from pathlib import Path
 from agent.config import convert
 from agent.config.schema import RedactionSection
 from agent.redact import Redactor
+from collectors.logs.checkpoint import Ledger, Store
 from collectors.logs.discovery import Patterns
 from collectors.logs.logs import LogsCollector
 from collectors.logs.stats import LogStats
@@ -49,12 +53,17 @@ def main() -> int:
             config, patterns, (("job", "bench"),), LogStats(), time.time_ns, redactor.streams().many, [], 0.0, "b"
         )
         now = 1.0
-        tailer.step(now, True, set(), True)
+        ledger = Ledger([], now)
+        store = Store(Path(tmp))
+        for opened in tailer.step(now, True, set(), True).opened:
+            ledger.opened(opened)
         next_file = 0
+        checkpoint = [0.0, 0.0]  # CPU seconds: the ledger, the writes
 
         def rounds(n: int) -> tuple[float, int]:
             nonlocal now, next_file
             spent, lines = 0.0, 0
+            checkpoint[:] = [0.0, 0.0]
             for _ in range(n):
                 dirty = set()
                 for _ in range(PER_ROUND):
@@ -63,8 +72,20 @@ def main() -> int:
                     next_file = (next_file + 1) % FILES
                 now += 0.25
                 started = time.process_time()
-                lines += len(tailer.step(now, False, dirty, False).records)
+                res = tailer.step(now, False, dirty, False)
+                lines += len(res.records)
                 spent += time.process_time() - started
+                started = time.process_time()
+                for key, file in res.identity.items():
+                    ledger.identity(key, file)
+                for key, mark in res.sent.items():
+                    ledger.sent(key, mark.offset)
+                ledger.acked(res.sent)
+                encoded = ledger.encoded(now)
+                written = time.process_time()
+                store.save(encoded)
+                checkpoint[0] += written - started
+                checkpoint[1] += time.process_time() - written
             return spent, lines
 
         def timed(fn, times: int = 20) -> float:
@@ -90,6 +111,8 @@ def main() -> int:
     print(f"glob scan of {FILES:,} files: {scan:.2f} ms; round with the scan and a look at every file: {full:.2f} ms")
     per_line = spent / max(lines, 1) * 1e6
     print(f"rounds of {PER_ROUND} files, one line each: {per_line:.2f} us per line ({lines:,} lines)")
+    ledger_us, write_us = (seconds / max(lines, 1) * 1e6 for seconds in checkpoint)
+    print(f"their checkpoints: ledger {ledger_us:.2f} us per line, file write {write_us:.2f} us per line")
     return 0
 
 

@@ -32,6 +32,15 @@ def test_item_sizes_equal_item_size_per_item() -> None:
     assert item_sizes(samples) == [item_size(s) for s in samples]
 
 
+def test_item_sizes_of_a_line_from_each_of_many_files_over_many_batches() -> None:
+    """Low rates: a batch holds a line of each of many files, each file with its own labels; the label
+    sets seen before are sized once, and more of them than are remembered come out right too."""
+    files = [labels_from({"filename": f"/var/log/app{i:05d}.log", "job": "app"}) for i in range(9000)]
+    for start in range(0, 18000, 250):
+        batch = [LogRecord(i, "x" * (i % 200), files[i % 9000]) for i in range(start, start + 250)]
+        assert item_sizes(batch) == [item_size(r) for r in batch]
+
+
 async def test_a_steady_stream_releases_each_source_once_its_lines_are_queued(tmp_path) -> None:
     runner = runner_for(ScriptedOutput(), tmp_path, buffer="disk", batch_max_items=500, flush_interval=5.0)
     await runner.start()

@@ -162,3 +162,40 @@ def test_the_store_writes_encoded_entries_as_the_same_file(tmp_path) -> None:
     store = Store(tmp_path)
     store.save(ledger.encoded(0.0))
     assert store.load() == Loaded(ledger.snapshot(0.0))
+
+
+def test_encoded_entries_are_the_bytes_msgspec_writes_for_the_snapshot() -> None:
+    """Entries are encoded from a cached head and their offset on: the bytes are msgspec's own for the
+    same entries, whatever the path holds, closed or not, held at a predecessor's offset or not."""
+    ledger = Ledger([Saved("old.1", '/logs/"quoted" \\ ünï.log', 1, 9, 1024, FP, 50, "0a", True, 12.345)], 0.0)
+    open_entry(ledger, "a")
+    open_entry(ledger, "copy", offset=30, pred="a")
+    ledger.sent("a", 100)
+    ledger.acked({"a": (100, b"line\n")})
+    ledger.sent("a", 200)  # in flight: the copy is held at a's offset
+    ledger.sent("copy", 150)
+    ledger.acked({"copy": (150, b"x\n")})
+    ledger.identity("a", FileId("/logs/renamed.log", 1, hash("a") & 0xFFFF, 1024, FP))
+    ledger.closed("copy", 1.5e9)
+    encoded = [bytes(raw) for raw in ledger.encoded(0.0)]
+    assert encoded == [msgspec.json.encode(s) for s in ledger.snapshot(0.0)]
+    assert len(encoded) == 3 and b"renamed.log" in encoded[1] and b'"closed":true' in encoded[2]
+    assert b'"offset":100,"tail":"",' in encoded[2], "held at a's acknowledged offset, its own tail unknown there"
+
+
+def test_encoded_entries_follow_entries_opened_and_forgotten() -> None:
+    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "", True, 1.0)], 0.0)
+    for key in ("a", "b", "c"):
+        open_entry(ledger, key)
+
+    def check(now: float) -> list[str]:
+        encoded = [bytes(raw) for raw in ledger.encoded(now)]
+        assert encoded == [msgspec.json.encode(s) for s in ledger.snapshot(now)]
+        return [msgspec.json.decode(raw, type=Saved).key for raw in encoded]
+
+    assert check(0.0) == ["old.1", "a", "b", "c"]
+    ledger.closed("b", 10.0)
+    ledger.claimed("b")  # forgotten at the next write
+    open_entry(ledger, "d")
+    assert check(11.0) == ["old.1", "a", "c", "d"]
+    assert check(2 + RETAIN_SECONDS) == ["a", "c", "d"], "the saved entry expired"

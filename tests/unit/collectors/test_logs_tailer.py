@@ -315,3 +315,27 @@ def test_a_round_looking_at_every_file_reads_only_those_that_changed(tmp_path, m
     assert "grown" in rig.bodies and "r" * (size - 1) in rig.bodies, rig.bodies
     assert len(set(reads)) == 2
     rig.close()
+
+
+def test_a_read_for_a_line_asks_for_a_small_buffer_and_megabytes_are_still_read_whole(tmp_path, monkeypatch) -> None:
+    """At low rates a read brings a line: it must not ask for a 1 MiB buffer (an mmap, an mremap and a
+    munmap each where the allocator's mmap threshold is below that); megabytes go on in large reads."""
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, block("a", 3))
+    rig.step()
+    asked: list[int] = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: asked.append(n) or real(fd, n, at))
+    write(app, ["one more"])
+    rig.step(scan=False)
+    assert rig.bodies[-1] == "one more"
+    assert asked and max(asked) <= 64 * 1024, asked
+    lines = [f"{i:06d} " + "y" * 993 for i in range(3000)]  # 3 MB, more than a round's budget
+    write(app, lines)
+    rig.bodies.clear()
+    for _ in range(5):
+        rig.step(scan=False)
+    assert rig.bodies == lines
+    assert max(asked) == 1 << 20, "the bulk goes on in 1 MiB reads"
+    rig.close()
