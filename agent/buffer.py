@@ -253,19 +253,40 @@ class DiskQueue(SegmentStore):
         # on the worker thread right now may already have moved past a record not yet indexed
         head = self._index[0] if self._index else None
         position = (head.segment, head.offset) if head else self._retired_until
+        if self._put_lock.locked():
+            # an append (a write and its fsync) holds the worker: the position is saved right after
+            # it, in order, and the sender goes on with the next batch meanwhile, rather than leave
+            # the backend idle for an fsync; close() runs after it on the same thread. A crash in
+            # between sends this batch again, as a crash before the save always did.
+            loop = asyncio.get_running_loop()
+            saved = loop.create_future()
+            saved.add_done_callback(self._committed)
+            self._worker.submit(self._commit_sync, (position, head is None), saved, loop)
+            return
         try:
             await self._worker.run(self._commit_sync, position, head is None)
         except OSError as exc:
-            if not self._commit_failed:
-                log.error(
-                    "buffer %s: cannot save the read position (%s); delivered batches may be sent "
-                    "again after a restart",
-                    self.directory,
-                    exc.strerror or exc,
-                )
-            self._commit_failed = True
+            self._commit_error(exc)
         else:
             self._commit_failed = False
+
+    def _committed(self, saved: asyncio.Future) -> None:
+        exc = saved.exception() if not saved.cancelled() else None
+        if isinstance(exc, OSError):
+            self._commit_error(exc)
+        elif exc is not None:
+            log.error("buffer %s: saving the read position failed", self.directory, exc_info=exc)
+        else:
+            self._commit_failed = False
+
+    def _commit_error(self, exc: OSError) -> None:
+        if not self._commit_failed:
+            log.error(
+                "buffer %s: cannot save the read position (%s); delivered batches may be sent again after a restart",
+                self.directory,
+                exc.strerror or exc,
+            )
+        self._commit_failed = True
 
     def _retire(self, ref: Ref) -> None:
         end = (ref.segment, ref.offset + ref.length)
