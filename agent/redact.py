@@ -295,32 +295,39 @@ class Redactor:
         if at < 0:
             return out
         count = len(lines)
-        if data.count(b"\n") != count - 1:  # a record holding a newline (multiline)
-            return self._redact_by_starts(lines, joined, data, at, out)
-        # one record per line of ``data``: a match's record is found by counting newlines up to it,
-        # so nothing is done per record that has no candidate
-        index = counted = hits = 0
+        # a record's index is the number of newlines before it: counted up to each candidate, and the
+        # total checked at the end, as a record holding a newline (multiline) would shift the rest
+        hits: list[tuple[int, int, int]] = []  # (record, its start, its end) in data
+        first, index, counted, rest_from = at, 0, 0, -1
         while True:
             index += data.count(b"\n", counted, at)
             counted = at
-            start = data.rfind(b"\n", 0, at) + 1
             end = data.find(b"\n", at)
             if end < 0:
                 end = len(data)
-            self._redact_at(data[start:end], index, out)
-            hits += 1
+            hits.append((index, data.rfind(b"\n", 0, at) + 1, end))
             if end >= len(data):
                 break
-            if hits >= 16 and hits * 4 > index:
+            if len(hits) >= 16 and len(hits) * 4 > index:
                 # most records match (IP addresses in an access log): a Set match per
                 # record is cheaper than a batch search plus one per record
-                for i, record in enumerate(data[end + 1 :].split(b"\n"), index + 1):
-                    self._redact_at(record, i, out)
+                rest_from = end + 1
                 break
             # the match may belong to a later record or to none: resume at the next record
             at = compiled.scan_from(data, end + 1)
             if at < 0:
                 break
+        rest = data[rest_from:].split(b"\n") if rest_from >= 0 else []
+        if rest_from >= 0:
+            one_line_each = index + 1 + len(rest) == count
+        else:
+            one_line_each = index + data.count(b"\n", counted) == count - 1
+        if not one_line_each:
+            return self._redact_by_starts(lines, joined, data, first, out)
+        for i, start, end in hits:
+            self._redact_at(data[start:end], i, out)
+        for i, record in enumerate(rest, index + 1):
+            self._redact_at(record, i, out)
         return out
 
     def _redact_by_starts(self, lines: list[str], joined: str, data: bytes, at: int, out: list[str]) -> list[str]:
