@@ -88,6 +88,7 @@ class DiskQueue(SegmentStore):
         self._inflight: Ref | None = None
         self._available = asyncio.Event()
         self._put_lock = asyncio.Lock()  # one append at a time: the reclaim in put() relies on it
+        self._busy = 0  # appends and reads running on the worker (see ack)
         # (segment, offset) -> a record still queued, with the items as they were put
         self._cache: dict[tuple[int, int], QueuedBatch] = {}
         self._cache_bytes = 0
@@ -136,14 +137,14 @@ class DiskQueue(SegmentStore):
         args = (payload, len(batch.items), batch.created_ns)
         async with self._put_lock:
             try:
-                ref = await self._worker.run(self._append_sync, *args)
+                ref = await self._on_worker(self._append_sync, *args)
             except OSError as exc:
                 self._short_of_space = True
                 if self._index or self._inflight is not None:
                     raise
                 # every record written is retired: the segment being written can go, and on a
                 # full disk that is the space this write needs
-                ref = await self._worker.run(self._reclaim_and_append_sync, exc, *args)
+                ref = await self._on_worker(self._reclaim_and_append_sync, exc, *args)
         self._index.append(ref)
         self.items += ref.items
         self.bytes += ref.length
@@ -177,7 +178,7 @@ class DiskQueue(SegmentStore):
             batch = self._cache.get((ref.segment, ref.offset))
             if batch is None:
                 try:
-                    items = await self._worker.run(self._read_sync, ref)
+                    items = await self._on_worker(self._read_sync, ref)
                 except OSError as exc:
                     if exc.errno not in _TRANSIENT:
                         self._lost(ref, exc)
@@ -229,7 +230,7 @@ class DiskQueue(SegmentStore):
         batch = self._cache.get(key)
         if batch is None:
             try:
-                items = await self._worker.run(self._read_sync, ref)
+                items = await self._on_worker(self._read_sync, ref)
             except (OSError, msgspec.DecodeError, ValueError):
                 return None
             if not self._index or self._index[0] is not ref:
@@ -253,19 +254,48 @@ class DiskQueue(SegmentStore):
         # on the worker thread right now may already have moved past a record not yet indexed
         head = self._index[0] if self._index else None
         position = (head.segment, head.offset) if head else self._retired_until
+        if self._busy:
+            # the worker is busy (an append and its fsync, a read): the position is saved right
+            # after that, in order, and the sender goes on with the next batch meanwhile, rather than
+            # leave the backend idle; close() runs after it on the same thread. A crash in between
+            # sends this batch again, as a crash before the save always did.
+            loop = asyncio.get_running_loop()
+            saved = loop.create_future()
+            saved.add_done_callback(self._committed)
+            self._worker.submit(self._commit_sync, (position, head is None), saved, loop)
+            return
         try:
             await self._worker.run(self._commit_sync, position, head is None)
         except OSError as exc:
-            if not self._commit_failed:
-                log.error(
-                    "buffer %s: cannot save the read position (%s); delivered batches may be sent "
-                    "again after a restart",
-                    self.directory,
-                    exc.strerror or exc,
-                )
-            self._commit_failed = True
+            self._commit_error(exc)
         else:
             self._commit_failed = False
+
+    async def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the worker thread, counted in ``_busy`` while it runs."""
+        self._busy += 1
+        try:
+            return await self._worker.run(fn, *args)
+        finally:
+            self._busy -= 1
+
+    def _committed(self, saved: asyncio.Future) -> None:
+        exc = saved.exception() if not saved.cancelled() else None
+        if isinstance(exc, OSError):
+            self._commit_error(exc)
+        elif exc is not None:
+            log.error("buffer %s: saving the read position failed", self.directory, exc_info=exc)
+        else:
+            self._commit_failed = False
+
+    def _commit_error(self, exc: OSError) -> None:
+        if not self._commit_failed:
+            log.error(
+                "buffer %s: cannot save the read position (%s); delivered batches may be sent again after a restart",
+                self.directory,
+                exc.strerror or exc,
+            )
+        self._commit_failed = True
 
     def _retire(self, ref: Ref) -> None:
         end = (ref.segment, ref.offset + ref.length)

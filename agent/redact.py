@@ -135,9 +135,29 @@ class _Compiled:
         # (?m): in a batch a record starts after "\n", so ^ and $ must match at line ends
         # there; the batch scan only has to find every record that may match.
         self.scan = re2.compile("(?m)" + union, _options(capture=False))
+        self.scan_from = _starter(self.scan)
         self.batchable = not any(
             rule.custom and re.search(r"\\[Az]|\(\?[a-zA-Z]*-[a-zA-Z]*m", rule.pattern) for rule in rules
         )
+
+
+def _starter(regex: Any) -> Callable[[bytes, int], int]:
+    """``start(data, pos)``: where the next match begins, or -1; the binding's ``Match`` directly
+    when it is there (see :func:`_searcher`)."""
+    raw = getattr(regex, "_regexp", None)
+    if raw is not None and hasattr(raw, "Match"):
+        unanchored = re2._Anchor.UNANCHORED
+
+        def start(data: bytes, pos: int) -> int:
+            return raw.Match(unanchored, data, pos, len(data))[0][0] if pos <= len(data) else -1
+
+        return start
+
+    def public(data: bytes, pos: int) -> int:
+        match = regex.search(data, pos)
+        return -1 if match is None else match.start()
+
+    return public
 
 
 def _searcher(regex: Any) -> Callable[[bytes, int], list[tuple[int, int]] | None]:
@@ -270,32 +290,68 @@ class Redactor:
         compiled = self._compiled
         if not compiled.batchable:
             return [self._redact_one(line) for line in lines]
-        match = compiled.scan.search(data)
+        at = compiled.scan_from(data, 0)
         out = list(lines)
-        if match is None:
+        if at < 0:
             return out
+        count = len(lines)
+        # a record's index is the number of newlines before it: counted up to each candidate, and the
+        # total checked at the end, as a record holding a newline (multiline) would shift the rest
+        hits: list[tuple[int, int, int]] = []  # (record, its start, its end) in data
+        first, index, counted, rest_from = at, 0, 0, -1
+        while True:
+            index += data.count(b"\n", counted, at)
+            counted = at
+            end = data.find(b"\n", at)
+            if end < 0:
+                end = len(data)
+            hits.append((index, data.rfind(b"\n", 0, at) + 1, end))
+            if end >= len(data):
+                break
+            if len(hits) >= 16 and len(hits) * 4 > index:
+                # most records match (IP addresses in an access log): a Set match per
+                # record is cheaper than a batch search plus one per record
+                rest_from = end + 1
+                break
+            # the match may belong to a later record or to none: resume at the next record
+            at = compiled.scan_from(data, end + 1)
+            if at < 0:
+                break
+        rest = data[rest_from:].split(b"\n") if rest_from >= 0 else []
+        if rest_from >= 0:
+            one_line_each = index + 1 + len(rest) == count
+        else:
+            one_line_each = index + data.count(b"\n", counted) == count - 1
+        if not one_line_each:
+            return self._redact_by_starts(lines, joined, data, first, out)
+        for i, start, end in hits:
+            self._redact_at(data[start:end], i, out)
+        for i, record in enumerate(rest, index + 1):
+            self._redact_at(record, i, out)
+        return out
+
+    def _redact_by_starts(self, lines: list[str], joined: str, data: bytes, at: int, out: list[str]) -> list[str]:
+        """:meth:`_redact_joined` when a record holds a newline: records found by their start offsets."""
+        compiled = self._compiled
         if joined.isascii():
             sizes: Iterable[int] = map(len, lines)
         else:
             sizes = [len(line.encode("utf-8", "surrogatepass")) for line in lines]
         starts = [0, *accumulate(size + 1 for size in sizes)]
         count, hits = len(lines), 0
-        while match is not None:
-            i = bisect_right(starts, match.start()) - 1
+        while at >= 0:
+            i = bisect_right(starts, at) - 1
             if i >= count:
                 break
-            self._redact_record(data, starts, i, out)
+            self._redact_at(data[starts[i] : starts[i + 1] - 1], i, out)
             hits += 1
             if hits >= 16 and hits * 4 > i:
-                # most records match (IP addresses in an access log): a Set match per
-                # record is cheaper than a batch search plus one per record
                 for j in range(i + 1, count):
-                    self._redact_record(data, starts, j, out)
+                    self._redact_at(data[starts[j] : starts[j + 1] - 1], j, out)
                 break
             if i + 1 >= count:
                 break
-            # the match may belong to a later record or to none: resume at the next record
-            match = compiled.scan.search(data, starts[i + 1])
+            at = compiled.scan_from(data, starts[i + 1])
         return out
 
     def _redact_one(self, text: str) -> str:
@@ -308,8 +364,7 @@ class Redactor:
         changed = self._redact_bytes(data, present)
         return text if changed is None else _decode(changed)
 
-    def _redact_record(self, data: bytes, starts: list[int], i: int, out: list[str]) -> None:
-        record = data[starts[i] : starts[i + 1] - 1]
+    def _redact_at(self, record: bytes, i: int, out: list[str]) -> None:
         present = self._compiled.set.Match(record)
         changed = self._redact_bytes(record, present) if present else None
         if changed is not None:

@@ -21,9 +21,11 @@ Bulk: one file of the corpus repeated (``BENCH_BULK_MIB``) read from its beginni
 alone and pinned to one CPU: hostwatch into VictoriaLogs (redaction and disk buffer on), rsyslog
 into the TCP sink. Wall time until the last line arrived. Target: hostwatch >= 0.6x rsyslog's
 lines per second. Beside it, from the same runs: the rate with hostwatch's start-up left out (timed
-from its ``/metrics`` answering: its Python start-up is 0.3 s on a quiet machine, rsyslog's a few ms) and
-lines per CPU second of each process (its threads' schedstat; wall time on the shared machine includes
-waiting for the CPU), and the CPU time VictoriaLogs spent ingesting (rsyslog's sink only counts lines).
+from its ``/metrics`` answering: its Python start-up is 0.3 s on a quiet machine, rsyslog's a few ms), the
+agent's CPU per line over that same stretch (the flow's own cost, which other processes on a shared machine
+disturb less than its wall time), lines per CPU second of each process (its threads' schedstat; wall time on
+the shared machine includes waiting for the CPU), and the CPU time VictoriaLogs spent ingesting (rsyslog's
+sink only counts lines).
 
 Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
@@ -244,9 +246,10 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
 
 def ship_with_hostwatch(
     home: Path, path: Path, lines: int, tree: str | None
-) -> tuple[float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float]:
     """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs:
-    (seconds, seconds from /metrics answering, agent CPU seconds, lines sent, VictoriaLogs CPU seconds)."""
+    (seconds, seconds from /metrics answering, agent CPU seconds, lines sent, VictoriaLogs CPU seconds,
+    agent CPU seconds from /metrics answering)."""
     home.mkdir(parents=True)
     vl, vl_url = start_victoria_logs(home)
     saved = os.environ.get("PYTHONPATH")
@@ -263,23 +266,25 @@ def ship_with_hostwatch(
             else:
                 os.environ["PYTHONPATH"] = saved
         try:
-            sent, up = 0.0, None
+            sent, up, cpu_up = 0.0, None, 0
             while time.monotonic() < started + 600 and sent < lines:
                 time.sleep(0.05)
                 try:
                     sent = metric(get(url + "/metrics"), "hostwatch_output_sent_items_total", signal="logs")
-                    up = up or time.monotonic()  # started: /metrics answers
+                    if up is None:  # started: /metrics answers
+                        up, cpu_up = time.monotonic(), cpu_ns(agent.pid)
                 except OSError:
                     pass
             seconds = time.monotonic() - started
             flow = time.monotonic() - (up or started)
-            cpu = cpu_ns(agent.pid) / 1e9
+            cpu_end = cpu_ns(agent.pid)
+            cpu, flow_cpu = cpu_end / 1e9, (cpu_end - cpu_up) / 1e9
             peer_cpu = cpu_ns(vl.pid) / 1e9
         finally:
             stop(agent)
     finally:
         stop(vl)
-    return seconds, flow, cpu, sent, peer_cpu
+    return seconds, flow, cpu, sent, peer_cpu, flow_cpu
 
 
 def bulk(home: Path) -> list[tuple[str, bool]]:
@@ -292,17 +297,16 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
             f.write(chunk)
     lines = repeats * chunk.count(b"\n")
     # hostwatch: redaction (the default sets) and the disk buffer (the default) on; with BASELINE, the
-    # tree before a change runs too, right after, on the same file
     # tree before a change runs too, alternating with this one (ABBA...), BULK_RUNS times each
     trees = [("hostwatch", None)] + ([("hostwatch before", BASELINE)] if BASELINE else [])
     for _, tree in trees:  # as the packages ship them: start-up is part of the figure
         byte_compile(Path(tree) if tree else None)
-    shipped: dict[str, list[tuple[float, float, float, float, float]]] = {name: [] for name, _ in trees}
+    shipped: dict[str, list[tuple[float, float, float, float, float, float]]] = {name: [] for name, _ in trees}
     for run in range(BULK_RUNS):
         for name, tree in trees if run % 2 == 0 else trees[::-1]:
             shipped[name].append(ship_with_hostwatch(home / f"hw{len(shipped[name])}{name[-1]}", path, lines, tree))
     # the goal's figures: this tree's median run by wall time
-    agent_seconds, agent_flow, agent_cpu, sent, _ = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
+    agent_seconds, agent_flow, agent_cpu, sent, _, _ = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
     # rsyslog: imfile from the beginning of the file (a new file, no state yet) into the sink
     sink = Sink()
     started = time.monotonic()
@@ -319,10 +323,11 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     agent_rate, rsyslog_rate = lines / agent_seconds, lines / rsyslog_seconds
     ratio = agent_rate / rsyslog_rate
     for name, results in shipped.items():
-        for seconds, flow_seconds, cpu, _, peer_cpu in results:
+        for seconds, flow_seconds, cpu, _, peer_cpu, flow_cpu in results:
             print(
                 f"  {name}: {lines / seconds:,.0f} lines/s ({lines / seconds / rsyslog_rate:.2f}x rsyslog), "
-                f"{lines / flow_seconds:,.0f} without start-up, {lines / cpu:,.0f} per CPU second; "
+                f"{lines / flow_seconds:,.0f} without start-up, {lines / cpu:,.0f} per CPU second "
+                f"({flow_cpu * 1e6 / lines:.2f} us of CPU per line without start-up); "
                 f"VictoriaLogs CPU {peer_cpu:.2f} s of {seconds:.2f} s"
             )
     print(

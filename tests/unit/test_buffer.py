@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,34 @@ async def test_write_error_leaves_the_segment_valid(tmp_path) -> None:
         bodies += [r.body for r in batch.items]
         await reopened.ack()
     assert bodies == ["a", "b", "d"]
+
+
+async def test_an_ack_does_not_wait_for_an_append_in_progress_and_its_position_is_still_saved(tmp_path) -> None:
+    """The sender goes on with the next batch while a write (and its fsync) holds the buffer's thread:
+    the read position is saved right after that write, before the queue closes."""
+    queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.METRICS)
+    await queue.open()
+    await queue.put(sample_batch(0))
+    await queue.put(sample_batch(10))
+    first = await queue.take()
+    release = threading.Event()
+    append = queue._append_sync
+    queue._append_sync = lambda *args: (release.wait(10), append(*args))[1]  # a slow disk
+    writing = asyncio.create_task(queue.put(sample_batch(20)))
+    await asyncio.sleep(0.05)  # the append holds the worker
+    try:
+        await asyncio.wait_for(queue.ack(), 2)
+        second = await asyncio.wait_for(queue.take(), 2)  # handed out from memory meanwhile
+    finally:
+        release.set()
+    await writing
+    await queue.ack()
+    await queue.close()
+    assert [i.value for i in first.items + second.items] == [float(i) for i in range(20)]
+    reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.METRICS)
+    await reopened.open()
+    assert await drain(reopened) == [float(i) for i in range(20, 30)], "the acknowledged batches are not sent again"
+    await reopened.close()
 
 
 async def test_memory_queue_drop_oldest_and_capacity() -> None:

@@ -1,0 +1,112 @@
+"""Where a bulk log line's CPU goes: the stages of the flow one after the other, in one process.
+
+Run: ``python -m tests.bench.bench_bulk_stages`` (no peers needed). The corpus's Apache access log
+repeated to ``BENCH_BULK_MIB`` (default 32) is read from its beginning by a ``Tailer`` (the
+collector's rounds: reading, framing, level words, records), with the default redaction and
+without it (the difference is redaction's cost); then, batch by batch as the output lane sees
+them (``BENCH_BULK_BATCH`` records, default 10,000): sizing, the disk buffer's record (msgpack and
+its CRC), reading it back (the CRC check and ``LogRecordsDecoder``: what a batch further behind
+than the buffer's memory cache costs), the Loki encoder and snappy. CPU time
+(``time.process_time``) of each stage per line, the best of ``BENCH_BULK_ROUNDS`` (default 3).
+
+What it leaves out, and ``bench_logs_lowrate`` includes: threads and their hand-offs, the event
+loop, the HTTP request, fsync and the checkpoint writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import cramjam
+import msgspec
+
+from agent.config import convert
+from agent.config.schema import RedactionSection
+from agent.pending import item_sizes
+from agent.redact import Redactor
+from agent.segments import HEADER, encode
+from agent.stored_records import LogRecordsDecoder
+from collectors.logs.discovery import Patterns
+from collectors.logs.logs import LogsCollector
+from collectors.logs.stats import LogStats
+from collectors.logs.tailer import Tailer
+from outputs.loki.encode import PushEncoder
+from tests.bench.bench_logs import CORPUS
+
+MIB = float(os.environ.get("BENCH_BULK_MIB", "32"))
+BATCH = int(os.environ.get("BENCH_BULK_BATCH", "10000"))
+ROUNDS = int(os.environ.get("BENCH_BULK_ROUNDS", "3"))
+
+
+def read_all(path: Path, lines: int, redactor: Redactor | None) -> tuple[float, list]:
+    """CPU seconds for a Tailer to read ``path`` from its beginning, and the records."""
+    config = convert({"paths": [str(path)], "start_at": "beginning"}, LogsCollector.Config)
+    patterns = Patterns(config.paths, config.exclude, config.include_compressed)
+    redact = None if redactor is None else redactor.streams().many
+    tailer = Tailer(config, patterns, (("job", "bench"),), LogStats(), time.time_ns, redact, [], 0.0, "b")
+    started = time.process_time()
+    records = tailer.step(1.0, True, set(), True).records  # the scan that finds the file, and a first round
+    while len(records) < lines:
+        got = tailer.step(2.0, False, set(), False)
+        records += got.records
+        if not got.more and not got.records:
+            break
+        for t in tailer.trackers.values():  # as an inotify event would: look again
+            t.more = True
+            tailer.attention[t] = None
+    return time.process_time() - started, records
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp:
+        path = Path(tmp) / "access.log"
+        chunk = CORPUS.read_bytes()
+        repeats = max(1, int(MIB * 2**20 / len(chunk)))
+        path.write_bytes(chunk * repeats)
+        lines = repeats * chunk.count(b"\n")
+        redactor = Redactor.from_config(convert({}, RedactionSection), state_dir=Path(tmp))
+        best: dict[str, float] = {}
+
+        def note(name: str, seconds: float) -> None:
+            best[name] = min(best.get(name, float("inf")), seconds)
+
+        encoder, decoder, loki = msgspec.msgpack.Encoder(), LogRecordsDecoder(), PushEncoder((("host", "bench"),))
+        for _ in range(ROUNDS):
+            plain, _ = read_all(path, lines, None)
+            redacted, records = read_all(path, lines, redactor)
+            assert len(records) == lines, f"read {len(records):,} of {lines:,} lines"
+            note("tailer rounds without redaction", plain)
+            note("redaction (the difference)", redacted - plain)
+            spent = dict.fromkeys(("sizing", "disk record", "read back", "Loki protobuf", "snappy"), 0.0)
+            for start in range(0, len(records), BATCH):
+                batch = records[start : start + BATCH]
+                t0 = time.process_time()
+                item_sizes(batch)
+                t1 = time.process_time()
+                record = encode(encoder.encode(batch), len(batch), 1)
+                t2 = time.process_time()
+                zlib.crc32(memoryview(record)[12:])
+                back = decoder.decode(memoryview(record)[HEADER.size :])
+                t3 = time.process_time()
+                payload = loki.encode_protobuf(back).payload
+                t4 = time.process_time()
+                cramjam.snappy.compress_raw(payload)
+                t5 = time.process_time()
+                for name, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                    spent[name] += seconds
+            for name, seconds in spent.items():
+                note(name, seconds)
+        print(f"{lines:,} lines ({repeats * len(chunk) / 2**20:.0f} MiB), batches of {BATCH:,}; best of {ROUNDS}:")
+        for name, seconds in best.items():
+            print(f"  {name:32s} {seconds * 1e6 / lines:5.2f} us per line")
+        print(f"  {'together':32s} {sum(best.values()) * 1e6 / lines:5.2f} us per line")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
