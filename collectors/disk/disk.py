@@ -22,6 +22,7 @@ import msgspec
 
 from agent.model import Labels
 from agent.plugin import CollectorContext, Duration, Emitter, PeriodicCollector, PluginConfig
+from agent.procfiles import KeptFiles
 from collectors.disk.stat_pool import StatPool
 
 MOUNT_POINTS_EXCLUDE = r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
@@ -96,6 +97,7 @@ def _unescape(field: str) -> str:
 
 
 _BY, _S, _1 = "By", "s", "1"
+_DISKSTATS_LINE = 512  # a /proc/diskstats line: a name and 17 to 20 numbers of up to 20 digits
 # /proc/diskstats columns after major, minor, name: (metric, counter?, factor, unit).
 _DISK_FIELDS = (
     ("node_disk_reads_completed_total", True, 1, _1),
@@ -142,6 +144,10 @@ class DiskCollector(PeriodicCollector):
         # label tuples kept between runs (each its own key): a run's samples then share their labels'
         # identity with the last run's, which makes the engine's comparison of the two runs cheaper
         self._labels: dict[Labels, Labels] = {}
+        self._files = KeptFiles()  # the mount table and diskstats, read every run: opened once
+        self._udev: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}  # path -> (identity, info)
+        self._mounts_text = ""
+        self._mounts: tuple[dict[Labels, bool], list[tuple[str, str]], list[str]] = ({}, [], [])
 
     async def collect(self, emit: Emitter) -> None:
         for error in await self.context.run_blocking(self._collect, emit):
@@ -151,6 +157,10 @@ class DiskCollector(PeriodicCollector):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        # on the worker thread, after any run still reading them: a descriptor closed under a
+        # read could be reused by another open and read in its place
+        if len(self._files):
+            await self.context.run_blocking(self._files.close)
 
     @property
     def stuck_mount_points(self) -> frozenset[str]:
@@ -166,30 +176,24 @@ class DiskCollector(PeriodicCollector):
         except OSError as exc:
             errors.append(f"cannot read the mount table: {exc}")
         try:
-            self._diskstats(emit, _read(f"{self.context.proc_root}/diskstats"), errors)
+            diskstats = self._files.read(f"{self.context.proc_root}/diskstats", record=_DISKSTATS_LINE)
+            self._diskstats(emit, diskstats.decode("utf-8", "replace"), errors)
         except OSError as exc:
             errors.append(f"cannot read diskstats: {exc}")
+        self._files.sweep()
         return errors
 
-    def _mount_table(self) -> str:
-        proc = self.context.proc_root
-        try:
-            return _read(f"{proc}/1/mounts")
-        except OSError:  # hidepid or no PID 1 in view: the process's own namespace
-            return _read(f"{proc}/mounts")
-
-    def _filesystems(self, emit: Emitter, errors: list[str]) -> None:
+    def _parse_mounts(self, text: str) -> tuple[dict[Labels, bool], list[tuple[str, str]], list[str]]:
+        """(labels -> read-only) per distinct label set, (mount point, path to statvfs) once per mount
+        point (the top mount answers), and the malformed lines."""
         root = self._rootfs
-        pool = self._pool
-        if pool is None:
-            pool = self._pool = StatPool(self._statvfs, self.config.stat_workers)
-        # (labels, read-only) per distinct label set; statvfs once per mount point (the top mount answers).
-        mounts: dict[tuple[tuple[str, str], ...], bool] = {}
-        jobs: dict[str, str] = {}  # mount point -> path to statvfs
-        for line in self._mount_table().splitlines():
+        mounts: dict[Labels, bool] = {}
+        paths: dict[str, str] = {}
+        malformed = []
+        for line in text.splitlines():
             parts = line.split()
             if len(parts) < 4:
-                errors.append(f"malformed mount table line: {line!r}")
+                malformed.append(f"malformed mount table line: {line!r}")
                 continue
             device, mountpoint, fstype, options = parts[0], parts[1], parts[2], parts[3]
             if "\\" in mountpoint:
@@ -205,10 +209,29 @@ class DiskCollector(PeriodicCollector):
             labels = self._labels.setdefault(labels, labels)
             if labels not in mounts:
                 mounts[labels] = "ro" in options.split(",")
-                if not pool.is_stuck(mountpoint):
-                    jobs[mountpoint] = root + mountpoint if mountpoint != "/" else root or "/"
+                paths[mountpoint] = root + mountpoint if mountpoint != "/" else root or "/"
+        return mounts, list(paths.items()), malformed
+
+    def _mount_table(self) -> str:
+        proc = self.context.proc_root
+        try:
+            return self._files.read(f"{proc}/1/mounts", 16384).decode("utf-8", "replace")
+        except OSError:  # hidepid or no PID 1 in view: the process's own namespace
+            return self._files.read(f"{proc}/mounts", 16384).decode("utf-8", "replace")
+
+    def _filesystems(self, emit: Emitter, errors: list[str]) -> None:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = StatPool(self._statvfs, self.config.stat_workers)
+        text = self._mount_table()
+        if text != self._mounts_text:  # the table rarely changes: its parse is kept until it does
+            self._mounts = self._parse_mounts(text)
+            self._mounts_text = text
+        mounts, paths, malformed = self._mounts
+        errors += malformed
+        jobs = [(mountpoint, path) for mountpoint, path in paths if not pool.is_stuck(mountpoint)]
         timeout = self.config.mount_timeout
-        results = pool.run(jobs.items(), timeout)
+        results = pool.run(jobs, timeout)
         for mountpoint in results.timed_out:
             errors.append(f"statvfs({mountpoint}) did not return within {timeout:g}s; marked stuck until it does")
         if results.not_started:
@@ -266,8 +289,20 @@ class DiskCollector(PeriodicCollector):
                 self._udev_series(emit, name, info, device)
 
     def _udev_info(self, major: str, minor: str) -> dict[str, str]:
+        """udev's properties of a device; parsed again only when udev replaced its file (it writes a new
+        one and renames it over the old: a new inode), kept while the file is the same."""
+        path = f"{self._udev_dir}/b{major}:{minor}"
         try:
-            text = _read(f"{self._udev_dir}/b{major}:{minor}")
+            st = os.stat(path)
+        except OSError:
+            self._udev.pop(path, None)
+            return {}
+        identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+        kept = self._udev.get(path)
+        if kept is not None and kept[0] == identity:
+            return kept[1]
+        try:
+            text = _read(path)
         except OSError:
             return {}
         info = {}
@@ -276,6 +311,9 @@ class DiskCollector(PeriodicCollector):
                 key, sep, value = line[2:].partition("=")
                 if sep:
                     info[key] = value
+        if len(self._udev) >= 1024:  # devices come and go: keep the cache bounded
+            self._udev.clear()
+        self._udev[path] = (identity, info)
         return info
 
     def _udev_series(self, emit: Emitter, name: str, info: dict[str, str], device: Labels) -> None:
