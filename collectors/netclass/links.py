@@ -193,7 +193,6 @@ class NetlinkNetclass:
             return None
 
 
-
 class _Device:
     """What one interface keeps between runs: its label tuples, its sysfs paths, the attributes fixed
     for its lifetime (read once, kept while its ifindex stays), the inputs of its info labels."""
