@@ -14,7 +14,10 @@ every read (``/proc/net/udp`` walks the whole UDP socket hash table, empty or no
 costs as much again. A caller that knows how long the table's lines can be says so
 (``record``): a first read that left room for another line in its page is the whole table.
 
-Only files of the /proc and /sys mounts are kept open. A file on a disk (a fixture
+Only files of the /proc and /sys mounts are kept open.
+
+:class:`TokenLayout` is the other half of a cheap read: a file's layout, kept from one read
+to the next, so that its numbers are picked by position instead of parsed line by line. A file on a disk (a fixture
 tree, a ``proc_root`` copied somewhere) may be replaced by a rename, and a kept
 descriptor would go on reading the old one: those are opened for every read.
 """
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from operator import itemgetter
 
 # The file behind a kept descriptor is gone (sysfs: ENODEV; a /proc/PID file: ESRCH).
 _STALE = frozenset((errno.ENODEV, errno.ESRCH, errno.ENXIO, errno.ESTALE))
@@ -200,3 +204,54 @@ def _pieces(fd: int, first: bytes, record: int, size: int, *, close: bool) -> It
     finally:
         if close:
             os.close(fd)
+
+
+class TokenLayout:
+    """Where a /proc file's numbers sit among its tokens (``text.split()``), as a collector's line
+    parser found them, so that the next read of a file laid out the same is not parsed line by line.
+
+    The layout holds the positions of the numbers the collector reads, and every other token that
+    is not an integer (the field names, ``kB``, ``Tcp:`` ...) as it was. A later read matches when
+    it has as many lines and tokens and the same words at the same places: its numbers are then
+    where they were, picked with one ``itemgetter`` and converted with one ``map`` (a kernel's
+    files keep their layout while it runs; a new field or a malformed line breaks the match and
+    the collector parses that read line by line, reporting what it finds, and lays it out anew).
+    """
+
+    __slots__ = ("_count", "_lines", "_numbers_at", "_word_at", "_words")
+
+    def __init__(self, tokens: list, lines: int, numbers: list[int]) -> None:
+        """``numbers``: the positions, in ``tokens``, of the numbers the collector reads, in its order."""
+        read = set(numbers)
+        words = [i for i, token in enumerate(tokens) if i not in read and not _is_integer(token)]
+        self._count, self._lines = len(tokens), lines
+        self._word_at, self._words = _getter(words), tuple(tokens[i] for i in words)
+        self._numbers_at = _getter(numbers)
+
+    def numbers(self, tokens: list, lines: int) -> list[int] | None:
+        """The numbers of a read laid out the same (``lines``: its count of newlines), as integers;
+        None when it is laid out otherwise or one of them is not an integer."""
+        if len(tokens) != self._count or lines != self._lines or self._word_at(tokens) != self._words:
+            return None
+        try:
+            return list(map(int, self._numbers_at(tokens)))
+        except ValueError:
+            return None
+
+
+def _is_integer(token: str | bytes) -> bool:
+    try:
+        int(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _getter(positions: list[int]) -> Callable[[list], tuple]:
+    """``itemgetter(*positions)``, always answering a tuple (itemgetter of one position answers the item)."""
+    if len(positions) > 1:
+        return itemgetter(*positions)
+    if positions:
+        at = positions[0]
+        return lambda items: (items[at],)
+    return lambda items: ()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.procfiles import KeptFiles
+from agent.procfiles import KeptFiles, TokenLayout
 
 _opens: list[str] = []
 
@@ -136,3 +136,18 @@ def test_a_short_table_is_one_read_and_a_file_on_a_disk_comes_whole_in_pieces(tm
     pieces = list(files.chunks(str(table), 256, size=65536))
     assert b"".join(pieces) == table.read_bytes() and len(pieces) == 5 and len(files) == 1
     files.close()
+
+
+def test_a_token_layout_picks_the_numbers_of_a_read_laid_out_the_same_and_nothing_else():
+    text = "MemTotal: 100 kB\nHugePages_Total: 0\nDirectMap: 7 kB\n"
+    tokens = text.split()
+    layout = TokenLayout(tokens, text.count("\n"), [4, 1, 6])  # read in the collector's order
+    later = "MemTotal: 120 kB\nHugePages_Total: 3\nDirectMap: 9 kB\n"
+    assert layout.numbers(later.split(), later.count("\n")) == [3, 120, 9]
+    for other in (
+        "MemTotal: 120 MB\nHugePages_Total: 3\nDirectMap: 9 kB\n",  # a word changed
+        "MemTotal: 120 kB\nHugePages_Total: x\nDirectMap: 9 kB\n",  # not an integer
+        "MemTotal: 120 kB\nHugePages_Total: 3\nDirectMap: 9 kB\nNew: 1\n",  # more
+        "MemTotal: 120 kB HugePages_Total: 3\nDirectMap: 9 kB\n",  # the same tokens on fewer lines
+    ):
+        assert layout.numbers(other.split(), other.count("\n")) is None, other
