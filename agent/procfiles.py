@@ -228,13 +228,14 @@ class TokenLayout:
         self._word_at, self._words = _getter(words), tuple(tokens[i] for i in words)
         self._numbers_at = _getter(numbers)
 
-    def numbers(self, tokens: list, lines: int) -> list[int] | None:
-        """The numbers of a read laid out the same (``lines``: its count of newlines), as integers;
-        None when it is laid out otherwise or one of them is not an integer."""
+    def numbers(self, tokens: list, lines: int, convert: Callable = int) -> list | None:
+        """The numbers of a read laid out the same (``lines``: its count of newlines), each through
+        ``convert`` (``int``, or ``float`` where the line parser reads floats); None when the read is
+        laid out otherwise or ``convert`` refuses one of them."""
         if len(tokens) != self._count or lines != self._lines or self._word_at(tokens) != self._words:
             return None
         try:
-            return list(map(int, self._numbers_at(tokens)))
+            return list(map(convert, self._numbers_at(tokens)))
         except ValueError:
             return None
 
