@@ -88,11 +88,15 @@ def arp(proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Re
             emit.gauge("node_arp_entries", count, (("device", device),), unit="1")
 
 
-def conntrack(proc_root: str, emit: Emitter, report: Report, read: Read = read_text) -> None:
+def conntrack(
+    proc_root: str, emit: Emitter, report: Report, read: Read = read_text, read_value: Read = read_text
+) -> None:
+    """``read_value`` reads a /proc/sys value (one read: a sysctl answers whole, and a second read to
+    find the end costs it as much again)."""
     base = f"{proc_root}/sys/net/netfilter"
     for name, metric in _CONNTRACK_FILES:
         try:
-            value = int(read(f"{base}/{name}").strip())
+            value = int(read_value(f"{base}/{name}").strip())
         except FileNotFoundError:
             return  # nf_conntrack not loaded: nothing to report
         except (OSError, ValueError) as exc:
