@@ -17,9 +17,10 @@ import errno
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 
-from agent.model import Labels
+from agent.model import Labels, Sample
 from agent.plugin import Emitter
 from agent.procfiles import KeptFiles
 from agent.sysfs import ABSENT, GONE, read_attr
@@ -59,6 +60,10 @@ class NetlinkNetclass:
         self._matched: frozenset[tuple[str, int]] = frozenset()  # the interfaces last found in sysfs too
         self._mismatches = 0
 
+    run_time = 0
+    """The run's time (integer nanoseconds) on the samples this part makes itself; the collector sets
+    it before each run (0: the time of the call)."""
+
     def __call__(self, emit: Emitter, report: Report) -> None:
         if self._netlink:
             try:
@@ -72,7 +77,9 @@ class NetlinkNetclass:
                     report(f"rtnetlink dump failed, sysfs this run: {exc}")
             else:
                 if self._same_namespace(links):
-                    self._emit(links, emit, report)
+                    samples: list[Sample] = []
+                    self._emit(links, samples, self.run_time or time.time_ns(), report)
+                    emit.add(samples)
                     self._files.sweep()
                     return
         netclass(self._base[: -len("/class/net")], self._ignored, self._ignore_invalid_speed, emit, report,
@@ -113,7 +120,7 @@ class NetlinkNetclass:
             self._dumper.close()
         self._files.close()
 
-    def _emit(self, links: list[nl.Link], emit: Emitter, report: Report) -> None:
+    def _emit(self, links: list[nl.Link], out: list[Sample], now: int, report: Report) -> None:
         seen = set()
         devices = self._devices
         for link in sorted(links, key=_name):
@@ -124,20 +131,19 @@ class NetlinkNetclass:
             kept = devices.get(device)
             if kept is None or kept.index != link.index:  # new, or a new device took the name
                 kept = devices[device] = _Device(self._base, device, link.index, self._labels)
-            self._device(link, kept, emit, report)
+            self._device(link, kept, out, now, report)
         for gone in devices.keys() - seen:
             del devices[gone]
         if len(self._labels) > 64 * len(seen) + 64:  # devices and addresses come and go: stay bounded
             self._labels.clear()
 
-    def _device(self, link: nl.Link, kept: _Device, emit: Emitter, report: Report) -> None:
+    def _device(self, link: nl.Link, kept: _Device, out: list[Sample], now: int, report: Report) -> None:
         attrs = link.attrs
         running = link.flags & nl.IFF_UP  # netif_running(), which sysfs' carrier and dormant require
         state = attrs.get(nl.IFLA_OPERSTATE)
         operstate = nl.OPERSTATES[state] if isinstance(state, int) and state < len(nl.OPERSTATES) else ""
         labels = kept.labels
-        gauge, counter = emit.gauge, emit.counter
-        gauge("node_network_up", 1.0 if operstate == "up" else 0.0, labels, unit="1")
+        out.append(Sample("node_network_up", 1.0 if operstate == "up" else 0.0, "gauge", labels, now, "1"))
         duplex = self._raw(kept.duplex, report)
         alias = attrs.get(nl.IFLA_IFALIAS)
         shown = (attrs.get(nl.IFLA_ADDRESS), attrs.get(nl.IFLA_BROADCAST), duplex, alias, operstate)
@@ -151,7 +157,7 @@ class NetlinkNetclass:
                 ("operstate", operstate),
             )
             kept.shown, kept.info = shown, self._labels.setdefault(info, info)
-        gauge("node_network_info", 1.0, kept.info)
+        out.append(Sample("node_network_info", 1.0, "gauge", kept.info, now, ""))
         # in NUMERIC's order
         values = (
             self._number(kept.addr_assign_type, report),
@@ -171,14 +177,16 @@ class NetlinkNetclass:
             attrs.get(nl.IFLA_TXQLEN),
             link.type,
         )
-        for (_, metric, is_counter, unit), value in zip(NUMERIC, values, strict=True):
-            if value is not None:
-                (counter if is_counter else gauge)(metric, value, labels, unit=unit)
+        out += [
+            Sample(metric, float(value), kind, labels, now, unit)
+            for (metric, kind, unit), value in zip(_NUMERIC, values, strict=True)
+            if value is not None
+        ]
         speed = self._number(kept.speed, report)
         # Drivers without a link speed report -1; node_exporter 1.5 exports that as
         # -125000 unless --collector.netclass.ignore-invalid-speed is set.
         if speed is not None and (speed >= 0 or not self._ignore_invalid_speed):
-            gauge("node_network_speed_bytes", speed * 125_000, labels, unit="By/s")
+            out.append(Sample("node_network_speed_bytes", float(speed * 125_000), "gauge", labels, now, "By/s"))
 
     def _number(self, path: str, report: Report) -> int | None:
         raw = self._raw(path, report)
@@ -197,8 +205,8 @@ class _Device:
     """What one interface keeps between runs: its label tuples, its sysfs paths, the attributes fixed
     for its lifetime (read once, kept while its ifindex stays), the inputs of its info labels."""
 
-    __slots__ = ("addr_assign_type", "duplex", "flags", "index", "info", "known", "labels", "name", "prefix", "shown",
-                 "speed")  # fmt: skip
+    __slots__ = ("addr_assign_type", "duplex", "flags", "index", "info", "known", "labels", "name", "numbers",
+                 "prefix", "shown", "speed")  # fmt: skip
 
     def __init__(self, base: str, name: str, index: int, kept_labels: dict[Labels, Labels]) -> None:
         self.name, self.index = name, index
@@ -208,16 +216,28 @@ class _Device:
         self.duplex, self.speed = prefix + "duplex", prefix + "speed"
         self.addr_assign_type, self.flags = prefix + "addr_assign_type", prefix + "flags"  # may change any time
         self.known: dict[str, bytes | None] = {}
+        self.numbers: dict[str, int] = {}
         self.shown: tuple | None = None
         self.info: Labels = ()
 
     def lifetime(self, attr: str, report: Report) -> int | None:
-        """``dev_id`` or ``name_assign_type``: read once, kept unless the read failed oddly."""
+        """``dev_id`` or ``name_assign_type``: read once, kept unless the read failed oddly; its number
+        kept too once it parsed (a value that does not is reported on every run, as any other)."""
+        value = self.numbers.get(attr)
+        if value is not None:
+            return value
         known = self.known
         if attr not in known:
             raw_attr(self.prefix + attr, report, known, attr)
         raw = known.get(attr)
-        return None if raw is None else integer(self.prefix + attr, raw, report)
+        value = None if raw is None else integer(self.prefix + attr, raw, report)
+        if value is not None:
+            self.numbers[attr] = value
+        return value
+
+
+# NUMERIC as the samples need it: (metric, kind, unit)
+_NUMERIC = tuple((metric, "counter" if is_counter else "gauge", unit) for _, metric, is_counter, unit in NUMERIC)
 
 
 def _name(link: nl.Link) -> str:

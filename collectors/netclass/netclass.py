@@ -124,6 +124,8 @@ class NetclassCollector(PeriodicCollector):
         self._parts = [(name, part) for name, part in parts.items() if getattr(config, name)]
 
     async def collect(self, emit: Emitter) -> None:
+        if self._links is not None:
+            self._links.run_time = self.context.clock()  # the run's time, on the samples it makes itself
         for error in await self.context.run_blocking(self._run, emit):
             emit.error(error)
 
