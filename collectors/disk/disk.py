@@ -45,7 +45,14 @@ class Config(PluginConfig):
     mount_timeout: Annotated[
         Duration, msgspec.Meta(description="How long statvfs() may take before the mount is marked stuck.")
     ] = Duration(5)
-    stat_workers: Annotated[int, msgspec.Meta(description="Threads running statvfs() in parallel.", ge=1, le=64)] = 4
+    stat_workers: Annotated[
+        int,
+        msgspec.Meta(
+            description="Threads running statvfs(): one takes a run's calls in turn, the others join after 50 ms.",
+            ge=1,
+            le=64,
+        ),
+    ] = 4
     devices_exclude: Annotated[
         str, msgspec.Meta(description="Block devices (regex) left out of node_disk_*; node_exporter's default.")
     ] = DEVICES_EXCLUDE

@@ -13,16 +13,28 @@ storage collector on tests/fixtures/storage (md arrays, bcache, Btrfs, XFS, ZFS,
 NFS, tapes); system on this host with all its parts and with node_exporter's defaults,
 textfile on the fixture files. A configuration whose plugin is not installed, or whose
 options this tree's plugin does not know (an earlier commit), is skipped.
+
+``BENCH_BASELINE_REV`` (a git revision, e.g. ``main``) measures that revision's tree
+(``git archive``) in the same run: each configuration runs in a fresh interpreter per
+tree, the trees alternating, ``BENCH_RUNS`` times (default 2), and the ranges are printed
+side by side, so a change is measured before and after under the same load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 CYCLES = int(os.environ.get("BENCH_CYCLES", "300"))
+RUNS = int(os.environ.get("BENCH_RUNS", "2"))
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_SYS = Path(__file__).parents[1] / "fixtures" / "hardware" / "sys"
 STORAGE = Path(__file__).parents[1] / "fixtures" / "storage"
 TEXTFILES = Path(__file__).parents[1] / "fixtures" / "textfile" / "good"
@@ -70,26 +82,82 @@ def main_thread_seconds() -> float:
         return int(f.read().split()[0]) / 1e9
 
 
-def main() -> None:
+def measure(name: str) -> dict:
+    """One configuration in this interpreter: its cost, the part off the loop, its series; or why not."""
     from agent.config import ConfigError
     from agent.registry import load_registry
     from agent.runtime import install_event_loop_policy
 
     install_event_loop_policy()
-    installed = load_registry()["collectors"]
+    text = CONFIGS[name]
+    if text.split("[[collectors.", 1)[1].split("]", 1)[0] not in load_registry()["collectors"]:
+        return {"skipped": "plugin not installed"}
+    try:
+        cost, off_loop, series = asyncio.run(cycle(text, CYCLES))
+    except ConfigError as exc:  # an option an earlier tree does not know
+        return {"skipped": str(exc)[:80]}
+    return {"cost": cost, "off_loop": off_loop, "series": series}
+
+
+def run_in(tree: Path, name: str) -> dict:
+    """:func:`measure` in a fresh interpreter with ``tree`` first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_NODE_COLLECTORS_CHILD": name}
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve())], cwd=tree, env=env, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise SystemExit(f"bench_node_collectors in {tree} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def export(revision: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True).stdout
+    with tempfile.TemporaryFile() as f:
+        f.write(archive)
+        f.seek(0)
+        with tarfile.open(fileobj=f) as tar:
+            tar.extractall(into, filter="data")
+    return into
+
+
+def main() -> None:
+    child = os.environ.get("BENCH_NODE_COLLECTORS_CHILD")
+    if child:
+        print(json.dumps(measure(child)))
+        return
     only = os.environ.get("BENCH_ONLY", "")
-    for name, text in CONFIGS.items():
-        if only not in name:
-            continue
-        if text.split("[[collectors.", 1)[1].split("]", 1)[0] not in installed:
-            print(f"{name}: skipped, plugin not installed")
-            continue
-        try:
-            cost, off_loop, series = asyncio.run(cycle(text, CYCLES))
-        except ConfigError as exc:  # an option an earlier tree does not know
-            print(f"{name}: skipped, {str(exc)[:80]}")
-            continue
-        print(f"{name}: {cost * 1e6:.0f} µs CPU per cycle ({off_loop * 1e6:.0f} off the loop), {series} series")
+    baseline = os.environ.get("BENCH_BASELINE_REV")
+    if not baseline:
+        for name in CONFIGS:
+            if only in name:
+                print(describe(name, [measure(name)]))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {baseline: export(baseline, Path(tmp)), "this tree": ROOT}
+        print(f"{RUNS} runs per tree, alternating, {CYCLES} cycles each")
+        for name in CONFIGS:
+            if only not in name:
+                continue
+            results: dict[str, list[dict]] = {label: [] for label in trees}
+            for _ in range(RUNS):
+                for label, tree in trees.items():
+                    results[label].append(run_in(tree, name))
+            print(f"{name}:")
+            for label, runs in results.items():
+                print(f"  {label:<10} {describe('', runs).lstrip(': ')}")
+
+
+def describe(name: str, runs: list[dict]) -> str:
+    if "skipped" in runs[0]:
+        return f"{name}: skipped, {runs[0]['skipped']}"
+    costs = sorted(r["cost"] * 1e6 for r in runs)
+    off = sorted(r["off_loop"] * 1e6 for r in runs)
+    return f"{name}: {span(costs)} µs CPU per cycle ({span(off)} off the loop), {runs[0]['series']} series"
+
+
+def span(values: list[float]) -> str:
+    low, high = f"{values[0]:.0f}", f"{values[-1]:.0f}"
+    return low if low == high else f"{low}-{high}"
 
 
 if __name__ == "__main__":
