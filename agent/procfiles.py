@@ -13,6 +13,10 @@ That read is cheap for most files, but for a table the kernel walks from the sta
 every read (``/proc/net/udp`` walks the whole UDP socket hash table, empty or not) it
 costs as much again. A caller that knows how long the table's lines can be says so
 (``record``): a first read that left room for another line in its page is the whole table.
+Most of /proc's small files (``stat``, ``meminfo``, ``loadavg``, ``net/snmp``,
+``net/netstat``, ``net/sockstat``, ``pressure/*``) are printed in one go (``single_open``:
+the kernel makes the whole text, then hands out what was asked): for those
+(``in_one_go``) a read that returned less than asked is all of it.
 
 Only files of the /proc and /sys mounts are kept open.
 
@@ -57,22 +61,24 @@ class KeptFiles:
         self._devices: frozenset[int] | None = None  # st_dev of kernel_roots, looked up at first use
         self._roots = kernel_roots
 
-    def read(self, path: str, size: int = 4096, record: int = 0) -> bytes:
+    def read(self, path: str, size: int = 4096, record: int = 0, in_one_go: bool = False) -> bytes:
         """The whole file. ``size`` is the expected size: one read of that many bytes is
         enough for a sysfs attribute (at most a page), more reads follow until end of file.
         ``record``: the longest line the file can hold (a /proc table), so that a first read
-        ending more than that before a page's end is known to be the whole file."""
+        ending more than that before a page's end is known to be the whole file.
+        ``in_one_go``: the kernel prints the file in one go, so a read shorter than ``size``
+        is the whole file."""
         kept = self._fds.get(path)
         if kept is None:
-            return self._first_read(path, size, record)
+            return self._first_read(path, size, record, in_one_go)
         kept[1] = self._run
         try:
-            return _read_all(kept[0], size, record)
+            return _read_all(kept[0], size, record, in_one_go)
         except OSError as exc:
             if exc.errno not in _STALE:
                 raise
         self._drop(path)
-        return self._first_read(path, size, record)
+        return self._first_read(path, size, record, in_one_go)
 
     def chunks(self, path: str, record: int, size: int = 65536) -> Iterator[bytes]:
         """The file in pieces (lines may be cut between two), for a /proc table that can be
@@ -133,10 +139,10 @@ class KeptFiles:
     def __len__(self) -> int:
         return len(self._fds)
 
-    def _first_read(self, path: str, size: int, record: int = 0) -> bytes:
+    def _first_read(self, path: str, size: int, record: int = 0, in_one_go: bool = False) -> bytes:
         fd = self._open(path)
         try:
-            return _read_all(fd, size, record)
+            return _read_all(fd, size, record, in_one_go)
         finally:
             self._keep_or_close(path, fd)
 
@@ -172,12 +178,12 @@ class KeptFiles:
             os.close(kept[0])
 
 
-def _read_all(fd: int, size: int, record: int = 0) -> bytes:
+def _read_all(fd: int, size: int, record: int = 0, in_one_go: bool = False) -> bytes:
     # A seq_file hands out at most its buffer (a page or so) per read however much is asked,
-    # so a short read is not the end: read on until a read returns nothing, unless the lines
-    # are known to be short enough that another would have fit.
+    # so a short read is not the end: read on until a read returns nothing, unless the file
+    # is printed in one go or its lines are known to be short enough that another would have fit.
     data = os.pread(fd, size, 0)
-    if not data or (record and len(data) < size and len(data) + record < _PAGE):
+    if not data or (len(data) < size and (in_one_go or (record and len(data) + record < _PAGE))):
         return data
     chunks = [data]
     offset = len(data)

@@ -87,13 +87,13 @@ class CpuCollector(PeriodicCollector):
 
     def _collect_files(self, emit: Emitter, now: int) -> None:
         try:
-            stat = self._files.read(self._stat, 16384)
+            stat = self._files.read(self._stat, 16384, in_one_go=True)
         except OSError as exc:
             emit.error(f"cannot read {self._stat}: {exc}")
         else:
             self._parse_stat(stat, emit, now)
         try:
-            fields = self._files.read(self._loadavg).split()
+            fields = self._files.read(self._loadavg, in_one_go=True).split()
             loads = [float(fields[i]) for i in range(3)]
         except OSError as exc:
             emit.error(f"cannot read {self._loadavg}: {exc}")

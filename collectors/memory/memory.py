@@ -95,7 +95,8 @@ class MemoryCollector(PeriodicCollector):
     def _read(self, path: str, emit: Emitter) -> bytes | None:
         """The whole file, or None (reported)."""
         try:
-            return self._files.read(path, 8192)
+            # meminfo is printed in one go; vmstat is a table of short lines
+            return self._files.read(path, 8192, in_one_go=path == self._meminfo, record=128)
         except OSError as exc:
             emit.error(f"cannot read {path}: {exc}")
             return None

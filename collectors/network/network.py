@@ -103,8 +103,11 @@ class NetworkCollector(PeriodicCollector):
         if len(self._files):
             await self.context.run_blocking(self._files.close)
 
-    def _read(self, path: str) -> str:
-        return self._files.read(path, 16384).decode("ascii", "replace")
+    def _read(self, path: str, name: str = "") -> str:
+        # dev: a table of a line per interface (well under 256 bytes); the others are printed in one go
+        if name == "dev":
+            return self._files.read(path, 16384, record=256).decode("ascii", "replace")
+        return self._files.read(path, 16384, in_one_go=True).decode("ascii", "replace")
 
     def _collect(self, emit: Emitter, now: int) -> list[str]:
         out = _Out(now)
@@ -118,7 +121,7 @@ class NetworkCollector(PeriodicCollector):
         files: dict[str, str] = {}
         for name in ("dev", "netstat", "snmp", "snmp6", "sockstat", "sockstat6"):
             try:
-                files[name] = self._read(f"{self._net}/{name}")
+                files[name] = self._read(f"{self._net}/{name}", name)
             except FileNotFoundError:
                 if name not in _OPTIONAL:
                     errors.append(f"cannot read {self._net}/{name}: no such file")

@@ -151,3 +151,16 @@ def test_a_token_layout_picks_the_numbers_of_a_read_laid_out_the_same_and_nothin
         "MemTotal: 120 kB HugePages_Total: 3\nDirectMap: 9 kB\n",  # the same tokens on fewer lines
     ):
         assert layout.numbers(other.split(), other.count("\n")) is None, other
+
+
+def test_a_file_printed_in_one_go_is_one_read_unless_it_filled_what_was_asked(monkeypatch):
+    # /proc/version is printed in one go (single_open) and does not change
+    expected = Path("/proc/version").read_bytes()
+    files = KeptFiles()
+    assert files.read("/proc/version", 16, in_one_go=True) == expected  # 16 bytes asked: read on to the end
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(at) or real_pread(fd, n, at))
+    assert files.read("/proc/version", in_one_go=True) == expected and reads == [0]
+    assert files.read("/proc/version") == expected and reads == [0, 0, len(expected)]  # not said: one more
+    files.close()
