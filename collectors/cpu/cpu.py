@@ -16,17 +16,20 @@ means the CPU was unplugged and came back and its counters really restarted.
 from __future__ import annotations
 
 import os
+from itertools import repeat
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 
-from agent.model import Labels
+from agent.model import Labels, Sample
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
 from agent.procfiles import KeptFiles
 from agent.sysfs import read_bytes
 
 MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# a CPU's ten /proc/stat times in order: eight node_cpu_seconds_total, then guest and guest_nice
+_CPU_NAMES = ("node_cpu_seconds_total",) * len(MODES) + ("node_cpu_guest_seconds_total",) * 2
 JUMP_BACK_SECONDS = 3.0
 IDLE = 3  # index of idle in MODES
 # /proc/stat key -> (name, is a counter, unit); of "intr" only the first number, the total, is read
@@ -69,7 +72,8 @@ class CpuCollector(PeriodicCollector):
             self._sys = await self.context.run_blocking(self._discover_sys)
 
     async def collect(self, emit: Emitter) -> None:
-        await self.context.run_blocking(self._collect, emit)
+        now = self.context.clock()  # the run's time, on the per-CPU samples this collector makes itself
+        await self.context.run_blocking(self._collect, emit, now)
 
     async def close(self) -> None:
         # on the worker thread, after any run still reading them: a descriptor closed under a
@@ -77,19 +81,19 @@ class CpuCollector(PeriodicCollector):
         if len(self._files):
             await self.context.run_blocking(self._files.close)
 
-    def _collect(self, emit: Emitter) -> None:
-        self._collect_files(emit)
+    def _collect(self, emit: Emitter, now: int) -> None:
+        self._collect_files(emit, now)
         self._files.sweep()
 
-    def _collect_files(self, emit: Emitter) -> None:
+    def _collect_files(self, emit: Emitter, now: int) -> None:
         try:
-            stat = self._files.read(self._stat, 16384)
+            stat = self._files.read(self._stat, 16384, in_one_go=True)
         except OSError as exc:
             emit.error(f"cannot read {self._stat}: {exc}")
         else:
-            self._parse_stat(stat, emit)
+            self._parse_stat(stat, emit, now)
         try:
-            fields = self._files.read(self._loadavg).split()
+            fields = self._files.read(self._loadavg, in_one_go=True).split()
             loads = [float(fields[i]) for i in range(3)]
         except OSError as exc:
             emit.error(f"cannot read {self._loadavg}: {exc}")
@@ -102,8 +106,9 @@ class CpuCollector(PeriodicCollector):
         if self._sys is not None:
             self._emit_sys(emit, *self._sys)
 
-    def _parse_stat(self, data: bytes, emit: Emitter) -> None:
-        hz, only, last, guest = self._hz, self._only, self._last, self.config.guest
+    def _parse_stat(self, data: bytes, emit: Emitter, now: int) -> None:
+        hz, only, last = self._hz, self._only, self._last
+        names = _CPU_NAMES if self.config.guest else _CPU_NAMES[: len(MODES)]  # guest time also counts in user
         seen: dict[bytes, list[float]] = {}
         bad, first_bad = 0, b""
         for line in data.splitlines():
@@ -124,11 +129,7 @@ class CpuCollector(PeriodicCollector):
                         values = [new if new >= old else old for new, old in zip(values, prev, strict=True)]
                     seen[cpu] = values
                     labels = self._labels.get(cpu) or self._cpu_labels(cpu)
-                    for i in range(8):
-                        emit.counter("node_cpu_seconds_total", values[i], labels[i], unit="s")
-                    if guest:  # guest time is also counted in user and nice
-                        emit.counter("node_cpu_guest_seconds_total", values[8], labels[0], unit="s")
-                        emit.counter("node_cpu_guest_seconds_total", values[9], labels[1], unit="s")
+                    emit.add(list(map(Sample, names, values, repeat("counter"), labels, repeat(now), repeat("s"))))
                     continue
                 # partition, not split: the intr line holds a number per interrupt, thousands on big hosts
                 key, _, rest = line.partition(b" ")
@@ -148,8 +149,10 @@ class CpuCollector(PeriodicCollector):
             emit.error(f"{self._stat}: skipped {bad} malformed line(s), first: {first_bad.decode(errors='replace')!r}")
 
     def _cpu_labels(self, cpu: bytes) -> tuple[Labels, ...]:
+        """The labels of a CPU's ten times: its eight modes, then user's and nice's again (guest, guest_nice)."""
         name = cpu.decode()
         labels = tuple((("cpu", name), ("mode", mode)) for mode in MODES)
+        labels += labels[:2]
         self._labels[cpu] = labels
         return labels
 

@@ -12,6 +12,10 @@ go to a few worker threads while the collector waits at most ``timeout``:
 * A call still queued at the deadline (every worker was busy) is cancelled and
   reported back as not started.
 * Threads are daemons: a call hung in the kernel never delays the agent's exit.
+* One worker takes a run's calls in turn: a statvfs answers in microseconds, and waking
+  every worker for a few calls cost more than the calls (about 7 µs of CPU per mount
+  against 1.5). The others join only when the run is still going after ``HELP_AFTER``,
+  so a slow or hung mount delays the rest of the run by that much, no more.
 
 Threads alive = ``size`` + the number of stuck mounts, and a mount is never
 submitted while stuck, so the thread count stays bounded.
@@ -21,10 +25,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 _QUEUED, _RUNNING, _DONE, _CANCELLED, _STUCK = range(5)
+HELP_AFTER = 0.05  # seconds a run's calls are left to one worker before the others join in
 
 
 class _Call:
@@ -40,13 +47,12 @@ class _Call:
 
 
 class _Batch:
-    __slots__ = ("done", "remaining")
+    __slots__ = ("done", "queued", "remaining")
 
-    def __init__(self, count: int) -> None:
-        self.remaining = count
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.queued: deque[_Call] = deque()  # not taken by a worker yet
         self.done = threading.Event()
-        if count == 0:
-            self.done.set()
 
 
 class StatResults:
@@ -65,7 +71,7 @@ class StatPool:
     def __init__(self, statvfs: Callable[[str], Any], size: int) -> None:
         self._statvfs = statvfs
         self._size = size
-        self._tasks: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()  # a batch: help with its calls
         self._lock = threading.Lock()
         self._workers = 0  # threads serving the queue; stuck ones are not counted
         self._stuck: set[str] = set()
@@ -87,16 +93,21 @@ class StatPool:
 
     def run(self, jobs: Iterable[tuple[str, str]], timeout: float) -> StatResults:
         """statvfs each ``(key, path)``; return within about ``timeout`` seconds."""
-        jobs = list(jobs)
-        batch = _Batch(len(jobs))
+        started = time.monotonic()
+        batch = _Batch()
         calls = [_Call(key, path, batch) for key, path in jobs]
+        batch.remaining = len(calls)
+        batch.queued.extend(calls)
         with self._lock:
             if self._closed:
                 raise RuntimeError("stat pool is closed")
             self._spawn_missing()
-        for call in calls:
-            self._tasks.put(call)
-        batch.done.wait(timeout)
+        if calls:
+            self._tasks.put(batch)
+            if not batch.done.wait(min(timeout, HELP_AFTER)):
+                for _ in range(self._size - 1):
+                    self._tasks.put(batch)
+                batch.done.wait(max(0.0, timeout - (time.monotonic() - started)))
         results = StatResults()
         with self._lock:
             for call in calls:
@@ -133,12 +144,24 @@ class StatPool:
 
     def _serve(self) -> None:
         while True:
-            call = self._tasks.get()
-            if call is None:
+            batch = self._tasks.get()
+            if batch is None:
                 return
+            if not self._work_on(batch):
+                return
+
+    def _work_on(self, batch: _Batch) -> bool:
+        """Run the batch's queued calls in turn; False when this thread is to exit."""
+        while True:
             with self._lock:
-                if call.state == _CANCELLED:
-                    continue
+                call = None
+                while batch.queued:
+                    call = batch.queued.popleft()
+                    if call.state == _QUEUED:
+                        break
+                    call = None
+                if call is None:
+                    return True
                 call.state = _RUNNING
             try:
                 call.result = self._statvfs(call.path)
@@ -148,12 +171,13 @@ class StatPool:
                 stuck = call.state == _STUCK
                 call.state = _DONE
                 if stuck:
-                    # The collector gave up on this call and started a replacement thread.
+                    # The collector gave up on this call (and the rest of its batch) and started a
+                    # replacement thread.
                     self._stuck.discard(call.key)
                     if self._closed or self._workers >= self._size:
-                        return
+                        return False
                     self._workers += 1
-                    continue
-                call.batch.remaining -= 1
-                if call.batch.remaining == 0:
-                    call.batch.done.set()
+                    return True
+                batch.remaining -= 1
+                if batch.remaining == 0:
+                    batch.done.set()

@@ -11,6 +11,11 @@ rule node_exporter 1.5 applies. The /proc/vmstat fields selected by
 gauges here, which is how Prometheus and OpenTelemetry treat untyped series,
 and keeps Prometheus clients from appending ``_total`` to the names.
 
+/proc/meminfo keeps its layout while the kernel runs: a read laid out as the last one
+(the same field names and units at the same places, :class:`agent.procfiles.TokenLayout`)
+has its numbers picked by position and its samples made with one ``map``; the line
+parser runs on a first read and whenever the layout moved.
+
 Metric names are derived once per field name and cached, so the regex of
 ``vmstat_fields`` runs once per distinct field, never per line per run. The
 kernel's set of vmstat fields is fixed while it runs, so after the first run
@@ -22,12 +27,14 @@ line count or a selected field not found sends the run back to the full scan.
 from __future__ import annotations
 
 import re
+from itertools import repeat
 from typing import Annotated
 
 import msgspec
 
+from agent.model import Sample
 from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
-from agent.procfiles import KeptFiles
+from agent.procfiles import KeptFiles, TokenLayout
 
 DEFAULT_VMSTAT_FIELDS = r"^(oom_kill|pgpg|pswp|pg.*fault).*"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -62,9 +69,12 @@ class MemoryCollector(PeriodicCollector):
         self._vm_names: dict[bytes, str | None] = {}
         self._vm_lines: list[tuple[bytes, str]] | None = None  # (b"\nfield ", name) of the selected fields
         self._vm_line_count = -1
+        # meminfo's layout at its last clean read, the names, units and factors of its samples
+        self._mem_layout: tuple[TokenLayout, tuple[str, ...], tuple[str, ...], tuple[float, ...]] | None = None
 
     async def collect(self, emit: Emitter) -> None:
-        await self.context.run_blocking(self._collect, emit)
+        now = self.context.clock()  # the run's time, on the samples this collector makes itself
+        await self.context.run_blocking(self._collect, emit, now)
 
     async def close(self) -> None:
         # on the worker thread, after any run still reading them: a descriptor closed under a
@@ -72,10 +82,10 @@ class MemoryCollector(PeriodicCollector):
         if len(self._files):
             await self.context.run_blocking(self._files.close)
 
-    def _collect(self, emit: Emitter) -> None:
+    def _collect(self, emit: Emitter, now: int) -> None:
         data = self._read(self._meminfo, emit)
         if data is not None:
-            self._parse_meminfo(data, emit)
+            self._meminfo_samples(data, emit, now)
         if self._fields is not None:
             data = self._read(self._vmstat, emit)
             if data is not None:
@@ -85,16 +95,32 @@ class MemoryCollector(PeriodicCollector):
     def _read(self, path: str, emit: Emitter) -> bytes | None:
         """The whole file, or None (reported)."""
         try:
-            return self._files.read(path, 8192)
+            # meminfo is printed in one go; vmstat is a table of short lines
+            return self._files.read(path, 8192, in_one_go=path == self._meminfo, record=128)
         except OSError as exc:
             emit.error(f"cannot read {path}: {exc}")
             return None
 
-    def _parse_meminfo(self, data: bytes, emit: Emitter) -> None:
+    def _meminfo_samples(self, data: bytes, emit: Emitter, now: int) -> None:
+        tokens, lines = data.split(), data.count(b"\n")
+        kept = self._mem_layout
+        numbers = None if kept is None else kept[0].numbers(tokens, lines, float)  # as the line parser reads them
+        if kept is None or numbers is None:
+            self._mem_layout = None
+            self._parse_meminfo(data, emit, tokens, lines)
+            return
+        _, names, units, factors = kept
+        values = map(float.__mul__, numbers, factors)
+        emit.add(list(map(Sample, names, values, repeat("gauge"), repeat(()), repeat(now), units)))
+
+    def _parse_meminfo(self, data: bytes, emit: Emitter, tokens: list[bytes], lines: int) -> None:
         names = self._mem_names
         bad, first_bad = 0, b""
+        at = 0  # where the line's first token is among the file's
+        read, exports = [], []  # the positions of the numbers, (name, unit, factor) of their samples
         for line in data.splitlines():
             fields = line.split()
+            start, at = at, at + len(fields)
             if not fields:
                 continue  # some kernels print blank lines
             pair = names.get(fields[0]) or self._mem_name(fields[0])
@@ -104,15 +130,25 @@ class MemoryCollector(PeriodicCollector):
                 value = float(fields[1])
                 if len(fields) == 3:  # node_exporter presumes the unit is kB, the only one the kernel uses
                     emit.gauge(pair[1], value * 1024, unit="By")
+                    exports.append((pair[1], "By", 1024.0))
                 elif len(fields) == 2:
                     emit.gauge(pair[0], value, unit="1")
+                    exports.append((pair[0], "1", 1.0))
                 else:
                     raise ValueError(line)
+                read.append(start + 1)
             except (ValueError, IndexError):
                 bad += 1
                 first_bad = first_bad or line[:80]
         if bad:
             _report(emit, self._meminfo, bad, first_bad)
+        elif read:  # laid out cleanly: the next reads need not be parsed line by line while it holds
+            self._mem_layout = (
+                TokenLayout(tokens, lines, read),
+                tuple(name for name, _, _ in exports),
+                tuple(unit for _, unit, _ in exports),
+                tuple(factor for _, _, factor in exports),
+            )
 
     def _mem_name(self, key: bytes) -> tuple[str, str]:
         """``b"Active(anon):"`` -> (``node_memory_Active_anon``, ``node_memory_Active_anon_bytes``)."""

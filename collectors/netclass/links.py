@@ -17,9 +17,10 @@ import errno
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 
-from agent.model import Labels
+from agent.model import Labels, Sample
 from agent.plugin import Emitter
 from agent.procfiles import KeptFiles
 from agent.sysfs import ABSENT, GONE, read_attr
@@ -30,7 +31,6 @@ from .sysnet import NUMERIC, Report, StaticCache, integer, netclass, raw_attr
 # The socket is refused by policy (a seccomp or RestrictAddressFamilies filter, no
 # netlink in this kernel): sysfs for good, said once.
 _REFUSED = frozenset((errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EPERM, errno.EACCES))
-_SYSFS_EACH_RUN = ("addr_assign_type", "flags")  # may change at any time, netlink lacks them
 
 
 class NetlinkNetclass:
@@ -51,13 +51,18 @@ class NetlinkNetclass:
         self._dumper = nl.LinkDumper() if dump is None else None
         self._dump = dump or self._dumper.dump  # type: ignore[union-attr]
         self._files = KeptFiles()
-        self._static: StaticCache = {}
+        self._devices: dict[str, _Device] = {}  # by name, while its ifindex stays
+        self._static: StaticCache = {}  # the sysfs way's lifetime attributes, when netlink cannot answer
         # label tuples kept between runs (each its own key): a run's samples then share their labels'
         # identity with the last run's, which makes the engine's comparison of the two runs cheaper
         self._labels: dict[Labels, Labels] = {}
         self._netlink = True
         self._matched: frozenset[tuple[str, int]] = frozenset()  # the interfaces last found in sysfs too
         self._mismatches = 0
+
+    run_time = 0
+    """The run's time (integer nanoseconds) on the samples this part makes itself; the collector sets
+    it before each run (0: the time of the call)."""
 
     def __call__(self, emit: Emitter, report: Report) -> None:
         if self._netlink:
@@ -72,7 +77,9 @@ class NetlinkNetclass:
                     report(f"rtnetlink dump failed, sysfs this run: {exc}")
             else:
                 if self._same_namespace(links):
-                    self._emit(links, emit, report)
+                    samples: list[Sample] = []
+                    self._emit(links, samples, self.run_time or time.time_ns(), report)
+                    emit.add(samples)
                     self._files.sweep()
                     return
         netclass(self._base[: -len("/class/net")], self._ignored, self._ignore_invalid_speed, emit, report,
@@ -113,75 +120,77 @@ class NetlinkNetclass:
             self._dumper.close()
         self._files.close()
 
-    def _emit(self, links: list[nl.Link], emit: Emitter, report: Report) -> None:
+    def _emit(self, links: list[nl.Link], out: list[Sample], now: int, report: Report) -> None:
         seen = set()
-        for link in sorted(links, key=lambda link: link.name):
+        devices = self._devices
+        for link in sorted(links, key=_name):
             device = link.name
             if not device or self._ignored.search(device):
                 continue
             seen.add(device)
-            self._device(link, device, emit, report)
-        for gone in self._static.keys() - seen:
-            del self._static[gone]
+            kept = devices.get(device)
+            if kept is None or kept.index != link.index:  # new, or a new device took the name
+                kept = devices[device] = _Device(self._base, device, link.index, self._labels)
+            self._device(link, kept, out, now, report)
+        for gone in devices.keys() - seen:
+            del devices[gone]
         if len(self._labels) > 64 * len(seen) + 64:  # devices and addresses come and go: stay bounded
             self._labels.clear()
 
-    def _device(self, link: nl.Link, device: str, emit: Emitter, report: Report) -> None:
-        attrs, prefix = link.attrs, f"{self._base}/{device}/"
+    def _device(self, link: nl.Link, kept: _Device, out: list[Sample], now: int, report: Report) -> None:
+        attrs = link.attrs
         running = link.flags & nl.IFF_UP  # netif_running(), which sysfs' carrier and dormant require
         state = attrs.get(nl.IFLA_OPERSTATE)
         operstate = nl.OPERSTATES[state] if isinstance(state, int) and state < len(nl.OPERSTATES) else ""
+        labels = kept.labels
+        out.append(Sample("node_network_up", 1.0 if operstate == "up" else 0.0, "gauge", labels, now, "1"))
+        duplex = self._raw(kept.duplex, report)
         alias = attrs.get(nl.IFLA_IFALIAS)
-        kept = self._labels
-        labels: Labels = (("device", device),)
-        labels = kept.setdefault(labels, labels)
-        emit.gauge("node_network_up", 1.0 if operstate == "up" else 0.0, labels, unit="1")
-        info: Labels = (
-            ("address", _hardware_address(attrs.get(nl.IFLA_ADDRESS))),
-            ("broadcast", _hardware_address(attrs.get(nl.IFLA_BROADCAST))),
-            ("device", device),
-            ("duplex", self._text(prefix + "duplex", report)),
-            ("ifalias", alias.strip() if isinstance(alias, str) else ""),
-            ("operstate", operstate),
+        shown = (attrs.get(nl.IFLA_ADDRESS), attrs.get(nl.IFLA_BROADCAST), duplex, alias, operstate)
+        if shown != kept.shown:  # the info labels are made again only when something in them changed
+            info: Labels = (
+                ("address", _hardware_address(shown[0])),
+                ("broadcast", _hardware_address(shown[1])),
+                ("device", kept.name),
+                ("duplex", "" if duplex is None else duplex.decode("utf-8", "replace").strip()),
+                ("ifalias", alias.strip() if isinstance(alias, str) else ""),
+                ("operstate", operstate),
+            )
+            kept.shown, kept.info = shown, self._labels.setdefault(info, info)
+        out.append(Sample("node_network_info", 1.0, "gauge", kept.info, now, ""))
+        # in NUMERIC's order
+        values = (
+            self._number(kept.addr_assign_type, report),
+            attrs.get(nl.IFLA_CARRIER) if running else None,
+            attrs.get(nl.IFLA_CARRIER_CHANGES),
+            attrs.get(nl.IFLA_CARRIER_UP_COUNT),
+            attrs.get(nl.IFLA_CARRIER_DOWN_COUNT),
+            kept.lifetime("dev_id", report),
+            (1 if link.flags & nl.IFF_DORMANT else 0) if running else None,
+            self._number(kept.flags, report),
+            link.index,
+            attrs.get(nl.IFLA_LINK, link.index),  # absent: the device is its own link
+            attrs.get(nl.IFLA_LINKMODE),
+            attrs.get(nl.IFLA_MTU),
+            kept.lifetime("name_assign_type", report),
+            attrs.get(nl.IFLA_GROUP),
+            attrs.get(nl.IFLA_TXQLEN),
+            link.type,
         )
-        emit.gauge("node_network_info", 1.0, kept.setdefault(info, info))
-        values: dict[str, int | bytes | str | None] = {
-            "carrier": attrs.get(nl.IFLA_CARRIER) if running else None,
-            "carrier_changes": attrs.get(nl.IFLA_CARRIER_CHANGES),
-            "carrier_up_count": attrs.get(nl.IFLA_CARRIER_UP_COUNT),
-            "carrier_down_count": attrs.get(nl.IFLA_CARRIER_DOWN_COUNT),
-            "dormant": (1 if link.flags & nl.IFF_DORMANT else 0) if running else None,
-            "ifindex": link.index,
-            "iflink": attrs.get(nl.IFLA_LINK, link.index),  # absent: the device is its own link
-            "link_mode": attrs.get(nl.IFLA_LINKMODE),
-            "mtu": attrs.get(nl.IFLA_MTU),
-            "netdev_group": attrs.get(nl.IFLA_GROUP),
-            "tx_queue_len": attrs.get(nl.IFLA_TXQLEN),
-            "type": link.type,
-        }
-        for attr in _SYSFS_EACH_RUN:
-            values[attr] = self._raw(prefix + attr, report)
-        cached = self._static.get(device)
-        if cached is None or cached[0] != link.index:  # a new device took the name: read them again
-            cached = self._static[device] = (link.index, {})
-        known = cached[1]
-        for attr in ("dev_id", "name_assign_type"):  # fixed for the device's lifetime
-            if attr not in known:
-                raw_attr(prefix + attr, report, known, attr)  # kept unless the read failed oddly
-            values[attr] = known.get(attr)
-        gauge, counter = emit.gauge, emit.counter
-        for attr, metric, is_counter, unit in NUMERIC:
-            value = values[attr]
-            if isinstance(value, bytes):
-                value = integer(prefix + attr, value, report)
-            if value is not None:
-                (counter if is_counter else gauge)(metric, value, labels, unit=unit)
-        raw = self._raw(prefix + "speed", report)
-        speed = None if raw is None else integer(prefix + "speed", raw, report)
+        out += [
+            Sample(metric, float(value), kind, labels, now, unit)
+            for (metric, kind, unit), value in zip(_NUMERIC, values, strict=True)
+            if value is not None
+        ]
+        speed = self._number(kept.speed, report)
         # Drivers without a link speed report -1; node_exporter 1.5 exports that as
         # -125000 unless --collector.netclass.ignore-invalid-speed is set.
         if speed is not None and (speed >= 0 or not self._ignore_invalid_speed):
-            emit.gauge("node_network_speed_bytes", speed * 125_000, labels, unit="By/s")
+            out.append(Sample("node_network_speed_bytes", float(speed * 125_000), "gauge", labels, now, "By/s"))
+
+    def _number(self, path: str, report: Report) -> int | None:
+        raw = self._raw(path, report)
+        return None if raw is None else integer(path, raw, report)
 
     def _raw(self, path: str, report: Report) -> bytes | None:
         try:
@@ -191,9 +200,48 @@ class NetlinkNetclass:
                 report(f"cannot read {path}: {exc.strerror}")
             return None
 
-    def _text(self, path: str, report: Report) -> str:
-        raw = self._raw(path, report)
-        return "" if raw is None else raw.decode("utf-8", "replace").strip()
+
+class _Device:
+    """What one interface keeps between runs: its label tuples, its sysfs paths, the attributes fixed
+    for its lifetime (read once, kept while its ifindex stays), the inputs of its info labels."""
+
+    __slots__ = ("addr_assign_type", "duplex", "flags", "index", "info", "known", "labels", "name", "numbers",
+                 "prefix", "shown", "speed")  # fmt: skip
+
+    def __init__(self, base: str, name: str, index: int, kept_labels: dict[Labels, Labels]) -> None:
+        self.name, self.index = name, index
+        labels: Labels = (("device", name),)
+        self.labels = kept_labels.setdefault(labels, labels)
+        self.prefix = prefix = f"{base}/{name}/"
+        self.duplex, self.speed = prefix + "duplex", prefix + "speed"
+        self.addr_assign_type, self.flags = prefix + "addr_assign_type", prefix + "flags"  # may change any time
+        self.known: dict[str, bytes | None] = {}
+        self.numbers: dict[str, int] = {}
+        self.shown: tuple | None = None
+        self.info: Labels = ()
+
+    def lifetime(self, attr: str, report: Report) -> int | None:
+        """``dev_id`` or ``name_assign_type``: read once, kept unless the read failed oddly; its number
+        kept too once it parsed (a value that does not is reported on every run, as any other)."""
+        value = self.numbers.get(attr)
+        if value is not None:
+            return value
+        known = self.known
+        if attr not in known:
+            raw_attr(self.prefix + attr, report, known, attr)
+        raw = known.get(attr)
+        value = None if raw is None else integer(self.prefix + attr, raw, report)
+        if value is not None:
+            self.numbers[attr] = value
+        return value
+
+
+# NUMERIC as the samples need it: (metric, kind, unit)
+_NUMERIC = tuple((metric, "counter" if is_counter else "gauge", unit) for _, metric, is_counter, unit in NUMERIC)
+
+
+def _name(link: nl.Link) -> str:
+    return link.name
 
 
 def _hardware_address(value: object) -> str:

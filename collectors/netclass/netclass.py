@@ -82,7 +82,11 @@ class NetclassCollector(PeriodicCollector):
         self._files = KeptFiles()  # /proc/net files read every run, opened once
 
         def read(path: str) -> str:
-            return self._files.read(path).decode("utf-8", "replace")
+            # softnet_stat, arp and stat/nf_conntrack: tables of lines well under 256 bytes
+            return self._files.read(path, record=256).decode("utf-8", "replace")
+
+        def read_value(path: str) -> str:  # a /proc/sys value: one read
+            return self._files.read_once(path).decode("utf-8", "replace")
 
         wanted_labels = tuple(label for label in ipvs.BACKEND_LABELS if label in config.ipvs_backend_labels)
         ignored = re.compile(config.netclass_ignored_devices)
@@ -109,9 +113,9 @@ class NetclassCollector(PeriodicCollector):
                 procnet.device_filter(config.arp_device_include, config.arp_device_exclude),
                 read=read,
             ),
-            "conntrack": partial(procnet.conntrack, proc, read=read),
-            "udp_queues": partial(procnet.udp_queues, proc),
-            "tcpstat": partial(tcpstat.tcpstat, proc, config.tcpstat_max_sockets),
+            "conntrack": partial(procnet.conntrack, proc, read=read, read_value=read_value),
+            "udp_queues": partial(procnet.udp_queues, proc, chunks=self._files.chunks),
+            "tcpstat": partial(tcpstat.tcpstat, proc, config.tcpstat_max_sockets, chunks=self._files.chunks),
             "bonding": partial(sysnet.bonding, sys),
             "ipvs": partial(ipvs.ipvs, proc, wanted_labels),
             "infiniband": partial(fabric.infiniband, sys),
@@ -120,6 +124,8 @@ class NetclassCollector(PeriodicCollector):
         self._parts = [(name, part) for name, part in parts.items() if getattr(config, name)]
 
     async def collect(self, emit: Emitter) -> None:
+        if self._links is not None:
+            self._links.run_time = self.context.clock()  # the run's time, on the samples it makes itself
         for error in await self.context.run_blocking(self._run, emit):
             emit.error(error)
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from agent.plugin import Emitter
 from agent.sysfs import read_text
 
 Report = Callable[[str], None]
 Read = Callable[[str], str]  # a file's text: read_text, or through descriptors kept open
+Chunks = Callable[[str, int], Iterable[bytes]]  # a table in pieces: read_chunks, or KeptFiles.chunks
+# The longest row of /proc/net/{tcp,udp}[6]: IPv4 rows are padded to 128 (udp) and 150 (tcp)
+# bytes, IPv6 rows are about 170.
+SOCKET_ROW = 256
 
 _SOFTNET = (
     "node_softnet_processed_total",
@@ -31,6 +35,13 @@ _CONNTRACK_STAT = (
     (11, "node_nf_conntrack_stat_early_drop"),
     (16, "node_nf_conntrack_stat_search_restart"),
 )
+
+
+def read_chunks(path: str, record: int = 0) -> Iterator[bytes]:
+    """A file in pieces of 64 KiB, opened for this read."""
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(65536):
+            yield chunk
 
 
 def softnet(proc_root: str, emit: Emitter, report: Report, read: Read = read_text) -> None:
@@ -77,11 +88,15 @@ def arp(proc_root: str, wanted: Callable[[str], bool], emit: Emitter, report: Re
             emit.gauge("node_arp_entries", count, (("device", device),), unit="1")
 
 
-def conntrack(proc_root: str, emit: Emitter, report: Report, read: Read = read_text) -> None:
+def conntrack(
+    proc_root: str, emit: Emitter, report: Report, read: Read = read_text, read_value: Read = read_text
+) -> None:
+    """``read_value`` reads a /proc/sys value (one read: a sysctl answers whole, and a second read to
+    find the end costs it as much again)."""
     base = f"{proc_root}/sys/net/netfilter"
     for name, metric in _CONNTRACK_FILES:
         try:
-            value = int(read(f"{base}/{name}").strip())
+            value = int(read_value(f"{base}/{name}").strip())
         except FileNotFoundError:
             return  # nf_conntrack not loaded: nothing to report
         except (OSError, ValueError) as exc:
@@ -111,11 +126,11 @@ def conntrack(proc_root: str, emit: Emitter, report: Report, read: Read = read_t
         emit.gauge(metric, value, unit="1")  # node_exporter types these as gauges
 
 
-def udp_queues(proc_root: str, emit: Emitter, report: Report) -> None:
+def udp_queues(proc_root: str, emit: Emitter, report: Report, chunks: Chunks = read_chunks) -> None:
     for name, ip in (("udp", "v4"), ("udp6", "v6")):
         path = f"{proc_root}/net/{name}"
         try:
-            tx, rx, _ = socket_table_sums(path, None)
+            tx, rx, _ = socket_table_sums(chunks(path, SOCKET_ROW), None)
         except FileNotFoundError:
             continue  # no IPv6 (or no IPv4)
         except (OSError, ValueError) as exc:
@@ -125,29 +140,41 @@ def udp_queues(proc_root: str, emit: Emitter, report: Report) -> None:
         emit.gauge("node_udp_queues", rx, (("ip", ip), ("queue", "rx")), unit="By")
 
 
-def socket_table_sums(path: str, states: dict[int, int] | None, limit: int = 0) -> tuple[int, int, int]:
+def socket_table_sums(chunks: Iterable[bytes], states: dict[int, int] | None, limit: int = 0) -> tuple[int, int, int]:
     """Sum tx_queue and rx_queue of a /proc/net/{tcp,udp}[6] table, count rows per state.
 
-    Read line by line (the table can be megabytes on a busy host); ``limit`` > 0
-    stops with an error after that many rows instead of reading on.
+    Parsed piece by piece as read (the table can be megabytes on a busy host); ``limit``
+    > 0 stops with an error after that many rows instead of reading on.
     """
     tx = rx = rows = 0
-    with open(path, "rb") as f:
-        f.readline()  # header
-        for line in f:
-            fields = line.split()
-            if len(fields) < 10:
-                raise ValueError(f"malformed row: {line[:60]!r}")
-            txq, _, rxq = fields[4].partition(b":")
-            tx += int(txq, 16)
-            rx += int(rxq, 16)
-            rows += 1
-            if states is not None:
-                state = int(fields[3], 16)
-                states[state] = states.get(state, 0) + 1
-            if limit and rows > limit:
-                raise OverflowError(f"more than {limit} sockets")
+    for line in _rows(chunks):
+        fields = line.split()
+        if len(fields) < 10:
+            raise ValueError(f"malformed row: {line[:60]!r}")
+        txq, _, rxq = fields[4].partition(b":")
+        tx += int(txq, 16)
+        rx += int(rxq, 16)
+        rows += 1
+        if states is not None:
+            state = int(fields[3], 16)
+            states[state] = states.get(state, 0) + 1
+        if limit and rows > limit:
+            raise OverflowError(f"more than {limit} sockets")
     return tx, rx, rows
+
+
+def _rows(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines after the header of a table read in pieces (a line may be cut between two)."""
+    header, rest = True, b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = lines.pop()  # the start of a line the next piece ends, or b"" after the last
+        if header and lines:
+            del lines[0]
+            header = False
+        yield from lines
+    if rest and not header:  # no final newline
+        yield rest
 
 
 def device_filter(include: str, exclude: str) -> Callable[[str], bool]:

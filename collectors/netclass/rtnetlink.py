@@ -4,6 +4,12 @@ One dump answers, for all interfaces at once, what ``/sys/class/net/<dev>/`` wou
 answer in about twenty reads per interface (mtu, carrier, operstate, address ...):
 the same kernel fields, read under the same lock. :func:`parse_dump` is pure (tests
 feed it captured bytes); :class:`LinkDumper` owns the socket.
+
+An interface's message has the same attributes at the same places from one dump to the
+next (about forty, a dozen wanted), unless something about it changed. Walking them is
+most of the cost, so the walk is remembered as a :class:`Layout` (two compiled structs:
+every attribute header, and the wanted values) and the next dump's message of that
+interface is read with one ``unpack_from`` once its headers are found the same.
 """
 
 from __future__ import annotations
@@ -64,9 +70,13 @@ def request(seq: int) -> bytes:
     return _HEADER.pack(_HEADER.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def parse_dump(chunks: list[bytes], seq: int) -> tuple[list[Link], bool]:
+def parse_dump(
+    chunks: list[bytes], seq: int, layouts: dict[tuple[int, int], Layout | None] | None = None
+) -> tuple[list[Link], bool]:
     """The links in the messages of ``chunks`` that answer ``seq``; True once NLMSG_DONE is seen.
 
+    ``layouts`` (kept by the caller between dumps, by interface index and message length)
+    lets a message laid out as last time be read without walking its attributes.
     Raises :class:`NetlinkError` on an NLMSG_ERROR or a message that does not fit its buffer.
     """
     links: list[Link] = []
@@ -86,7 +96,10 @@ def parse_dump(chunks: list[bytes], seq: int) -> tuple[list[Link], bool]:
                 if kind == RTM_NEWLINK and length >= 32:
                     _family, if_type, index, flags, _change = ifinfo(buf, offset + 16)
                     link = Link(index, if_type, flags)
-                    _attributes(buf, offset + 32, offset + length, link.attrs)
+                    if layouts is None:
+                        _attributes(buf, offset + 32, offset + length, link.attrs)
+                    else:
+                        _read_attributes(buf, offset, length, link.attrs, layouts, (index, length))
                     links.append(link)
             offset += (length + 3) & ~3
     return links, False
@@ -123,6 +136,73 @@ def _attributes(
         offset += (length + 3) & ~3
 
 
+class Layout:
+    """Where one interface's message holds its attributes: the headers to find again, the wanted values."""
+
+    __slots__ = ("headers", "kinds", "read_headers", "read_values", "strings")
+
+    def __init__(self, places: list[tuple[int, int, int]]) -> None:
+        """``places``: (offset in the message, length, type) of every attribute, in order."""
+        headers, header_format, at = [], ["=32x"], 32
+        for place, length, kind in places:
+            header_format.append(f"{place - at}xHH")
+            headers += (length, kind)
+            at = place + 4
+        values_format, kinds, at = ["="], [], 0
+        for place, length, kind in places:
+            kind &= 0x3FFF
+            if kind not in _WANTED:
+                continue
+            if kind in _U32:
+                code = "I"
+            elif kind in _U8:
+                code = "B"
+            else:
+                code = f"{length - 4}s"
+            values_format.append(f"{place + 4 - at}x{code}")
+            kinds.append(kind)
+            at = place + 4 + struct.calcsize("=" + code)
+        self.read_headers = struct.Struct("".join(header_format)).unpack_from
+        self.headers = tuple(headers)
+        self.read_values = struct.Struct("".join(values_format)).unpack_from
+        self.kinds = tuple(kinds)
+        self.strings = tuple(kind for kind in dict.fromkeys(kinds) if kind in _STRING)
+
+    @classmethod
+    def of(cls, buf: bytes, start: int, end: int) -> Layout | None:
+        """The layout of the message at ``start``; None when a wanted value has an odd length (read by walking)."""
+        places, offset = [], start + 32
+        while offset < end:
+            length, kind = _ATTR.unpack_from(buf, offset)
+            masked = kind & 0x3FFF
+            if (masked in _U32 and length != 8) or (masked in _U8 and length <= 4):
+                return None
+            places.append((offset - start, length, kind))
+            offset += (length + 3) & ~3
+        return cls(places)
+
+
+_NEW = Layout([])  # not met yet (a placeholder no message matches: its headers are never compared)
+
+
+def _read_attributes(
+    buf: bytes, start: int, length: int, into: dict, layouts: dict[tuple[int, int], Layout | None], key: tuple[int, int]
+) -> None:
+    layout = layouts.get(key, _NEW)
+    if layout is None:  # an odd one: walked every time
+        _attributes(buf, start + 32, start + length, into)
+        return
+    if layout is _NEW or layout.read_headers(buf, start) != layout.headers:
+        _attributes(buf, start + 32, start + length, into)  # validates the message before its layout is kept
+        if len(layouts) >= 4096:  # interfaces come and go: keep the cache bounded
+            layouts.clear()
+        layouts[key] = Layout.of(buf, start, start + length)
+        return
+    into.update(zip(layout.kinds, layout.read_values(buf, start), strict=True))
+    for kind in layout.strings:
+        into[kind] = into[kind].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
 def mac(value: bytes) -> str:
     """A hardware address as sysfs prints it: lower-case hex pairs joined by ':'."""
     return value.hex(":")
@@ -134,6 +214,7 @@ class LinkDumper:
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._seq = 0
+        self._layouts: dict[tuple[int, int], Layout | None] = {}
 
     def dump(self) -> list[Link]:
         if self._sock is None:
@@ -155,7 +236,7 @@ class LinkDumper:
             chunk = sock.recv(1 << 16)
             if not chunk:
                 raise NetlinkError("rtnetlink: socket closed during the dump")
-            found, done = parse_dump([chunk], seq)
+            found, done = parse_dump([chunk], seq, self._layouts)
             links += found
             if done:
                 return links

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from agent.plugin import Emitter
 
-from .procnet import socket_table_sums
+from .procnet import SOCKET_ROW, Chunks, read_chunks, socket_table_sums
 
 Report = Callable[[str], None]
 
@@ -33,13 +33,13 @@ STATES = {
 }
 
 
-def tcpstat(proc_root: str, max_sockets: int, emit: Emitter, report: Report) -> None:
+def tcpstat(proc_root: str, max_sockets: int, emit: Emitter, report: Report, chunks: Chunks = read_chunks) -> None:
     counts: dict[int, int] = {}
     tx = rx = rows = 0
     for name in ("tcp", "tcp6"):
         path = f"{proc_root}/net/{name}"
         try:
-            t, r, n = socket_table_sums(path, counts, max_sockets - rows if max_sockets else 0)
+            t, r, n = socket_table_sums(chunks(path, SOCKET_ROW), counts, max_sockets - rows if max_sockets else 0)
         except FileNotFoundError:
             if name == "tcp":
                 report(f"cannot read {path}: no such file")

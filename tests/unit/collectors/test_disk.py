@@ -451,3 +451,63 @@ async def test_label_tuples_are_kept_between_runs(tmp_path):
     pairs = list(zip(first.samples, second.samples, strict=True))
     assert {a.name for a, _ in pairs} >= {"node_filesystem_size_bytes", "node_disk_read_bytes_total"}
     assert all(a.labels == b.labels and a.labels is b.labels for a, b in pairs)
+
+
+async def test_a_changed_mount_table_or_udev_file_is_seen_by_the_next_run(tmp_path):
+    """The mount table's parse and each device's udev properties are kept between runs while their
+    source is unchanged: a new mount, and a udev file replaced (as udev writes it: a new file renamed
+    over the old), show in the very next run."""
+    root = tmp_path / "tree"
+    shutil.copytree(FIX, root, symlinks=True)
+    proc, rootfs = root / "proc", root / "rootfs"
+    fake = FakeStatvfs({str(rootfs): make_stat(1), f"{rootfs}/data": make_stat(2)})
+    (proc / "1" / "mounts").write_text("/dev/vda / ext4 rw 0 0\n")
+    collector = disk(tmp_path, fake, proc=proc, rootfs=rootfs)
+    try:
+        first = await collect(collector)
+        mounts = {dict(s.labels)["mountpoint"] for s in first.samples if s.name == "node_filesystem_size_bytes"}
+        assert mounts == {"/"}
+        old = [dict(s.labels) for s in first.samples if s.name == "node_disk_info" and ("device", "vda") in s.labels]
+        (proc / "1" / "mounts").write_text("/dev/vda / ext4 rw 0 0\n/dev/vdb /data xfs ro 0 0\n")
+        data = rootfs / "run" / "udev" / "data"
+        new = data / "b254:0.tmp"
+        new.write_text(data.joinpath("b254:0").read_text().replace("E:ID_MODEL=", "E:ID_MODEL=new-"))
+        new.rename(data / "b254:0")
+        second = await collect(collector)
+        series = by_series(second.samples)
+        assert series[("node_filesystem_readonly", fs_labels("/dev/vdb", "xfs", "/data"))] == 1
+        info = [dict(s.labels) for s in second.samples if s.name == "node_disk_info" and ("device", "vda") in s.labels]
+        assert info[0]["model"] == "new-" + old[0]["model"]
+    finally:
+        await collector.close()
+
+
+def test_one_worker_takes_a_runs_calls_and_the_others_join_when_one_hangs():
+    from collectors.disk.stat_pool import HELP_AFTER, StatPool
+
+    threads: list[int] = []
+    release = threading.Event()
+
+    def statvfs(path: str) -> str:
+        threads.append(threading.get_ident())
+        if path == "/hung":
+            release.wait(30)
+        return path
+
+    pool = StatPool(statvfs, 3)
+    try:
+        jobs = [(f"/m{i}", f"/m{i}") for i in range(6)]
+        for _ in range(3):
+            threads.clear()
+            results = pool.run(jobs, 5)
+            assert results.stats == {key: key for key, _ in jobs}
+            assert len(set(threads)) == 1  # one wake-up per run, not one per mount
+        threads.clear()
+        started = time.monotonic()
+        results = pool.run([("/hung", "/hung"), *jobs], 1)
+        assert HELP_AFTER <= time.monotonic() - started < 1.5 and results.timed_out == ["/hung"]
+        assert results.stats == {key: key for key, _ in jobs} and not results.not_started
+        assert len(set(threads)) >= 2  # the others finished the run while the first hung
+    finally:
+        release.set()
+        pool.close()

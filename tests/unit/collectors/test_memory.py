@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from agent.config import validate
+from agent.emitter import RunEmitter
 from collectors.memory.memory import MemoryCollector
 from tests.support import FIXTURES, by_series, collect_once, collector_context
 
@@ -178,3 +179,33 @@ async def test_one_blocking_call_per_collect(tmp_path):
         calls.clear()
         emitter = await collect_once(collector)
         assert len(calls) == 1 and emitter.samples
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("HugePages_Total:", "HugePages_Tota1:"),  # a field renamed
+        ("MemFree:", "MemFree: 1 kB\nMemNew:"),  # a field inserted
+        ("Cached:", "Cached:   7 kB\nCached:"),  # as many tokens as a new line needs
+        (" kB\nMemAvailable", " MB\nMemAvailable"),  # another unit
+        ("HugePages_Total:       0", "HugePages_Total:       0 kB"),  # a unit where there was none
+        ("MemFree:", "MemFree: x"),  # malformed
+    ],
+)
+async def test_meminfo_laid_out_otherwise_than_at_the_last_read_is_parsed_anew(tmp_path, old, new):
+    """The second run reads meminfo through the layout of the first; after the file changed, what it
+    exports and reports is what a collector reading it for the first time exports and reports."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    text = (PROC / "host" / "meminfo").read_text()
+    assert old in text
+    (proc / "meminfo").write_text(text)
+    kept = make(tmp_path, proc, vmstat_fields="")
+    await kept.collect(RunEmitter(1))
+    (proc / "meminfo").write_text(text.replace(old, new, 1))
+    again = RunEmitter(1)
+    await kept.collect(again)
+    await kept.close()
+    fresh = await collect_once(make(tmp_path, proc, vmstat_fields=""), 1)
+    assert [(s.name, s.value, s.unit) for s in again.samples] == [(s.name, s.value, s.unit) for s in fresh.samples]
+    assert again.errors == fresh.errors

@@ -13,7 +13,7 @@ import pytest
 
 from agent.config import convert
 from agent.emitter import RunEmitter
-from collectors.netclass import sysnet
+from collectors.netclass import procnet, sysnet
 from collectors.netclass.netclass import Config, NetclassCollector
 from tests.support import FIXTURES, by_series, collect_once, collector_context
 
@@ -346,3 +346,14 @@ async def test_lifetime_attributes_are_read_once_per_device_and_again_for_a_new_
     assert third[("node_network_protocol_type", dev("eth1"))] == 772, "a new device under the old name"
     assert third[("node_network_iface_id", dev("eth1"))] == 99
     await collector.close()
+
+
+@pytest.mark.parametrize("piece", [1, 7, 150, 4096])
+def test_a_socket_table_read_in_pieces_that_cut_rows_sums_as_read_whole(piece):
+    text = (FIX / "proc/net/tcp").read_bytes()
+    whole = procnet.socket_table_sums([text], {})
+    states: dict[int, int] = {}
+    pieces = [text[i : i + piece] for i in range(0, len(text), piece)]
+    assert procnet.socket_table_sums(pieces, states) == whole and sum(states.values()) == whole[2] > 0
+    # no final newline: the last row still counts
+    assert procnet.socket_table_sums([text.rstrip(b"\n")], {}) == whole

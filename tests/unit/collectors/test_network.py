@@ -243,3 +243,40 @@ async def test_netdev_label_tuples_are_kept_between_runs(tmp_path):
     await collector.close()
     netdev = [(a, b) for a, b in zip(first.samples, second.samples, strict=True) if a.labels]
     assert netdev and all(a.name == b.name and a.labels is b.labels for a, b in netdev)
+
+
+def run_result(emitter: RunEmitter) -> tuple:
+    return [(s.name, s.kind, s.labels, s.unit, s.value) for s in emitter.samples], sorted(emitter.errors)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("sockstat", "TCP: inuse", "TCP: extra 1 inuse"),  # a new field: the words moved
+        ("sockstat", "mem 286", "mem x"),  # not a number
+        ("sockstat6", "TCP6: inuse 1", "TCP6: inuse 1\nNEW6: inuse 9"),  # a new line: the words moved
+        ("sockstat6", "memory 0\n", "memory 0\nNEW6: inuse 9\n"),  # a new last line: more tokens
+        ("sockstat", "inuse 2 orphan 0 tw 21", "tw 2 orphan 0 inuse 21"),  # as many tokens, words swapped
+        ("sockstat", "UDP: inuse 0 mem 0", "UDP: inuse 0\nmem 0"),  # the same tokens on more lines
+        ("snmp6", "Ip6InReceives", "Ip6InReceivez"),  # a renamed field: same token count
+        ("snmp6", "Ip6InOctets                     \t", "Ip6InOctets                     \t-"),
+        ("netstat", "TcpExt:", "TcpExt: "),  # the header line is not the one cached
+        ("sockstat", "UDP: inuse", "UDP:  inuse"),  # the same tokens: the layout still holds
+    ],
+)
+async def test_a_file_laid_out_otherwise_than_at_the_last_read_is_parsed_anew(tmp_path, change):
+    """A second run keeps each file's layout from the first; after a file changed, what it exports and
+    reports is what a collector reading it for the first time exports and reports."""
+    root = copy_tree(tmp_path)
+    name, old, new = change
+    path = root / "proc" / "net" / name
+    assert old in path.read_text()
+    kept = network(tmp_path, proc=root / "proc", sys=root / "sys")
+    first = RunEmitter(1)
+    await kept.collect(first)
+    path.write_text(path.read_text().replace(old, new, 1))
+    again = RunEmitter(1)
+    await kept.collect(again)
+    await kept.close()
+    fresh = await collect_once(network(tmp_path, proc=root / "proc", sys=root / "sys"), 1)
+    assert run_result(again) == run_result(fresh)
