@@ -85,10 +85,14 @@ class GaugeSeries(_Series):
     __slots__ = ()
 
     def set(self, value: float) -> None:
+        value = float(value)
         family = self._family
         with family._lock:
-            self.value = float(value)
-            family._text = None
+            # the same value again (an instance's sample count, run after run) leaves the family's
+            # text as it is; 0.0 and -0.0 are equal but written apart
+            if value != self.value or value == 0.0:
+                self.value = value
+                family._text = None
 
     def inc(self, amount: float = 1) -> None:
         family = self._family

@@ -257,3 +257,14 @@ def test_journal_entries_with_invalid_utf8_are_counted_with_the_log_lines(tmp_pa
         )
         is telemetry.log_lines_invalid_encoding
     )
+
+
+def test_a_gauge_set_to_its_value_again_keeps_its_familys_text_and_any_change_shows() -> None:
+    samples = Gauge("hostwatch_collector_samples", "Samples.", ("collector",))
+    samples.labels("cpu").set(29)
+    text = samples.text()
+    samples.labels("cpu").set(29.0)  # every run of an unchanged collector
+    assert samples.text() is text, "not formatted again"
+    for value, shown in ((30, "30.0"), (0.0, "0.0"), (-0.0, "-0.0"), (float("nan"), "NaN"), (float("nan"), "NaN")):
+        samples.labels("cpu").set(value)
+        assert samples.text().endswith(f'hostwatch_collector_samples{{collector="cpu"}} {shown}\n'), value
