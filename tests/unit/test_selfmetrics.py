@@ -7,9 +7,12 @@ prometheus_client's ``generate_latest`` wrote before the agent rendered them its
 
 from __future__ import annotations
 
+import gc
 import math
+import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +134,20 @@ def test_process_metrics_are_the_process_collectors() -> None:
     assert values["process_cpu_seconds_total"] == pytest.approx(expected["process_cpu_seconds_total"], abs=0.05)
     assert values["process_open_fds"] == pytest.approx(expected["process_open_fds"], abs=2)
     assert values["process_resident_memory_bytes"] == pytest.approx(expected["process_resident_memory_bytes"], rel=0.1)
+
+
+def test_process_metrics_read_their_kept_stat_file_afresh_and_close_it_when_dropped() -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    metrics = ProcessMetrics()
+    assert len(os.listdir("/proc/self/fd")) == fds_before + 1, "/proc/self/stat kept open"
+    cpu_before = metrics.values()[3]
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn CPU: the next read must show it
+        pass
+    assert metrics.values()[3] >= cpu_before + 0.1
+    del metrics
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
 def test_without_proc_the_process_metrics_are_left_out(tmp_path) -> None:
