@@ -143,20 +143,23 @@ class CollectorRunner:
     def start_run(self, deadline: float) -> bool:
         """Start a run for the group, to end by ``deadline`` (loop time); False (skipped) while the
         previous one is still going."""
-        run = self._run
-        if run is not None and not run.done():
+        if self.running:
             return False
         self.deadline = deadline
         self._expired = False
         self._run = asyncio.create_task(self._tick(), name=self._run_name)
         return True
 
+    @property
+    def running(self) -> bool:
+        return self._run is not None and not self._run.done()
+
     def expire(self) -> None:
         """The run passed its deadline: abandon it (``_tick`` reports the timeout)."""
         self.deadline = math.inf
-        if self._run is not None and not self._run.done():
+        if self.running:
             self._expired = True
-            self._run.cancel()
+            self._run.cancel()  # type: ignore[union-attr]
 
     async def stop(self) -> None:
         """Cancel the loop, then close the plugin. Idempotent."""
@@ -298,11 +301,11 @@ class TickGroup:
         # as the next tick starts it again
         self.phase = random.uniform(0, self.jitter)
         self.members: list[CollectorRunner] = []
-        self._running: list[CollectorRunner] = []  # runs started and not ended
+        self._running: list[CollectorRunner] = []  # members whose run may still be going
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Handle | None = None
         self._armed_at = math.inf  # loop time the timer fires at
-        self._next_at = 0.0  # the next tick's slot, and that tick's time with its jitter
+        self._next_at = 0.0  # the next tick's slot, and that tick's time with the offset
         self._tick_at = 0.0
         self._ticked = False  # the first tick came: a member that joins now starts at once
 
@@ -322,8 +325,9 @@ class TickGroup:
             self.members.remove(runner)
         if runner in self._running:
             self._running.remove(runner)
-        if not self.members and self._timer is not None:
-            self._timer.cancel()
+        if not self.members:  # the timer stops; a member added later starts the group again
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer, self._loop, self._armed_at, self._ticked = None, None, math.inf, False
 
     def ended(self, runner: CollectorRunner) -> None:
@@ -341,6 +345,8 @@ class TickGroup:
             return
         now = loop.time()
         due = now + TIMER_SLACK
+        # a run cancelled before its first step never reaches its ``ended`` call: dropped here
+        self._running = [r for r in self._running if r.running]
         expired = False
         for runner in [r for r in self._running if r.deadline <= due]:
             runner.expire()
