@@ -7,6 +7,7 @@ prometheus_client's ``generate_latest`` wrote before the agent rendered them its
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -136,10 +137,20 @@ def test_process_metrics_are_the_process_collectors() -> None:
     assert values["process_resident_memory_bytes"] == pytest.approx(expected["process_resident_memory_bytes"], rel=0.1)
 
 
+def stat_files_open() -> int:
+    """Descriptors of this process open on its own /proc stat file."""
+    own, count = f"/proc/{os.getpid()}/stat", 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == own
+    return count
+
+
 def test_process_metrics_read_their_kept_stat_file_afresh_and_close_it_when_dropped() -> None:
-    fds_before = len(os.listdir("/proc/self/fd"))
+    gc.collect()
+    open_before = stat_files_open()
     metrics = ProcessMetrics()
-    assert len(os.listdir("/proc/self/fd")) == fds_before + 1, "/proc/self/stat kept open"
+    assert stat_files_open() == open_before + 1, "/proc/self/stat kept open"
     cpu_before = metrics.values()[3]
     deadline = time.process_time() + 0.2
     while time.process_time() < deadline:  # burn CPU: the next read must show it
@@ -147,7 +158,7 @@ def test_process_metrics_read_their_kept_stat_file_afresh_and_close_it_when_drop
     assert metrics.values()[3] >= cpu_before + 0.1
     del metrics
     gc.collect()
-    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert stat_files_open() == open_before
 
 
 def test_without_proc_the_process_metrics_are_left_out(tmp_path) -> None:
