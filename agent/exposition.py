@@ -4,8 +4,8 @@ Each collector instance's last run replaces its previous samples, so a series
 that stops being produced (an unmounted file system, a removed interface)
 disappears from the page, as it does from node_exporter's. The page is
 rendered once per change and then served from cache: a scrape between two
-collection runs costs nothing but the copy. An ``on_replace`` hook sees each
-run as it arrives (the status page's history, ``agent.status``).
+collection runs costs nothing but the copy. A hook sees each run as it arrives
+(the status page's history, ``agent.status``).
 """
 
 from __future__ import annotations
@@ -88,11 +88,19 @@ class LatestSamples:
     """
 
     def __init__(
-        self, on_replace: Callable[[str, list[Sample]], None] | None = None, agent_labels: Labels = ()
+        self,
+        on_replace: Callable[[str, list[Sample]], None] | None = None,
+        agent_labels: Labels = (),
+        *,
+        on_run: Callable[[str, list[Sample], bool], None] | None = None,
     ) -> None:
+        """``on_replace(instance, samples)`` sees each run; ``on_run(instance, samples, unchanged)``
+        also learns whether the run has the very series of the instance's last one."""
         self._agent_labels = agent_labels
         self._by_instance: dict[str, list[Sample]] = {}
-        self._on_replace = on_replace
+        if on_run is None and on_replace is not None:
+            on_run = lambda instance, samples, _unchanged: on_replace(instance, samples)  # noqa: E731
+        self._on_run = on_run
         self._page: bytes | None = None
         self._prefixes: dict[tuple[str, Labels], str] = {}
         # per family: its TYPE line and (instance position, sample index, series text) per series
@@ -106,11 +114,11 @@ class LatestSamples:
         before = self._by_instance.get(instance)
         self._by_instance[instance] = samples  # a known instance keeps its position
         self._page = None
-        if self._on_replace is not None:
-            self._on_replace(instance, samples)
         if before is None or not same_series(before, samples):
             self._layout = None
-            return None
+            before = None
+        if self._on_run is not None:
+            self._on_run(instance, samples, before is not None)
         return before
 
     def set_agent_labels(self, labels: Labels) -> None:

@@ -62,7 +62,7 @@ class Agent:
         # the status page's charts: fed by the runs /metrics keeps anyway (see agent.status)
         self.history = History(outputs=lambda: output_totals(self.pipeline))
         self.problems = RecentProblems()
-        self.latest = LatestSamples(on_replace=self.history.observe, agent_labels=labels_from(config.agent.labels))
+        self.latest = LatestSamples(on_run=self.history.observe, agent_labels=labels_from(config.agent.labels))
         self.pipeline = Pipeline(self.telemetry, self.latest, clock=clock)
         self.runners: dict[str, tuple[tuple[Any, ...], CollectorRunner]] = {}
         self.http: HttpServer | None = None

@@ -9,7 +9,10 @@ abandoned (its worker thread may still be stuck in the kernel; the next run
 queues behind it and times out too, which is reported each time) and other
 instances carry on: a run never waits for another instance's, an instance
 whose run is still going skips its turn, and an instance with a worker thread
-of its own (``disk``: a hung mount) cannot hold up anyone else's calls.
+of its own (``disk``: a hung mount) cannot hold up anyone else's calls. The
+group keeps the deadlines of its runs on its own timer (one handle for the
+next tick or the earliest deadline), not one ``asyncio.timeout`` per run: the
+runs of a tick nearly always end long before either.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +37,11 @@ SCRAPE_SUFFIX = "#scrape"
 """Key under which an instance's ``node_scrape_collector_*`` samples are published: apart
 from its run's samples, so a failed run reports ``success 0`` without ending (staleness)
 the series the instance still has."""
+
+
+# uvloop's timers count whole milliseconds and may fire that much before their time: a wake-up
+# that close to a tick or a deadline takes it, instead of arming the timer again for the rest
+TIMER_SLACK = 0.001
 
 
 def scrape_key(instance: str) -> str:
@@ -110,6 +119,9 @@ class CollectorRunner:
         self.state = RunState()
         self._task: asyncio.Task | None = None
         self._run: asyncio.Task | None = None  # the run a TickGroup started
+        self._run_name = f"collector:{name}"
+        self.deadline = math.inf  # loop time the group's run must end by; inf once expired
+        self._expired = False  # the group cancelled the run for its timeout
         self._started = False
         self._logged_errors: set[str] = set()
         self._m_runs = telemetry.collector_runs.labels(name)
@@ -118,19 +130,36 @@ class CollectorRunner:
         self._m_samples = telemetry.collector_samples.labels(name)
         # node_exporter's per-collector scrape series, which Node Exporter Full charts
         self._scrape_labels = merge_labels(static_labels, (("collector", name),))
+        self._scrape_key = scrape_key(name)
 
     def start(self) -> None:
-        streaming = getattr(self.collector, "streaming", False)
-        if self.group is not None and not streaming:
-            self.group.add(self)
+        if getattr(self.collector, "streaming", False):
+            self._task = asyncio.create_task(self._stream(), name=self._run_name)
             return
-        loop_fn = self._stream if streaming else self._periodic
-        self._task = asyncio.create_task(loop_fn(), name=f"collector:{self.name}")
+        if self.group is None:  # a lone periodic instance: a group of its own keeps its cadence
+            self.group = TickGroup(self.interval, self.jitter)
+        self.group.add(self)
 
-    def tick_soon(self) -> None:
-        """Start a run (for the TickGroup); skipped while the previous one is still going."""
-        if self._run is None or self._run.done():
-            self._run = asyncio.create_task(self._tick(), name=f"collector:{self.name}")
+    def start_run(self, deadline: float) -> bool:
+        """Start a run for the group, to end by ``deadline`` (loop time); False (skipped) while the
+        previous one is still going."""
+        if self.running:
+            return False
+        self.deadline = deadline
+        self._expired = False
+        self._run = asyncio.create_task(self._tick(), name=self._run_name)
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None and not self._run.done()
+
+    def expire(self) -> None:
+        """The run passed its deadline: abandon it (``_tick`` reports the timeout)."""
+        self.deadline = math.inf
+        if self.running:
+            self._expired = True
+            self._run.cancel()  # type: ignore[union-attr]
 
     async def stop(self) -> None:
         """Cancel the loop, then close the plugin. Idempotent."""
@@ -148,40 +177,40 @@ class CollectorRunner:
         self.worker.close()
 
     async def run_once(self) -> RunEmitter:
-        """One bounded run; the emitter holds what it produced and reported."""
+        """One run outside the schedule (``hostwatch once``, benches), bounded by the timeout;
+        the emitter holds what it produced and reported."""
         emitter = RunEmitter(self.clock(), self.static_labels, self.log_sink)
-        # asyncio.timeout, not wait_for: no extra task per run
         async with asyncio.timeout(self.timeout):
-            if not self._started:
-                await self.collector.start()
-                self._started = True
-            await self.collector.collect(emitter)
+            await self._collect(emitter)
         return emitter
 
-    async def _periodic(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            await self._tick()
-            next_at += self.interval
-            now = loop.time()
-            if next_at < now:  # a run overran: skip the missed slots, keep the cadence
-                next_at += ((now - next_at) // self.interval + 1) * self.interval
-            await asyncio.sleep(next_at - now + random.uniform(0, self.jitter))
+    async def _collect(self, emitter: RunEmitter) -> None:
+        if not self._started:
+            await self.collector.start()
+            self._started = True
+        await self.collector.collect(emitter)
 
     async def _tick(self) -> None:
+        """One run the group started and bounds (see :meth:`expire`)."""
         state = self.state
         state.runs += 1
         state.last_run_ns = self.clock()
         self._m_runs.inc()
         started = time.perf_counter()
         success = False
+        emitter = RunEmitter(state.last_run_ns, self.static_labels, self.log_sink)
         try:
-            emitter = await self.run_once()
+            if self._started:  # the collect() call inline: one coroutine frame less per run
+                await self.collector.collect(emitter)
+            else:
+                await self._collect(emitter)
+        except asyncio.CancelledError:
+            # ours (the deadline passed) unless someone else cancelled the task as well (a stop)
+            if not self._expired or asyncio.current_task().uncancel():  # type: ignore[union-attr]
+                raise
+            self._fail(f"run exceeded its timeout of {self.timeout:g}s", timed_out=True)
         except TimeoutError:
             self._fail(f"run exceeded its timeout of {self.timeout:g}s", timed_out=True)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             self._fail(f"{type(exc).__name__}: {exc}", exc=exc)
         else:
@@ -196,12 +225,14 @@ class CollectorRunner:
         finally:
             state.last_duration_s = time.perf_counter() - started
             self._m_duration.observe(state.last_duration_s)
+            if self.group is not None:
+                self.group.ended(self)
         self._publish_scrape(state.last_duration_s, success)
 
     def _publish_scrape(self, duration: float, success: bool) -> None:
         labels, now = self._scrape_labels, self.state.last_run_ns
         self.publish(
-            scrape_key(self.name),
+            self._scrape_key,
             [
                 Sample("node_scrape_collector_duration_seconds", duration, "gauge", labels, now, "s"),
                 Sample("node_scrape_collector_success", 1.0 if success else 0.0, "gauge", labels, now),
@@ -254,42 +285,101 @@ class TickGroup:
     loop iteration, so they go in one batch. The group never waits for a run:
     an instance whose previous run has not ended skips this turn (as a lone
     instance skips the slots its overrunning run missed).
+
+    The same timer bounds the runs: it is armed for the next tick or, when
+    earlier, the earliest deadline of a run still going; a run past its deadline
+    is abandoned (:meth:`CollectorRunner.expire`). One timer handle per tick,
+    instead of a timeout handle set and cancelled by every run.
     """
 
     def __init__(self, interval: float, jitter: float | None = None) -> None:
         self.interval = interval
         # spread a fleet's runs; at most 10% of the interval, 1 s
         self.jitter = min(interval * 0.1, 1.0) if jitter is None else jitter
+        # one offset drawn per group, as Prometheus offsets each target's scrapes: the ticks stay
+        # an interval apart, so a run whose timeout is the interval ends (or is abandoned) just
+        # as the next tick starts it again
+        self.phase = random.uniform(0, self.jitter)
         self.members: list[CollectorRunner] = []
-        self._task: asyncio.Task | None = None
-        self._ticking = False
+        self._running: list[CollectorRunner] = []  # members whose run may still be going
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.Handle | None = None
+        self._armed_at = math.inf  # loop time the timer fires at
+        self._next_at = 0.0  # the next tick's slot, and that tick's time with the offset
+        self._tick_at = 0.0
+        self._ticked = False  # the first tick came: a member that joins now starts at once
 
     def add(self, runner: CollectorRunner) -> None:
         self.members.append(runner)
-        if self._task is None:
-            self._task = asyncio.create_task(self._periodic(), name=f"collectors:{self.interval:g}s")
-        elif self._ticking:
-            runner.tick_soon()  # joined by a reload: first run now, then in step with the group
+        if self._loop is None:  # the first member: the first tick as soon as the loop turns
+            self._loop = loop = asyncio.get_running_loop()
+            self._next_at = self._tick_at = loop.time()  # the first tick at once, the offset after it
+            self._timer, self._armed_at = loop.call_soon(self._wake), self._tick_at
+        elif self._ticked:
+            # joined by a reload while the group ticks: first run now, then in step with the group
+            self._start(runner, self._loop.time())
+            self._arm()
 
     def remove(self, runner: CollectorRunner) -> None:
         if runner in self.members:
             self.members.remove(runner)
-        if not self.members and self._task is not None:
-            self._task.cancel()
-            self._task, self._ticking = None, False
+        if runner in self._running:
+            self._running.remove(runner)
+        if not self.members:  # the timer stops; a member added later starts the group again
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._loop, self._armed_at, self._ticked = None, None, math.inf, False
 
-    async def _periodic(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ticking = True
-        next_at = loop.time()
-        while True:
+    def ended(self, runner: CollectorRunner) -> None:
+        """A run ended (done, failed or abandoned)."""
+        running = self._running
+        if runner in running:
+            running.remove(runner)
+            if not running and self._armed_at < self._tick_at:
+                self._arm()  # armed for a deadline that no run needs now: wait for the tick instead
+
+    def _wake(self) -> None:
+        self._timer, self._armed_at = None, math.inf
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        due = now + TIMER_SLACK
+        # a run cancelled before its first step never reaches its ``ended`` call: dropped here
+        self._running = [r for r in self._running if r.running]
+        expired = False
+        for runner in [r for r in self._running if r.deadline <= due]:
+            runner.expire()
+            expired = True
+        if due >= self._tick_at:
+            if expired:
+                # after the abandoned runs have taken their cancellation (one turn of the loop),
+                # so they can start again this tick
+                self._timer, self._armed_at = loop.call_soon(self._wake), now
+                return
+            self._ticked = True
             for runner in self.members:
-                runner.tick_soon()
-            next_at += self.interval
-            now = loop.time()
-            if next_at < now:  # the loop was held up: skip the missed slots, keep the cadence
-                next_at += ((now - next_at) // self.interval + 1) * self.interval
-            await asyncio.sleep(next_at - now + random.uniform(0, self.jitter))
+                self._start(runner, now)
+            self._next_at += self.interval
+            if self._next_at < now:  # the loop was held up: skip the missed slots, keep the cadence
+                self._next_at += ((now - self._next_at) // self.interval + 1) * self.interval
+            self._tick_at = self._next_at + self.phase
+        self._arm()
+
+    def _start(self, runner: CollectorRunner, now: float) -> None:
+        if runner.start_run(now + runner.timeout):
+            self._running.append(runner)
+
+    def _arm(self) -> None:
+        when = self._tick_at
+        for runner in self._running:
+            if runner.deadline < when:
+                when = runner.deadline
+        if when == self._armed_at or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._armed_at = self._loop.call_at(when, self._wake), when
 
 
 class _StreamEmitter(RunEmitter):

@@ -16,10 +16,12 @@ has a lock, held for an update and for re-rendering the family.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -85,10 +87,14 @@ class GaugeSeries(_Series):
     __slots__ = ()
 
     def set(self, value: float) -> None:
+        value = float(value)
         family = self._family
         with family._lock:
-            self.value = float(value)
-            family._text = None
+            # the same value again (an instance's sample count, run after run) leaves the family's
+            # text as it is; 0.0 and -0.0 are equal but written apart
+            if value != self.value or value == 0.0:
+                self.value = value
+                family._text = None
 
     def inc(self, amount: float = 1) -> None:
         family = self._family
@@ -286,6 +292,13 @@ class ProcessMetrics:
         self._ticks = float(os.sysconf("SC_CLK_TCK"))
         self._pagesize = resource.getpagesize()
         self._btime = self._boot_time()
+        # /proc/self/stat kept open and read at offset 0 (the kernel writes it anew for each read):
+        # an open and a close less per scrape; only on the real /proc, whose files are not replaced
+        self._stat_fd: int | None = None
+        if self._btime and os.path.realpath(proc) == "/proc":
+            with contextlib.suppress(OSError):
+                self._stat_fd = os.open(self._stat, os.O_RDONLY | os.O_CLOEXEC)
+                weakref.finalize(self, os.close, self._stat_fd)
 
     def _boot_time(self) -> float:
         try:
@@ -301,12 +314,8 @@ class ProcessMetrics:
         """The six values in order; fewer when /proc cannot be read (none, or the first four)."""
         if not self._btime:
             return []
-        try:  # os.open, not open(): no fstat and isatty calls for a file read whole at once
-            fd = os.open(self._stat, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                parts = os.read(fd, 8192).split(b")")[-1].split()
-            finally:
-                os.close(fd)
+        try:
+            parts = self._read_stat().split(b")")[-1].split()
         except OSError:
             return []
         ticks = self._ticks
@@ -322,6 +331,17 @@ class ProcessMetrics:
             return out
         # the soft limit, as /proc/self/limits' "Max open files" says it, without reading that file
         return [*out, float(open_fds), float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])]
+
+    def _read_stat(self) -> bytes:
+        if self._stat_fd is not None:
+            with contextlib.suppress(OSError):  # never seen for the process' own file: then the plain way
+                return os.pread(self._stat_fd, 8192, 0)  # one call: safe from any thread, no shared offset
+        # os.open, not open(): no fstat and isatty calls for a file read whole at once
+        fd = os.open(self._stat, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, 8192)
+        finally:
+            os.close(fd)
 
     def text(self) -> str:
         return "".join(

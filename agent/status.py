@@ -1,11 +1,12 @@
 """The status page's data: a short history of the host and the outputs, and ``/status.json``.
 
-The history costs next to nothing while nobody looks. It is fed by
-:class:`agent.exposition.LatestSamples`, which hands over each collector run it
-keeps for ``/metrics`` anyway: runs of instances that produce none of the few
-host series the charts use are recognised by their first sample's name and
-skipped at the cost of one dictionary lookup; the cpu, memory, disk and network
-runs add one point each to a bounded ring. The outputs' counters are read at
+The history costs next to nothing while nobody looks. It is fed by the
+pipeline with each collector run ``/metrics`` keeps anyway: runs of instances
+that produce none of the few host series the charts use are recognised by their
+first sample's name and skipped at the cost of one dictionary lookup; the cpu,
+memory, disk and network runs add one point each to a bounded ring, from the
+positions of their inputs in the run, found again only when the run's series
+are not those of the last one. The outputs' counters are read at
 the same pace (a few integers per output). Everything else, the JSON document
 included, is built only when ``/status.json`` is requested.
 """
@@ -126,20 +127,24 @@ class History:
         self.outputs: dict[str, Ring] = {}
         self._outputs_source = outputs
         self._feeds: dict[str, tuple[str, frozenset[str]]] = {}  # instance -> (first sample name, charts)
+        # (chart, instance) -> where the chart's inputs were in the instance's last run
+        self._inputs: dict[tuple[str, str], list[list[int]]] = {}
         self._owner: dict[str, str] = {}  # chart -> the instance that feeds it
         self._rates = Rates()
         self._outputs_at = 0.0
         self._failed = False
 
-    def observe(self, instance: str, samples: list[Sample]) -> None:
+    def observe(self, instance: str, samples: list[Sample], unchanged: bool = False) -> None:
+        """A run of ``instance``; ``unchanged``: it has the very series of the instance's last run
+        (as the pipeline found them), so the positions of the charts' inputs are those of then."""
         try:
-            self._observe(instance, samples)
+            self._observe(instance, samples, unchanged)
         except Exception:  # a bug here must not cost a collector its run, nor /metrics its samples
             if not self._failed:
                 self._failed = True
                 log.exception("status page history: cannot take a point from %s; its charts may have gaps", instance)
 
-    def _observe(self, instance: str, samples: list[Sample]) -> None:
+    def _observe(self, instance: str, samples: list[Sample], unchanged: bool) -> None:
         if not samples:
             return
         first = samples[0].name
@@ -149,6 +154,7 @@ class History:
             self._feeds[instance] = feeds
             if len(self._feeds) > 10_000:  # instances come and go with reloads: stay bounded
                 self._feeds.clear()
+                self._inputs.clear()
         if not feeds[1]:
             return
         t = round(samples[0].time_ns / 1e9, 3)  # as the ring keeps it
@@ -160,43 +166,33 @@ class History:
                     continue
                 self._owner[chart] = instance
             before = ring.last_time
-            self._add(chart, instance, t, samples)
+            inputs = self._inputs.get((chart, instance)) if unchanged else None
+            if inputs is None:
+                inputs = self._inputs[(chart, instance)] = _inputs_of(chart, samples)
+            self._add(chart, instance, t, samples, inputs)
             if before is not None and ring.last_time == t:
                 self._sample_outputs(t, t - before)
 
-    def _add(self, chart: str, instance: str, t: float, samples: list[Sample]) -> None:
+    def _add(self, chart: str, instance: str, t: float, samples: list[Sample], inputs: list[list[int]]) -> None:
         ring = self.charts[chart]
+        # each input: the sum of the samples at its positions (the memory fields: the last one)
         if chart == "memory":
-            mem = {s.name: s.value for s in samples if _CHART_OF.get(s.name) == "memory"}
-            if "node_memory_MemTotal_bytes" not in mem or "node_memory_MemAvailable_bytes" not in mem:
+            total, available, cached, buffers, swap_total, swap_free = (
+                samples[at[-1]].value if at else None for at in inputs
+            )
+            if total is None or available is None:
                 return
-            cache = mem.get("node_memory_Cached_bytes", 0.0) + mem.get("node_memory_Buffers_bytes", 0.0)
-            swap = mem.get("node_memory_SwapTotal_bytes", 0.0) - mem.get("node_memory_SwapFree_bytes", 0.0)
-            ring.add(t, (mem["node_memory_MemTotal_bytes"] - mem["node_memory_MemAvailable_bytes"], cache, swap))
+            cache = (cached or 0.0) + (buffers or 0.0)
+            swap = (swap_total or 0.0) - (swap_free or 0.0)
+            ring.add(t, (total - available, cache, swap))
             return
+        sums = tuple(sum([samples[i].value for i in at]) for at in inputs)
         if chart == "cpu":
-            groups = [0.0] * 4
-            total = 0.0
-            for s in samples:
-                if s.name == "node_cpu_seconds_total":
-                    total += s.value
-                    group = _CPU_GROUP.get(_label(s, "mode"))
-                    if group is not None:
-                        groups[group] += s.value
-            rates = self._rates((chart, instance), t, (total, *groups))
+            rates = self._rates((chart, instance), t, sums)
             if rates is not None and rates[0]:
                 ring.add(t, tuple(None if r is None else round(100 * r / rates[0], 2) for r in rates[1:]))
             return
-        names, pattern = (
-            (("node_disk_read_bytes_total", "node_disk_written_bytes_total"), _VIRTUAL_DISK)
-            if chart == "disk"
-            else (("node_network_receive_bytes_total", "node_network_transmit_bytes_total"), _VIRTUAL_NET)
-        )
-        sums = [0.0, 0.0]
-        for s in samples:
-            if s.name in names and not pattern.match(_label(s, "device")):
-                sums[names.index(s.name)] += s.value
-        rates = self._rates((chart, instance), t, tuple(sums))
+        rates = self._rates((chart, instance), t, sums)
         if rates is not None:
             ring.add(t, tuple(None if r is None else round(r, 1) for r in rates))
 
@@ -215,6 +211,42 @@ class History:
                 ring = self.outputs[name] = Ring(OUTPUT_SERIES)
             rates = self._rates(("output", name), t, (sent, dropped)) or (None, None)
             ring.add(t, (_round(rates[0]), _round(rates[1]), queued, round(100 * fill, 2)))
+
+
+_MEMORY_INPUTS = (
+    "node_memory_MemTotal_bytes",
+    "node_memory_MemAvailable_bytes",
+    "node_memory_Cached_bytes",
+    "node_memory_Buffers_bytes",
+    "node_memory_SwapTotal_bytes",
+    "node_memory_SwapFree_bytes",
+)
+_TRAFFIC_INPUTS = {
+    "disk": (("node_disk_read_bytes_total", "node_disk_written_bytes_total"), _VIRTUAL_DISK),
+    "network": (("node_network_receive_bytes_total", "node_network_transmit_bytes_total"), _VIRTUAL_NET),
+}
+
+
+def _inputs_of(chart: str, samples: list[Sample]) -> list[list[int]]:
+    """Where a chart's inputs are in a run: for each, the positions of the samples it adds up.
+    cpu: all CPU time, then user, system, iowait and steal; disk and network: read (received)
+    and written (sent) of the devices that are not virtual; memory: one field each."""
+    if chart == "memory":
+        return [[i for i, s in enumerate(samples) if s.name == name] for name in _MEMORY_INPUTS]
+    if chart == "cpu":
+        inputs: list[list[int]] = [[], [], [], [], []]
+        for i, s in enumerate(samples):
+            if s.name == "node_cpu_seconds_total":
+                inputs[0].append(i)
+                group = _CPU_GROUP.get(_label(s, "mode"))
+                if group is not None:
+                    inputs[group + 1].append(i)
+        return inputs
+    names, virtual = _TRAFFIC_INPUTS[chart]
+    return [
+        [i for i, s in enumerate(samples) if s.name == name and not virtual.match(_label(s, "device"))]
+        for name in names
+    ]
 
 
 def _label(sample: Sample, key: str) -> str:

@@ -10,6 +10,7 @@ daemon it cannot keep the process from exiting at shutdown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 import time
@@ -35,12 +36,14 @@ class Worker:
                 self._thread = threading.Thread(target=self._loop, name=f"hw-{self.name}", daemon=True)
                 self._thread.start()
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """``fn(*args)`` on the thread; await the future for its result (a future, not a coroutine:
+        one frame less for every call)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._ensure_thread()
         self._jobs.put((fn, args, future, loop))
-        return await future
+        return future
 
     def submit(
         self, fn: Callable[..., Any], args: tuple, future: asyncio.Future, loop: asyncio.AbstractEventLoop
@@ -121,17 +124,17 @@ class SharedWorker:
         self._members[owner] = self._members.get(owner, 0) + 1
         return SharedWorkerMember(self, owner)
 
-    async def run(self, owner: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def run(self, owner: str, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         private = self._private.get(owner)
         if private is not None:
-            return await private.run(fn, *args)
+            return private.run(fn, *args)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((owner, fn, args, future))
         if self._flush_at is None:
             # after every instance started this iteration has queued its call
             self._flush_at = loop.call_soon(self._flush, loop)
-        return await future
+        return future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_at = None
@@ -173,13 +176,12 @@ class SharedWorker:
 
 
 class SharedWorkerMember:
-    __slots__ = ("owner", "shared")
+    __slots__ = ("owner", "run", "shared")
 
     def __init__(self, shared: SharedWorker, owner: str) -> None:
         self.shared, self.owner = shared, owner
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.shared.run(self.owner, fn, *args)
+        # ``run(fn, *args)``: a future, as :meth:`Worker.run` returns
+        self.run: Callable[..., asyncio.Future] = functools.partial(shared.run, owner)
 
     def close(self) -> None:
         self.shared.release(self.owner)

@@ -205,3 +205,46 @@ async def test_a_shared_instance_changed_by_a_reload_keeps_the_shared_thread(tmp
     finally:
         await agent.stop()
     assert agent._shared_workers[0.05]._members == {}, "every binding released at stop"
+
+
+class AlwaysHangs(Hangs):
+    """Every run outlives its timeout, which is the interval (the default)."""
+
+    release = threading.Event()
+
+
+async def test_a_run_that_outlives_its_timeout_is_abandoned_on_time_and_the_next_starts_on_schedule(tmp_path) -> None:
+    """The group's timer abandons each run at its deadline (the next tick when the timeout is the
+    interval), and the abandoned instance runs again at that tick instead of skipping it."""
+    agent = agent_with(tmp_path, spec("hangs", AlwaysHangs, 0.05), spec("ticks", SharedTicks, 0.05))
+    try:
+        await agent.start()
+        await asyncio.sleep(0.62)
+        details = agent.detailed()["collectors"]
+        assert details["ticks"]["runs"] >= 10, details["ticks"]
+        # as many runs as its mate (give or take the one in progress), each but the last abandoned
+        assert details["hangs"]["runs"] >= details["ticks"]["runs"] - 1, details
+        assert details["hangs"]["errors"] >= details["hangs"]["runs"] - 2, details
+        assert details["ticks"]["errors"] == 0
+        assert "exceeded its timeout of 0.05s" in details["hangs"]["last_error"]
+    finally:
+        AlwaysHangs.release.set()
+        await agent.stop()
+
+
+async def test_a_stop_cancels_a_run_without_counting_a_timeout(tmp_path) -> None:
+    agent = agent_with(tmp_path, spec("hangs", AlwaysHangs, 10.0))
+    AlwaysHangs.release.clear()
+    try:
+        await agent.start()
+        await asyncio.sleep(0.1)
+        runner = agent.runners["hangs"][1]
+        assert runner.state.runs == 1
+    finally:
+        await agent.stop()
+        AlwaysHangs.release.set()
+    assert runner.state.errors == 0, runner.state
+    assert agent.telemetry.registry.get_sample_value("hostwatch_collector_timeouts_total", {"collector": "hangs"}) in (
+        None,
+        0.0,
+    )

@@ -7,9 +7,13 @@ prometheus_client's ``generate_latest`` wrote before the agent rendered them its
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
+import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +135,30 @@ def test_process_metrics_are_the_process_collectors() -> None:
     assert values["process_cpu_seconds_total"] == pytest.approx(expected["process_cpu_seconds_total"], abs=0.05)
     assert values["process_open_fds"] == pytest.approx(expected["process_open_fds"], abs=2)
     assert values["process_resident_memory_bytes"] == pytest.approx(expected["process_resident_memory_bytes"], rel=0.1)
+
+
+def stat_files_open() -> int:
+    """Descriptors of this process open on its own /proc stat file."""
+    own, count = f"/proc/{os.getpid()}/stat", 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == own
+    return count
+
+
+def test_process_metrics_read_their_kept_stat_file_afresh_and_close_it_when_dropped() -> None:
+    gc.collect()
+    open_before = stat_files_open()
+    metrics = ProcessMetrics()
+    assert stat_files_open() == open_before + 1, "/proc/self/stat kept open"
+    cpu_before = metrics.values()[3]
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn CPU: the next read must show it
+        pass
+    assert metrics.values()[3] >= cpu_before + 0.1
+    del metrics
+    gc.collect()
+    assert stat_files_open() == open_before
 
 
 def test_without_proc_the_process_metrics_are_left_out(tmp_path) -> None:
@@ -257,3 +285,14 @@ def test_journal_entries_with_invalid_utf8_are_counted_with_the_log_lines(tmp_pa
         )
         is telemetry.log_lines_invalid_encoding
     )
+
+
+def test_a_gauge_set_to_its_value_again_keeps_its_familys_text_and_any_change_shows() -> None:
+    samples = Gauge("hostwatch_collector_samples", "Samples.", ("collector",))
+    samples.labels("cpu").set(29)
+    text = samples.text()
+    samples.labels("cpu").set(29.0)  # every run of an unchanged collector
+    assert samples.text() is text, "not formatted again"
+    for value, shown in ((30, "30.0"), (0.0, "0.0"), (-0.0, "-0.0"), (float("nan"), "NaN"), (float("nan"), "NaN")):
+        samples.labels("cpu").set(value)
+        assert samples.text().endswith(f'hostwatch_collector_samples{{collector="cpu"}} {shown}\n'), value

@@ -114,6 +114,38 @@ def test_runs_without_chart_series_are_skipped_and_only_one_instance_draws() -> 
     assert history.charts["cpu"].columns(now=111)[0] == [110.0]
 
 
+def net_run(t: float, received: dict[str, float], labels: dict[str, tuple] | None = None) -> list[Sample]:
+    """A network run: received and sent bytes per device (sent is half), and a gauge between them;
+    ``labels`` keeps each device's label tuple between runs, as the collectors do."""
+    kept = {} if labels is None else labels
+    run = []
+    for name in ("node_network_receive_bytes_total", "node_network_up", "node_network_transmit_bytes_total"):
+        for device, value in received.items():
+            key = kept.setdefault(device, (("device", device),))
+            kind = "gauge" if name == "node_network_up" else "counter"
+            run.append(Sample(name, value / 2 if "transmit" in name else value, kind, key, int(t * NS)))
+    return run
+
+
+def test_charts_take_their_inputs_where_they_were_while_the_series_stay_and_look_again_when_they_change() -> None:
+    """Through /metrics' samples: an unchanged run is read at the positions found before; a run with
+    other series (an interface replaced by another, lo and a veth joining) is searched anew."""
+    history = History()
+    latest = LatestSamples(on_run=history.observe)
+    labels: dict[str, tuple] = {}
+    latest.replace("network", net_run(100, {"eth0": 1000, "eth1": 0}, labels))
+    latest.replace("network", net_run(110, {"eth0": 2000, "eth1": 1000}, labels))  # the same series
+    assert history._inputs[("network", "network")] == [[0, 1], [4, 5]]
+    # eth1 is gone and eth2 came; lo (virtual: not counted) now sits where eth1 was
+    latest.replace("network", net_run(120, {"eth0": 3000, "lo": 9e9, "eth2": 50_000, "veth1": 9e9}, labels))
+    latest.replace("network", net_run(130, {"eth0": 4000, "lo": 9e9, "eth2": 60_000, "veth1": 9e9}, labels))
+    times, received, sent = history.charts["network"].columns(now=130)
+    assert times == [110.0, 120.0, 130.0]
+    # 120: the totals' step (eth2 counted from its first run); 130: eth0 and eth2 only
+    assert received == [200.0, 5000.0, 1100.0] and sent == [100.0, 2500.0, 550.0]
+    assert history._inputs[("network", "network")] == [[0, 2], [8, 10]]
+
+
 def test_outputs_are_sampled_at_the_pace_of_the_host_charts() -> None:
     totals = {"rw": (0, 0, 0, 0.0)}
     history = History(outputs=lambda: dict(totals))
