@@ -134,6 +134,10 @@ class Emitter(Protocol):
     ones in ``/metrics``: a series not emitted again disappears.
     """
 
+    #: The time the run started (Unix ns): the timestamp of the samples a
+    #: collector builds itself and hands to :meth:`add`, so they share the run's.
+    time_ns: int
+
     def gauge(
         self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None
     ) -> None: ...

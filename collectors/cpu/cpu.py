@@ -72,7 +72,7 @@ class CpuCollector(PeriodicCollector):
             self._sys = await self.context.run_blocking(self._discover_sys)
 
     async def collect(self, emit: Emitter) -> None:
-        now = self.context.clock()  # the run's time, on the per-CPU samples this collector makes itself
+        now = emit.time_ns  # the run's time, on the per-CPU samples this collector makes itself
         await self.context.run_blocking(self._collect, emit, now)
 
     async def close(self) -> None:

@@ -166,7 +166,7 @@ class DiskCollector(PeriodicCollector):
         self._mounts: tuple[dict[Labels, bool], list[tuple[str, str]], list[str]] = ({}, [], [])
 
     async def collect(self, emit: Emitter) -> None:
-        now = self.context.clock()  # the run's time, on the diskstats samples this collector makes itself
+        now = emit.time_ns  # the run's time, on the diskstats samples this collector makes itself
         for error in await self.context.run_blocking(self._collect, emit, now):
             emit.error(error)
 

@@ -73,7 +73,7 @@ class MemoryCollector(PeriodicCollector):
         self._mem_layout: tuple[TokenLayout, tuple[str, ...], tuple[str, ...], tuple[float, ...]] | None = None
 
     async def collect(self, emit: Emitter) -> None:
-        now = self.context.clock()  # the run's time, on the samples this collector makes itself
+        now = emit.time_ns  # the run's time, on the samples this collector makes itself
         await self.context.run_blocking(self._collect, emit, now)
 
     async def close(self) -> None:

@@ -125,7 +125,7 @@ class NetclassCollector(PeriodicCollector):
 
     async def collect(self, emit: Emitter) -> None:
         if self._links is not None:
-            self._links.run_time = self.context.clock()  # the run's time, on the samples it makes itself
+            self._links.run_time = emit.time_ns  # the run's time, on the samples it makes itself
         for error in await self.context.run_blocking(self._run, emit):
             emit.error(error)
 

@@ -93,7 +93,7 @@ class NetworkCollector(PeriodicCollector):
         self._layouts: dict[str, _Layout] = {}  # file -> where its exported numbers were at its last read
 
     async def collect(self, emit: Emitter) -> None:
-        now = self.context.clock()  # the run's time, on the samples this collector makes itself
+        now = emit.time_ns  # the run's time, on the samples this collector makes itself
         for error in await self.context.run_blocking(self._collect, emit, now):
             emit.error(error)
 
