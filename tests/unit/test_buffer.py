@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import shutil
 import subprocess
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -583,4 +585,31 @@ async def test_a_short_write_of_header_and_payload_is_completed(tmp_path, monkey
     assert calls == [2]
     batch = await queue.take()
     assert [r.body for r in batch.items] == ["a" * 5000, "b"]
+    await queue.close()
+
+
+async def test_the_cache_of_written_batches_holds_at_most_its_bound_in_memory(tmp_path) -> None:
+    """``cache_bytes`` bounds what the cached batches' items hold in memory (their Python objects),
+    not only their records' bytes on disk, which are about a quarter smaller for log lines."""
+    bound = 1 << 20
+    queue = DiskQueue(tmp_path, 100_000_000, signal=Signal.LOGS, cache_bytes=bound)
+    await queue.open()
+    labels = (("filename", "/var/log/apache2/access.log"), ("job", "logs"))
+    line = '203.0.113.7 - - [03/Dec/2026:10:00:00 +0000] "GET /index.html?page={} HTTP/1.1" 200 5120 "-" "curl/8"'
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(40):  # about 3 MiB of records: the cache fills, the rest is only on disk
+            items = [LogRecord(1_700_000_000_000_000_000 + i, line.format(n * 1000 + i), labels) for i in range(500)]
+            await queue.put(QueuedBatch(Signal.LOGS, items, 100_000, 1))
+        del items
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0 < queue._cache_bytes <= bound
+    assert len(queue._cache) >= 3  # it does cache
+    assert held <= bound, f"the cache and index hold {held:,} bytes, over the {bound:,} bound"
+    assert queue.items == 40 * 500  # what is not cached is queued all the same
     await queue.close()
