@@ -14,9 +14,10 @@ queue's own worker thread, never on the event loop.
 The queue also keeps the batches it wrote last in memory (bounded by ``cache_bytes`` of
 the memory their items hold, estimated from their records' sizes and item counts), so
 a sender that keeps up hands out what was just written without reading and decoding
-it back; what is not cached (a backlog, a replay after a restart) is read from disk. The record on disk is written and synced the same either
-way. A batch handed out by ``lookahead`` stays cached until ``take`` hands out the
-same object, so what the output prepared for it travels with it.
+it back; what is not cached (a backlog, a replay after a restart) is read from disk.
+The record on disk is written and synced the same either way. A batch handed out by
+``lookahead`` stays cached until ``take`` hands out the same object, so what the
+output prepared for it travels with it.
 
 The file side (writing, reading back, the cursor, deleting segments: every call
 that blocks) is the base class, ``agent.segment_store.SegmentStore``; this module
