@@ -51,10 +51,15 @@ class Damage:
         self.unknown_bytes += other.unknown_bytes
 
 
-def encode(payload: bytes, items: int, created_ns: int) -> bytes:
+def header(payload: bytes, items: int, created_ns: int) -> bytes:
+    """The header of ``payload``'s record: written before it, the two need not be joined."""
     created_ms = created_ns // 1_000_000
-    tail = struct.pack("<IQ", items, created_ms) + payload
-    return HEADER.pack(MAGIC, len(payload), zlib.crc32(tail), items, created_ms) + payload
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", items, created_ms)))
+    return HEADER.pack(MAGIC, len(payload), crc, items, created_ms)
+
+
+def encode(payload: bytes, items: int, created_ns: int) -> bytes:
+    return header(payload, items, created_ns) + payload
 
 
 def parse_at(data: bytes, pos: int, segment: int) -> Ref | None:

@@ -131,7 +131,7 @@ class PushEncoder:
         parts: list[bytes] = []
         metadata = self.structured_metadata
         metadata_get = self._metadata_cache.get
-        low14, head12 = _tables()
+        low14, head12, small = _tables()
         sec_ns, ts_heads = -(1 << 63), _NO_HEADS  # the current second, in ns, and its Timestamp heads
         last_high, high, ts_head, fixed = -1, b"", b"", 0  # fixed: the Timestamp field's size
         groups = self._groups(records)
@@ -152,8 +152,8 @@ class PushEncoder:
                         high = varint(last_high)
                         ts_head = ts_heads[2 + len(high)]
                         fixed = len(ts_head) + 2 + len(high)
-                else:
-                    low, high, last_high = varint(nanos), b"", -1
+                else:  # the first 16 µs of a second: every record of a time with whole seconds
+                    low, high, last_high = small[nanos], b"", -1
                     ts_head = ts_heads[len(low)]
                     fixed = len(ts_head) + len(low)
                 try:
@@ -204,12 +204,14 @@ class PushEncoder:
 
 
 @functools.cache
-def _tables() -> tuple[list[bytes], list[bytes]]:
+def _tables() -> tuple[list[bytes], list[bytes], list[bytes]]:
     """(the low 14 bits of a varint of 3+ bytes, as its first two bytes; the key of a field 2
-    of type length-delimited, 0x12, followed by each length below 16 KiB), built on first use."""
+    of type length-delimited, 0x12, followed by each length below 16 KiB; the varint of each
+    number below 16 Ki), built on first use."""
     low14 = [bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(0x4000)]
-    head12 = [b"\x12" + varint(n) for n in range(0x4000)]
-    return low14, head12
+    small = [varint(n) for n in range(0x4000)]
+    head12 = [b"\x12" + v for v in small]
+    return low14, head12, small
 
 
 def _timestamp_heads(sec: int) -> tuple[bytes, ...]:

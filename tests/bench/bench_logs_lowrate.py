@@ -244,12 +244,23 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
     ]
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident set (``VmHWM``), in MiB; 0 when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def ship_with_hostwatch(
     home: Path, path: Path, lines: int, tree: str | None
-) -> tuple[float, float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, float]:
     """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs:
     (seconds, seconds from /metrics answering, agent CPU seconds, lines sent, VictoriaLogs CPU seconds,
-    agent CPU seconds from /metrics answering)."""
+    agent CPU seconds from /metrics answering, the agent's peak RSS in MiB)."""
     home.mkdir(parents=True)
     vl, vl_url = start_victoria_logs(home)
     saved = os.environ.get("PYTHONPATH")
@@ -280,11 +291,12 @@ def ship_with_hostwatch(
             cpu_end = cpu_ns(agent.pid)
             cpu, flow_cpu = cpu_end / 1e9, (cpu_end - cpu_up) / 1e9
             peer_cpu = cpu_ns(vl.pid) / 1e9
+            peak = peak_rss_mib(agent.pid)
         finally:
             stop(agent)
     finally:
         stop(vl)
-    return seconds, flow, cpu, sent, peer_cpu, flow_cpu
+    return seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak
 
 
 def bulk(home: Path) -> list[tuple[str, bool]]:
@@ -301,12 +313,12 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     trees = [("hostwatch", None)] + ([("hostwatch before", BASELINE)] if BASELINE else [])
     for _, tree in trees:  # as the packages ship them: start-up is part of the figure
         byte_compile(Path(tree) if tree else None)
-    shipped: dict[str, list[tuple[float, float, float, float, float, float]]] = {name: [] for name, _ in trees}
+    shipped: dict[str, list[tuple[float, float, float, float, float, float, float]]] = {name: [] for name, _ in trees}
     for run in range(BULK_RUNS):
         for name, tree in trees if run % 2 == 0 else trees[::-1]:
             shipped[name].append(ship_with_hostwatch(home / f"hw{len(shipped[name])}{name[-1]}", path, lines, tree))
     # the goal's figures: this tree's median run by wall time
-    agent_seconds, agent_flow, agent_cpu, sent, _, _ = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
+    agent_seconds, agent_flow, agent_cpu, sent, *_ = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
     # rsyslog: imfile from the beginning of the file (a new file, no state yet) into the sink
     sink = Sink()
     started = time.monotonic()
@@ -323,12 +335,12 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     agent_rate, rsyslog_rate = lines / agent_seconds, lines / rsyslog_seconds
     ratio = agent_rate / rsyslog_rate
     for name, results in shipped.items():
-        for seconds, flow_seconds, cpu, _, peer_cpu, flow_cpu in results:
+        for seconds, flow_seconds, cpu, _, peer_cpu, flow_cpu, peak in results:
             print(
                 f"  {name}: {lines / seconds:,.0f} lines/s ({lines / seconds / rsyslog_rate:.2f}x rsyslog), "
                 f"{lines / flow_seconds:,.0f} without start-up, {lines / cpu:,.0f} per CPU second "
                 f"({flow_cpu * 1e6 / lines:.2f} us of CPU per line without start-up); "
-                f"VictoriaLogs CPU {peer_cpu:.2f} s of {seconds:.2f} s"
+                f"VictoriaLogs CPU {peer_cpu:.2f} s of {seconds:.2f} s; peak RSS {peak:.1f} MiB"
             )
     print(
         f"bulk, {repeats * len(chunk) / 2**20:.0f} MiB ({lines:,} lines) from the beginning, one CPU each: "

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import shutil
 import subprocess
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -109,7 +111,8 @@ async def test_write_error_leaves_the_segment_valid(tmp_path) -> None:
     await queue.put(logs)
     write_all = queue._write_all
 
-    def half_then_enospc(data: bytes) -> None:  # a disk that fills in the middle of a record
+    def half_then_enospc(*chunks: bytes) -> None:  # a disk that fills in the middle of a record
+        data = b"".join(chunks)
         write_all(data[: len(data) // 2])
         raise OSError(28, os.strerror(28))
 
@@ -177,11 +180,11 @@ class SmallDisk(DiskQueue):
 
     disk_bytes = 4096
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, *chunks: bytes) -> None:
         used = sum(p.stat().st_size for p in self.directory.glob("*.seg"))
-        if used + len(data) > self.disk_bytes:
+        if used + sum(map(len, chunks)) > self.disk_bytes:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super()._write_all(data)
+        super()._write_all(*chunks)
 
 
 async def fill(queue: DiskQueue, start: int = 0) -> int:
@@ -272,7 +275,8 @@ async def test_a_torn_write_that_cannot_be_cut_moves_to_a_new_segment(tmp_path, 
     await queue.put(QueuedBatch(Signal.LOGS, [LogRecord(1, "a")], 50, 1))
     write_all = queue._write_all
 
-    def half_then_eio(data: bytes) -> None:
+    def half_then_eio(*chunks: bytes) -> None:
+        data = b"".join(chunks)
         write_all(data[: len(data) // 2])
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
@@ -562,3 +566,54 @@ async def test_a_read_only_buffer_directory_is_a_clear_error_at_start(read_only_
         await queue.open()
     message = str(caught.value)
     assert str(read_only_dir) in message and "not writable" in message and 'buffer = "memory"' in message
+
+
+async def test_a_short_write_of_header_and_payload_is_completed(tmp_path, monkeypatch) -> None:
+    """The header and payload go out in one writev; when it writes only part, the rest follows."""
+    queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.LOGS, cache_bytes=0)  # read back from the disk
+    await queue.open()
+    writev = os.writev
+    calls = []
+
+    def short_writev(fd: int, chunks) -> int:
+        calls.append(len(chunks))
+        return writev(fd, [b"".join(chunks)[:7]])  # part of the header only
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    await queue.put(QueuedBatch(Signal.LOGS, [LogRecord(1, "a" * 5000), LogRecord(2, "b")], 50, 1))
+    monkeypatch.undo()
+    assert calls == [2]
+    batch = await queue.take()
+    assert [r.body for r in batch.items] == ["a" * 5000, "b"]
+    await queue.close()
+
+
+async def test_the_cache_of_written_batches_holds_at_most_its_bound_in_memory(tmp_path) -> None:
+    """``cache_bytes`` bounds what the cached batches' items hold in memory (their Python objects),
+    not only their records' bytes on disk, which are about a quarter smaller for log lines."""
+    bound = 1 << 20
+    queue = DiskQueue(tmp_path, 100_000_000, signal=Signal.LOGS, cache_bytes=bound)
+    await queue.open()
+    labels = (("filename", "/var/log/apache2/access.log"), ("job", "logs"))
+    line = '203.0.113.7 - - [03/Dec/2026:10:00:00 +0000] "GET /index.html?page={} HTTP/1.1" 200 5120 "-" "curl/8"'
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(40):  # about 3 MiB of records: the cache fills, the rest is only on disk
+            items = [LogRecord(1_700_000_000_000_000_000 + i, line.format(n * 1000 + i), labels) for i in range(500)]
+            await queue.put(QueuedBatch(Signal.LOGS, items, 100_000, 1))
+        del items
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0 < queue._cache_bytes <= bound
+    assert len(queue._cache) >= 3  # it does cache
+    assert held <= bound, f"the cache and index hold {held:,} bytes, over the {bound:,} bound"
+    taken = []  # what is not cached is read back from disk, all of it and in order
+    while queue.items:
+        taken += [r.body for r in (await queue.take()).items]
+        await queue.ack()
+    assert taken == [line.format(n * 1000 + i) for n in range(40) for i in range(500)]
+    await queue.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from agent.buffer import DiskQueue, QueuedBatch
+from agent.buffer import DiskQueue, QueuedBatch, _cache_cost
 from agent.delivery import AckToken, item_size, item_sizes
 from agent.model import LogRecord, Sample, Signal, labels_from
 from tests.unit.test_delivery import ScriptedOutput, runner_for
@@ -70,7 +70,7 @@ async def test_disk_queue_hands_out_what_it_wrote_without_reading_it_back_and_re
     first = await queue.take()
     assert first.items is written[0].items
     await queue.ack()
-    assert queue._cache_bytes == sum(r.length for r in queue._index)  # taken batches leave the cache
+    assert queue._cache_bytes == sum(map(_cache_cost, queue._index))  # taken batches leave the cache
     await queue.close()
     reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.LOGS)
     await reopened.open()

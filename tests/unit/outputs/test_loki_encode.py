@@ -132,3 +132,12 @@ def test_many_lines_round_trip() -> None:
     for labels, entries in decoded:
         expected = [(r.time_ns, r.body, {}) for r in batch if r.labels == (("n", labels["n"]),)]
         assert entries == expected
+
+
+def test_nanoseconds_either_side_of_the_table_bounds_round_trip() -> None:
+    """Below 16 Ki ns into a second (whole-second times) the nanos come from one table, above it
+    from two; every length of varint either side of those bounds decodes to the same time."""
+    nanos = [0, 1, 127, 128, 0x3FFF, 0x4000, 0x4001, 0x1FFFFF, 0x200000, 999_999_999]
+    batch = [LogRecord(1_700_000_000_000_000_000 + s * 10**9 + n, f"l{s}.{n}", ()) for s in (0, 1) for n in nanos]
+    decoded = decode(PushEncoder().encode_protobuf(batch).payload)
+    assert decoded[0][1] == [(r.time_ns, r.body, {}) for r in batch]
