@@ -302,8 +302,7 @@ class LogsCollector(StreamingCollector):
         self._push_metrics(result.files)
         if result.records:
             marks = result.sent
-            for key, mark in marks.items():
-                ledger.sent(key, mark.offset)
+            ledger.sent_many(marks)
             await emit.logs(result.records, on_durable=functools.partial(self._acked, marks, len(result.records)))
         for key, mark in result.skipped.items():
             ledger.skipped(key, mark)

@@ -119,43 +119,88 @@ class PushEncoder:
                 last = record.time_ns
         return groups
 
+    def _streams(self, records: Sequence[LogRecord]) -> list[tuple[Labels, Sequence[LogRecord]]]:
+        """:meth:`_groups`' streams, as (label set, records) pairs, mostly found without regrouping.
+
+        Most batches come in order: one label set in time order (a file read in bulk), or each label
+        set in one run of records sharing its object, in time order (a line of each of many files at
+        low rates: as many streams as records). Others are grouped and sorted by :meth:`_groups`."""
+        if not records:
+            return []
+        first = records[0].labels
+        if records[-1].labels == first:
+            labels = [r.labels for r in records]
+            if labels.count(first) == len(labels):
+                times = [r.time_ns for r in records]
+                if times == sorted(times):
+                    return [(first, records)]
+        runs: list[tuple[Labels, list[LogRecord]]] = []
+        seen: set[Labels] = set()
+        last: Labels | None = None
+        last_ns = 0
+        run: list[LogRecord] = []
+        for record in records:
+            labels = record.labels
+            if labels is last:
+                if record.time_ns < last_ns:
+                    break  # out of time order
+                run.append(record)
+            else:
+                seen.add(labels)
+                if len(seen) == len(runs):
+                    break  # the label set came before, in another run (or as another equal object)
+                last, run = labels, [record]
+                runs.append((labels, run))
+            last_ns = record.time_ns
+        else:
+            return runs
+        return list(self._groups(records).items())
+
     def encode_protobuf(self, records: Sequence[LogRecord]) -> Encoded:
         """A ``PushRequest``, uncompressed (send it snappy-compressed).
 
         The hot loop appends an entry's pieces to one list and keeps each
         stream's size as it goes. Varints come from tables: lengths below
-        16 KiB are one lookup, and a timestamp's nanoseconds are the low 14
-        bits from a table plus the higher bits, which stay the same for
-        16 µs of consecutive records and are encoded once per change.
+        16 KiB are one lookup (a stream's too: a batch of a line of each of many
+        files is as many streams as records), and a timestamp's nanoseconds are
+        the low 14 bits from a table plus the higher bits, which stay the same for
+        16 µs of consecutive records and are encoded once per change; a record
+        with the time of the one before (the lines of one round) reuses its pieces.
         """
         parts: list[bytes] = []
         metadata = self.structured_metadata
         metadata_get = self._metadata_cache.get
-        low14, head12, small = _tables()
+        selector_get = self._selectors.get
+        low14, head12, head10, small = _tables()
         sec_ns, ts_heads = -(1 << 63), _NO_HEADS  # the current second, in ns, and its Timestamp heads
         last_high, high, ts_head, fixed = -1, b"", b"", 0  # fixed: the Timestamp field's size
-        groups = self._groups(records)
-        for labels, group in groups.items():
+        last_ns, low = None, b""  # the time of the record before, and its nanos' low bytes
+        streams = self._streams(records)
+        for labels, group in streams:
+            header = (selector_get(labels) or self._stream(labels))[0]
             head_index = len(parts)
-            parts.append(b"")
+            parts += (b"", header)  # the stream's key (PushRequest.streams = 1) and size, once known
             total = 0
             for record in group:
-                nanos = record.time_ns - sec_ns
-                if nanos >= 1_000_000_000 or nanos < 0:
-                    sec, nanos = divmod(record.time_ns, 1_000_000_000)
-                    sec_ns = record.time_ns - nanos
-                    ts_heads, last_high = _timestamp_heads(sec), -1
-                if nanos >= 0x4000:
-                    low = low14[nanos & 0x3FFF]
-                    if nanos >> 14 != last_high:
-                        last_high = nanos >> 14
-                        high = varint(last_high)
-                        ts_head = ts_heads[2 + len(high)]
-                        fixed = len(ts_head) + 2 + len(high)
-                else:  # the first 16 µs of a second: every record of a time with whole seconds
-                    low, high, last_high = small[nanos], b"", -1
-                    ts_head = ts_heads[len(low)]
-                    fixed = len(ts_head) + len(low)
+                time_ns = record.time_ns
+                if time_ns != last_ns:
+                    last_ns = time_ns
+                    nanos = time_ns - sec_ns
+                    if nanos >= 1_000_000_000 or nanos < 0:
+                        sec, nanos = divmod(time_ns, 1_000_000_000)
+                        sec_ns = time_ns - nanos
+                        ts_heads, last_high = _timestamp_heads(sec), -1
+                    if nanos >= 0x4000:
+                        low = low14[nanos & 0x3FFF]
+                        if nanos >> 14 != last_high:
+                            last_high = nanos >> 14
+                            high = varint(last_high)
+                            ts_head = ts_heads[2 + len(high)]
+                            fixed = len(ts_head) + 2 + len(high)
+                    else:  # the first 16 µs of a second: every record of a time with whole seconds
+                        low, high, last_high = small[nanos], b"", -1
+                        ts_head = ts_heads[len(low)]
+                        fixed = len(ts_head) + len(low)
                 try:
                     line = record.body.encode()
                 except UnicodeEncodeError:  # lone surrogates from undecodable input
@@ -183,9 +228,9 @@ class PushEncoder:
                     entry_head = b"\x12" + varint(size)
                     parts += (entry_head, ts_head, low, high, line_head, line, meta)
                     total += size + len(entry_head)
-            header = self._stream(labels)[0]
-            parts[head_index] = b"\x0a" + varint(len(header) + total) + header
-        return Encoded(b"".join(parts), len(groups), len(records))
+            total += len(header)
+            parts[head_index] = head10[total] if total < 0x4000 else b"\x0a" + varint(total)
+        return Encoded(b"".join(parts), len(streams), len(records))
 
     def encode_json(self, records: Sequence[LogRecord]) -> Encoded:
         """The JSON push body, uncompressed."""
@@ -204,14 +249,15 @@ class PushEncoder:
 
 
 @functools.cache
-def _tables() -> tuple[list[bytes], list[bytes], list[bytes]]:
+def _tables() -> tuple[list[bytes], list[bytes], list[bytes], list[bytes]]:
     """(the low 14 bits of a varint of 3+ bytes, as its first two bytes; the key of a field 2
-    of type length-delimited, 0x12, followed by each length below 16 KiB; the varint of each
-    number below 16 Ki), built on first use."""
+    of type length-delimited, 0x12, followed by each length below 16 KiB; the same for field 1,
+    0x0a; the varint of each number below 16 Ki), built on first use."""
     low14 = [bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(0x4000)]
     small = [varint(n) for n in range(0x4000)]
     head12 = [b"\x12" + v for v in small]
-    return low14, head12, small
+    head10 = [b"\x0a" + v for v in small]
+    return low14, head12, head10, small
 
 
 def _timestamp_heads(sec: int) -> tuple[bytes, ...]:

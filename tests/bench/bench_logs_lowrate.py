@@ -29,10 +29,11 @@ sink only counts lines).
 
 Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
-by thread (named by ``py-spy dump`` when py-spy is installed, else by thread id), BENCH_LOWRATE_FILES=2000
-runs only the scenarios with that many files (comma-separated counts). BENCH_BASELINE_REV (a git revision,
-e.g. ``main``) adds a third shipper to the low-rate runs: hostwatch as that revision has it (``git
-archive``), tailing the same files in the same window, for a before/after in the same conditions.
+by thread, the baseline's too (named by ``py-spy dump`` when py-spy is installed, else by thread id),
+BENCH_LOWRATE_FILES=2000 runs only the scenarios with that many files (comma-separated counts).
+BENCH_BASELINE_REV (a git revision, e.g. ``main``) adds a third shipper to the low-rate runs: hostwatch as
+that revision has it (``git archive``), tailing the same files in the same window, for a before/after in
+the same conditions.
 BENCH_BULK_BASELINE=DIR also ships the bulk file with hostwatch from the source tree DIR (an earlier
 commit: ``git archive REV | tar -x -C DIR``), alternating with this tree's, for a before/after in the same
 run; BENCH_BULK_RUNS=N ships it N times with each tree (the goal's figures: this tree's median run). Both trees
@@ -194,18 +195,21 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(logs), str(files), str(rate), str(CORPUS)])
         procs.append(writer)
         time.sleep(WARMUP)
-        names = thread_names(agent.pid) if BY_THREAD else {}
-        threads_before = thread_cpu_ns(agent.pid)
+        agents = [p for p in (agent, old) if p is not None]  # by thread: this tree's, and the baseline's
+        names = {p.pid: thread_names(p.pid) if BY_THREAD else {} for p in agents}
+        threads_before = {p.pid: thread_cpu_ns(p.pid) for p in agents}
         shippers = [p for p in (agent, rsyslog, old) if p is not None]
         before = {p.pid: cpu_ns(p.pid) for p in shippers}
         lines_before = written(logs)
         time.sleep(WINDOW)
         used = {p.pid: cpu_ns(p.pid) - before[p.pid] for p in shippers}
         lines = written(logs) - lines_before
-        by_thread: dict[str, int] = {}
-        for tid, ns in thread_cpu_ns(agent.pid).items():
-            name = names.get(tid, f"thread {tid}")
-            by_thread[name] = by_thread.get(name, 0) + ns - threads_before.get(tid, 0)
+        by_thread: dict[int, dict[str, int]] = {}
+        for p in agents:
+            threads = by_thread[p.pid] = {}
+            for tid, ns in thread_cpu_ns(p.pid).items():
+                name = names[p.pid].get(tid, f"thread {tid}")
+                threads[name] = threads.get(name, 0) + ns - threads_before[p.pid].get(tid, 0)
         stop(writer)
         total = written(logs)
         sent = old_sent = 0.0
@@ -236,8 +240,10 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
             f"this tree / {BASELINE_REV}: {agent_us / old_us:.2f}; delivered {old_sent:,.0f} of {total:,}"
         )
     if BY_THREAD:
-        busy = sorted(by_thread.items(), key=lambda item: -item[1])
-        print("  hostwatch by thread: " + ", ".join(f"{n} {ns / 1000 / max(lines, 1):.1f} us" for n, ns in busy[:6]))
+        for p, who in ((agent, "hostwatch"), (old, f"hostwatch at {BASELINE_REV}")):
+            if p is not None:
+                busy = sorted(by_thread[p.pid].items(), key=lambda item: -item[1])[:6]
+                print(f"  {who} by thread: " + ", ".join(f"{n} {ns / 1000 / max(lines, 1):.1f} us" for n, ns in busy))
     return [
         (f"{name}: hostwatch CPU <= {TARGET_CPU_RATIO:g}x rsyslog's (got {ratio:.2f}x)", ratio <= TARGET_CPU_RATIO),
         (f"{name}: every line shipped by both", sent >= total and sink.lines >= total),

@@ -78,8 +78,7 @@ def main() -> int:
                 started = time.process_time()
                 for key, file in res.identity.items():
                     ledger.identity(key, file)
-                for key, mark in res.sent.items():
-                    ledger.sent(key, mark.offset)
+                ledger.sent_many(res.sent)
                 ledger.acked(res.sent)
                 encoded = ledger.encoded(now)
                 written = time.process_time()

@@ -199,3 +199,31 @@ def test_encoded_entries_follow_entries_opened_and_forgotten() -> None:
     open_entry(ledger, "d")
     assert check(11.0) == ["old.1", "a", "c", "d"]
     assert check(2 + RETAIN_SECONDS) == ["a", "c", "d"], "the saved entry expired"
+
+
+def test_a_rounds_marks_handed_on_in_one_call_do_what_a_call_per_file_does() -> None:
+    """``sent_many`` (the collector's call, one per round) against ``sent`` per file: the same offsets
+    saved, the same entries encoded again (a copy held at its predecessor's offset included)."""
+    ledgers = [Ledger([], 0.0), Ledger([], 0.0)]
+    for ledger in ledgers:
+        for key in ("a", "b", "c"):
+            open_entry(ledger, key)
+        open_entry(ledger, "copy", offset=30, pred="b")
+        ledger.encoded(0.0)
+    rounds = [
+        {"a": (100, b"1\n"), "b": (40, b"2\n"), "gone": (5, b"")},
+        {"a": (90, b"stale\n"), "copy": (80, b"3\n")},
+    ]
+    for marks in rounds:
+        ledgers[0].sent_many(marks)
+        for key, mark in marks.items():
+            ledgers[1].sent(key, mark[0])
+        encoded = [[bytes(raw) for raw in ledger.encoded(0.0)] for ledger in ledgers]
+        assert encoded[0] == encoded[1]
+        assert [e.emitted for e in ledgers[0].entries.values()] == [e.emitted for e in ledgers[1].entries.values()]
+    assert ledgers[0].entries["a"].emitted == 100 and ledgers[0].entries["a"].inflight == 2
+    ledgers[0].acked({"a": (100, b"1\n"), "copy": (80, b"3\n")})
+    assert saved_offsets(ledgers[0]) == {"a": 100, "b": 0, "c": 0, "copy": 0}, "copy held while b is in flight"
+    ledgers[0].acked({"b": (40, b"2\n")})
+    ledgers[0].acked({"a": (90, b"stale\n")})
+    assert saved_offsets(ledgers[0]) == {"a": 100, "b": 40, "c": 0, "copy": 80}

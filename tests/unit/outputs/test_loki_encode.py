@@ -141,3 +141,25 @@ def test_nanoseconds_either_side_of_the_table_bounds_round_trip() -> None:
     batch = [LogRecord(1_700_000_000_000_000_000 + s * 10**9 + n, f"l{s}.{n}", ()) for s in (0, 1) for n in nanos]
     decoded = decode(PushEncoder().encode_protobuf(batch).payload)
     assert decoded[0][1] == [(r.time_ns, r.body, {}) for r in batch]
+
+
+def test_streams_are_the_same_however_the_batch_is_ordered() -> None:
+    """A line of each of many files (a run per label set, one time), a file read in bulk, label sets
+    coming back after others, equal label sets as distinct objects, lines out of time order: every
+    label set is one stream, in order of first appearance, its entries in time order (stable)."""
+    files = [labels_from({"filename": f"/var/log/app{i}.log"}) for i in range(300)]
+    one_each = [LogRecord(T0, f"line {i}", files[i]) for i in range(300)]
+    bulk = [LogRecord(T0 + i, f"line {i}", files[0]) for i in range(300)]
+    comes_back = [*one_each[:5], LogRecord(T0 + 1, "again", files[2]), *one_each[5:9]]
+    equal_objects = [LogRecord(T0, f"copy {i}", tuple(list(files[i % 2]))) for i in range(6)]
+    late_line = [*bulk[:3], LogRecord(T0 - 5, "late", files[0]), *bulk[3:6], *one_each[1:3]]
+    for batch in (one_each, bulk, comes_back, equal_objects, late_line, [one_each[0]] * 3):
+        expected: dict[tuple, list[LogRecord]] = {}
+        for record in batch:
+            expected.setdefault(record.labels, []).append(record)
+        encoded = PushEncoder().encode_protobuf(batch)
+        assert decode(encoded.payload) == [
+            (dict(labels), [(r.time_ns, r.body, {}) for r in sorted(group, key=lambda r: r.time_ns)])
+            for labels, group in expected.items()
+        ]
+        assert (encoded.streams, encoded.entries) == (len(expected), len(batch))
