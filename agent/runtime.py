@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import logging
 import os
 import signal
@@ -370,7 +369,6 @@ async def run_agent(
         log.error("cannot start: %s", exc)
         await agent.stop()
         return 1
-    settle_garbage_collector()
     notify(f"READY=1\nSTATUS=running: {len(config.collectors)} collectors, {len(config.outputs)} outputs")
     heartbeat = asyncio.create_task(notifier.watchdog(), name="watchdog")
     if on_ready:
@@ -421,23 +419,6 @@ async def _reload(agent: Agent, config_path: str | None, notify: Callable[[str],
     for line in new_config.warnings:  # as at start: valid, but worth a look (a listen off loopback)
         logging.getLogger("hostwatch.config").warning("%s", line)
     notify("READY=1\nSTATUS=running")
-
-
-GC_YOUNGEST_THRESHOLD = 10_000  # Python's default is 700
-
-
-def settle_garbage_collector() -> None:
-    """Once started: the collector leaves start-up's objects alone and looks at new ones less often.
-
-    What start-up made (modules, the configuration, the plugins, caches) lives as long as the
-    process: frozen, no full collection walks it again. And a youngest generation of 10,000
-    objects instead of 700 lets most of a log round's objects die by reference count before a
-    collection looks at them and moves them on to older generations. The agent makes few
-    reference cycles, so garbage waits little longer; ``python -m tests.bench.bench_gc`` has
-    the figures.
-    """
-    gc.freeze()
-    gc.set_threshold(GC_YOUNGEST_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def install_event_loop_policy() -> None:

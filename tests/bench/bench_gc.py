@@ -99,6 +99,7 @@ def main() -> int:
         for run in range(RUNS):
             for name, tree in list(trees.items())[:: 1 if run % 2 == 0 else -1]:  # ABBA
                 print(f"{name}, run {run + 1} (the scenario's own lines, then the probe's):")
+                lowrate_bench.BASELINE_REV = name  # the name it prints for the probed agent
                 lowrate_bench.lowrate(root / f"low{run}{name[0]}", 2000, 1000, tree)
                 for found in collected(probe):
                     print(line(name, found, ""))
