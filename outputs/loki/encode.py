@@ -206,17 +206,18 @@ class PushEncoder:
 @functools.cache
 def _tables() -> tuple[list[bytes], list[bytes]]:
     """(the low 14 bits of a varint of 3+ bytes, as its first two bytes; the key of a field 2
-    of type length-delimited, 0x12, followed by each length below 16 KiB), built on first use.
-
-    Entry n joins the one-byte pieces of its low and its high 7 bits, made once: a tuple and a
-    ``varint`` call per entry made the first export about 9 ms slower (``bench_startup``).
-    """
+    of type length-delimited, 0x12, followed by each length below 16 KiB), built on first use."""
     continued = [bytes((n | 0x80,)) for n in range(0x80)]  # a 7-bit group with more to follow
-    last = [bytes((n,)) for n in range(0x80)]  # a varint's last group
     low14 = [low + high for high in continued for low in continued]
-    keyed = [b"\x12" + group for group in continued]
-    head12 = [b"\x12" + group for group in last] + [low + high for high in last[1:] for low in keyed]
-    return low14, head12
+    return low14, _prefixed_varints(b"\x12")
+
+
+def _prefixed_varints(prefix: bytes) -> list[bytes]:
+    """``prefix + varint(n)`` for each n below 16 Ki, joined from one-byte pieces made once: a
+    ``varint`` call per entry made the first export about 9 ms slower (``bench_startup``)."""
+    last = [bytes((n,)) for n in range(0x80)]  # a varint's last 7-bit group
+    continued = [prefix + bytes((n | 0x80,)) for n in range(0x80)]
+    return [prefix + group for group in last] + [low + high for high in last[1:] for low in continued]
 
 
 def _timestamp_heads(sec: int) -> tuple[bytes, ...]:

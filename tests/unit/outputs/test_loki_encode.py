@@ -137,7 +137,7 @@ def test_many_lines_round_trip() -> None:
 def test_the_varint_tables_hold_each_entry_as_varint_writes_it() -> None:
     # the tables are built from joined pieces, not one varint() call per entry (start-up time)
     from outputs._protobuf import varint
-    from outputs.loki.encode import _tables
+    from outputs.loki.encode import _prefixed_varints, _tables
 
     low14, head12 = _tables()
     assert len(low14) == len(head12) == 0x4000
@@ -145,3 +145,5 @@ def test_the_varint_tables_hold_each_entry_as_varint_writes_it() -> None:
         assert head12[n] == b"\x12" + varint(n), n
         # a nanos value with this low 14 bits and more above: its varint starts with the table's two bytes
         assert varint(n | 0x4000)[:2] == low14[n], n
+    for prefix in (b"", b"\x0a"):
+        assert _prefixed_varints(prefix) == [prefix + varint(n) for n in range(0x4000)]
