@@ -12,7 +12,10 @@ one search over the whole batch joined by newlines; the binding's per-call
 cost dominates short lines, so the batch call is several times faster. Only
 texts that match go on to the per-rule searches, and validators (Luhn,
 mod-97, ...) run only on those candidates. Overlaps resolve leftmost-first,
-then by rule order (custom rules first).
+then by rule order (custom rules first). The RE2 programs are compiled on their
+first use, and ASCII text (most logs) uses the rules' ASCII forms, which match
+the same and compile to a fraction of the e-mail rule's Unicode program (see
+:class:`_Programs`); rule errors are still found when the configuration loads.
 
 Private keys spread over lines are masked by ``agent.redact_blocks`` with one
 :class:`BlockState` per stream: ``redact_lines(lines, state)`` carries it from
@@ -105,40 +108,105 @@ def check_rules(section: Any) -> list[str]:
     """Config errors of a ``[redaction]`` section: unknown sets, patterns RE2 rejects."""
     errors: list[str] = []
     rules = _selected_rules(section, errors)
-    if not errors:
+    if not errors and any(rule.custom for rule in rules):
+        # the built-in sets fit together (test_redact_compile.py compiles them all); custom rules may not:
+        # found here, at load, not when the first line needs the programs
         try:
-            _Compiled(rules)
+            _Compiled(rules).full.compile_all()
         except re2.error as exc:
             errors.append(f"redaction: the rules together exceed RE2's limits: {_re2_message(exc)}")
     return errors
 
 
+class _Programs:
+    """The RE2 programs of the rules over one alphabet: each rule alone, their union as a Set, and a batch scanner.
+
+    Each is compiled on its first use, not here: building the default rules' programs and their
+    automata is most of what redaction costs before the first line is shipped, and a text needs
+    only the rules its Set match names. ``search[i]``, ``set_match`` and ``scan_from`` start as
+    stubs that compile the program and put the compiled call in their own place, so later calls
+    cost what they did before. Two threads that race on a first use both compile it; either result
+    is the same program. Compiling cannot fail here for a configuration that loaded:
+    :func:`check_rules` compiles what custom rules bring, ``test_redact_compile.py`` the built-in ones.
+    """
+
+    def __init__(self, rules: list[Rule], patterns: list[str]) -> None:
+        self.rules = rules
+        self.patterns = patterns
+        # (the search of rule i, and which of its groups hold the value, are set together on its first search)
+        self.search: list[Callable[[bytes, int], list[tuple[int, int]] | None]] = [
+            self._first_search(i) for i in range(len(patterns))
+        ]
+        self.value_groups: list[tuple[int, ...]] = [()] * len(patterns)
+        self.set_match: Callable[[bytes], list[int] | None] = self._first_set_match
+        self.scan_from: Callable[[bytes, int], int] = self._first_scan
+
+    def compile_all(self) -> None:
+        """Every program now (the configuration check)."""
+        self._compile_set()
+        self._compile_scan()
+        for i in range(len(self.patterns)):
+            self._compile_rule(i)
+
+    def _first_search(self, i: int) -> Callable[[bytes, int], list[tuple[int, int]] | None]:
+        def first(data: bytes, pos: int) -> list[tuple[int, int]] | None:
+            return self._compile_rule(i)(data, pos)
+
+        return first
+
+    def _compile_rule(self, i: int) -> Callable[[bytes, int], list[tuple[int, int]] | None]:
+        regex = re2.compile(self.patterns[i], _options())
+        if self.rules[i].custom:
+            index = regex.groupindex.get("value")
+            self.value_groups[i] = (index,) if index else ()
+        else:
+            self.value_groups[i] = tuple(range(1, regex.groups + 1))
+        search = self.search[i] = _searcher(regex)
+        return search
+
+    def _first_set_match(self, data: bytes) -> list[int] | None:
+        return self._compile_set()(data)
+
+    def _compile_set(self) -> Callable[[bytes], list[int] | None]:
+        compiled = re2.Set.SearchSet(_options(capture=False))
+        for pattern in self.patterns:
+            compiled.Add(pattern)
+        compiled.Compile()
+        self.set_match = compiled.Match
+        return compiled.Match
+
+    def _first_scan(self, data: bytes, pos: int) -> int:
+        return self._compile_scan()(data, pos)
+
+    def _compile_scan(self) -> Callable[[bytes, int], int]:
+        union = "|".join(f"(?:{pattern})" for pattern in self.patterns) or r"[^\x00-\x{10FFFF}]"
+        # (?m): in a batch a record starts after "\n", so ^ and $ must match at line ends
+        # there; the batch scan only has to find every record that may match.
+        scan = self.scan_from = _starter(re2.compile("(?m)" + union, _options(capture=False)))
+        return scan
+
+
 class _Compiled:
-    """The rules' RE2 programs: each rule alone, their union as a Set, and a batch scanner."""
+    """The rules' programs for any text (``full``) and for ASCII text (``ascii``: the rules' ASCII forms).
+
+    ASCII text goes to ``ascii``, which finds the same matches (see ``Rule.ascii_pattern``)
+    with smaller programs; ``full`` is compiled only when non-ASCII text comes. Without
+    ASCII forms the two are one.
+    """
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
-        self.regexes = [re2.compile(rule.pattern, _options()) for rule in rules]
-        self.value_groups: list[tuple[int, ...]] = []
-        for rule, regex in zip(rules, self.regexes, strict=True):
-            if rule.custom:
-                index = regex.groupindex.get("value")
-                self.value_groups.append((index,) if index else ())
-            else:
-                self.value_groups.append(tuple(range(1, regex.groups + 1)))
-        self.search = [_searcher(regex) for regex in self.regexes]
-        self.set = re2.Set.SearchSet(_options(capture=False))
-        for rule in rules:
-            self.set.Add(rule.pattern)
-        self.set.Compile()
-        union = "|".join(f"(?:{rule.pattern})" for rule in rules) or r"[^\x00-\x{10FFFF}]"
-        # (?m): in a batch a record starts after "\n", so ^ and $ must match at line ends
-        # there; the batch scan only has to find every record that may match.
-        self.scan = re2.compile("(?m)" + union, _options(capture=False))
-        self.scan_from = _starter(self.scan)
+        self.full = _Programs(rules, [rule.pattern for rule in rules])
+        if any(rule.ascii_pattern for rule in rules):
+            self.ascii = _Programs(rules, [rule.ascii_pattern or rule.pattern for rule in rules])
+        else:
+            self.ascii = self.full
         self.batchable = not any(
             rule.custom and re.search(r"\\[Az]|\(\?[a-zA-Z]*-[a-zA-Z]*m", rule.pattern) for rule in rules
         )
+
+    def programs(self, text: str) -> _Programs:
+        return self.ascii if text.isascii() else self.full  # (isascii is O(1) on a str)
 
 
 def _starter(regex: Any) -> Callable[[bytes, int], int]:
@@ -227,11 +295,13 @@ class Redactor:
         """One text; a key block inside it (several lines) is masked line by line."""
         if "\n" in text and self._block is not None and HINT in text:
             return self.redact_lines([text])[0]
+        compiled = self._compiled
+        programs = compiled.ascii if text.isascii() else compiled.full  # (compiled.programs(text), a call less)
         data = text.encode("utf-8", "surrogatepass")
-        present = self._compiled.set.Match(data)
+        present = programs.set_match(data)
         if present is None:
             return text
-        changed = self._redact_bytes(data, present)
+        changed = self._redact_bytes(programs, data, present)
         return text if changed is None else _decode(changed)
 
     def redact_lines(self, lines: list[str], state: BlockState | None = None) -> list[str]:
@@ -268,10 +338,11 @@ class Redactor:
         """
         data = text.encode("utf-8", "surrogatepass")
         cut = len(text[:at].encode("utf-8", "surrogatepass"))
-        present = self._compiled.set.Match(data)
+        programs = self._compiled.programs(text)
+        present = programs.set_match(data)
         found: list[tuple[int, int]] = []
         if present:
-            self._redact_bytes(data, present, found)
+            self._redact_bytes(programs, data, present, found)
         for start, vend in found:
             if start < cut < vend:  # matches do not overlap: moving the cut reaches no later one
                 cut = vend
@@ -290,7 +361,8 @@ class Redactor:
         compiled = self._compiled
         if not compiled.batchable:
             return [self._redact_one(line) for line in lines]
-        at = compiled.scan_from(data, 0)
+        programs = compiled.programs(joined)
+        at = programs.scan_from(data, 0)
         out = list(lines)
         if at < 0:
             return out
@@ -314,7 +386,7 @@ class Redactor:
                 rest_from = end + 1
                 break
             # the match may belong to a later record or to none: resume at the next record
-            at = compiled.scan_from(data, end + 1)
+            at = programs.scan_from(data, end + 1)
             if at < 0:
                 break
         rest = data[rest_from:].split(b"\n") if rest_from >= 0 else []
@@ -323,16 +395,17 @@ class Redactor:
         else:
             one_line_each = index + data.count(b"\n", counted) == count - 1
         if not one_line_each:
-            return self._redact_by_starts(lines, joined, data, first, out)
+            return self._redact_by_starts(programs, lines, joined, data, first, out)
         for i, start, end in hits:
-            self._redact_at(data[start:end], i, out)
+            self._redact_at(programs, data[start:end], i, out)
         for i, record in enumerate(rest, index + 1):
-            self._redact_at(record, i, out)
+            self._redact_at(programs, record, i, out)
         return out
 
-    def _redact_by_starts(self, lines: list[str], joined: str, data: bytes, at: int, out: list[str]) -> list[str]:
+    def _redact_by_starts(
+        self, programs: _Programs, lines: list[str], joined: str, data: bytes, at: int, out: list[str]
+    ) -> list[str]:
         """:meth:`_redact_joined` when a record holds a newline: records found by their start offsets."""
-        compiled = self._compiled
         if joined.isascii():
             sizes: Iterable[int] = map(len, lines)
         else:
@@ -343,35 +416,37 @@ class Redactor:
             i = bisect_right(starts, at) - 1
             if i >= count:
                 break
-            self._redact_at(data[starts[i] : starts[i + 1] - 1], i, out)
+            self._redact_at(programs, data[starts[i] : starts[i + 1] - 1], i, out)
             hits += 1
             if hits >= 16 and hits * 4 > i:
                 for j in range(i + 1, count):
-                    self._redact_at(data[starts[j] : starts[j + 1] - 1], j, out)
+                    self._redact_at(programs, data[starts[j] : starts[j + 1] - 1], j, out)
                 break
             if i + 1 >= count:
                 break
-            at = compiled.scan_from(data, starts[i + 1])
+            at = programs.scan_from(data, starts[i + 1])
         return out
 
     def _redact_one(self, text: str) -> str:
         # redact() without the key-block check; redact() repeats these lines rather than call this,
         # as one more call per line costs the per-line path a few percent
+        compiled = self._compiled
+        programs = compiled.ascii if text.isascii() else compiled.full  # (compiled.programs(text), a call less)
         data = text.encode("utf-8", "surrogatepass")
-        present = self._compiled.set.Match(data)
+        present = programs.set_match(data)
         if present is None:
             return text
-        changed = self._redact_bytes(data, present)
+        changed = self._redact_bytes(programs, data, present)
         return text if changed is None else _decode(changed)
 
-    def _redact_at(self, record: bytes, i: int, out: list[str]) -> None:
-        present = self._compiled.set.Match(record)
-        changed = self._redact_bytes(record, present) if present else None
+    def _redact_at(self, programs: _Programs, record: bytes, i: int, out: list[str]) -> None:
+        present = programs.set_match(record)
+        changed = self._redact_bytes(programs, record, present) if present else None
         if changed is not None:
             out[i] = _decode(changed)
 
     def _redact_bytes(
-        self, data: bytes, present: list[int], found: list[tuple[int, int]] | None = None
+        self, programs: _Programs, data: bytes, present: list[int], found: list[tuple[int, int]] | None = None
     ) -> bytes | None:
         """The redacted text, or None when no candidate was confirmed.
 
@@ -380,10 +455,10 @@ class Redactor:
         order) is validated and taken, or skipped. With ``found``, the matches
         taken are listed there as (match start, value end), and not counted.
         """
-        compiled = self._compiled
+        search, value_groups, rules = programs.search, programs.value_groups, programs.rules
         heads = []
         for index in present:
-            spans = compiled.search[index](data, 0)
+            spans = search[index](data, 0)
             if spans is not None:
                 heads.append((spans[0][0], index, spans))
         pieces: list[bytes] = []
@@ -399,9 +474,9 @@ class Redactor:
             elif start == end:
                 pos = start + 1
             else:
-                rule = compiled.rules[index]
+                rule = rules[index]
                 vstart, found_end = spans[0]
-                for group in compiled.value_groups[index]:
+                for group in value_groups[index]:
                     if spans[group][0] >= 0:
                         vstart, found_end = spans[group]
                         break
@@ -414,7 +489,7 @@ class Redactor:
                     hit.add(rule.name)
                     if found is not None:
                         found.append((start, vend))
-            spans = compiled.search[index](data, pos)
+            spans = search[index](data, pos)
             if spans is not None:
                 heads.append((spans[0][0], index, spans))
         if not hit:

@@ -163,3 +163,19 @@ def test_streams_are_the_same_however_the_batch_is_ordered() -> None:
             for labels, group in expected.items()
         ]
         assert (encoded.streams, encoded.entries) == (len(expected), len(batch))
+
+
+def test_the_varint_tables_hold_each_entry_as_varint_writes_it() -> None:
+    # the tables are built from joined pieces, not one varint() call per entry (start-up time)
+    from outputs._protobuf import varint
+    from outputs.loki.encode import _prefixed_varints, _tables
+
+    low14, head12, head10, small = _tables()
+    assert len(low14) == len(head12) == len(head10) == len(small) == 0x4000
+    for n in range(0x4000):
+        assert head12[n] == b"\x12" + varint(n), n
+        assert head10[n] == b"\x0a" + varint(n) and small[n] == varint(n), n
+        # a nanos value with this low 14 bits and more above: its varint starts with the table's two bytes
+        assert varint(n | 0x4000)[:2] == low14[n], n
+    for prefix in (b"", b"\x0a"):
+        assert _prefixed_varints(prefix) == [prefix + varint(n) for n in range(0x4000)]
