@@ -21,6 +21,7 @@ archive``), to the footprint runs: a before/after in the same conditions.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -182,6 +183,18 @@ def export_tree(revision: str, into: Path) -> Path:
         with tarfile.open(fileobj=f) as tar:
             tar.extractall(into, filter="data")
     return into
+
+
+def measure_in_tree(bench_file: str, tree: Path, child_env: dict[str, str]) -> dict:
+    """Run ``bench_file``'s measurement in a fresh interpreter with ``tree`` first on the path (the
+    child is told by ``child_env``) and return the JSON it prints last: a before/after of two trees
+    in one run without either importing the other's modules."""
+    env = {**os.environ, "PYTHONPATH": str(tree), **child_env}
+    script = str(Path(bench_file).resolve())
+    out = subprocess.run([sys.executable, script], cwd=tree, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{Path(bench_file).stem} in {tree} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def byte_compile(tree: Path | None = None) -> None:

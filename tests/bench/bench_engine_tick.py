@@ -21,7 +21,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,13 +69,9 @@ async def measure() -> dict[str, float]:
 
 def run_in(tree: Path) -> dict[str, float]:
     """The measurement in a fresh interpreter with ``tree`` first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_ENGINE_TICK_CHILD": "1"}
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], cwd=tree, env=env, capture_output=True, text=True
-    )
-    if out.returncode:
-        raise SystemExit(f"bench_engine_tick in {tree} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from tests.bench.bench_agent import measure_in_tree  # here: a child imports the other tree's modules
+
+    return measure_in_tree(__file__, tree, {"BENCH_ENGINE_TICK_CHILD": "1"})
 
 
 def main() -> None:

@@ -25,9 +25,7 @@ import asyncio
 import inspect
 import json
 import os
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -118,23 +116,9 @@ async def measure() -> dict[str, float]:
 
 def run_in(tree: Path) -> dict[str, float]:
     """The measurements in a fresh interpreter with ``tree`` first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_METRICS_PAGE_CHILD": "1"}
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], cwd=tree, env=env, capture_output=True, text=True
-    )
-    if out.returncode:
-        raise SystemExit(f"bench_metrics_page in {tree} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from tests.bench.bench_agent import measure_in_tree  # here: a child imports the other tree's modules
 
-
-def export(revision: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True).stdout
-    with tempfile.TemporaryFile() as f:
-        f.write(archive)
-        f.seek(0)
-        with tarfile.open(fileobj=f) as tar:
-            tar.extractall(into, filter="data")
-    return into
+    return measure_in_tree(__file__, tree, {"BENCH_METRICS_PAGE_CHILD": "1"})
 
 
 def main() -> None:
@@ -145,10 +129,12 @@ def main() -> None:
         print(json.dumps(asyncio.run(measure())))
         return
     baseline = os.environ.get("BENCH_BASELINE_REV")
+    from tests.bench.bench_agent import export_tree
+
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this tree": ROOT}
         if baseline:
-            trees = {baseline: export(baseline, Path(tmp)), **trees}
+            trees = {baseline: export_tree(baseline, Path(tmp)), **trees}
         results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for _ in range(RUNS):
             for name, tree in trees.items():

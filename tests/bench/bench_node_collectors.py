@@ -25,9 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -101,23 +98,9 @@ def measure(name: str) -> dict:
 
 def run_in(tree: Path, name: str) -> dict:
     """:func:`measure` in a fresh interpreter with ``tree`` first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_NODE_COLLECTORS_CHILD": name}
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], cwd=tree, env=env, capture_output=True, text=True
-    )
-    if out.returncode:
-        raise SystemExit(f"bench_node_collectors in {tree} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from tests.bench.bench_agent import measure_in_tree  # here: a child imports the other tree's modules
 
-
-def export(revision: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True).stdout
-    with tempfile.TemporaryFile() as f:
-        f.write(archive)
-        f.seek(0)
-        with tarfile.open(fileobj=f) as tar:
-            tar.extractall(into, filter="data")
-    return into
+    return measure_in_tree(__file__, tree, {"BENCH_NODE_COLLECTORS_CHILD": name})
 
 
 def main() -> None:
@@ -132,8 +115,10 @@ def main() -> None:
             if only in name:
                 print(describe(name, [measure(name)]))
         return
+    from tests.bench.bench_agent import export_tree
+
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {baseline: export(baseline, Path(tmp)), "this tree": ROOT}
+        trees = {baseline: export_tree(baseline, Path(tmp)), "this tree": ROOT}
         print(f"{RUNS} runs per tree, alternating, {CYCLES} cycles each")
         for name in CONFIGS:
             if only not in name:
