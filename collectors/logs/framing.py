@@ -93,15 +93,8 @@ class Framer:
         ):
             # the usual read at low rates, whole lines and nothing held: what the general path below
             # does with them, without its checks (one read per file and round)
-            try:
-                text = data.decode(self.codec)
-            except UnicodeDecodeError:
-                pass  # the general path finds the bad lines and counts them
-            else:
-                if "\r" in text:
-                    text = text.replace("\r\n", "\n")
-                got = text.split("\n")
-                got.pop()  # the empty string after the final newline
+            got = self._whole_lines(data)
+            if got is not None:  # else the general path finds the bad lines and counts them
                 self.block = data
                 n = len(data)
                 self.tail = data[n - TAIL_BYTES :] if n >= TAIL_BYTES else (self.tail + data)[-TAIL_BYTES:]
@@ -189,15 +182,8 @@ class Framer:
     def _split(self, buf: bytes, length: int, base: int, lines: list[str], ends: list[int] | None) -> None:
         if self._fast and ends is None:
             block = buf[:length] if length < len(buf) else buf
-            try:
-                text = block.decode(self.codec)
-            except UnicodeDecodeError:
-                pass  # the slow path finds the bad lines and counts them
-            else:
-                if "\r" in text:
-                    text = text.replace("\r\n", "\n")
-                got = text.split("\n")
-                got.pop()  # the empty string after the final newline
+            got = self._whole_lines(block)
+            if got is not None:  # else the slow path finds the bad lines and counts them
                 self.block = block
                 # a str of n characters holds at most 4n UTF-8 bytes: only longer ones need a look
                 if length > self._max and max(map(len, got)) * 4 > self._max:
@@ -205,6 +191,19 @@ class Framer:
                 lines.extend(got)
                 return
         self._split_slow(buf, length, base, lines, ends)
+
+    def _whole_lines(self, block: bytes) -> list[str] | None:
+        """The lines of ``block`` (whole lines, the last ending it) decoded in one call, CRLF as LF;
+        None when a byte does not decode (the line-by-line path finds and counts those)."""
+        try:
+            text = block.decode(self.codec)
+        except UnicodeDecodeError:
+            return None
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        lines = text.split("\n")
+        lines.pop()  # the empty string after the final newline
+        return lines
 
     def _split_slow(self, buf: bytes, length: int, base: int, lines: list[str], ends: list[int] | None) -> None:
         """Line by line: multiline offsets, invalid bytes, overlong lines, UTF-16."""
