@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -90,3 +91,24 @@ def hostwatch_command() -> list[str]:
         return [str(script)]
     found = shutil.which("hostwatch")
     return [found] if found else [sys.executable, "-m", "agent.cli"]
+
+
+@contextlib.asynccontextmanager
+async def http_servers(status: Any):
+    """``make(**bounds)`` starts an ``agent.http.HttpServer`` for ``status`` on a free loopback
+    port; every server made is stopped on the way out."""
+    from agent.http import HttpServer
+
+    servers: list[HttpServer] = []
+
+    async def make(**bounds: Any) -> HttpServer:
+        http = HttpServer(status, "127.0.0.1:0", **bounds)
+        await http.start()
+        servers.append(http)
+        return http
+
+    try:
+        yield make
+    finally:
+        for http in servers:
+            await http.stop()

@@ -18,6 +18,7 @@ import uvloop
 
 from agent.http import HttpServer
 from agent.telemetry import Telemetry
+from tests.support import http_servers
 
 BIG_PAGE = b"node_big_series 1\n" * (2 * 1024 * 1024)  # 36 MiB: more than loopback's socket buffers hold
 
@@ -49,17 +50,8 @@ class Status:
 
 @pytest.fixture
 async def served():
-    servers = []
-
-    async def make(**bounds) -> HttpServer:
-        http = HttpServer(Status(), "127.0.0.1:0", **bounds)
-        await http.start()
-        servers.append(http)
-        return http
-
-    yield make
-    for http in servers:
-        await http.stop()
+    async with http_servers(Status()) as make:
+        yield make
 
 
 def value(http: HttpServer, name: str, **labels: str) -> float:

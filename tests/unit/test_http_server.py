@@ -13,6 +13,7 @@ import pytest
 
 from agent.http import AgentStatus, HttpServer
 from agent.telemetry import Telemetry
+from tests.support import http_servers
 
 
 def value(telemetry: Telemetry, name: str, **labels: str) -> float:
@@ -21,18 +22,8 @@ def value(telemetry: Telemetry, name: str, **labels: str) -> float:
 
 @pytest.fixture
 async def server():
-    telemetry = Telemetry()
-    servers = []
-
-    async def make(**bounds) -> HttpServer:
-        http = HttpServer(SimpleNamespace(telemetry=telemetry), "127.0.0.1:0", **bounds)
-        await http.start()
-        servers.append(http)
-        return http
-
-    yield make
-    for http in servers:
-        await http.stop()
+    async with http_servers(SimpleNamespace(telemetry=Telemetry())) as make:
+        yield make
 
 
 async def get_health(port: int) -> bytes:
