@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 import stat
 import time
 from pathlib import Path
@@ -439,6 +440,20 @@ def test_redact_lines_matches_redact_one_by_one(everything: Redactor):
     assert everything.redact_lines(lines) == [everything.redact(x) for x in lines]
     assert everything.redact_lines(NEGATIVE) == NEGATIVE
     assert everything.redact_lines([]) == []
+
+
+def test_redact_lines_matches_redact_one_by_one_on_random_batches(everything: Redactor):
+    """The batch scan finds each candidate's line by counting newlines over the joined batch: random
+    batches (matches first, last, next to each other, among non-ASCII and multiline records, long
+    runs of clean lines) are redacted as line by line."""
+    rng = random.Random(14)
+    pool = [text for rule, text, _ in POSITIVE if rule != "private-key"] + NEGATIVE
+    pool += ["", "multi\nline password=abc\nrecord", "ünïcödé ✓ bob@example.com", "\udcff password=x9", "x" * 300]
+    for _ in range(300):
+        lines = [rng.choice(pool) for _ in range(rng.randint(1, 40))]
+        if rng.random() < 0.3:
+            lines = [rng.choice(NEGATIVE) for _ in range(rng.randint(50, 200))] + lines
+        assert everything.redact_lines(lines) == [everything.redact(x) for x in lines]
 
 
 @pytest.mark.parametrize("pattern", [r"^secret\d", r"\d$", r"\Asecret\d", r"secret\d\z", r"(?m)^secret\d"])
