@@ -55,11 +55,7 @@ SAVE_INTERVAL = 1.0
 the last one: at low rates one write a second, at higher rates about one per round, so a crash sends
 again at most about a round's lines more than the batches in flight."""
 SAVE_LINES = ROUND_LINES
-"""Acknowledged lines that make the next checkpoint write due at once (but see ``SAVE_GAP``)."""
-SAVE_GAP = 0.1
-"""Seconds at least between two checkpoint writes even then: a file read in bulk acknowledges a round
-of thousands of lines every few tens of milliseconds, and a write (two fsyncs) each time would hold up
-the reading; a crash sends again at most this long's lines more than the batches in flight."""
+"""Acknowledged lines that make the next checkpoint write due at once."""
 
 
 def round_gap(lines: int, seconds: float) -> float:
@@ -347,16 +343,13 @@ class LogsCollector(StreamingCollector):
 
     async def _saver(self) -> None:
         """Writes the checkpoint file after changes, one write at a time: at most one per
-        ``SAVE_INTERVAL``, sooner once ``SAVE_LINES`` lines were acknowledged since the last
-        (``SAVE_GAP`` after it at the soonest)."""
+        ``SAVE_INTERVAL``, sooner once ``SAVE_LINES`` lines were acknowledged since the last."""
         wanted = self._save_wanted
         last = -SAVE_INTERVAL
         while True:
             await wanted.wait()
             wanted.clear()
-            while (
-                wait := last + (SAVE_INTERVAL if self._unsaved_lines < SAVE_LINES else SAVE_GAP) - time.monotonic()
-            ) > 0:
+            while (wait := last + SAVE_INTERVAL - time.monotonic()) > 0 and self._unsaved_lines < SAVE_LINES:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await wanted.wait()

@@ -488,28 +488,6 @@ async def test_checkpoint_writes_are_coalesced_at_low_rates(tmp_path, logs, monk
     assert all(b - a >= 0.45 for a, b in itertools.pairwise(during)), "at most one write per interval"
 
 
-async def test_checkpoint_writes_keep_a_gap_while_a_file_is_read_in_bulk(tmp_path, logs, monkeypatch) -> None:
-    """Rounds of hundreds of lines acknowledged one after the other are not a checkpoint write each
-    (two fsyncs on the reading thread): at most one per SAVE_GAP, and the last offset is still saved."""
-    import collectors.logs.logs as logs_module
-    import collectors.logs.tailer as tailer_module
-
-    writes: list[float] = []
-    save = Store.save
-    monkeypatch.setattr(Store, "save", lambda self, entries: (writes.append(time.monotonic()), save(self, entries)))
-    monkeypatch.setattr(tailer_module, "STEP_BYTES", 32 * 1024)  # many rounds of ~300 lines each
-    app = logs / "app.log"
-    app.write_text("".join(f"line {n:06d} {'x' * 90}\n" for n in range(30_000)))  # about 100 rounds
-    sink = Sink()
-    run = await start(tmp_path, sink, [str(app)], start_at="beginning")
-    await until(lambda: len(sink.records) == 30_000, timeout=30)
-    await until(lambda: checkpoint(tmp_path).get(str(app)) == app.stat().st_size)
-    during = list(writes)  # not the write at stop
-    await run.stop()
-    gaps = [b - a for a, b in itertools.pairwise(during)]
-    assert gaps and min(gaps) >= logs_module.SAVE_GAP * 0.9, f"writes {min(gaps):.3f} s apart"
-
-
 async def test_a_round_redacts_the_lines_of_all_its_files_in_one_call(tmp_path, logs) -> None:
     calls: list[int] = []
 
