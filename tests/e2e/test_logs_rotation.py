@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from collectors.logs.logs import SAVE_LINES
 from tests.e2e.agentproc import AgentProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.peers]
@@ -168,7 +169,14 @@ def test_restarts_while_shipping_lose_nothing(tmp_path, logdir, victoria_logs, h
         if how == "restart":
             assert duplicates == 0
         else:
-            assert duplicates <= interruptions * BATCH_MAX_ITEMS, f"{duplicates} duplicates"
+            # what one kill -9 may send again (README, Log files): the batch being written to the disk
+            # buffer (it survives in the page cache, its acknowledgement had not come), the batch sent
+            # whose buffer position was not saved yet, and the lines acknowledged since the checkpoint
+            # was last written (fewer than SAVE_LINES, or those of the round whose write was running).
+            # Two kills are too few to average over: under load one kill alone sent 1,100-1,500 again
+            # (the twenty-kill test below holds the average to one batch)
+            per_kill = 2 * BATCH_MAX_ITEMS + SAVE_LINES
+            assert duplicates <= interruptions * per_kill, f"{duplicates} duplicates"
         assert agent.stop() == 0
     finally:
         agent.kill()

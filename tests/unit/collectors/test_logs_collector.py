@@ -488,6 +488,34 @@ async def test_checkpoint_writes_are_coalesced_at_low_rates(tmp_path, logs, monk
     assert all(b - a >= 0.45 for a, b in itertools.pairwise(during)), "at most one write per interval"
 
 
+async def test_each_round_of_save_lines_is_written_at_once(tmp_path, logs, monkeypatch) -> None:
+    """Past ``SAVE_LINES`` acknowledged lines the checkpoint is written at once, every time, whatever the
+    interval: what a kill -9 sends again stays about a round (a 0.1 s gap between writes in bulk once let
+    it grow past 1,000 lines a kill)."""
+    import collectors.logs.logs as logs_module
+
+    writes: list[float] = []
+    monkeypatch.setattr(logs_module, "SAVE_INTERVAL", 60.0)  # only the lines can make a write due
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink(hold_acks=True)
+    run = await start(tmp_path, sink, [str(app)])
+    rounds = 10
+    for n in range(1, rounds + 1):  # a round each, its acknowledgement held
+        append(app, [f"line {i}" for i in range(logs_module.SAVE_LINES)])
+        await until(lambda n=n: len(sink.records) == n * logs_module.SAVE_LINES)
+    # counted, not written: the write's own time (an fsync) must not be what spaces the writes out
+    monkeypatch.setattr(Store, "save", lambda self, entries: writes.append(time.monotonic()))
+    callbacks, sink.unacked = sink.unacked, []
+    assert len(callbacks) == rounds  # released one at a time
+    for callback in callbacks:
+        callback()
+        await asyncio.sleep(0.03)
+    await until(lambda: len(writes) >= len(callbacks) - 2, timeout=2.0)
+    await run.stop()
+    assert len(writes) >= len(callbacks) - 2, f"{len(writes)} checkpoint writes for {len(callbacks)} rounds"
+
+
 async def test_a_round_redacts_the_lines_of_all_its_files_in_one_call(tmp_path, logs) -> None:
     calls: list[int] = []
 
