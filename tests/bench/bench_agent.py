@@ -221,20 +221,28 @@ def start_node_exporter(collectors: list[str] | None) -> tuple[subprocess.Popen,
 
 
 def footprint(
-    interval: float, matching: list[str], baseline: Path | None = None
+    interval: float, matching: list[str], baseline: Path | None = None, turn: int = 0
 ) -> dict[str, tuple[float, float, float]]:
     """CPU seconds over SECONDS, peak RSS and the main thread's CPU seconds, each process scraped
-    every ``interval``."""
+    every ``interval``.
+
+    Which process starts first moves round with ``turn`` (the run's number), and which is scraped
+    first with each round: the process started first read 5-10 % more CPU than the same code
+    started after it (three copies of one tree, pinned to one CPU or not), and the one scraped first
+    after the pause more again, which made one tree read 1.09-1.26x itself when it always went first."""
+    starters = {
+        "hostwatch": lambda tmp: start_agent(f"{interval}s", _fresh(tmp / "current")),
+        "node_exporter (matching collectors)": lambda tmp: start_node_exporter(matching),
+        "node_exporter (defaults)": lambda tmp: start_node_exporter(None),
+    }
+    if baseline is not None:
+        starters[BASELINE_NAME] = lambda tmp: start_agent(f"{interval}s", _fresh(tmp / "baseline"), tree=baseline)
+    names = list(starters)
     with tempfile.TemporaryDirectory() as tmp:
-        procs = {
-            "hostwatch": start_agent(f"{interval}s", Path(tmp)),
-            "node_exporter (matching collectors)": start_node_exporter(matching),
-            "node_exporter (defaults)": start_node_exporter(None),
-        }
-        if baseline is not None:
-            (Path(tmp) / "baseline").mkdir()
-            procs[BASELINE_NAME] = start_agent(f"{interval}s", Path(tmp) / "baseline", tree=baseline)
+        procs: dict[str, tuple[subprocess.Popen, str]] = {}
         try:
+            for name in _turned(names, turn):
+                procs[name] = starters[name](Path(tmp))
             for _proc, url in procs.values():
                 wait_ready(url + "/metrics")
             time.sleep(2)  # past start-up and the first collection
@@ -242,9 +250,12 @@ def footprint(
             loop_before = {name: main_thread_seconds(p.pid) for name, (p, _) in procs.items()}
             deadline = time.monotonic() + SECONDS
             next_scrape = time.monotonic()
+            urls = [url for _proc, url in procs.values()]
+            rounds = 0
             while time.monotonic() < deadline:
-                for _proc, url in procs.values():
+                for url in _turned(urls, rounds):
                     fetch(url + "/metrics")
+                rounds += 1
                 next_scrape += interval
                 time.sleep(max(0.0, next_scrape - time.monotonic()))
             return {
@@ -259,6 +270,17 @@ def footprint(
             for proc, _ in procs.values():
                 proc.terminate()
                 proc.wait(10)
+
+
+def _turned(items: list, turn: int) -> list:
+    """``items`` turned round by ``turn`` places."""
+    k = turn % len(items)
+    return items[k:] + items[:k]
+
+
+def _fresh(directory: Path) -> Path:
+    directory.mkdir()
+    return directory
 
 
 def cycle_cost() -> tuple[float, float, list[str]]:
@@ -411,12 +433,15 @@ def main() -> None:
         print(f"start to /ready (process spawn included): {start_to_ready():.3f}s (target <= 0.5 s)")
     with tempfile.TemporaryDirectory() as tmp:
         baseline = export_tree(BASELINE_REV, Path(tmp)) if BASELINE_REV else None
+        byte_compile()  # both trees as the packages ship them
+        if baseline is not None:
+            byte_compile(baseline)
         report_footprints(matching, baseline)
 
 
 def report_footprints(matching: list[str], baseline: Path | None) -> None:
     for interval in (float(i) for i in os.environ.get("BENCH_INTERVALS", "10,1").split(",")):
-        runs = [footprint(interval, matching, baseline) for _ in range(RUNS)]
+        runs = [footprint(interval, matching, baseline, turn) for turn in range(RUNS)]
         print(f"\ninterval {interval:g}s, each scraped every {interval:g}s, {SECONDS:.0f}s; load {load_average()}:")
         medians = {}
         for name in runs[0]:
