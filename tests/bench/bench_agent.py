@@ -228,8 +228,8 @@ def footprint(
 
     Which process starts first moves round with ``turn`` (the run's number), and which is scraped
     first with each round: the process started first read 5-10 % more CPU than the same code
-    started after it (three copies of one tree, pinned to one CPU or not), and the one scraped first
-    after the pause more again, which made one tree read 1.09-1.26x itself when it always went first."""
+    started after it (three copies of one tree, pinned to one CPU or not), which made one tree read
+    1.09-1.26x itself when it always went first; the median of three runs drops the run it did."""
     starters = {
         "hostwatch": lambda tmp: start_agent(f"{interval}s", _fresh(tmp / "current")),
         "node_exporter (matching collectors)": lambda tmp: start_node_exporter(matching),
