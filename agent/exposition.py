@@ -79,9 +79,9 @@ class LatestSamples:
     page's layout (families in order, and for each series its instance, index
     and name-and-labels text) is kept while that holds, so a render only formats
     the values; a run with other series makes the next render lay it out anew.
-    The layout is also compiled into one ``%`` template of the whole page and a
-    picker that takes every value in page order, so a render with finite values
-    (nearly all) is a few calls in C rather than a Python step per series.
+    The layout is also compiled into the page's text between values and a picker
+    that takes every value in page order, so a render with finite values (nearly
+    all) writes only the values that changed since the last render and joins.
 
     The page adds ``[agent] labels`` (``agent_labels``) to every series, as the
     outputs add them to what they push; a sample's own label of the same name wins.
@@ -105,7 +105,8 @@ class LatestSamples:
         self._prefixes: dict[tuple[str, Labels], str] = {}
         # per family: its TYPE line and (instance position, sample index, series text) per series
         self._layout: list[tuple[str, list[tuple[int, int, str]]]] | None = None
-        self._template = ""
+        self._parts: list[str] = [""]  # the page between its values (see _compile)
+        self._last: tuple[tuple[float, ...], list[str]] = ((), [])  # the last values written, and their text
         self._pick: Callable[[list[float]], tuple[float, ...]] = _no_values
 
     def replace(self, instance: str, samples: list[Sample]) -> list[Sample] | None:
@@ -164,15 +165,18 @@ class LatestSamples:
         offsets = [0]
         for samples in self._by_instance.values():
             offsets.append(offsets[-1] + len(samples))
+        # the page's text between values, each value's slot after its literal: [text, value, text, ...]
         parts: list[str] = []
         order: list[int] = []
+        between = ""
         for type_line, members in layout:
-            parts.append(type_line)
+            between += type_line + "\n"
             for i, j, prefix in members:
-                parts.append(prefix.replace("%", "%%") + "%r")  # a label value may hold a %
+                parts += (between + prefix, "")
                 order.append(offsets[i] + j)
-        parts.append("")
-        self._template = "\n".join(parts)
+                between = "\n"
+        parts.append(between)
+        self._parts = parts
         if len(order) > 1:
             self._pick = itemgetter(*order)
         else:
@@ -181,9 +185,24 @@ class LatestSamples:
     def _render(self) -> str:
         values = self._pick(list(map(_VALUE, chain.from_iterable(self._by_instance.values()))))
         total = sum(values)
-        if total - total == 0:  # every value finite: repr (%r) is their text
-            return self._template % values
-        return self._render_each()  # NaN and the infinities have names of their own
+        if total - total != 0:
+            return self._render_each()  # NaN and the infinities have names of their own
+        # every value finite: repr is its text. Most values are those of the last render (a
+        # counter that did not move, a gauge that holds): their text is kept, by position, as long
+        # as the value and its type are the same (7 and 7.0 are equal, written apart; so are
+        # 0.0 and -0.0, hence a zero is always written again)
+        last_values, last_texts = self._last
+        if len(last_values) == len(values):
+            texts = [
+                text if value == last and value and value.__class__ is last.__class__ else repr(value)
+                for value, last, text in zip(values, last_values, last_texts, strict=False)  # lengths checked
+            ]
+        else:
+            texts = list(map(repr, values))
+        self._last = values, texts
+        parts = self._parts
+        parts[1::2] = texts
+        return "".join(parts)
 
     def _render_each(self) -> str:
         runs = list(self._by_instance.values())

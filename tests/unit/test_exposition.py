@@ -68,3 +68,15 @@ def test_the_compiled_page_takes_percent_signs_single_series_and_ints() -> None:
     latest.replace("a", [Sample("node_x", -0.0, "gauge", (("path", "/srv/100%s %r %%d"),), 1)])  # layout kept
     assert latest.page().decode() == render_samples(latest.samples())
     assert "/srv/100%s %r %%d" in latest.page().decode()
+
+
+def test_a_value_equal_to_the_last_but_written_otherwise_is_written_again() -> None:
+    """Values the last render wrote keep their text; 7 and 7.0, 0.0 and -0.0 are equal but
+    written apart, so they are not taken for the last value."""
+    latest = LatestSamples()
+    labels = (("device", "eth0"),)
+    for values in ([7.0, 0.0, 1.5], [7, -0.0, 1.5], [7.0, 0.0, 1.5], [7.0, 0.0, 2.5], [True, 0, 2.5]):
+        latest.replace("a", [Sample(f"node_v{i}", v, "gauge", labels, 1) for i, v in enumerate(values)])
+        page = latest.page().decode()
+        assert page == render_samples(latest.samples()), values
+        assert [line.split(" ")[-1] for line in page.splitlines()[1::2]] == [repr(v) for v in values]

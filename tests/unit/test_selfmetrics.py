@@ -296,3 +296,38 @@ def test_a_gauge_set_to_its_value_again_keeps_its_familys_text_and_any_change_sh
     for value, shown in ((30, "30.0"), (0.0, "0.0"), (-0.0, "-0.0"), (float("nan"), "NaN"), (float("nan"), "NaN")):
         samples.labels("cpu").set(value)
         assert samples.text().endswith(f'hostwatch_collector_samples{{collector="cpu"}} {shown}\n'), value
+
+
+def test_open_fds_count_the_descriptors_a_listing_of_proc_self_fd_counts() -> None:
+    """The count from the directory's size (Linux >= 6.2) is the listing's, whatever is open."""
+    metrics = ProcessMetrics()
+    opened: list[int] = []
+    try:
+        for extra in (0, 1, 40):
+            while len(opened) < extra:
+                opened.append(os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC))
+            assert metrics.values()[4] == len(os.listdir("/proc/self/fd")), extra
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def test_open_fds_are_listed_where_the_directory_size_is_no_count(monkeypatch) -> None:
+    """Kernels before 6.2 give /proc/self/fd a size of 0: the directory is listed instead."""
+    import agent.selfmetrics as selfmetrics
+
+    real_stat = os.stat
+    sizes = []
+
+    def stat(path, *args, **kwargs):
+        result = real_stat(path, *args, **kwargs)
+        if str(path).endswith("/self/fd"):
+            sizes.append(result.st_size)
+            return os.stat_result((*result[:6], 0, *result[7:]))  # st_size 0, as older kernels
+        return result
+
+    monkeypatch.setattr(selfmetrics.os, "stat", stat)
+    metrics = ProcessMetrics()
+    assert metrics.values()[4] == len(os.listdir("/proc/self/fd"))
+    assert metrics.values()[4] == len(os.listdir("/proc/self/fd"))
+    assert len(sizes) == 1  # tried once, then listed
