@@ -57,6 +57,11 @@ class FileId:
         fingerprinted so far; None when it does not (or is no longer)."""
         if len(head) <= self.fp_len or fingerprint(head, self.fp_len) != self.fp:
             return None
+        return self.extended(head)
+
+    def extended(self, head: bytes) -> FileId:
+        """The fingerprint of ``head``, longer than this one's, which the caller found starting with the
+        bytes fingerprinted so far."""
         fp_len = min(len(head), FP_BYTES)
         # the constructor, not dataclasses.replace (which costs more than the two hashes): every file
         # grows its fingerprint a few times as it fills its first KiB

@@ -42,6 +42,10 @@ FIRST_CHUNK = 64 << 10
 a read brings a line: a 1 MiB buffer for it costs an ``mmap``, an ``mremap`` and a ``munmap`` besides the
 read wherever the allocator's mmap threshold is below 1 MiB, as it is by default."""
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
+HEAD_READ_MAX = 4096
+"""A file read up to this offset has its first read of a round start at offset 0: the bytes the check that
+it still starts as it did compares (and a growing fingerprint hashes) come with the new ones in one
+``pread``, instead of a second one for them (a page copied costs less than a system call)."""
 
 
 class Tailer(OpenFiles):
@@ -130,10 +134,17 @@ class Tailer(OpenFiles):
             if replaced(t, st):
                 self._truncated(t, now, res, pending)
         read = 0
+        head: bytes | None = None  # the file's first bytes, when this round's first read brought them
         while read < budget:
             want = min(CHUNK if read else FIRST_CHUNK, budget - read)
+            whole = None
             try:
-                data = os.pread(t.fd, want, t.pos)
+                if not looked and t.pos <= HEAD_READ_MAX and want > t.pos:
+                    whole = os.pread(t.fd, want, 0)  # its start and the new bytes in one read
+                    want -= t.pos
+                    data = whole[t.pos :]
+                else:
+                    data = os.pread(t.fd, want, t.pos)
             except OSError as exc:
                 self._problem(t.path, "read", exc, res)
                 break
@@ -143,7 +154,9 @@ class Tailer(OpenFiles):
                 # and round: at low rates a round reads a line from each of many files)
                 looked = True
                 if data:
-                    gone = not same_start(t)
+                    gone = not same_start(t) if whole is None else whole[: t.id.fp_len] != t.head
+                    if whole is not None and not gone and (len(data) < want or len(whole) >= FP_BYTES):
+                        head = whole  # all the file held then, or at least the fingerprint's bytes
                 else:
                     try:
                         gone = replaced(t, os.fstat(t.fd))
@@ -172,7 +185,7 @@ class Tailer(OpenFiles):
             # in steps (64, 128 ... bytes), not at every read: a file growing a line at a time would
             # otherwise cost a read of its head, a hash and a checkpoint write per line
             if t.id.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * t.id.fp_len, MIN_FP_MATCH)):
-                self._grow_fingerprint(t, res)
+                self._grow_fingerprint(t, res, head)
         return read
 
     def _lines(
@@ -214,12 +227,17 @@ class Tailer(OpenFiles):
             got.lines.extend(lines)
         res.sent[key] = _mark(Mark, (end, tail))  # tuple.__new__: a Mark without a Python-level call
 
-    def _grow_fingerprint(self, t: Tracker, res: StepResult) -> None:
-        try:
-            head = os.pread(t.fd, FP_BYTES, 0)
-        except OSError:
-            return
-        grown = t.id.grown(head)
+    def _grow_fingerprint(self, t: Tracker, res: StepResult, head: bytes | None = None) -> None:
+        """``head``: the file's first bytes as this round's read found them (checked to start with
+        ``t.head``), or None to read them."""
+        if head is None:
+            try:
+                head = os.pread(t.fd, FP_BYTES, 0)
+            except OSError:
+                return
+            grown = t.id.grown(head)
+        else:  # still starts with the bytes fingerprinted so far: compared, not hashed again
+            grown = t.id.extended(head) if len(head) > t.id.fp_len else None
         if grown is not None:
             t.id = grown
             t.head = head[: grown.fp_len]

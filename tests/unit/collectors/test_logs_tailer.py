@@ -11,6 +11,7 @@ from pathlib import Path
 from agent.config import convert
 from collectors.logs.checkpoint import Saved
 from collectors.logs.discovery import Patterns
+from collectors.logs.identity import fingerprint
 from collectors.logs.logs import LogsCollector
 from collectors.logs.stats import LogStats
 from collectors.logs.tailer import Tailer
@@ -314,6 +315,40 @@ def test_a_round_looking_at_every_file_reads_only_those_that_changed(tmp_path, m
     rig.step(scan=False)
     assert "grown" in rig.bodies and "r" * (size - 1) in rig.bodies, rig.bodies
     assert len(set(reads)) == 2
+    rig.close()
+
+
+def test_a_young_file_is_checked_and_read_in_one_read_a_round(tmp_path, monkeypatch) -> None:
+    """At low rates a round reads a line from each of many young files: the bytes that tell it still starts
+    as it did (and that its growing fingerprint hashes) come with the new ones, one ``pread`` per file, and a
+    rewrite is still seen; past its first page the two reads return."""
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    write(app, ["first " + "x" * 40])  # shorter than a fingerprint that identifies the file
+    rig.step()
+    reads: list[int] = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(at) or real(fd, n, at))
+    for i in range(8):  # the fingerprint grows at 64, 128, 256 ... bytes
+        write(app, [f"line {i} " + "y" * 60])
+        reads.clear()
+        rig.step(scan=False)
+        assert rig.bodies[-1] == f"line {i} " + "y" * 60
+        assert reads == [0], (i, reads)
+    tracker = next(iter(rig.tailer.trackers.values()))
+    assert tracker.id.fp_len > 256 and tracker.head == app.read_bytes()[: tracker.id.fp_len]
+    assert tracker.id.fp == fingerprint(tracker.head), "the grown fingerprint is the hash of the head kept"
+    with open(app, "w") as f:  # rewritten past the old offset: its first bytes tell
+        f.write("".join(f"new {i} " + "z" * 60 + "\n" for i in range(20)))
+    rig.bodies.clear()
+    rig.step(scan=False)
+    assert rig.bodies == [f"new {i} " + "z" * 60 for i in range(20)] and rig.stats["truncations"] == 1
+    write(app, ["w" * 5000])  # past the first page: the head is read on its own again
+    rig.step(scan=False)
+    write(app, ["last"])
+    reads.clear()
+    rig.step(scan=False)
+    assert rig.bodies[-1] == "last" and len(reads) == 2 and 0 in reads, reads
     rig.close()
 
 
