@@ -11,10 +11,18 @@ than the buffer's memory cache costs), the Loki encoder and snappy. CPU time
 
 What it leaves out, and ``bench_logs_lowrate`` includes: threads and their hand-offs, the event
 loop, the HTTP request, fsync and the checkpoint writes.
+
+BENCH_BULK_PEER=1 then also ships the snappy bodies, already encoded, into a new VictoriaLogs (pinned
+to the CPU ``bench_logs_lowrate`` pins it to), one request at a time as a Loki output's lane sends
+them: the wall time from the first request until the last answer, the first request's answer time
+apart (a new store's first insert), and VictoriaLogs' CPU time. It is the floor of the bulk bench's
+hostwatch run, which cannot be faster than its peer takes the batches in, whatever the agent's own
+CPU per line.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 import tempfile
@@ -36,11 +44,13 @@ from collectors.logs.logs import LogsCollector
 from collectors.logs.stats import LogStats
 from collectors.logs.tailer import Tailer
 from outputs.loki.encode import PushEncoder
-from tests.bench.bench_logs import CORPUS
+from tests.bench.bench_logs import CORPUS, start_victoria_logs, stop
+from tests.bench.bench_logs_lowrate import cpu_ns
 
 MIB = float(os.environ.get("BENCH_BULK_MIB", "32"))
 BATCH = int(os.environ.get("BENCH_BULK_BATCH", "10000"))
 ROUNDS = int(os.environ.get("BENCH_BULK_ROUNDS", "3"))
+PEER = os.environ.get("BENCH_BULK_PEER") == "1"
 
 
 def read_all(path: Path, lines: int, redactor: Redactor | None) -> tuple[float, list]:
@@ -83,6 +93,7 @@ def main() -> int:
             note("tailer rounds without redaction", plain)
             note("redaction (the difference)", redacted - plain)
             spent = dict.fromkeys(("sizing", "disk record", "read back", "Loki protobuf", "snappy"), 0.0)
+            bodies = []
             for start in range(0, len(records), BATCH):
                 batch = records[start : start + BATCH]
                 t0 = time.process_time()
@@ -95,8 +106,9 @@ def main() -> int:
                 t3 = time.process_time()
                 payload = loki.encode_protobuf(back).payload
                 t4 = time.process_time()
-                cramjam.snappy.compress_raw(payload)
+                body = cramjam.snappy.compress_raw(payload)
                 t5 = time.process_time()
+                bodies.append(bytes(body))
                 for name, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                     spent[name] += seconds
             for name, seconds in spent.items():
@@ -105,7 +117,36 @@ def main() -> int:
         for name, seconds in best.items():
             print(f"  {name:32s} {seconds * 1e6 / lines:5.2f} us per line")
         print(f"  {'together':32s} {sum(best.values()) * 1e6 / lines:5.2f} us per line")
+        if PEER:
+            for run in range(ROUNDS):
+                ship_to_peer(Path(tmp) / f"peer{run}", bodies, lines)
     return 0
+
+
+def ship_to_peer(home: Path, bodies: list[bytes], lines: int) -> None:
+    """POST ``bodies`` one after the other into a new VictoriaLogs and print how long it took them in."""
+    home.mkdir()
+    vl, url = start_victoria_logs(home)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"}
+        cpu_before, started, first = cpu_ns(vl.pid), time.monotonic(), 0.0
+        for body in bodies:
+            conn.request("POST", "/insert/loki/api/v1/push", body, headers)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status // 100 != 2:
+                sys.exit(f"VictoriaLogs answered {answer.status}")
+            first = first or time.monotonic() - started
+        seconds, cpu = time.monotonic() - started, (cpu_ns(vl.pid) - cpu_before) / 1e9
+        conn.close()
+    finally:
+        stop(vl)
+    print(
+        f"  VictoriaLogs took {len(bodies)} requests in {seconds:.2f} s ({lines / seconds:,.0f} lines/s; the first "
+        f"answered after {first * 1e3:.0f} ms), {cpu:.2f} s of its CPU ({cpu * 1e6 / lines:.2f} us per line)"
+    )
 
 
 if __name__ == "__main__":
