@@ -366,7 +366,8 @@ def rsyslog_into_victoria_logs(home: Path, path: Path, lines: int) -> tuple[floa
                     if count < lines:
                         before, grew = count, time.monotonic()
                     found = count
-            seconds, before_last = time.monotonic() - started, grew - started
+            seconds = time.monotonic() - started
+            before_last = grew - started if before else seconds  # one step only: nothing to leave out
             rsyslog_cpu = cpu_ns(rsyslog.pid) / 1e9
             peer_cpu = cpu_ns(vl.pid) / 1e9
         finally:
@@ -394,9 +395,8 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     shipped: dict[str, list[tuple[float, float, float, float, float, float, float, float, int]]] = {
         name: [] for name, _ in trees
     }
-    rsyslog_vl: list[
-        tuple[float, float, int, float, float, int]
-    ] = []  # rsyslog into VictoriaLogs, alternating with hostwatch
+    # rsyslog into VictoriaLogs, alternating with hostwatch
+    rsyslog_vl: list[tuple[float, float, int, float, float, int]] = []
     for run in range(BULK_RUNS):
         if into_vl and run % 2 == 1:
             rsyslog_vl.append(rsyslog_into_victoria_logs(home / f"rvl{run}", path, lines))
