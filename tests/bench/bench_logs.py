@@ -72,14 +72,21 @@ def pinned(cpu: str) -> list[str]:
     return ["taskset", "-c", cpu] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []
 
 
-def start_victoria_logs(home: Path) -> tuple[subprocess.Popen, str]:
+def start_victoria_logs(home: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """A new VictoriaLogs pinned to the peer's CPU; ``extra``: more flags (e.g. a syslog listener)."""
     binary = CACHE / "bin" / "victoria-logs"
     if not binary.exists():
         sys.exit(f"victoria-logs is not installed ({binary}): run tests/peers/install.sh")
     port = free_port()
     log = open(home / "victoria-logs.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
-        [*pinned(PEER_CPU), str(binary), f"-storageDataPath={home / 'vl'}", f"-httpListenAddr=127.0.0.1:{port}"],
+        [
+            *pinned(PEER_CPU),
+            str(binary),
+            f"-storageDataPath={home / 'vl'}",
+            f"-httpListenAddr=127.0.0.1:{port}",
+            *extra,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
