@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import logging
 from collections.abc import Callable
@@ -268,22 +269,22 @@ class DiskQueue(SegmentStore):
         # on the worker thread right now may already have moved past a record not yet indexed
         head = self._index[0] if self._index else None
         position = (head.segment, head.offset) if head else self._retired_until
+        # the save's own future, which nobody cancels: the worker skips a job whose future was
+        # cancelled, and shutdown cancels the sender while it waits here (the lane's drain sees the
+        # queue empty as soon as the batch is counted out above). close() runs after the save on
+        # the same thread.
+        loop = asyncio.get_running_loop()
+        saved = loop.create_future()
+        saved.add_done_callback(self._committed)
+        self._worker.submit(self._commit_sync, (position, head is None), saved, loop)
         if self._busy:
             # the worker is busy (an append and its fsync, a read): the position is saved right
             # after that, in order, and the sender goes on with the next batch meanwhile, rather than
-            # leave the backend idle; close() runs after it on the same thread. A crash in between
-            # sends this batch again, as a crash before the save always did.
-            loop = asyncio.get_running_loop()
-            saved = loop.create_future()
-            saved.add_done_callback(self._committed)
-            self._worker.submit(self._commit_sync, (position, head is None), saved, loop)
+            # leave the backend idle. A crash in between sends this batch again, as a crash before
+            # the save always did.
             return
-        try:
-            await self._worker.run(self._commit_sync, position, head is None)
-        except OSError as exc:
-            self._commit_error(exc)
-        else:
-            self._commit_failed = False
+        with contextlib.suppress(Exception):  # _committed reports a failure
+            await asyncio.shield(saved)
 
     async def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the worker thread, counted in ``_busy`` while it runs."""

@@ -30,6 +30,7 @@ Either case is counted once (``hostwatch_log_checkpoint_corrupt_total``).
 
 from __future__ import annotations
 
+import threading
 from binascii import hexlify
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -324,6 +325,8 @@ class Store:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "checkpoints.json"
+        self._lock = threading.Lock()  # one write at a time: they share the temporary file
+        self._written = 0  # when the snapshot in the file was taken (see save)
 
     def load(self) -> Loaded:
         """The saved entries and what to resume from the start; never raises for a bad file."""
@@ -373,10 +376,21 @@ class Store:
             what += f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
         return Loaded(files, what, resume_all=nameless > 0, resume_paths=frozenset(damaged))
 
-    def save(self, entries: Sequence[Saved | msgspec.Raw]) -> None:
+    def save(self, entries: Sequence[Saved | msgspec.Raw], taken: int = 0) -> None:
         """Atomically replace the checkpoint file (entries as :class:`Saved`, or already encoded by
-        :meth:`Ledger.encoded`). Raises OSError."""
-        write_atomically(self.path, _encode(_File(FORMAT_VERSION, entries)))
+        :meth:`Ledger.encoded`). Raises OSError.
+
+        ``taken``: the order the snapshot was taken in (0: none, always written). At shutdown three
+        writers meet, each on a thread of its own: the periodic write (its task cancelled, its thread
+        still writing), the shutdown's, and the late acknowledgements'. Writes go one at a time, and a
+        snapshot older than the one already written is skipped, so the file never ends behind what
+        was acknowledged (which sent those lines again after a clean restart)."""
+        data = _encode(_File(FORMAT_VERSION, entries))
+        with self._lock:
+            if taken and taken <= self._written:
+                return
+            write_atomically(self.path, data)
+            self._written = max(self._written, taken)
 
 
 def _entry(raw: msgspec.Raw) -> Saved | None:

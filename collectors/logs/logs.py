@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import os
 import threading
 import time
@@ -168,7 +169,8 @@ class LogsCollector(StreamingCollector):
         self._save_wanted = asyncio.Event()
         self._unsaved_lines = 0  # acknowledged since the last checkpoint write
         self._late_lock = threading.Lock()  # acknowledgements after run() ended: saved on a thread
-        self._late: list[Any] | None = None
+        self._late: tuple[list[Any], int] | None = None  # a snapshot and when it was taken (see Store.save)
+        self._taken = itertools.count(1)  # the order snapshots are taken in
         self._late_writing = False
         self._stopped = False
         self._emit: Emitter | None = None
@@ -256,7 +258,7 @@ class LogsCollector(StreamingCollector):
             self._stopped = True
             self._tailer = None
             with contextlib.suppress(Exception):
-                await run(self._shutdown, tailer, watcher, ledger.snapshot(time.monotonic()))
+                await run(self._shutdown, tailer, watcher, ledger.snapshot(time.monotonic()), next(self._taken))
 
     async def _start_watcher(self, wake: asyncio.Event, patterns: Patterns) -> tuple[Watcher | None, dict[str, bool]]:
         """inotify, unless the files live where it sees nothing (or it cannot be had)."""
@@ -323,7 +325,7 @@ class LogsCollector(StreamingCollector):
         # after run() ended, outputs still drain: save soon, the process may exit soon; on a thread of
         # its own (not daemonic: the interpreter waits for it at exit), never fsync on the event loop
         with self._late_lock:
-            self._late = ledger.snapshot(time.monotonic())
+            self._late = (ledger.snapshot(time.monotonic()), next(self._taken))
             if self._late_writing:
                 return  # the running writer takes the newest snapshot next
             self._late_writing = True
@@ -332,12 +334,12 @@ class LogsCollector(StreamingCollector):
     def _write_late(self) -> None:
         while True:
             with self._late_lock:
-                snapshot, self._late = self._late, None
-                if snapshot is None:
+                late, self._late = self._late, None
+                if late is None:
                     self._late_writing = False
                     return
             try:
-                self._store.save(snapshot)
+                self._store.save(*late)
             except OSError as exc:
                 self.context.logger.error("%s: cannot save checkpoints: %s", self.context.instance, exc)
 
@@ -360,18 +362,18 @@ class LogsCollector(StreamingCollector):
             self._unsaved_lines = 0
             last = time.monotonic()
             try:
-                await self.context.run_blocking(self._store.save, ledger.encoded(last))
+                await self.context.run_blocking(self._store.save, ledger.encoded(last), next(self._taken))
             except OSError as exc:
                 self.stats.file_errors["checkpoint"] += 1
                 if self._emit is not None:
                     self._emit.error(f"cannot save checkpoints to {self._store.path}: {exc.strerror or exc}")
                 await asyncio.sleep(1.0)
 
-    def _shutdown(self, tailer: Tailer, watcher: Watcher | None, snapshot: list[Any]) -> None:
+    def _shutdown(self, tailer: Tailer, watcher: Watcher | None, snapshot: list[Any], taken: int) -> None:
         if watcher is not None:
             watcher.stop()
         tailer.close_all()
-        self._store.save(snapshot)
+        self._store.save(snapshot, taken)
 
     async def status(self) -> dict[str, Any]:
         """For the status page: each open file's size, read offset and the bytes not read yet.

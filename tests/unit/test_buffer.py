@@ -4,6 +4,7 @@ a full disk, and odd things in the buffer directory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import os
@@ -66,6 +67,32 @@ async def test_unacked_batch_is_replayed_after_a_crash(tmp_path) -> None:
     reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.METRICS)
     await reopened.open()
     assert await drain(reopened) == [float(i) for i in range(20)]
+
+
+async def test_an_ack_whose_sender_is_cancelled_at_shutdown_still_saves_the_position(tmp_path) -> None:
+    """Shutdown cancels the sender while its ack waits for the read position to be saved (the lane's
+    drain sees the queue empty as soon as the ack counts the batch out). The worker skips a job whose
+    future was cancelled, so the save must not hang on the sender's own wait: a skipped save sent the
+    last batch again after every clean restart that hit it (500 duplicates in the restart e2e test)."""
+    queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.METRICS)
+    await queue.open()
+    await queue.put(sample_batch(0))
+    await queue.put(sample_batch(10))
+    await queue.take()
+    release = threading.Event()
+    held = queue._worker.run(release.wait)  # the worker thread not free yet (a busy machine)
+    ack = asyncio.create_task(queue.ack())
+    await asyncio.sleep(0.05)
+    ack.cancel()  # the lane's close() cancelling the sender
+    with contextlib.suppress(asyncio.CancelledError):
+        await ack
+    release.set()
+    await held
+    await queue.close()
+    reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.METRICS)
+    await reopened.open()
+    assert await drain(reopened) == [float(i) for i in range(10, 20)], "the delivered batch came back"
+    await reopened.close()
 
 
 async def test_torn_tail_is_cut_and_counted(tmp_path) -> None:

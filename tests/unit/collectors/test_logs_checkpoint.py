@@ -227,3 +227,17 @@ def test_a_rounds_marks_handed_on_in_one_call_do_what_a_call_per_file_does() -> 
     ledgers[0].acked({"b": (40, b"2\n")})
     ledgers[0].acked({"a": (90, b"stale\n")})
     assert saved_offsets(ledgers[0]) == {"a": 100, "b": 40, "c": 0, "copy": 80}
+
+
+def test_a_snapshot_older_than_the_one_written_is_skipped(tmp_path) -> None:
+    """At shutdown the periodic write (its task cancelled, its thread still writing), the shutdown's and
+    the late acknowledgements' writes meet on three threads: the file must end with the newest snapshot,
+    never an older one written last (a clean restart then sent the lines between them again)."""
+    store = Store(tmp_path)
+    older = [Saved("k", "/var/log/app.log", 1, 2, 4, "abcd", 100, "", False, 0.0)]
+    newer = [Saved("k", "/var/log/app.log", 1, 2, 4, "abcd", 900, "", False, 0.0)]
+    store.save(newer, 2)
+    store.save(older, 1)  # taken before, written after
+    assert [e.offset for e in Store(tmp_path).load().files] == [900]
+    store.save(older)  # no order given: written, as before
+    assert [e.offset for e in Store(tmp_path).load().files] == [100]

@@ -176,7 +176,7 @@ async def test_late_acknowledgements_are_saved_off_the_event_loop(tmp_path, logs
     savers: list[threading.Thread] = []
     save = Store.save
     monkeypatch.setattr(
-        Store, "save", lambda self, entries: (savers.append(threading.current_thread()), save(self, entries))
+        Store, "save", lambda self, entries, *a: (savers.append(threading.current_thread()), save(self, entries, *a))
     )
     sink.ack_all()  # fsync on the loop thread would stall every other collector and output
     await until(lambda: checkpoint(tmp_path)[str(app)] == app.stat().st_size)
@@ -466,7 +466,9 @@ async def test_checkpoint_writes_are_coalesced_at_low_rates(tmp_path, logs, monk
 
     writes: list[float] = []
     save = Store.save
-    monkeypatch.setattr(Store, "save", lambda self, entries: (writes.append(time.monotonic()), save(self, entries)))
+    monkeypatch.setattr(
+        Store, "save", lambda self, entries, *a: (writes.append(time.monotonic()), save(self, entries, *a))
+    )
     monkeypatch.setattr(logs_module, "SAVE_INTERVAL", 0.5, raising=False)
     files = [logs / f"app{i}.log" for i in range(20)]
     for path in files:
@@ -505,7 +507,7 @@ async def test_each_round_of_save_lines_is_written_at_once(tmp_path, logs, monke
         append(app, [f"line {i}" for i in range(logs_module.SAVE_LINES)])
         await until(lambda n=n: len(sink.records) == n * logs_module.SAVE_LINES)
     # counted, not written: the write's own time (an fsync) must not be what spaces the writes out
-    monkeypatch.setattr(Store, "save", lambda self, entries: writes.append(time.monotonic()))
+    monkeypatch.setattr(Store, "save", lambda self, entries, *taken: writes.append(time.monotonic()))
     callbacks, sink.unacked = sink.unacked, []
     assert len(callbacks) == rounds  # released one at a time
     for callback in callbacks:
