@@ -295,8 +295,9 @@ class ProcessMetrics:
         # /proc/self/stat kept open and read at offset 0 (the kernel writes it anew for each read):
         # an open and a close less per scrape; only on the real /proc, whose files are not replaced
         self._stat_fd: int | None = None
-        self._fd_size_counts = os.path.realpath(proc) == "/proc"  # see _open_fds
-        if self._btime and os.path.realpath(proc) == "/proc":
+        real_proc = os.path.realpath(proc) == "/proc"
+        self._fd_size_counts = real_proc  # see _open_fds
+        if self._btime and real_proc:
             with contextlib.suppress(OSError):
                 self._stat_fd = os.open(self._stat, os.O_RDONLY | os.O_CLOEXEC)
                 weakref.finalize(self, os.close, self._stat_fd)
