@@ -318,6 +318,42 @@ def test_a_round_looking_at_every_file_reads_only_those_that_changed(tmp_path, m
     rig.close()
 
 
+def test_a_round_looking_at_every_file_after_reads_checks_each_read_file_without_reading_it(
+    tmp_path, monkeypatch
+) -> None:
+    """Files read since the last look have a newer time than the one kept (reads take no fstat): the glob
+    scan's round after them takes it with one fstat and one read of the file's first bytes each, not a
+    read at its end, another fstat and that same read; a file rewritten to the size read is still seen."""
+    rig = Rig(tmp_path, pattern="*.log")
+    for i in range(20):
+        write(rig.dir / f"f{i:02d}.log", block(f"f{i}", 2))
+    rig.step()
+    rig.step(scan=False)
+    for i in range(20):
+        write(rig.dir / f"f{i:02d}.log", [f"more {i}"])
+    rig.tailer.step(rig.now + 0.1, False, {str(rig.dir / f"f{i:02d}.log") for i in range(20)}, False)
+    reads: list[int] = []
+    stats: list[int] = []
+    real_pread, real_fstat = os.pread, os.fstat
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(at) or real_pread(fd, n, at))
+    monkeypatch.setattr(os, "fstat", lambda fd: stats.append(fd) or real_fstat(fd))
+    rig.step(scan=False)
+    assert reads == [0] * 20, reads
+    assert len(stats) == 20
+    reads.clear()
+    rig.step(scan=False)
+    assert reads == []
+    size = (rig.dir / "f05.log").stat().st_size
+    write(rig.dir / "f05.log", block("x", 1), mode="w")  # copytruncate and refill to the size read
+    write(rig.dir / "f05.log", ["r" * (size - (rig.dir / "f05.log").stat().st_size - 1)])
+    assert (rig.dir / "f05.log").stat().st_size == size
+    rig.bodies.clear()
+    rig.step(scan=False)
+    assert rig.bodies == [*block("x", 1), "r" * (size - len(block("x", 1)[0]) - 2)], rig.bodies
+    assert rig.stats["truncations"] == 1
+    rig.close()
+
+
 def test_a_young_file_is_checked_and_read_in_one_read_a_round(tmp_path, monkeypatch) -> None:
     """At low rates a round reads a line from each of many young files: the bytes that tell it still starts
     as it did (and that its growing fingerprint hashes) come with the new ones, one ``pread`` per file, and a
