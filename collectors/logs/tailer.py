@@ -153,12 +153,18 @@ class Tailer(OpenFiles):
                 n = len(data)
                 gone = None
                 if 0 < n < want and data[-1:] == b"\n":
-                    gone = not same_start(t) if whole is None else whole[: t.id.fp_len] != t.head
-                    lines = None if gone else t.framer.plain_lines(data)
+                    # (the kept head is the fingerprinted bytes, all of them: startswith, not a copy)
+                    gone = not same_start(t) if whole is None else not whole.startswith(t.head)
+                    framer = t.framer
+                    lines = None if gone else framer.plain_lines(data)
                     if lines is not None:
                         t.pos = pos + n
-                        framer = t.framer
-                        self._add(t, lines, framer.pending_at, framer.tail, res, pending, data)
+                        key = t.key
+                        if key in pending:
+                            self._add(t, lines, framer.pending_at, framer.tail, res, pending, data)
+                        else:  # _add's usual case, without the call
+                            pending[key] = Pending(t, lines, [data])
+                            res.sent[key] = _mark(Mark, (framer.pending_at, framer.tail))
                         t.more = False
                         t.last_data = now
                         self.stats.bytes_read += n
