@@ -541,7 +541,7 @@ class Streams:
         tailer's round at low rates holds a line or two of each of many files, and a call per file
         would cost more than the redaction itself. Otherwise stream by stream, as :meth:`__call__`."""
         engine = self._redactor  # this module's RE2 engine itself, not the protocol: its internals are ours
-        if len(groups) > 1 and not any(key in self._inside for key in keys):
+        if len(groups) > 1 and (not self._inside or self._inside.keys().isdisjoint(keys)):
             lines = list(chain.from_iterable(groups))
             joined = "\n".join(lines)
             data = joined.encode("utf-8", "surrogatepass")

@@ -367,6 +367,8 @@ class Watcher:
                 return
 
     def _handle(self, data: bytes) -> None:
+        if self._modified and self._known_writes(data):
+            return
         dirty: set[str] = set()
         rescan = False
         new_dirs: list[str] = []
@@ -421,6 +423,22 @@ class Watcher:
             if wanted:
                 self._watch_tree(directory, True)  # a failure here: the periodic scans still see its files
         self._note(dirty, rescan)
+
+    def _known_writes(self, data: bytes) -> bool:
+        """The usual read at low rates: another write to each of many known files, every event the same
+        size (names of one length, as rotation-free log names mostly are). Noted without a Python step per
+        event, as :meth:`_handle` would note them; False, with nothing noted, for anything else."""
+        size = _HEAD + _LENGTH.unpack_from(data, _HEAD - 4)[0] if len(data) >= _HEAD else 0
+        if not size or size % 4 or len(data) % size:
+            return False
+        if set(memoryview(data).cast("I")[_HEAD // 4 - 1 :: size // 4]) != {size - _HEAD}:
+            return False  # names of other lengths: the events cannot be cut at a fixed size
+        paths = set(map(self._modified.get, [data[at : at + size] for at in range(0, len(data), size)]))
+        if None in paths:
+            return False  # an event of another kind, or a file not known yet
+        paths.discard("")  # files the globs do not match
+        self._note(paths, False)
+        return True
 
 
 def _walk(top: str) -> list[str]:

@@ -85,21 +85,9 @@ class Framer:
 
     def feed(self, data: bytes) -> tuple[list[str], list[int] | None]:
         """Add bytes read right after the previous ones; return complete lines (and their end offsets)."""
-        if (
-            self._fast
-            and data[-1:] == b"\n"
-            and not (self.ends or self.pending or self.skipping or self.drop_newline or self._bom)
-            and len(data) <= self._max
-        ):
-            # the usual read at low rates, whole lines and nothing held: what the general path below
-            # does with them, without its checks (one read per file and round)
-            got = self._whole_lines(data)
-            if got is not None:  # else the general path finds the bad lines and counts them
-                self.block = data
-                n = len(data)
-                self.tail = data[n - TAIL_BYTES :] if n >= TAIL_BYTES else (self.tail + data)[-TAIL_BYTES:]
-                self.pending_at += n
-                return got, None
+        got = self.plain_lines(data)
+        if got is not None:
+            return got, None
         lines: list[str] = []
         ends: list[int] | None = [] if self.ends else None
         self.block = None
@@ -148,6 +136,25 @@ class Framer:
             self._overlong(self.pending, lines, ends, self.pending_at)
             self.block = None
         return lines, ends
+
+    def plain_lines(self, data: bytes) -> list[str] | None:
+        """The usual read at low rates, whole lines and nothing held: its lines, taken as :meth:`feed`
+        takes them, without the checks of its general path (one read per file and round); None, and
+        nothing taken, for any other read (:meth:`feed` frames it then)."""
+        if (
+            self._fast
+            and data[-1:] == b"\n"
+            and not (self.ends or self.pending or self.skipping or self.drop_newline or self._bom)
+            and len(data) <= self._max
+        ):
+            got = self._whole_lines(data)
+            if got is not None:  # else the general path finds the bad lines and counts them
+                self.block = data
+                n = len(data)
+                self.tail = data[n - TAIL_BYTES :] if n >= TAIL_BYTES else (self.tail + data)[-TAIL_BYTES:]
+                self.pending_at += n
+                return got
+        return None
 
     def flush(self) -> tuple[str, int] | None:
         """The held incomplete line as a line of its own (``partial_line_timeout``), and its end offset."""

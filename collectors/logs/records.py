@@ -57,12 +57,21 @@ def _batch(batch: list[Pending], now_ns: int, redact: Redact | None, parser: Par
     times: list[int] = []
     blocks: list[bytes] | None = [] if batch[0].blocks is not None else None
     for got in batch:
-        t, count = got.file, len(got.lines)
-        base = max(now_ns, t.last_ns + 1)
-        t.last_ns = base + count - 1
-        lines += got.lines
-        labels += [t.labels] * count
-        times += range(base, base + count)
+        t, got_lines = got.file, got.lines
+        base = t.last_ns + 1
+        if base < now_ns:
+            base = now_ns
+        if len(got_lines) == 1:  # most at low rates: a line of each of many files
+            t.last_ns = base
+            lines.append(got_lines[0])
+            labels.append(t.labels)
+            times.append(base)
+        else:
+            count = len(got_lines)
+            t.last_ns = base + count - 1
+            lines += got_lines
+            labels += [t.labels] * count
+            times += range(base, base + count)
         if blocks is not None and got.blocks is not None:
             blocks += got.blocks
     changed = None

@@ -133,13 +133,58 @@ class Tailer(OpenFiles):
                 return 0  # a copy of a live file: its original reads these bytes
             if replaced(t, st):
                 self._truncated(t, now, res, pending)
+        first: tuple[bytes | None, bytes, bool | None] | None = None  # the first read, when done below
+        if not looked and budget >= FIRST_CHUNK:
+            # the usual read at low rates, one line or a few of a file already looked at: read, checked
+            # and framed here, without the general loop below and its checks (one file of hundreds a
+            # round); anything else (nothing new, a partial line, more than one read, a rewrite) goes on
+            # there with what this read brought
+            pos = t.pos
+            try:
+                if pos <= HEAD_READ_MAX:
+                    whole: bytes | None = os.pread(t.fd, FIRST_CHUNK, 0)  # its start and the new bytes
+                    data = whole[pos:]
+                    want = FIRST_CHUNK - pos
+                else:
+                    whole, data, want = None, os.pread(t.fd, FIRST_CHUNK, pos), FIRST_CHUNK
+            except OSError:
+                pass  # read again below, and reported
+            else:
+                n = len(data)
+                gone = None
+                if 0 < n < want and data[-1:] == b"\n":
+                    # (the kept head is the fingerprinted bytes, all of them: startswith, not a copy)
+                    gone = not same_start(t) if whole is None else not whole.startswith(t.head)
+                    framer = t.framer
+                    lines = None if gone else framer.plain_lines(data)
+                    if lines is not None:
+                        t.pos = pos + n
+                        key = t.key
+                        if key in pending:
+                            self._add(t, lines, framer.pending_at, framer.tail, res, pending, data)
+                        else:  # _add's usual case, without the call
+                            pending[key] = Pending(t, lines, [data])
+                            res.sent[key] = _mark(Mark, (framer.pending_at, framer.tail))
+                        t.more = False
+                        t.last_data = now
+                        self.stats.bytes_read += n
+                        if t.id.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * t.id.fp_len, MIN_FP_MATCH)):
+                            self._grow_fingerprint(t, res, whole)
+                        return n
+                first = (whole, data, gone)
         read = 0
         head: bytes | None = None  # the file's first bytes, when this round's first read brought them
         while read < budget:
             want = min(CHUNK if read else FIRST_CHUNK, budget - read)
             whole = None
+            gone = None
             try:
-                if not looked and t.pos <= HEAD_READ_MAX and want > t.pos:
+                if first is not None:
+                    whole, data, gone = first
+                    first = None
+                    if whole is not None:
+                        want -= t.pos
+                elif not looked and t.pos <= HEAD_READ_MAX and want > t.pos:
                     whole = os.pread(t.fd, want, 0)  # its start and the new bytes in one read
                     want -= t.pos
                     data = whole[t.pos :]
@@ -154,7 +199,8 @@ class Tailer(OpenFiles):
                 # and round: at low rates a round reads a line from each of many files)
                 looked = True
                 if data:
-                    gone = not same_start(t) if whole is None else whole[: t.id.fp_len] != t.head
+                    if gone is None:
+                        gone = not same_start(t) if whole is None else whole[: t.id.fp_len] != t.head
                     if whole is not None and not gone and (len(data) < want or len(whole) >= FP_BYTES):
                         head = whole  # all the file held then, or at least the fingerprint's bytes
                 else:
@@ -332,9 +378,21 @@ class Tailer(OpenFiles):
 
 def _quiet(t: Tracker) -> bool:
     """Nothing new since the last look: read to its size, and its size and modification time are those
-    :func:`~collectors.logs.truncation.replaced` last saw (what reading it would have found out)."""
+    :func:`~collectors.logs.truncation.replaced` last saw (what reading it would have found out).
+
+    A file read to its size since then has a newer time (its writes, which the read took), and reads
+    bring no fstat: that time is taken here, once its first bytes show it was not rewritten to the size
+    read, instead of reading it for nothing (a read, an fstat and that same check) at every scan."""
     try:
         st = os.fstat(t.fd)
     except OSError:
         return False  # reading it reports the error
-    return st.st_size == t.pos and (st.st_size, st.st_mtime_ns) == t.last_stat
+    if st.st_size != t.pos:
+        return False
+    stamp = (st.st_size, st.st_mtime_ns)
+    if stamp == t.last_stat:
+        return True
+    if t.last_stat[0] >= 0 and not same_start(t):
+        return False  # rewritten to the size read: the read sees the time changed and starts it anew
+    t.last_stat = stamp
+    return True

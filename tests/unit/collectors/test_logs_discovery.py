@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 
+from collectors.logs import discovery
 from collectors.logs.discovery import Patterns, Watcher
 
 
@@ -147,3 +149,50 @@ def test_a_symlink_and_polling_are_looked_at_anew_in_an_unchanged_directory(tmp_
     os.utime(logs, ns=(plain, plain))
     assert patterns.scan()[0][str(logs / "plain.log")].st_size == 2  # the remembered listing
     assert patterns.scan(reuse=False)[0][str(logs / "plain.log")].st_size == 4
+
+
+def _events(*names: str, mask: int = 0x2, wd: int = 1) -> bytes:
+    """inotify events as the kernel hands them over: the header, then the name padded to 16 bytes."""
+    out = b""
+    for name in names:
+        raw = name.encode() + b"\0"
+        raw += b"\0" * (-len(raw) % 16)
+        out += struct.pack("iIII", wd, mask, 0, len(raw)) + raw
+    return out
+
+
+def test_a_read_of_writes_to_known_files_is_noted_without_a_step_per_event(monkeypatch) -> None:
+    """At low rates a read of the inotify descriptor holds another write to each of hundreds of files
+    already seen: they are noted with one look at the events' size, not a Python step per event; any
+    other event (a new file, a name of another length) takes the step per event, noting the same."""
+    loop = asyncio.new_event_loop()
+    watcher = Watcher(loop, asyncio.Event(), lambda path: path.endswith(".log"))
+    watcher._dir_of[1] = "/logs"
+    noted: list[tuple[set[str], bool]] = []
+    monkeypatch.setattr(watcher, "_note", lambda dirty, rescan: noted.append((set(dirty), rescan)))
+    names = [f"app{i:04d}.log" for i in range(250)] + ["app0001.log.gz"]  # the last one is not tailed
+    writes = _events(*names)
+    watcher._handle(writes)  # first seen: one step per event, which remembers each write's event
+    want = {f"/logs/app{i:04d}.log" for i in range(250)}
+    assert noted == [(want, False)]
+
+    sizes = []
+    real = discovery._LENGTH
+
+    class Counting:
+        def unpack_from(self, data, offset):
+            sizes.append(offset)
+            return real.unpack_from(data, offset)
+
+    monkeypatch.setattr(discovery, "_LENGTH", Counting())
+    noted.clear()
+    watcher._handle(writes)
+    assert noted == [(want, False)] and len(sizes) == 1, len(sizes)
+    for other in (_events("app9999.log"), _events("application-2.log")):  # new, or of another length
+        noted.clear()
+        watcher._handle(writes + other)
+        assert noted == [(want | {"/logs/" + other[16:].rstrip(b"\0").decode()}, False)]
+    noted.clear()
+    watcher._handle(writes + _events("app0001.log", mask=0x100))  # created: the globs may match anew
+    assert noted == [(want, True)]
+    loop.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 from agent.config import convert
 from collectors.logs.checkpoint import Saved
 from collectors.logs.discovery import Patterns
+from collectors.logs.framing import Framer
 from collectors.logs.identity import fingerprint
 from collectors.logs.logs import LogsCollector
 from collectors.logs.stats import LogStats
@@ -315,6 +316,77 @@ def test_a_round_looking_at_every_file_reads_only_those_that_changed(tmp_path, m
     rig.step(scan=False)
     assert "grown" in rig.bodies and "r" * (size - 1) in rig.bodies, rig.bodies
     assert len(set(reads)) == 2
+    rig.close()
+
+
+def test_a_round_looking_at_every_file_after_reads_checks_each_read_file_without_reading_it(
+    tmp_path, monkeypatch
+) -> None:
+    """Files read since the last look have a newer time than the one kept (reads take no fstat): the glob
+    scan's round after them takes it with one fstat and one read of the file's first bytes each, not a
+    read at its end, another fstat and that same read; a file rewritten to the size read is still seen."""
+    rig = Rig(tmp_path, pattern="*.log")
+    for i in range(20):
+        write(rig.dir / f"f{i:02d}.log", block(f"f{i}", 2))
+    rig.step()
+    rig.step(scan=False)
+    for i in range(20):
+        write(rig.dir / f"f{i:02d}.log", [f"more {i}"])
+    rig.tailer.step(rig.now + 0.1, False, {str(rig.dir / f"f{i:02d}.log") for i in range(20)}, False)
+    reads: list[int] = []
+    stats: list[int] = []
+    real_pread, real_fstat = os.pread, os.fstat
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(at) or real_pread(fd, n, at))
+    monkeypatch.setattr(os, "fstat", lambda fd: stats.append(fd) or real_fstat(fd))
+    rig.step(scan=False)
+    assert reads == [0] * 20, reads
+    assert len(stats) == 20
+    reads.clear()
+    rig.step(scan=False)
+    assert reads == []
+    size = (rig.dir / "f05.log").stat().st_size
+    write(rig.dir / "f05.log", block("x", 1), mode="w")  # copytruncate and refill to the size read
+    write(rig.dir / "f05.log", ["r" * (size - (rig.dir / "f05.log").stat().st_size - 1)])
+    assert (rig.dir / "f05.log").stat().st_size == size
+    rig.bodies.clear()
+    rig.step(scan=False)
+    assert rig.bodies == [*block("x", 1), "r" * (size - len(block("x", 1)[0]) - 2)], rig.bodies
+    assert rig.stats["truncations"] == 1
+    rig.close()
+
+
+def test_a_plain_read_of_a_file_looked_at_before_skips_the_general_framing(tmp_path, monkeypatch) -> None:
+    """A round at low rates reads a line or two of each of many files: whole lines, nothing held, of a file
+    looked at before, are framed without the general path (``Framer.feed``); a partial line, or a file
+    past its first 4 KiB, still reads and frames as before."""
+    rig = Rig(tmp_path, pattern="*.log")
+    paths = [rig.dir / f"f{i:02d}.log" for i in range(10)]
+    for i, path in enumerate(paths):
+        write(path, block(f"f{i}", 2))
+    rig.step()
+    fed: list[bytes] = []
+    real = Framer.feed
+    monkeypatch.setattr(Framer, "feed", lambda self, data: fed.append(data) or real(self, data))
+    for i, path in enumerate(paths):
+        write(path, [f"one {i}", f"two {i}"])
+    rig.bodies.clear()
+    rig.step(scan=False)
+    assert sorted(rig.bodies) == sorted(f"{n} {i}" for i in range(10) for n in ("one", "two"))
+    assert fed == []
+    with open(paths[0], "a") as f:
+        f.write("part")
+    rig.step(scan=False)
+    assert fed == [b"part"] and rig.tailer.by_path[str(paths[0])].framer.pending == b"part"
+    write(paths[0], [" of a line"])
+    write(paths[1], ["x" * 5000, "past its first page"])
+    rig.bodies.clear()
+    rig.step(scan=False)
+    assert sorted(rig.bodies) == sorted(["part of a line", "x" * 5000, "past its first page"])
+    fed.clear()
+    write(paths[1], ["last"])  # past its first 4 KiB: a read at its end and one of its first bytes
+    rig.bodies.clear()
+    rig.step(scan=False)
+    assert rig.bodies == ["last"] and fed == []
     rig.close()
 
 
