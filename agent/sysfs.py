@@ -68,16 +68,27 @@ def numbered(directory: str, prefix: str) -> list[tuple[str, str]]:
     """(suffix, path) of the entries of ``directory`` named ``<prefix><digit>...``, sorted: what Go's
     ``filepath.Glob(directory + "/<prefix>[0-9]*")`` finds, without glob's pattern machinery (a third of
     the cost of a run that finds nothing). Empty when the directory cannot be listed, as Glob."""
+    return numbered_groups(directory, prefix)[0]
+
+
+def numbered_groups(directory: str, *prefixes: str) -> list[list[tuple[str, str]]]:
+    """:func:`numbered` for each of ``prefixes``, from one listing of ``directory`` (``thermal_zone``
+    and ``cooling_device`` share /sys/class/thermal: a listing less per run)."""
     try:
-        names = os.listdir(directory)
+        names = sorted(os.listdir(directory))
     except OSError:
-        return []
-    start = len(prefix)
-    return [
-        (name[start:], f"{directory}/{name}")
-        for name in sorted(names)
-        if name.startswith(prefix) and len(name) > start and name[start] in _DIGITS
-    ]
+        return [[] for _ in prefixes]
+    groups = []
+    for prefix in prefixes:
+        start = len(prefix)
+        groups.append(
+            [
+                (name[start:], f"{directory}/{name}")
+                for name in names
+                if name.startswith(prefix) and len(name) > start and name[start] in _DIGITS
+            ]
+        )
+    return groups
 
 
 _DIGITS = frozenset("0123456789")

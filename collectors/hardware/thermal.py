@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 
 from agent.plugin import Emitter
-from agent.sysfs import numbered, read_attr
+from agent.sysfs import numbered, numbered_groups, read_attr
 
 Report = Callable[[str], None]
 
@@ -23,8 +23,9 @@ _CPUFREQ = (
 
 
 def thermal_zone(sys_root: str, emit: Emitter, report: Report) -> None:
-    base = f"{sys_root}/class/thermal"
-    for zone, path in numbered(base, "thermal_zone"):
+    # zones and cooling devices from one listing of the directory, not one each
+    zones, cooling_devices = numbered_groups(f"{sys_root}/class/thermal", "thermal_zone", "cooling_device")
+    for zone, path in zones:
         try:
             kind = read_attr(f"{path}/type")
             read_attr(f"{path}/policy")  # node_exporter requires it: a zone without one is broken
@@ -37,7 +38,7 @@ def thermal_zone(sys_root: str, emit: Emitter, report: Report) -> None:
             report(f"thermal zone {zone}: {exc}")
             continue
         emit.gauge("node_thermal_zone_temp", temp / 1000.0, (("type", kind), ("zone", zone)), unit="Cel")
-    for device, path in numbered(base, "cooling_device"):
+    for device, path in cooling_devices:
         try:
             kind = read_attr(f"{path}/type")
             max_state = int(read_attr(f"{path}/max_state"))
