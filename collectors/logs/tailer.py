@@ -133,63 +133,40 @@ class Tailer(OpenFiles):
                 return 0  # a copy of a live file: its original reads these bytes
             if replaced(t, st):
                 self._truncated(t, now, res, pending)
-        first: tuple[bytes | None, bytes, bool | None] | None = None  # the first read, when done below
+        first: tuple[bytes | None, bytes, int, bool | None] | None = None  # the first read, when done below
         if not looked and budget >= FIRST_CHUNK:
             # the usual read at low rates, one line or a few of a file already looked at: read, checked
             # and framed here, without the general loop below and its checks (one file of hundreds a
             # round); anything else (nothing new, a partial line, more than one read, a rewrite) goes on
             # there with what this read brought
-            pos = t.pos
             try:
-                if pos <= HEAD_READ_MAX:
-                    whole: bytes | None = os.pread(t.fd, FIRST_CHUNK, 0)  # its start and the new bytes
-                    data = whole[pos:]
-                    want = FIRST_CHUNK - pos
-                else:
-                    whole, data, want = None, os.pread(t.fd, FIRST_CHUNK, pos), FIRST_CHUNK
+                whole, data, want = _read_new(t, FIRST_CHUNK, with_head=True)
             except OSError:
                 pass  # read again below, and reported
             else:
                 n = len(data)
                 gone = None
                 if 0 < n < want and data[-1:] == b"\n":
-                    # (the kept head is the fingerprinted bytes, all of them: startswith, not a copy)
-                    gone = not same_start(t) if whole is None else not whole.startswith(t.head)
+                    gone = _rewritten(t, whole)
                     framer = t.framer
                     lines = None if gone else framer.plain_lines(data)
                     if lines is not None:
-                        t.pos = pos + n
-                        key = t.key
-                        if key in pending:
-                            self._add(t, lines, framer.pending_at, framer.tail, res, pending, data)
-                        else:  # _add's usual case, without the call
-                            pending[key] = Pending(t, lines, [data])
-                            res.sent[key] = _mark(Mark, (framer.pending_at, framer.tail))
+                        t.pos += n
+                        self._add(t, lines, framer.pending_at, framer.tail, res, pending, data)
                         t.more = False
-                        t.last_data = now
-                        self.stats.bytes_read += n
-                        if t.id.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * t.id.fp_len, MIN_FP_MATCH)):
-                            self._grow_fingerprint(t, res, whole)
+                        self._took(t, n, now, res, whole)
                         return n
-                first = (whole, data, gone)
+                first = (whole, data, want, gone)
         read = 0
         head: bytes | None = None  # the file's first bytes, when this round's first read brought them
         while read < budget:
-            want = min(CHUNK if read else FIRST_CHUNK, budget - read)
-            whole = None
             gone = None
             try:
                 if first is not None:
-                    whole, data, gone = first
+                    whole, data, want, gone = first
                     first = None
-                    if whole is not None:
-                        want -= t.pos
-                elif not looked and t.pos <= HEAD_READ_MAX and want > t.pos:
-                    whole = os.pread(t.fd, want, 0)  # its start and the new bytes in one read
-                    want -= t.pos
-                    data = whole[t.pos :]
                 else:
-                    data = os.pread(t.fd, want, t.pos)
+                    whole, data, want = _read_new(t, min(CHUNK if read else FIRST_CHUNK, budget - read), not looked)
             except OSError as exc:
                 self._problem(t.path, "read", exc, res)
                 break
@@ -200,7 +177,7 @@ class Tailer(OpenFiles):
                 looked = True
                 if data:
                     if gone is None:
-                        gone = not same_start(t) if whole is None else whole[: t.id.fp_len] != t.head
+                        gone = _rewritten(t, whole)
                     if whole is not None and not gone and (len(data) < want or len(whole) >= FP_BYTES):
                         head = whole  # all the file held then, or at least the fingerprint's bytes
                 else:
@@ -226,13 +203,17 @@ class Tailer(OpenFiles):
                 break
         t.more = read >= budget
         if read:
-            t.last_data = now
-            self.stats.bytes_read += read
-            # in steps (64, 128 ... bytes), not at every read: a file growing a line at a time would
-            # otherwise cost a read of its head, a hash and a checkpoint write per line
-            if t.id.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * t.id.fp_len, MIN_FP_MATCH)):
-                self._grow_fingerprint(t, res, head)
+            self._took(t, read, now, res, head)
         return read
+
+    def _took(self, t: Tracker, n: int, now: float, res: StepResult, head: bytes | None) -> None:
+        """``n`` bytes of ``t`` were read this round; ``head``: its first bytes, when a read brought them."""
+        t.last_data = now
+        self.stats.bytes_read += n
+        # in steps (64, 128 ... bytes), not at every read: a file growing a line at a time would
+        # otherwise cost a read of its head, a hash and a checkpoint write per line
+        if t.id.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * t.id.fp_len, MIN_FP_MATCH)):
+            self._grow_fingerprint(t, res, head)
 
     def _lines(
         self, t: Tracker, framed: tuple[list[str], list[int] | None], res: StepResult, pending: dict[str, Pending]
@@ -374,6 +355,24 @@ class Tailer(OpenFiles):
         except OSError:
             pass
         t.fd = -1
+
+
+def _read_new(t: Tracker, want: int, with_head: bool) -> tuple[bytes | None, bytes, int]:
+    """Up to ``want`` new bytes of ``t``: (its first bytes and the new ones, or None; the new bytes; how many
+    this read could bring). ``with_head`` (a round's first read of the file) and read up to
+    :data:`HEAD_READ_MAX`: from offset 0, so the bytes the start check compares come in the same pread.
+    Raises OSError."""
+    pos = t.pos
+    if with_head and pos <= HEAD_READ_MAX and want > pos:
+        whole = os.pread(t.fd, want, 0)
+        return whole, whole[pos:], want - pos
+    return None, os.pread(t.fd, want, pos), want
+
+
+def _rewritten(t: Tracker, whole: bytes | None) -> bool:
+    """Does ``t`` no longer start with the bytes fingerprinted? ``whole``: its first bytes as a read found
+    them (the kept head is the fingerprinted bytes, all of them: a prefix test, not a copy), else read."""
+    return not same_start(t) if whole is None else not whole.startswith(t.head)
 
 
 def _quiet(t: Tracker) -> bool:
