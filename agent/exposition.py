@@ -11,7 +11,7 @@ collection runs costs nothing but the copy. A hook sees each run as it arrives
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from operator import attrgetter, itemgetter
 
@@ -191,14 +191,7 @@ class LatestSamples:
         # counter that did not move, a gauge that holds): their text is kept, by position, as long
         # as the value and its type are the same (7 and 7.0 are equal, written apart; so are
         # 0.0 and -0.0, hence a zero is always written again)
-        last_values, last_texts = self._last
-        if len(last_values) == len(values):
-            texts = [
-                text if value == last and value and value.__class__ is last.__class__ else repr(value)
-                for value, last, text in zip(values, last_values, last_texts, strict=False)  # lengths checked
-            ]
-        else:
-            texts = list(map(repr, values))
+        texts = kept_texts(values, *self._last, repr)
         self._last = values, texts
         parts = self._parts
         parts[1::2] = texts
@@ -218,6 +211,20 @@ class LatestSamples:
             )
         lines.append("")
         return "\n".join(lines)
+
+
+def kept_texts(
+    values: Sequence[float], last_values: Sequence[float], last_texts: list[str], write: Callable[[float], str]
+) -> list[str]:
+    """Each value's text, ``write(value)``, or the last render's text where the value at that position is the
+    same, of the same type (7 and 7.0 are equal, written apart) and not zero (0.0 and -0.0 are equal, written
+    apart): most values of a page hold between renders. Every value is written when the count changed."""
+    if len(last_values) != len(values):
+        return list(map(write, values))
+    return [
+        text if value == last and value and value.__class__ is last.__class__ else write(value)
+        for value, last, text in zip(values, last_values, last_texts, strict=True)
+    ]
 
 
 def go_float(value: float) -> str:

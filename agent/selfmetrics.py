@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from agent.exposition import go_float
+from agent.exposition import go_float, kept_texts
 
 # label values come from configuration (instance names) and from peers (signals, reasons)
 _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", '"': '\\"'})
@@ -290,7 +290,8 @@ class ProcessMetrics:
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
         self._stat = f"{proc}/self/stat"
-        self._heads = [_head(name, kind, doc) for name, kind, doc in self._FIXED]
+        # each series' HELP and TYPE lines and its name: its line is this and its value's text
+        self._prefixes = [f"{_head(name, kind, doc)}{name} " for name, kind, doc in self._FIXED]
         self._ticks = float(os.sysconf("SC_CLK_TCK"))
         self._pagesize = resource.getpagesize()
         self._btime = self._boot_time()
@@ -310,7 +311,7 @@ class ProcessMetrics:
             with contextlib.suppress(OSError):
                 self._fd_dir = os.open(f"{proc}/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 weakref.finalize(self, os.close, self._fd_dir)
-        # the last values written and their lines: most (start time, limit, memory) hold between scrapes
+        # the last values written and their texts: most (start time, limit, memory) hold between scrapes
         self._last: tuple[list[float], list[str]] = ([], [])
 
     def _boot_time(self) -> float:
@@ -377,16 +378,9 @@ class ProcessMetrics:
 
     def text(self) -> str:
         values = self.values()
-        last_values, last_lines = self._last
-        lines = []
-        for i, value in enumerate(values):
-            # a value as last time keeps its line (a zero is written again: 0.0 and -0.0 are equal)
-            if i < len(last_values) and value == last_values[i] and value:
-                lines.append(last_lines[i])
-            else:
-                lines.append(f"{self._heads[i]}{self._FIXED[i][0]} {go_float(value)}\n")
-        self._last = values, lines
-        return "".join(lines)
+        texts = kept_texts(values, *self._last, go_float)
+        self._last = values, texts
+        return "".join(f"{prefix}{text}\n" for prefix, text in zip(self._prefixes, texts, strict=False))
 
     def families(self) -> list[Family]:
         out = []

@@ -23,7 +23,7 @@ from prometheus_client import Gauge as ClientGauge
 from prometheus_client import Summary as ClientSummary
 
 from agent.exposition import go_float
-from agent.selfmetrics import Counter, Gauge, MetricRegistry, ProcessMetrics, Summary
+from agent.selfmetrics import Counter, Gauge, MetricRegistry, ProcessMetrics, Summary, _head
 from agent.telemetry import Telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -379,8 +379,8 @@ def test_process_text_writes_each_value_as_a_fresh_render_would(monkeypatch) -> 
     ]
     for run in runs:
         monkeypatch.setattr(metrics, "values", lambda run=run: list(run))
-        expected = "".join(
-            f"{head}{name} {go_float(value)}\n"
-            for head, (name, _, _), value in zip(metrics._heads, metrics._FIXED, run, strict=False)
+        expected = "".join(  # the whole page written afresh, as it was before lines were kept
+            f"{_head(name, kind, doc)}{name} {go_float(value)}\n"
+            for (name, kind, doc), value in zip(metrics._FIXED, run, strict=False)
         )
         assert metrics.text() == expected, run
