@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,7 @@ class Batcher:
         self._last_intake = 0.0
         self._rest = False  # what is pending is the rest of a full batch sealed before it
         self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
+        self._idle_since = -math.inf  # when the queue last held nothing (nothing queued, nothing in flight)
         self._seal_now = asyncio.Event()
         self._has_pending = asyncio.Event()
         self._drained = asyncio.Event()
@@ -80,13 +82,22 @@ class Batcher:
             self._drained.clear()
             self._seal_now.set()
             await self._drained.wait()
+        now = time.monotonic()
+        # the first lines after the lane sat idle (nothing queued or in flight) for flush_interval go
+        # out at once: nothing would share the backend with them, and waiting adds only latency; the
+        # lines that come while they are in flight fill the next batch as before
+        first = not pending and self.signal is Signal.LOGS and self._idle(now)
         if not pending:
             self._has_pending.set()
         pending.add(items, sizes, token)
-        self._last_intake = time.monotonic()
-        if flush or pending.full(self.max_items, self.max_bytes):
-            self._flush = self._flush or flush
+        self._last_intake = now
+        if flush or first or pending.full(self.max_items, self.max_bytes):
+            self._flush = self._flush or flush or first
             self._seal_now.set()
+
+    def _idle(self, now: float) -> bool:
+        """Nothing queued or in flight, and nothing was for at least flush_interval."""
+        return not self.queue.items and now - self._idle_since >= self.settings.flush_interval
 
     # ------------------------------------------------------------- sealing
 
@@ -186,3 +197,5 @@ class Batcher:
             token.done()
         batch.tokens = []
         self._space.set()
+        if not self.queue.items:
+            self._idle_since = time.monotonic()
