@@ -8,6 +8,11 @@ es and puts those in the queue: waiting for room (``when_full = "block"``, which
 pauses the sources) or dropping the oldest batch (``"drop_oldest"``, counted).
 Sources are acknowledged as soon as their items are in a durable queue; for a
 memory queue, when the batch leaves it (:meth:`Batcher.finish`).
+
+Log lines adapt the batch to the backlog: the first lines into a lane that was idle
+(nothing queued or in flight) for ``flush_interval`` are sealed at once, and what comes
+while they are in flight fills full batches; at a steady low rate the lane is never idle
+that long, so a partial batch still waits for ``flush_interval``.
 """
 
 from __future__ import annotations
