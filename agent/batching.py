@@ -51,7 +51,9 @@ class Batcher:
         self._last_intake = 0.0
         self._rest = False  # what is pending is the rest of a full batch sealed before it
         self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
-        self._idle_since = -math.inf  # when the queue last held nothing (nothing queued, nothing in flight)
+        # when the queue last became empty (nothing queued or in flight); inf from a seal until then,
+        # so lines that come while a sealed batch is still being written are not taken for an idle lane's
+        self._idle_since = -math.inf
         self._seal_now = asyncio.Event()
         self._has_pending = asyncio.Event()
         self._drained = asyncio.Event()
@@ -101,7 +103,7 @@ class Batcher:
             self._seal_now.set()
 
     def _idle(self, now: float) -> bool:
-        """Nothing queued or in flight, and nothing was for at least flush_interval."""
+        """Nothing sealed, queued or in flight, and nothing was for at least flush_interval."""
         return not self.queue.items and now - self._idle_since >= self.settings.flush_interval
 
     # ------------------------------------------------------------- sealing
@@ -148,6 +150,7 @@ class Batcher:
             if full_only and not pending.full(self.max_items, self.max_bytes):
                 break
             items, size, tokens = pending.cut(self.max_items, self.max_bytes)
+            self._idle_since = math.inf  # busy until the queue is empty again (finish)
             if not await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens)):
                 break  # shutdown with a full buffer: the rest stays pending, close() counts it
             self._drained.set()

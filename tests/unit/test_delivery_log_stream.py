@@ -124,3 +124,32 @@ async def test_a_log_lane_busy_within_flush_interval_keeps_gathering_a_partial_b
     await lane.accept(lines(30, 10), None)
     await wait_for(lambda: len(output.received) == 3, timeout=0.4)
     await runner.close(1.0)
+
+
+async def test_lines_that_come_while_a_sealed_batch_is_being_written_wait_for_the_next_batch(tmp_path) -> None:
+    """A batch sealed after flush_interval is not in the queue until its write ends: lines arriving
+    meanwhile find the lane busy, not idle, and gather into one batch rather than each going out alone."""
+    output = ScriptedOutput()
+    runner = runner_for(output, tmp_path, buffer="disk", batch_max_items=1000, flush_interval=0.5)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+    queue = lane.queue
+    put, writing, release = queue.put, asyncio.Event(), asyncio.Event()
+
+    async def slow_second_put(batch) -> None:
+        if len(output.received) == 1 and not release.is_set():  # the second batch: a slow disk
+            writing.set()
+            await release.wait()
+        await put(batch)
+
+    queue.put = slow_second_put
+    await lane.accept(lines(0, 10), None)  # an idle lane: at once
+    await wait_for(lambda: len(output.received) == 1)
+    await lane.accept(lines(10, 10), None)  # sealed after flush_interval, then written slowly
+    await asyncio.wait_for(writing.wait(), 2.0)
+    await lane.accept(lines(20, 10), None)  # the lane is busy writing: this waits for more
+    await lane.accept(lines(30, 10), None)
+    release.set()
+    await wait_for(lambda: sum(map(len, output.received)) == 40)
+    assert [len(b) for b in output.received] == [10, 10, 20]
+    await runner.close(1.0)
