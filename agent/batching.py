@@ -8,12 +8,18 @@ es and puts those in the queue: waiting for room (``when_full = "block"``, which
 pauses the sources) or dropping the oldest batch (``"drop_oldest"``, counted).
 Sources are acknowledged as soon as their items are in a durable queue; for a
 memory queue, when the batch leaves it (:meth:`Batcher.finish`).
+
+Log lines adapt the batch to the backlog: the first lines into a lane that was idle
+(nothing queued or in flight) for ``flush_interval`` are sealed at once, and what comes
+while they are in flight fills full batches; at a steady low rate the lane is never idle
+that long, so a partial batch still waits for ``flush_interval``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +51,9 @@ class Batcher:
         self._last_intake = 0.0
         self._rest = False  # what is pending is the rest of a full batch sealed before it
         self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
+        # when the queue last became empty (nothing queued or in flight); inf from a seal until then,
+        # so lines that come while a sealed batch is still being written are not taken for an idle lane's
+        self._idle_since = -math.inf
         self._seal_now = asyncio.Event()
         self._has_pending = asyncio.Event()
         self._drained = asyncio.Event()
@@ -80,13 +89,22 @@ class Batcher:
             self._drained.clear()
             self._seal_now.set()
             await self._drained.wait()
+        now = time.monotonic()
+        # the first lines after the lane sat idle (nothing queued or in flight) for flush_interval go
+        # out at once: nothing would share the backend with them, and waiting adds only latency; the
+        # lines that come while they are in flight fill the next batch as before
+        first = not pending and self.signal is Signal.LOGS and self._idle(now)
         if not pending:
             self._has_pending.set()
         pending.add(items, sizes, token)
-        self._last_intake = time.monotonic()
-        if flush or pending.full(self.max_items, self.max_bytes):
-            self._flush = self._flush or flush
+        self._last_intake = now
+        if flush or first or pending.full(self.max_items, self.max_bytes):
+            self._flush = self._flush or flush or first
             self._seal_now.set()
+
+    def _idle(self, now: float) -> bool:
+        """Nothing sealed, queued or in flight, and nothing was for at least flush_interval."""
+        return not self.queue.items and now - self._idle_since >= self.settings.flush_interval
 
     # ------------------------------------------------------------- sealing
 
@@ -132,6 +150,7 @@ class Batcher:
             if full_only and not pending.full(self.max_items, self.max_bytes):
                 break
             items, size, tokens = pending.cut(self.max_items, self.max_bytes)
+            self._idle_since = math.inf  # busy until the queue is empty again (finish)
             if not await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens)):
                 break  # shutdown with a full buffer: the rest stays pending, close() counts it
             self._drained.set()
@@ -186,3 +205,5 @@ class Batcher:
             token.done()
         batch.tokens = []
         self._space.set()
+        if not self.queue.items:
+            self._idle_since = time.monotonic()

@@ -10,7 +10,7 @@ import time
 from agent.buffer import DiskQueue, QueuedBatch, _cache_cost
 from agent.delivery import AckToken, item_size, item_sizes
 from agent.model import LogRecord, Sample, Signal, labels_from
-from tests.unit.test_delivery import ScriptedOutput, runner_for
+from tests.unit.test_delivery import ScriptedOutput, runner_for, wait_for
 
 
 def test_item_sizes_equal_item_size_per_item() -> None:
@@ -80,3 +80,76 @@ async def test_disk_queue_hands_out_what_it_wrote_without_reading_it_back_and_re
     replay = await reopened.take()  # after a restart the records come from disk
     assert replay.items == written[1].items and replay.items is not written[1].items
     await reopened.close()
+
+
+def lines(start: int, count: int) -> list[LogRecord]:
+    return [LogRecord(i, f"line {i}") for i in range(start, start + count)]
+
+
+async def test_an_idle_log_lane_sends_its_first_lines_at_once_and_fills_the_next_batch_meanwhile(tmp_path) -> None:
+    """Adaptive batching: the first lines into an idle lane leave without waiting for a full batch or
+    flush_interval; what arrives while they are in flight (a backlog being read) fills full batches."""
+    output = ScriptedOutput(delay=0.3)
+    runner = runner_for(output, tmp_path, buffer="disk", batch_max_items=1000, flush_interval=5.0)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+    started = time.monotonic()
+    await lane.accept(lines(0, 100), None)
+    await wait_for(lambda: output.attempts == 1, timeout=2.0)
+    assert time.monotonic() - started < 1.0, "the first lines waited for more"
+    for k in range(1, 26):  # a backlog read in rounds while the first request is in flight
+        await lane.accept(lines(k * 100, 100), None)
+    await wait_for(lambda: sum(map(len, output.received)) >= 2100, timeout=3.0)
+    assert [len(b) for b in output.received] == [100, 1000, 1000], "under a backlog the batches stay full"
+    await runner.close(1.0)
+
+
+async def test_a_log_lane_busy_within_flush_interval_keeps_gathering_a_partial_batch(tmp_path) -> None:
+    """Low rates keep their one request per flush_interval: lines that come less than flush_interval after
+    the last request wait for it with what follows them; after a quiet flush_interval they go at once."""
+    output = ScriptedOutput()
+    runner = runner_for(output, tmp_path, buffer="disk", batch_max_items=1000, flush_interval=0.6)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+    await lane.accept(lines(0, 10), None)
+    await wait_for(lambda: len(output.received) == 1, timeout=0.4)
+    await lane.accept(lines(10, 10), None)  # the lane was idle for less than flush_interval
+    await asyncio.sleep(0.2)
+    await lane.accept(lines(20, 10), None)
+    await asyncio.sleep(0.2)
+    assert len(output.received) == 1, "a partial batch went out before flush_interval"
+    await wait_for(lambda: len(output.received) == 2, timeout=1.0)
+    assert [len(b) for b in output.received] == [10, 20]
+    await asyncio.sleep(0.7)  # quiet for longer than flush_interval: the next lines go at once
+    await lane.accept(lines(30, 10), None)
+    await wait_for(lambda: len(output.received) == 3, timeout=0.4)
+    await runner.close(1.0)
+
+
+async def test_lines_that_come_while_a_sealed_batch_is_being_written_wait_for_the_next_batch(tmp_path) -> None:
+    """A batch sealed after flush_interval is not in the queue until its write ends: lines arriving
+    meanwhile find the lane busy, not idle, and gather into one batch rather than each going out alone."""
+    output = ScriptedOutput()
+    runner = runner_for(output, tmp_path, buffer="disk", batch_max_items=1000, flush_interval=0.5)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+    queue = lane.queue
+    put, writing, release = queue.put, asyncio.Event(), asyncio.Event()
+
+    async def slow_second_put(batch) -> None:
+        if len(output.received) == 1 and not release.is_set():  # the second batch: a slow disk
+            writing.set()
+            await release.wait()
+        await put(batch)
+
+    queue.put = slow_second_put
+    await lane.accept(lines(0, 10), None)  # an idle lane: at once
+    await wait_for(lambda: len(output.received) == 1)
+    await lane.accept(lines(10, 10), None)  # sealed after flush_interval, then written slowly
+    await asyncio.wait_for(writing.wait(), 2.0)
+    await lane.accept(lines(20, 10), None)  # the lane is busy writing: this waits for more
+    await lane.accept(lines(30, 10), None)
+    release.set()
+    await wait_for(lambda: sum(map(len, output.received)) == 40)
+    assert [len(b) for b in output.received] == [10, 10, 20]
+    await runner.close(1.0)
