@@ -12,7 +12,9 @@ memory queue, when the batch leaves it (:meth:`Batcher.finish`).
 Log lines adapt the batch to the backlog: the first lines into a lane that was idle
 (nothing queued or in flight) for ``flush_interval`` are sealed at once, and what comes
 while they are in flight fills full batches; at a steady low rate the lane is never idle
-that long, so a partial batch still waits for ``flush_interval``.
+that long, so a partial batch still waits for ``flush_interval``. A backlog (at least half
+a full batch pending) is sealed as soon as nothing is queued or in flight, rather than
+leave the backend idle while the rest of a full batch is read.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ class Batcher:
         self._last_intake = 0.0
         self._rest = False  # what is pending is the rest of a full batch sealed before it
         self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
-        # when the queue last became empty (nothing queued or in flight); inf from a seal until then,
-        # so lines that come while a sealed batch is still being written are not taken for an idle lane's
+        # when the lane last became quiet: nothing being written to the queue, queued or in flight
         self._idle_since = -math.inf
+        # batches sealed and not in the queue yet (a disk append): lines that come meanwhile do not
+        # find the lane quiet, though the queue may be empty
+        self._writing = 0
         self._seal_now = asyncio.Event()
         self._has_pending = asyncio.Event()
         self._drained = asyncio.Event()
@@ -93,18 +97,28 @@ class Batcher:
         # the first lines after the lane sat idle (nothing queued or in flight) for flush_interval go
         # out at once: nothing would share the backend with them, and waiting adds only latency; the
         # lines that come while they are in flight fill the next batch as before
-        first = not pending and self.signal is Signal.LOGS and self._idle(now)
+        logs = self.signal is Signal.LOGS
+        first = logs and not pending and self._idle(now)
         if not pending:
             self._has_pending.set()
         pending.add(items, sizes, token)
         self._last_intake = now
-        if flush or first or pending.full(self.max_items, self.max_bytes):
-            self._flush = self._flush or flush or first
+        # a backlog while the backend has nothing to do goes now: waiting for the rest of a full batch
+        # would leave it idle for that long
+        backlog = logs and self._backlog() and self._idle(now, 0.0)
+        if flush or first or backlog or pending.full(self.max_items, self.max_bytes):
+            self._flush = self._flush or flush or first or backlog
             self._seal_now.set()
 
-    def _idle(self, now: float) -> bool:
-        """Nothing sealed, queued or in flight, and nothing was for at least flush_interval."""
-        return not self.queue.items and now - self._idle_since >= self.settings.flush_interval
+    def _idle(self, now: float, since: float | None = None) -> bool:
+        """Nothing being written, queued or in flight, and nothing was for ``since`` (flush_interval)."""
+        quiet = self.settings.flush_interval if since is None else since
+        return not self._writing and not self.queue.items and now - self._idle_since >= quiet
+
+    def _backlog(self) -> bool:
+        """At least half a full batch pending: more than a low rate gathers while a request is in flight."""
+        pending = self.pending
+        return 2 * len(pending) >= self.max_items or 2 * pending.nbytes >= self.max_bytes
 
     # ------------------------------------------------------------- sealing
 
@@ -150,8 +164,12 @@ class Batcher:
             if full_only and not pending.full(self.max_items, self.max_bytes):
                 break
             items, size, tokens = pending.cut(self.max_items, self.max_bytes)
-            self._idle_since = math.inf  # busy until the queue is empty again (finish)
-            if not await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens)):
+            self._writing += 1
+            try:
+                queued = await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens))
+            finally:
+                self._writing -= 1
+            if not queued:
                 break  # shutdown with a full buffer: the rest stays pending, close() counts it
             self._drained.set()
 
@@ -205,5 +223,8 @@ class Batcher:
             token.done()
         batch.tokens = []
         self._space.set()
-        if not self.queue.items:
+        if not self.queue.items and not self._writing:  # the lane is quiet from now
             self._idle_since = time.monotonic()
+            if self.signal is Signal.LOGS and self.pending and self._backlog():
+                self._flush = True  # the backlog gathered meanwhile goes now (see accept)
+                self._seal_now.set()

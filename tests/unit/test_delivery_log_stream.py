@@ -153,3 +153,30 @@ async def test_lines_that_come_while_a_sealed_batch_is_being_written_wait_for_th
     await wait_for(lambda: sum(map(len, output.received)) == 40)
     assert [len(b) for b in output.received] == [10, 10, 20]
     await runner.close(1.0)
+
+
+async def test_a_backlog_of_half_a_batch_goes_as_soon_as_nothing_is_in_flight(tmp_path) -> None:
+    """Lines read while a request is in flight go when it is answered once they make half a full batch,
+    rather than wait flush_interval for the rest (the backend would sit idle); so do as many taken at
+    once by a lane with nothing in flight. Fewer wait for flush_interval, as at low rates."""
+    output = ScriptedOutput(delay=0.3)
+    runner = runner_for(output, tmp_path, buffer="disk", batch_max_items=1000, flush_interval=5.0)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+    await lane.accept(lines(0, 100), None)  # an idle lane: at once
+    await wait_for(lambda: output.attempts == 1, timeout=2.0)
+    for k in range(1, 7):  # read while that request is in flight: more than half a batch
+        await lane.accept(lines(k * 100, 100), None)
+    answered = time.monotonic()
+    await wait_for(lambda: output.attempts == 2, timeout=2.0)
+    assert time.monotonic() - answered < 1.0, "the backlog waited for flush_interval"
+    await wait_for(lambda: len(output.received) == 2, timeout=2.0)
+    assert [len(b) for b in output.received] == [100, 600]
+    await lane.accept(lines(700, 500), None)  # nothing in flight, busy moments ago: half a batch goes at once
+    await wait_for(lambda: output.attempts == 3, timeout=1.0)
+    await wait_for(lambda: len(output.received) == 3, timeout=2.0)
+    await lane.accept(lines(1200, 400), None)  # less than half: gathers for flush_interval
+    await asyncio.sleep(0.8)
+    assert output.attempts == 3, "a partial batch under half went out before flush_interval"
+    assert [len(b) for b in output.received] == [100, 600, 500]
+    await runner.close(1.0)
