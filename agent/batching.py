@@ -58,6 +58,8 @@ class Batcher:
         # batches sealed and not in the queue yet (a disk append): lines that come meanwhile do not
         # find the lane quiet, though the queue may be empty
         self._writing = 0
+        # from an idle lane's first lines until its first full batch: a backlog is being taken up
+        self._ramp = False
         self._seal_now = asyncio.Event()
         self._has_pending = asyncio.Event()
         self._drained = asyncio.Event()
@@ -99,13 +101,15 @@ class Batcher:
         # lines that come while they are in flight fill the next batch as before
         logs = self.signal is Signal.LOGS
         first = logs and not pending and self._idle(now)
+        if first:
+            self._ramp = True
         if not pending:
             self._has_pending.set()
         pending.add(items, sizes, token)
         self._last_intake = now
         # a backlog while the backend has nothing to do goes now: waiting for the rest of a full batch
         # would leave it idle for that long
-        backlog = logs and self._backlog() and self._idle(now, 0.0)
+        backlog = self._ramp and self._backlog() and self._idle(now, 0.0)
         if flush or first or backlog or pending.full(self.max_items, self.max_bytes):
             self._flush = self._flush or flush or first or backlog
             self._seal_now.set()
@@ -164,6 +168,8 @@ class Batcher:
             if full_only and not pending.full(self.max_items, self.max_bytes):
                 break
             items, size, tokens = pending.cut(self.max_items, self.max_bytes)
+            if len(items) >= self.max_items or pending:  # a full batch (a bound cut it)
+                self._ramp = False  # the backlog is taken up: batches wait to be full again
             self._writing += 1
             try:
                 queued = await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens))
@@ -225,6 +231,6 @@ class Batcher:
         self._space.set()
         if not self.queue.items and not self._writing:  # the lane is quiet from now
             self._idle_since = time.monotonic()
-            if self.signal is Signal.LOGS and self.pending and self._backlog():
+            if self._ramp and self.pending and self._backlog():
                 self._flush = True  # the backlog gathered meanwhile goes now (see accept)
                 self._seal_now.set()
