@@ -200,21 +200,39 @@ class Batcher:
                 return True
             self.finish(oldest, dropped="buffer_full", why="buffer full (when_full = drop_oldest)")
         while True:
+            put = asyncio.ensure_future(queue.put(batch))
             try:
-                await queue.put(batch)
+                await asyncio.shield(put)
                 break
+            except asyncio.CancelledError:
+                # shutdown cancels this task (the lane's drain) while a disk append may be under way on the
+                # buffer's thread: the batch ends up queued (its sources acknowledged) or back in pending,
+                # never between the two, where it would be lost once a later batch's acknowledgement moved
+                # the sources' checkpoint past its lines
+                while not put.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(put)
+                if put.cancelled() or put.exception() is not None:
+                    self._unseal(batch)
+                else:
+                    self._queued(batch)
+                raise
             except OSError as exc:
                 self.owner.note_error(f"buffer write failed: {exc.strerror or exc}")
                 if self.when_full != "block" or self.shutdown.draining:
                     self.finish(batch, dropped="buffer_write_error", why=f"buffer write failed: {exc.strerror}")
                     return True
                 await asyncio.sleep(1.0)  # logs wait for the disk; their sources stay paused
-        if queue.durable:
+        self._queued(batch)
+        return True
+
+    def _queued(self, batch: QueuedBatch) -> None:
+        """A batch is in the queue: a durable queue's sources are acknowledged now."""
+        if self.queue.durable:
             for token in batch.tokens:
                 token.done()
             batch.tokens = []
         self.owner.update_gauges()
-        return True
 
     def _unseal(self, batch: QueuedBatch) -> None:
         """Put a batch that could not be queued back in front of what is pending."""

@@ -198,3 +198,34 @@ async def test_once_its_backlog_is_taken_up_a_log_lane_waits_for_full_batches_ag
     await wait_for(lambda: sum(map(len, output.received)) == 4100, timeout=2.0)
     assert [len(b) for b in output.received] == [100, 1000, 1000, 1000, 1000]
     await runner.close(1.0)
+
+
+async def test_a_batch_being_appended_when_shutdown_cancels_the_batcher_is_queued_not_lost(tmp_path) -> None:
+    """Shutdown cancels the batcher (the lane's drain) while a sealed batch's disk append runs on the buffer's
+    thread, which a cancelled wait does not stop: the batch is still queued and sent, and its sources are
+    acknowledged before the next batch's. Lost, a later acknowledgement would move the checkpoint past it."""
+    output = ScriptedOutput()
+    runner = runner_for(output, tmp_path, buffer="disk", batch_max_items=10, flush_interval=5.0)
+    await runner.start()
+    lane = runner.lanes[Signal.LOGS]
+    queue = lane.queue
+    put, appending, release = queue.put, asyncio.Event(), asyncio.Event()
+
+    async def slow_first_put(batch) -> None:
+        async def append() -> None:
+            if not release.is_set():  # the first batch: a slow disk
+                appending.set()
+                await release.wait()
+            await put(batch)
+
+        await asyncio.shield(append())  # as on the buffer's thread: the append goes on when the wait is cancelled
+
+    queue.put = slow_first_put
+    acked: list[str] = []
+    await lane.accept(lines(0, 10), AckToken(1, lambda: acked.append("first")))  # a full batch: sealed now
+    await asyncio.wait_for(appending.wait(), 2.0)
+    await lane.accept(lines(10, 5), AckToken(1, lambda: acked.append("second")))  # pending at shutdown
+    asyncio.get_running_loop().call_later(0.2, release.set)
+    await runner.close(5.0)
+    assert acked == ["first", "second"]
+    assert [r.body for b in output.received for r in b] == [r.body for r in lines(0, 15)]
