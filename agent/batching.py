@@ -12,9 +12,10 @@ memory queue, when the batch leaves it (:meth:`Batcher.finish`).
 Log lines adapt the batch to the backlog: the first lines into a lane that was idle
 (nothing queued or in flight) for ``flush_interval`` are sealed at once, and what comes
 while they are in flight fills full batches; at a steady low rate the lane is never idle
-that long, so a partial batch still waits for ``flush_interval``. A backlog (at least half
-a full batch pending) is sealed as soon as nothing is queued or in flight, rather than
-leave the backend idle while the rest of a full batch is read.
+that long, so a partial batch still waits for ``flush_interval``. While such a lane takes up
+its backlog (until it seals its first full batch), at least half a full batch pending is
+sealed as soon as nothing is being written, queued or in flight, rather than leave the
+backend idle while the rest of a full batch is read.
 """
 
 from __future__ import annotations
