@@ -8,12 +8,21 @@ es and puts those in the queue: waiting for room (``when_full = "block"``, which
 pauses the sources) or dropping the oldest batch (``"drop_oldest"``, counted).
 Sources are acknowledged as soon as their items are in a durable queue; for a
 memory queue, when the batch leaves it (:meth:`Batcher.finish`).
+
+Log lines adapt the batch to the backlog: the first lines into a lane that was idle
+(nothing queued or in flight) for ``flush_interval`` are sealed at once, and what comes
+while they are in flight fills full batches; at a steady low rate the lane is never idle
+that long, so a partial batch still waits for ``flush_interval``. While such a lane takes up
+its backlog (until it seals its first full batch), at least half a full batch pending is
+sealed as soon as nothing is being written, queued or in flight, rather than leave the
+backend idle while the rest of a full batch is read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +54,13 @@ class Batcher:
         self._last_intake = 0.0
         self._rest = False  # what is pending is the rest of a full batch sealed before it
         self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
+        # when the lane last became quiet: nothing being written to the queue, queued or in flight
+        self._idle_since = -math.inf
+        # batches sealed and not in the queue yet (a disk append): lines that come meanwhile do not
+        # find the lane quiet, though the queue may be empty
+        self._writing = 0
+        # from an idle lane's first lines until its first full batch: a backlog is being taken up
+        self._ramp = False
         self._seal_now = asyncio.Event()
         self._has_pending = asyncio.Event()
         self._drained = asyncio.Event()
@@ -80,13 +96,34 @@ class Batcher:
             self._drained.clear()
             self._seal_now.set()
             await self._drained.wait()
+        now = time.monotonic()
+        # the first lines after the lane sat idle (nothing queued or in flight) for flush_interval go
+        # out at once: nothing would share the backend with them, and waiting adds only latency; the
+        # lines that come while they are in flight fill the next batch as before
+        logs = self.signal is Signal.LOGS
+        first = logs and not pending and self._idle(now)
+        if first:
+            self._ramp = True
         if not pending:
             self._has_pending.set()
         pending.add(items, sizes, token)
-        self._last_intake = time.monotonic()
-        if flush or pending.full(self.max_items, self.max_bytes):
-            self._flush = self._flush or flush
+        self._last_intake = now
+        # a backlog while the backend has nothing to do goes now: waiting for the rest of a full batch
+        # would leave it idle for that long
+        backlog = self._ramp and self._backlog() and self._idle(now, 0.0)
+        if flush or first or backlog or pending.full(self.max_items, self.max_bytes):
+            self._flush = self._flush or flush or first or backlog
             self._seal_now.set()
+
+    def _idle(self, now: float, since: float | None = None) -> bool:
+        """Nothing being written, queued or in flight, and nothing was for ``since`` (flush_interval)."""
+        quiet = self.settings.flush_interval if since is None else since
+        return not self._writing and not self.queue.items and now - self._idle_since >= quiet
+
+    def _backlog(self) -> bool:
+        """At least half a full batch pending: more than a low rate gathers while a request is in flight."""
+        pending = self.pending
+        return 2 * len(pending) >= self.max_items or 2 * pending.nbytes >= self.max_bytes
 
     # ------------------------------------------------------------- sealing
 
@@ -132,7 +169,14 @@ class Batcher:
             if full_only and not pending.full(self.max_items, self.max_bytes):
                 break
             items, size, tokens = pending.cut(self.max_items, self.max_bytes)
-            if not await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens)):
+            if len(items) >= self.max_items or pending:  # a full batch (a bound cut it)
+                self._ramp = False  # the backlog is taken up: batches wait to be full again
+            self._writing += 1
+            try:
+                queued = await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens))
+            finally:
+                self._writing -= 1
+            if not queued:
                 break  # shutdown with a full buffer: the rest stays pending, close() counts it
             self._drained.set()
 
@@ -157,21 +201,39 @@ class Batcher:
                 return True
             self.finish(oldest, dropped="buffer_full", why="buffer full (when_full = drop_oldest)")
         while True:
+            put = asyncio.ensure_future(queue.put(batch))
             try:
-                await queue.put(batch)
+                await asyncio.shield(put)
                 break
+            except asyncio.CancelledError:
+                # shutdown cancels this task (the lane's drain) while a disk append may be under way on the
+                # buffer's thread: the batch ends up queued (its sources acknowledged) or back in pending,
+                # never between the two, where it would be lost once a later batch's acknowledgement moved
+                # the sources' checkpoint past its lines
+                while not put.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(put)
+                if put.cancelled() or put.exception() is not None:
+                    self._unseal(batch)
+                else:
+                    self._queued(batch)
+                raise
             except OSError as exc:
                 self.owner.note_error(f"buffer write failed: {exc.strerror or exc}")
                 if self.when_full != "block" or self.shutdown.draining:
                     self.finish(batch, dropped="buffer_write_error", why=f"buffer write failed: {exc.strerror}")
                     return True
                 await asyncio.sleep(1.0)  # logs wait for the disk; their sources stay paused
-        if queue.durable:
+        self._queued(batch)
+        return True
+
+    def _queued(self, batch: QueuedBatch) -> None:
+        """A batch is in the queue: a durable queue's sources are acknowledged now."""
+        if self.queue.durable:
             for token in batch.tokens:
                 token.done()
             batch.tokens = []
         self.owner.update_gauges()
-        return True
 
     def _unseal(self, batch: QueuedBatch) -> None:
         """Put a batch that could not be queued back in front of what is pending."""
@@ -186,3 +248,8 @@ class Batcher:
             token.done()
         batch.tokens = []
         self._space.set()
+        if not self.queue.items and not self._writing:  # the lane is quiet from now
+            self._idle_since = time.monotonic()
+            if self._ramp and self.pending and self._backlog():
+                self._flush = True  # the backlog gathered meanwhile goes now (see accept)
+                self._seal_now.set()

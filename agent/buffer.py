@@ -277,11 +277,12 @@ class DiskQueue(SegmentStore):
         saved = loop.create_future()
         saved.add_done_callback(self._committed)
         self._worker.submit(self._commit_sync, (position, head is None), saved, loop)
-        if self._busy:
-            # the worker is busy (an append and its fsync, a read): the position is saved right
-            # after that, in order, and the sender goes on with the next batch meanwhile, rather than
-            # leave the backend idle. A crash in between sends this batch again, as a crash before
-            # the save always did.
+        if self._busy or head is not None:
+            # the worker is busy (an append and its fsync, a read), or the next batch is queued: the
+            # position is saved in order on the worker, and the sender goes on with the next batch
+            # meanwhile, rather than leave the backend idle (a save that deletes a delivered 16 MiB
+            # segment takes milliseconds). A crash in between sends this batch again, as a crash
+            # before the save always did. With nothing left to send, the ack waits for its save.
             return
         with contextlib.suppress(Exception):  # _committed reports a failure
             await asyncio.shield(saved)

@@ -20,8 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from agent.config.interpolation import interpolate
 from agent.config.schema import (
     AgentSection,
@@ -32,7 +30,7 @@ from agent.config.schema import (
     PluginSpec,
     RedactionSection,
 )
-from agent.config.validation import unknown_key, validate
+from agent.config.validation import struct_fields, unknown_key, validate
 from agent.config.values import listen_is_loopback
 
 DEFAULT_PATH = Path("/etc/hostwatch/hostwatch.toml")
@@ -234,8 +232,8 @@ def _plugin_spec(
 ) -> PluginSpec | None:
     path = f"{kind}.{type_name}[{index}]"
     config_type = plugin.Config
-    common_names = {f.name for f in msgspec.structs.fields(common_type)}
-    plugin_names = {f.encode_name for f in msgspec.structs.fields(config_type)}
+    common_names = {f.name for f in struct_fields(common_type)}
+    plugin_names = {f.encode_name for f in struct_fields(config_type)}
     common_part = {k: v for k, v in table.items() if k in common_names and k not in plugin_names}
     own_part = {k: v for k, v in table.items() if k not in common_part}
     before = len(errors)

@@ -106,7 +106,12 @@ class OutputCommon(Section):
     """Options every output instance takes; split off before the plugin's own."""
 
     alias: Annotated[str, Desc(description="Instance name in logs, self-metrics and the buffer's directory.")] = ""
-    flush_interval: Annotated[Duration, Desc(description="Send a partial batch after this long.")] = Duration(1)
+    flush_interval: Annotated[
+        Duration,
+        Desc(
+            description="Send a partial batch after this long; a log lane idle this long sends its first lines at once."
+        ),
+    ] = Duration(1)
     batch_max_items: Annotated[
         int, Desc(description="Items per request at most; 0: 2000 for metrics, 10000 for log records.", ge=0)
     ] = 0

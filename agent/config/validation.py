@@ -13,6 +13,7 @@ reported under that key.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -30,6 +31,13 @@ def _dec_hook(type_: type, obj: Any) -> Any:
 
 def convert(value: Any, type_: Any) -> Any:
     return msgspec.convert(value, type_, dec_hook=_dec_hook)
+
+
+@functools.cache
+def struct_fields(type_: type) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """``msgspec.structs.fields``, once per Struct type: each call evaluates the class's annotations
+    again (strings, under ``from __future__ import annotations``), a few ms of every start per plugin."""
+    return msgspec.structs.fields(type_)
 
 
 def unknown_key(path: str, known: list[str], what: str = "key") -> str:
@@ -79,7 +87,7 @@ def validate(
     if not isinstance(data, dict):
         errors.append(f"{path}: expected a table, got {type(data).__name__}")
         return None
-    fields = {f.encode_name: f for f in msgspec.structs.fields(type_)}
+    fields = {f.encode_name: f for f in struct_fields(type_)}
     before = len(errors)
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else key

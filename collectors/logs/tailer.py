@@ -42,6 +42,10 @@ FIRST_CHUNK = 64 << 10
 a read brings a line: a 1 MiB buffer for it costs an ``mmap``, an ``mremap`` and a ``munmap`` besides the
 read wherever the allocator's mmap threshold is below 1 MiB, as it is by default."""
 STEP_BYTES = 2 << 20  # bytes per step over all files, so acknowledgements and timers keep up
+FIRST_STEP_BYTES = 256 << 10
+"""Bytes at most of the first round that finds something to read: a backlog found at start (a file read
+from its beginning, or one that grew while the agent was stopped) sends its first lines after a short
+round, and the output's first request is under way while the next rounds read at full size."""
 HEAD_READ_MAX = 4096
 """A file read up to this offset has its first read of a round start at offset 0: the bytes the check that
 it still starts as it did compares (and a growing fingerprint hashes) come with the new ones in one
@@ -70,6 +74,7 @@ class Tailer(OpenFiles):
         self.redact = redact
         self.parser = Parser(config.format, config.detect_severity, stats)
         self._rr = 0
+        self._budget = FIRST_STEP_BYTES  # STEP_BYTES once a round has read something
 
     # ------------------------------------------------------------------ the round
 
@@ -90,7 +95,7 @@ class Tailer(OpenFiles):
         if len(targets) > 1:  # take turns when the budget runs out
             self._rr = (self._rr + 1) % len(targets)
             targets = targets[self._rr :] + targets[: self._rr]
-        budget = STEP_BYTES
+        budget = self._budget
         now_ns = self.clock()
         pending: dict[str, Pending] = {}
         looked = dict.fromkeys(targets)
@@ -104,6 +109,8 @@ class Tailer(OpenFiles):
                 for rest in order[i + 1 :]:
                     rest.more = True  # its event is taken: read it next round, not at its next event
                 break
+        if budget < self._budget:
+            self._budget = STEP_BYTES
         looked.update(self.attention)
         # only a file that waits can have a timer due; most were read to their end and hold nothing
         waiting = [t for t in looked if t.fd >= 0 and waits(t)]

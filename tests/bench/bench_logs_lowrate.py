@@ -25,7 +25,8 @@ from its ``/metrics`` answering: its Python start-up is 0.3 s on a quiet machine
 agent's CPU per line over that same stretch (the flow's own cost, which other processes on a shared machine
 disturb less than its wall time), lines per CPU second of each process (its threads' schedstat; wall time on
 the shared machine includes waiting for the CPU), and the CPU time VictoriaLogs spent ingesting (rsyslog's
-sink only counts lines).
+sink only counts lines), and when the agent's first lines were delivered (its first request answered, seen by
+the 50 ms polling of ``/metrics``).
 
 Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
@@ -293,11 +294,12 @@ def wait_searchable(vl_url: str, lines: int, deadline: float) -> int:
 
 def ship_with_hostwatch(
     home: Path, path: Path, lines: int, tree: str | None, until_searchable: bool = False
-) -> tuple[float, float, float, float, float, float, float, float, int]:
+) -> tuple[float, float, float, float, float, float, float, float, int, float]:
     """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs:
     (seconds, seconds from /metrics answering, agent CPU seconds, lines sent, VictoriaLogs CPU seconds,
     agent CPU seconds from /metrics answering, the agent's peak RSS in MiB, seconds until VictoriaLogs' query
-    API counts every line and the lines it counts: 0 and 0 without ``until_searchable``)."""
+    API counts every line and the lines it counts: 0 and 0 without ``until_searchable``; seconds until
+    ``/metrics`` first counts lines sent, the first request answered, seen within the 50 ms of a poll)."""
     home.mkdir(parents=True)
     vl, vl_url = start_victoria_logs(home)
     saved = os.environ.get("PYTHONPATH")
@@ -314,13 +316,15 @@ def ship_with_hostwatch(
             else:
                 os.environ["PYTHONPATH"] = saved
         try:
-            sent, up, cpu_up = 0.0, None, 0
+            sent, up, cpu_up, first = 0.0, None, 0, 0.0
             while time.monotonic() < started + 600 and sent < lines:
                 time.sleep(0.05)
                 try:
                     sent = metric(get(url + "/metrics"), "hostwatch_output_sent_items_total", signal="logs")
                     if up is None:  # started: /metrics answers
                         up, cpu_up = time.monotonic(), cpu_ns(agent.pid)
+                    if sent and not first:  # the first request answered (seen within 50 ms)
+                        first = time.monotonic() - started
                 except OSError:
                     pass
             seconds = time.monotonic() - started
@@ -337,7 +341,7 @@ def ship_with_hostwatch(
             stop(agent)
     finally:
         stop(vl)
-    return seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found
+    return seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found, first
 
 
 def rsyslog_into_victoria_logs(home: Path, path: Path, lines: int) -> tuple[float, float, int, float, float, int]:
@@ -392,7 +396,7 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     for _, tree in trees:  # as the packages ship them: start-up is part of the figure
         byte_compile(Path(tree) if tree else None)
     into_vl = RSYSLOG_INTO == "victorialogs"
-    shipped: dict[str, list[tuple[float, float, float, float, float, float, float, float, int]]] = {
+    shipped: dict[str, list[tuple[float, float, float, float, float, float, float, float, int, float]]] = {
         name: [] for name, _ in trees
     }
     # rsyslog into VictoriaLogs, alternating with hostwatch
@@ -424,12 +428,13 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     agent_rate, rsyslog_rate = lines / agent_seconds, lines / rsyslog_seconds
     ratio = agent_rate / rsyslog_rate
     for name, results in shipped.items():
-        for seconds, flow_seconds, cpu, _, peer_cpu, flow_cpu, peak, found_seconds, found in results:
+        for seconds, flow_seconds, cpu, _, peer_cpu, flow_cpu, peak, found_seconds, found, first in results:
             print(
                 f"  {name}: {lines / seconds:,.0f} lines/s ({lines / seconds / rsyslog_rate:.2f}x rsyslog), "
                 f"{lines / flow_seconds:,.0f} without start-up, {lines / cpu:,.0f} per CPU second "
                 f"({flow_cpu * 1e6 / lines:.2f} us of CPU per line without start-up); "
-                f"VictoriaLogs CPU {peer_cpu:.2f} s of {seconds:.2f} s; peak RSS {peak:.1f} MiB"
+                f"VictoriaLogs CPU {peer_cpu:.2f} s of {seconds:.2f} s; peak RSS {peak:.1f} MiB; "
+                f"first lines delivered after {first:.2f} s"
                 + (f"; searchable in VictoriaLogs: {found:,} lines after {found_seconds:.2f} s" if into_vl else "")
             )
     checks = []

@@ -188,6 +188,37 @@ async def test_an_ack_does_not_wait_for_an_append_in_progress_and_its_position_i
     await reopened.close()
 
 
+async def test_an_ack_with_the_next_batch_queued_does_not_wait_for_its_save(tmp_path) -> None:
+    """A save that deletes a delivered segment takes milliseconds: with the next batch queued the sender
+    goes on meanwhile (the saves run in order on the buffer's thread); the ack that empties the queue
+    waits for its own, and a restart sends nothing acknowledged again."""
+    queue = DiskQueue(tmp_path, 10_000_000, signal=Signal.METRICS)
+    await queue.open()
+    for start in (0, 10, 20):
+        await queue.put(sample_batch(start))
+    release = threading.Event()
+    commit = queue._commit_sync
+    queue._commit_sync = lambda *args: (release.wait(10), commit(*args))[1]  # a slow save
+    taken = [await queue.take()]
+    try:
+        await asyncio.wait_for(queue.ack(), 2)  # with main, waited for the save until release
+        taken.append(await asyncio.wait_for(queue.take(), 2))
+        await asyncio.wait_for(queue.ack(), 2)
+        taken.append(await asyncio.wait_for(queue.take(), 2))
+        last = asyncio.create_task(queue.ack())  # the queue is empty now: this one waits for the saves
+        await asyncio.sleep(0.05)
+        assert not last.done(), "the ack that empties the queue returned before its save"
+    finally:
+        release.set()
+    await last
+    await queue.close()
+    assert [i.value for b in taken for i in b.items] == [float(i) for i in range(30)]
+    reopened = DiskQueue(tmp_path, 10_000_000, signal=Signal.METRICS)
+    await reopened.open()
+    assert await drain(reopened) == [], "the acknowledged batches are not sent again"
+    await reopened.close()
+
+
 async def test_memory_queue_drop_oldest_and_capacity() -> None:
     queue = MemoryQueue(capacity=250)
     await queue.put(sample_batch(0, 1))

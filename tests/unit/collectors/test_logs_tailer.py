@@ -446,3 +446,36 @@ def test_a_read_for_a_line_asks_for_a_small_buffer_and_megabytes_are_still_read_
     assert rig.bodies == lines
     assert max(asked) == 1 << 20, "the bulk goes on in 1 MiB reads"
     rig.close()
+
+
+def test_the_first_round_that_finds_a_backlog_is_short_and_the_next_ones_read_full_size(tmp_path) -> None:
+    """A file read from its beginning at start: the first round stops after 256 KiB, so its lines can
+    leave while the next rounds read 2 MiB each."""
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    lines = [f"{i:06d} " + "z" * 249 for i in range(20_000)]  # 256-byte lines, 5 MB
+    write(app, lines)
+    first = rig.step()
+    assert first.more, "a backlog is left for the next rounds"
+    assert rig.stats.bytes_read == 256 * 1024, "the first round reads 256 KiB"
+    assert 1000 <= len(rig.bodies) <= 1024
+    second = rig.step(scan=False)
+    assert second.more
+    assert rig.stats.bytes_read == 256 * 1024 + 2 * 1024 * 1024, "later rounds read 2 MiB"
+    while rig.step(scan=False).more:
+        pass
+    assert rig.bodies == lines
+    rig.close()
+
+
+def test_a_first_round_with_nothing_to_read_leaves_the_next_one_short(tmp_path) -> None:
+    """The short round is the first that reads something: a file found empty, or written later, starts so."""
+    rig = Rig(tmp_path)
+    app = rig.dir / "app.log"
+    app.touch()
+    rig.step()
+    assert rig.bodies == []
+    write(app, [f"{i:06d} " + "z" * 249 for i in range(20_000)])
+    assert rig.step().more
+    assert rig.stats.bytes_read == 256 * 1024
+    rig.close()
