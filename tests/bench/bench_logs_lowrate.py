@@ -31,6 +31,10 @@ Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
 by thread, the baseline's too (named by ``py-spy dump`` when py-spy is installed, else by thread id),
 BENCH_LOWRATE_FILES=2000 runs only the scenarios with that many files (comma-separated counts).
+BENCH_LOWRATE_PROFILE=DIR records this tree's agent with ``py-spy record`` over the window (non-blocking sampling, by
+thread, collapsed stacks: DIR/agent-FILES.txt; BENCH_LOWRATE_PROFILE_RATE samples a second, default 200), for finding
+where its CPU per line goes. py-spy counts a thread waiting for a CPU as busy: on a shared machine the frames right
+after a wake-up (the event loop's, a worker's queue) read higher than their CPU.
 BENCH_BASELINE_REV (a git revision, e.g. ``main``) adds a third shipper to the low-rate runs: hostwatch as
 that revision has it (``git archive``), tailing the same files in the same window, for a before/after in
 the same conditions.
@@ -80,6 +84,8 @@ ONLY_FILES = {int(n) for n in os.environ.get("BENCH_LOWRATE_FILES", "").split(",
 BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "")
 RSYSLOG_INTO = os.environ.get("BENCH_BULK_RSYSLOG_INTO", "socket")  # or "victorialogs": like with like
 TARGET_CPU_RATIO, TARGET_BULK_RATIO = 1.5, 0.6
+PROFILE = os.environ.get("BENCH_LOWRATE_PROFILE", "")
+PROFILE_RATE = os.environ.get("BENCH_LOWRATE_PROFILE_RATE", "200")  # samples a second
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
 WRITER = r"""
@@ -120,10 +126,16 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
     return found
 
 
+def py_spy() -> str:
+    """The py-spy executable ("" when not installed)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return spy if os.path.exists(spy) else ""
+
+
 def thread_names(pid: int) -> dict[str, str]:
     """Thread id -> Python thread name, from ``py-spy dump`` (empty without py-spy)."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not os.path.exists(spy):
+    spy = py_spy()
+    if not spy:
         return {}
     try:
         dump = subprocess.run([spy, "dump", "-p", str(pid)], capture_output=True, text=True, timeout=30).stdout
@@ -215,6 +227,17 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
         shippers = [p for p in (agent, rsyslog, old) if p is not None]
         before = {p.pid: cpu_ns(p.pid) for p in shippers}
         lines_before = written(logs)
+        if PROFILE and py_spy():
+            Path(PROFILE).mkdir(parents=True, exist_ok=True)
+            record = [py_spy(), "record", "--nonblocking", "--threads", "--format", "raw", "-r", PROFILE_RATE]
+            out = Path(PROFILE) / f"agent-{files}.txt"
+            procs.append(
+                subprocess.Popen(
+                    [*record, "-d", f"{WINDOW:g}", "-o", str(out), "-p", str(agent.pid)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(WINDOW)
         used = {p.pid: cpu_ns(p.pid) - before[p.pid] for p in shippers}
         lines = written(logs) - lines_before
