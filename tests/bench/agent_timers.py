@@ -2,8 +2,9 @@
 
 Not a bench of its own: ``bench_logs_lowrate`` (``BENCH_LOWRATE_TIMERS``) starts this tree's agent as
 ``python -c "import tests.bench.agent_timers as t; t.run()" run --config ...``. ``run`` wraps each function
-named in ``HOSTWATCH_BENCH_TIMERS`` (``module:Qualified.name``, comma-separated; plain functions only, not
-coroutines) with ``time.thread_time_ns`` around its calls, counts the garbage collector's passes the same
+named in ``HOSTWATCH_BENCH_TIMERS`` (``module:Qualified.name``, comma-separated) with ``time.thread_time_ns``
+around its calls (a coroutine function: around each step of its coroutine, the coroutines it awaits included, not
+its waits; a step counts as a call), counts the garbage collector's passes the same
 way, and starts the agent. SIGUSR1 writes the totals so far (nanoseconds and calls, one ``name ns calls``
 line each) to ``HOSTWATCH_BENCH_TIMERS_OUT`` and starts them again: the bench sends it at the start and the
 end of its window. A function called from another module by a name imported there is wrapped only where it
@@ -36,10 +37,11 @@ def _wrap(target: str) -> None:
     for part in path:
         owner = getattr(owner, part)
     fn = getattr(owner, name)
-    if inspect.iscoroutinefunction(fn):
-        raise SystemExit(f"{target}: a coroutine function; time the plain functions it calls")
     label = f"{module_name.rsplit('.', 1)[-1]}.{qualified}"
     cpu = time.thread_time_ns
+    if inspect.iscoroutinefunction(fn):
+        setattr(owner, name, _timed_coroutine(fn, label))
+        return
 
     @functools.wraps(fn)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -50,6 +52,41 @@ def _wrap(target: str) -> None:
             _add(label, cpu() - started)
 
     setattr(owner, name, timed)
+
+
+class _Suspend:
+    """Hands what a coroutine yielded (a future, or None) on to the task running it, and back its answer."""
+
+    def __init__(self, yielded: Any) -> None:
+        self.yielded = yielded
+
+    def __await__(self) -> Any:
+        return (yield self.yielded)
+
+
+def _timed_coroutine(fn: Any, label: str) -> Any:
+    """A coroutine function that drives ``fn``'s coroutine step by step, timing each step (what runs
+    between two suspensions, the coroutines it awaits included), not the waits."""
+    cpu = time.thread_time_ns
+
+    @functools.wraps(fn)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        coro = fn(*args, **kwargs)
+        value, error = None, None
+        while True:
+            started = cpu()
+            try:
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as done:
+                _add(label, cpu() - started)
+                return done.value
+            _add(label, cpu() - started)
+            try:
+                value, error = await _Suspend(yielded), None
+            except BaseException as exc:  # cancellation too: the coroutine handles it as it would
+                value, error = None, exc
+
+    return timed
 
 
 def _add(label: str, ns: int) -> None:
