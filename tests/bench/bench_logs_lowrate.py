@@ -297,9 +297,9 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
     if TIMERS and timings.exists():
         time.sleep(0.2)  # written
         for line in sorted(timings.read_text().splitlines(), key=lambda text: -int(text.split()[-2])):
-            name, ns, calls = line.rsplit(" ", 2)
+            timer, ns, calls = line.rsplit(" ", 2)
             per_line, per_second = int(ns) / 1000 / max(lines, 1), int(calls) / WINDOW
-            print(f"  hostwatch timer: {name} {per_line:.2f} us/line, {per_second:.1f} calls/s")
+            print(f"  hostwatch timer: {timer} {per_line:.2f} us/line, {per_second:.1f} calls/s")
     if BY_THREAD:
         for p, who in ((agent, "hostwatch"), (old, f"hostwatch at {BASELINE_REV}")):
             if p is not None:
