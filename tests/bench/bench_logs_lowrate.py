@@ -199,10 +199,17 @@ def start_rsyslog(home: Path, glob: str, port: int, extra: str = "", cpu: list[s
 
 
 def written(directory: Path) -> int:
-    try:
-        return int((directory.parent / "written").read_text() or 0)
-    except (OSError, ValueError):
-        return 0
+    """Lines the writer has written; read again when caught between its truncation of the count and its
+    write (an empty file read as 0 made a window count every line written since the start)."""
+    for _ in range(100):
+        try:
+            text = (directory.parent / "written").read_text()
+        except OSError:
+            return 0
+        if text:
+            return int(text)
+        time.sleep(0.001)
+    return 0
 
 
 def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -> list[tuple[str, bool]]:
