@@ -255,9 +255,9 @@ class Ledger:
 
     def encoded(self, now: float) -> list[bytes]:
         """:meth:`snapshot`, each entry already encoded as JSON (for :meth:`Store.save`): only the entries
-        that changed since the last call are encoded again. Plain bytes, not ``msgspec.Raw``: the file
-        is joined from them as msgspec would write it (a ``Raw`` for each of a thousand entries a second,
-        and msgspec copying them into the file, cost more than the join)."""
+        that changed since the last call are encoded again. Plain bytes, not ``msgspec.Raw``: the store
+        joins the file from them as msgspec writes it, without a ``Raw`` made for each changed entry and
+        msgspec's copy of every entry into the file."""
         self._forget(now)
         self.dirty = False
         stale, self._stale = self._stale, set()
