@@ -99,8 +99,7 @@ _decode_any = msgspec.json.Decoder().decode
 _DEFAULT_REST = b'0,"tail":"","closed":false,"closed_at":0.0}'
 _REST = b'%s%d,"tail":"%s","closed":%s,"closed_at":%s}'
 _OPEN_REST = b'%s%d,"tail":"%s","closed":false,"closed_at":0.0}'  # _REST of an open entry saved at its own offset
-_UNENCODED = b""  # a new entry's place, encoded before it is written (it is stale)
-_FILE_HEAD = b'{"version":%d,"files":[' % FORMAT_VERSION  # what msgspec writes for a _File before its entries
+_UNENCODED = msgspec.Raw(b"")  # a new entry's place, encoded before it is written (it is stale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +151,7 @@ class Ledger:
         self.dirty = False
         # key -> its entry encoded, in the order of ``entries`` (a key enters and leaves both together),
         # so the whole list is a copy of its values
-        self._encoded: dict[str, bytes] = dict.fromkeys(self.entries, _UNENCODED)
+        self._encoded: dict[str, msgspec.Raw] = dict.fromkeys(self.entries, _UNENCODED)
         self._stale: set[str] = set(self.entries)  # keys whose encoded form may be out of date
         self._closed: set[str] = set(self.entries)
         self._successors: dict[str, set[str]] = {}  # pred key -> keys held at its offset
@@ -253,23 +252,21 @@ class Ledger:
         self.dirty = False
         return [self._saved(e) for e in self.entries.values()]
 
-    def encoded(self, now: float) -> list[bytes]:
-        """:meth:`snapshot`, each entry already encoded as JSON (for :meth:`Store.save`): only the entries
-        that changed since the last call are encoded again. Plain bytes, not ``msgspec.Raw``: the store
-        joins the file from them as msgspec writes it, without a ``Raw`` made for each changed entry and
-        msgspec's copy of every entry into the file."""
+    def encoded(self, now: float) -> list[msgspec.Raw]:
+        """:meth:`snapshot`, each entry already encoded (for :meth:`Store.save`): only the entries that
+        changed since the last call are encoded again."""
         self._forget(now)
         self.dirty = False
         stale, self._stale = self._stale, set()
         for key in [k for k in stale if k in self._successors]:
             stale |= self._successors[key]
-        cache, entries, rest = self._encoded, self.entries, _OPEN_REST
+        cache, entries, rest, raw = self._encoded, self.entries, _OPEN_REST, msgspec.Raw
         for key in stale:
             e = entries.get(key)
             if e is None:
                 continue
             if e.head and not e.pred and not e.closed:  # most: an open file that continues none
-                cache[key] = rest % (e.head, e.committed, hexlify(e.tail))
+                cache[key] = raw(rest % (e.head, e.committed, hexlify(e.tail)))
             else:
                 cache[key] = self._encode(e)
         return list(cache.values())
@@ -280,7 +277,7 @@ class Ledger:
         f = e.id
         return Saved(e.key, f.path, f.dev, f.ino, f.fp_len, f.fp, offset, tail, e.closed, e.closed_at)
 
-    def _encode(self, e: Entry) -> bytes:
+    def _encode(self, e: Entry) -> msgspec.Raw:
         """``_encode(self._saved(e))``, made of the entry's encoded head (what changes only with its
         identity) and its offset and after: about a third of the cost of encoding a :class:`Saved` (one
         entry per file read at low rates, where each read brings a line)."""
@@ -290,7 +287,7 @@ class Ledger:
         offset = self.offset(e) if e.pred else e.committed
         tail = hexlify(e.tail) if offset == e.committed else b""
         at = _encode(e.closed_at) if e.closed_at else b"0.0"
-        return _REST % (e.head, offset, tail, b"true" if e.closed else b"false", at)
+        return msgspec.Raw(_REST % (e.head, offset, tail, b"true" if e.closed else b"false", at))
 
     def _forget(self, now: float) -> None:
         """Drop closed entries nobody needs any more: claimed, unmatchable, too old, or too many."""
@@ -379,7 +376,7 @@ class Store:
             what += f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
         return Loaded(files, what, resume_all=nameless > 0, resume_paths=frozenset(damaged))
 
-    def save(self, entries: Sequence[Saved] | Sequence[bytes], taken: int = 0) -> None:
+    def save(self, entries: Sequence[Saved | msgspec.Raw], taken: int = 0) -> None:
         """Atomically replace the checkpoint file (entries as :class:`Saved`, or already encoded by
         :meth:`Ledger.encoded`). Raises OSError.
 
@@ -388,10 +385,7 @@ class Store:
         still writing), the shutdown's, and the late acknowledgements'. Writes go one at a time, and a
         snapshot older than the one already written is skipped, so the file never ends behind what
         was acknowledged (which sent those lines again after a clean restart)."""
-        if entries and type(entries[0]) is bytes:  # Ledger.encoded's: the bytes msgspec writes for them
-            data = b"".join((_FILE_HEAD, b",".join(entries), b"]}"))  # type: ignore[arg-type]
-        else:
-            data = _encode(_File(FORMAT_VERSION, entries))
+        data = _encode(_File(FORMAT_VERSION, entries))
         with self._lock:
             if taken and taken <= self._written:
                 return

@@ -243,9 +243,9 @@ def test_a_snapshot_older_than_the_one_written_is_skipped(tmp_path) -> None:
     assert [e.offset for e in Store(tmp_path).load().files] == [100]
 
 
-def test_the_store_joins_encoded_entries_into_the_bytes_msgspec_writes(tmp_path) -> None:
-    """Ledger.encoded's entries are joined into the file by the store itself: byte for byte the file a
-    snapshot of the same entries makes (and an empty ledger's too)."""
+def test_encoded_entries_make_the_file_a_snapshot_makes_byte_for_byte(tmp_path) -> None:
+    """The file the store writes from Ledger.encoded's entries is, byte for byte, the one a snapshot of the
+    same entries makes (and an empty ledger's too)."""
     ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "0a", True, 12.5)], 0.0)
     store = Store(tmp_path)
     for key in ("a", "b"):
