@@ -101,8 +101,11 @@ def start_victoria_logs(home: Path, extra: tuple[str, ...] = ()) -> tuple[subpro
     sys.exit("victoria-logs did not start")
 
 
-def start_agent(home: Path, collector: str, loki_url: str, tree: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """``hostwatch run`` with ``collector`` and a Loki output; ``tree``: the agent of another source tree."""
+def start_agent(
+    home: Path, collector: str, loki_url: str, tree: Path | None = None, command: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``hostwatch run`` with ``collector`` and a Loki output; ``tree``: the agent of another source tree;
+    ``command``: what to run instead of ``hostwatch`` (``run --config ...`` follows it)."""
     port = free_port()
     config = home / "hostwatch.toml"
     config.write_text(
@@ -118,7 +121,7 @@ url = "{loki_url}/insert/loki/api/v1/push"
 """
     )
     stderr = open(home / "agent.log", "wb")  # noqa: SIM115 - lives as long as the process
-    command, env = hostwatch_command(), None
+    command, env = command or hostwatch_command(), None
     if tree is not None:
         command = [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
         env = {**os.environ, "PYTHONPATH": str(tree)}

@@ -32,6 +32,13 @@ Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
 by thread, the baseline's too (named by ``py-spy dump`` when py-spy is installed, else by thread id),
 BENCH_LOWRATE_FILES=2000 runs only the scenarios with that many files (comma-separated counts).
+For finding where the agent's CPU per line goes: BENCH_LOWRATE_PROFILE=DIR records this tree's agent with
+``py-spy record`` over the window (non-blocking sampling, by thread, collapsed stacks: DIR/agent-FILES.txt;
+BENCH_LOWRATE_PROFILE_RATE samples a second, default 200). py-spy counts a thread waiting for a CPU as busy: on a
+shared machine the frames right after a wake-up (the event loop's, a worker's queue) read higher than their CPU.
+BENCH_LOWRATE_TIMERS=module:Qualified.name,... runs this tree's agent with thread CPU timers around those functions
+over the window (``tests/bench/agent_timers.py``) and prints each one's CPU per line and calls a second, and the
+garbage collector's.
 BENCH_BASELINE_REV (a git revision, e.g. ``main``) adds a third shipper to the low-rate runs: hostwatch as
 that revision has it (``git archive``), tailing the same files in the same window, for a before/after in
 the same conditions.
@@ -57,6 +64,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +89,10 @@ ONLY_FILES = {int(n) for n in os.environ.get("BENCH_LOWRATE_FILES", "").split(",
 BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "")
 RSYSLOG_INTO = os.environ.get("BENCH_BULK_RSYSLOG_INTO", "socket")  # or "victorialogs": like with like
 TARGET_CPU_RATIO, TARGET_BULK_RATIO = 1.5, 0.6
+PROFILE = os.environ.get("BENCH_LOWRATE_PROFILE", "")
+PROFILE_RATE = os.environ.get("BENCH_LOWRATE_PROFILE_RATE", "200")  # samples a second
+TIMERS = os.environ.get("BENCH_LOWRATE_TIMERS", "")
+TIMED = [sys.executable, "-c", "import tests.bench.agent_timers as timers; timers.run()"]
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
 WRITER = r"""
@@ -121,10 +133,16 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
     return found
 
 
+def py_spy() -> str:
+    """The py-spy executable ("" when not installed)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return spy if os.path.exists(spy) else ""
+
+
 def thread_names(pid: int) -> dict[str, str]:
     """Thread id -> Python thread name, from ``py-spy dump`` (empty without py-spy)."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not os.path.exists(spy):
+    spy = py_spy()
+    if not spy:
         return {}
     try:
         dump = subprocess.run([spy, "dump", "-p", str(pid)], capture_output=True, text=True, timeout=30).stdout
@@ -182,10 +200,17 @@ def start_rsyslog(home: Path, glob: str, port: int, extra: str = "", cpu: list[s
 
 
 def written(directory: Path) -> int:
-    try:
-        return int((directory.parent / "written").read_text() or 0)
-    except (OSError, ValueError):
-        return 0
+    """Lines the writer has written; read again when caught between its truncation of the count and its
+    write (an empty file read as 0 made a window count every line written since the start)."""
+    for _ in range(100):
+        try:
+            text = (directory.parent / "written").read_text()
+        except OSError:
+            return 0
+        if text:
+            return int(text)
+        time.sleep(0.001)
+    return 0
 
 
 def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -> list[tuple[str, bool]]:
@@ -198,7 +223,10 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
     procs: list[subprocess.Popen] = [vl]
     try:
         collector = f'[[collectors.logs]]\npaths = ["{logs}/*.log"]\n'
-        agent, url = start_agent(home, collector, vl_url)
+        timings = home / "timers.txt"
+        if TIMERS:
+            os.environ.update(HOSTWATCH_BENCH_TIMERS=TIMERS, HOSTWATCH_BENCH_TIMERS_OUT=str(timings))
+        agent, url = start_agent(home, collector, vl_url, command=TIMED if TIMERS else None)
         rsyslog = start_rsyslog(home, f"{logs}/*.log", sink.port)
         procs += [agent, rsyslog]
         old = old_url = None
@@ -216,9 +244,29 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
         shippers = [p for p in (agent, rsyslog, old) if p is not None]
         before = {p.pid: cpu_ns(p.pid) for p in shippers}
         lines_before = written(logs)
+        if TIMERS:
+            os.kill(agent.pid, signal.SIGUSR1)  # the timers start from here
+        if PROFILE and py_spy():
+            Path(PROFILE).mkdir(parents=True, exist_ok=True)
+            record = [py_spy(), "record", "--nonblocking", "--threads", "--format", "raw", "-r", PROFILE_RATE]
+            out = Path(PROFILE) / f"agent-{files}.txt"
+            procs.append(
+                subprocess.Popen(
+                    [*record, "-d", f"{WINDOW:g}", "-o", str(out), "-p", str(agent.pid)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(WINDOW)
         used = {p.pid: cpu_ns(p.pid) - before[p.pid] for p in shippers}
         lines = written(logs) - lines_before
+        if TIMERS:
+            timings.unlink(missing_ok=True)
+            os.kill(agent.pid, signal.SIGUSR1)  # what they took in the window
+            for _ in range(50):
+                if timings.exists():
+                    break
+                time.sleep(0.1)
         by_thread: dict[int, dict[str, int]] = {}
         for p in agents:
             threads = by_thread[p.pid] = {}
@@ -254,6 +302,12 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
             f"  hostwatch at {BASELINE_REV}, same run: {old_us:.1f} us/line ({old_us / rsyslog_us:.2f}x rsyslog); "
             f"this tree / {BASELINE_REV}: {agent_us / old_us:.2f}; delivered {old_sent:,.0f} of {total:,}"
         )
+    if TIMERS and timings.exists():
+        time.sleep(0.2)  # written
+        for line in sorted(timings.read_text().splitlines(), key=lambda text: -int(text.split()[-2])):
+            timer, ns, calls = line.rsplit(" ", 2)
+            per_line, per_second = int(ns) / 1000 / max(lines, 1), int(calls) / WINDOW
+            print(f"  hostwatch timer: {timer} {per_line:.2f} us/line, {per_second:.1f} calls/s")
     if BY_THREAD:
         for p, who in ((agent, "hostwatch"), (old, f"hostwatch at {BASELINE_REV}")):
             if p is not None:

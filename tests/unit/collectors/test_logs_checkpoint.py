@@ -241,3 +241,20 @@ def test_a_snapshot_older_than_the_one_written_is_skipped(tmp_path) -> None:
     assert [e.offset for e in Store(tmp_path).load().files] == [900]
     store.save(older)  # no order given: written, as before
     assert [e.offset for e in Store(tmp_path).load().files] == [100]
+
+
+def test_encoded_entries_make_the_file_a_snapshot_makes_byte_for_byte(tmp_path) -> None:
+    """The file the store writes from Ledger.encoded's entries is, byte for byte, the one a snapshot of the
+    same entries makes (and an empty ledger's too)."""
+    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "0a", True, 12.5)], 0.0)
+    store = Store(tmp_path)
+    for key in ("a", "b"):
+        open_entry(ledger, key)
+    ledger.sent("a", 100)
+    ledger.acked({"a": (100, b"x\n")})
+    for _ in range(2):
+        store.save(ledger.encoded(0.0))
+        joined = store.path.read_bytes()
+        store.save(ledger.snapshot(0.0))
+        assert joined == store.path.read_bytes()
+        ledger = Ledger([], 0.0)
