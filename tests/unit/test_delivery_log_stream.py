@@ -42,6 +42,25 @@ def test_item_sizes_of_a_line_from_each_of_many_files_over_many_batches() -> Non
         assert item_sizes(batch) == [item_size(r) for r in batch]
 
 
+def slow_disk(queue, when) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the queue's appends wait, while ``when()`` holds and until ``release`` is set, as a slow disk
+    does: (set once an append waits, release). As on the buffer's thread, an append goes on when the task
+    waiting for it is cancelled."""
+    put, waiting, release = queue.put, asyncio.Event(), asyncio.Event()
+
+    async def append(batch) -> None:
+        if when() and not release.is_set():
+            waiting.set()
+            await release.wait()
+        await put(batch)
+
+    async def slow_put(batch) -> None:
+        await asyncio.shield(append(batch))
+
+    queue.put = slow_put
+    return waiting, release
+
+
 async def test_a_steady_stream_releases_each_source_once_its_lines_are_queued(tmp_path) -> None:
     runner = runner_for(ScriptedOutput(), tmp_path, buffer="disk", batch_max_items=500, flush_interval=5.0)
     await runner.start()
@@ -134,15 +153,7 @@ async def test_lines_that_come_while_a_sealed_batch_is_being_written_wait_for_th
     await runner.start()
     lane = runner.lanes[Signal.LOGS]
     queue = lane.queue
-    put, writing, release = queue.put, asyncio.Event(), asyncio.Event()
-
-    async def slow_second_put(batch) -> None:
-        if len(output.received) == 1 and not release.is_set():  # the second batch: a slow disk
-            writing.set()
-            await release.wait()
-        await put(batch)
-
-    queue.put = slow_second_put
+    writing, release = slow_disk(queue, lambda: len(output.received) == 1)  # the second batch
     await lane.accept(lines(0, 10), None)  # an idle lane: at once
     await wait_for(lambda: len(output.received) == 1)
     await lane.accept(lines(10, 10), None)  # sealed after flush_interval, then written slowly
@@ -209,18 +220,7 @@ async def test_a_batch_being_appended_when_shutdown_cancels_the_batcher_is_queue
     await runner.start()
     lane = runner.lanes[Signal.LOGS]
     queue = lane.queue
-    put, appending, release = queue.put, asyncio.Event(), asyncio.Event()
-
-    async def slow_first_put(batch) -> None:
-        async def append() -> None:
-            if not release.is_set():  # the first batch: a slow disk
-                appending.set()
-                await release.wait()
-            await put(batch)
-
-        await asyncio.shield(append())  # as on the buffer's thread: the append goes on when the wait is cancelled
-
-    queue.put = slow_first_put
+    appending, release = slow_disk(queue, lambda: True)  # the first batch
     acked: list[str] = []
     await lane.accept(lines(0, 10), AckToken(1, lambda: acked.append("first")))  # a full batch: sealed now
     await asyncio.wait_for(appending.wait(), 2.0)
