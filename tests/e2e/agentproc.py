@@ -82,6 +82,12 @@ class AgentProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def failing(self) -> bool:
+        """/ready answers 503 for a fault (an output failing, ...), not only because the agent is still
+        starting: a wait for a 503 alone can end in the moment before the outputs start."""
+        status, body = self.get("/ready")
+        return status == 503 and any(reason not in ("starting", "stopping") for reason in json.loads(body)["reasons"])
+
     def detailed(self) -> dict:
         return json.loads(self.get("/health/detailed")[1])
 

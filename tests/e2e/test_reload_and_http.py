@@ -204,7 +204,7 @@ def test_url_passwords_never_show_in_health_ready_logs_or_check(tmp_path) -> Non
     agent.config.write_text(agent.config.read_text().replace("[http]", 'shutdown_timeout = "1s"\n[http]', 1))
     try:
         agent.start(wait_ready=False)
-        agent.wait(lambda: agent.get("/ready")[0] == 503, 20, "/ready failing on the closed port")
+        agent.wait(agent.failing, 20, "/ready failing on the closed port")
         ready = agent.get("/ready")[1]
         detailed = agent.get("/health/detailed")[1]
         for text in (ready, detailed, agent.log_tail(100000)):

@@ -118,7 +118,7 @@ def test_status_cli_exits_non_zero_when_the_agent_is_not_ready_or_gone(tmp_path:
     # the only output can never deliver, and one failed attempt makes the agent not ready
     agent = status_agent(tmp_path, f"http://127.0.0.1:{free_port()}/api/v1/write", threshold=1).start(wait_ready=False)
     try:
-        agent.wait(lambda: agent.get("/ready")[0] == 503, 20, "not ready")
+        agent.wait(agent.failing, 20, "not ready: the output failing")
         result = status_cli("--config", str(agent.config))
         assert result.returncode == 3, result.stdout + result.stderr
         assert "NOT READY" in result.stdout and SECRET not in result.stdout
