@@ -111,8 +111,10 @@ def _dump(*_: Any) -> None:
         lines = [f"{name} {ns} {_calls[name]}\n" for name, ns in _spent.items()]
         _spent.clear()
         _calls.clear()
-    with open(os.environ["HOSTWATCH_BENCH_TIMERS_OUT"], "w") as out:
-        out.writelines(lines)
+    out = os.environ["HOSTWATCH_BENCH_TIMERS_OUT"]
+    with open(out + ".part", "w") as part:  # renamed when whole: the bench reads the file once it exists
+        part.writelines(lines)
+    os.replace(out + ".part", out)
 
 
 def run() -> None:

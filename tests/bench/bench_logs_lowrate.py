@@ -224,9 +224,14 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
     try:
         collector = f'[[collectors.logs]]\npaths = ["{logs}/*.log"]\n'
         timings = home / "timers.txt"
-        if TIMERS:
-            os.environ.update(HOSTWATCH_BENCH_TIMERS=TIMERS, HOSTWATCH_BENCH_TIMERS_OUT=str(timings))
-        agent, url = start_agent(home, collector, vl_url, command=TIMED if TIMERS else None)
+        timer_env = {"HOSTWATCH_BENCH_TIMERS": TIMERS, "HOSTWATCH_BENCH_TIMERS_OUT": str(timings)}
+        if TIMERS:  # this tree's agent only: the baseline and later scenarios start without them
+            os.environ.update(timer_env)
+        try:
+            agent, url = start_agent(home, collector, vl_url, command=TIMED if TIMERS else None)
+        finally:
+            for name in timer_env if TIMERS else ():
+                os.environ.pop(name, None)
         rsyslog = start_rsyslog(home, f"{logs}/*.log", sink.port)
         procs += [agent, rsyslog]
         old = old_url = None
@@ -303,7 +308,6 @@ def lowrate(home: Path, files: int, rate: float, baseline: Path | None = None) -
             f"this tree / {BASELINE_REV}: {agent_us / old_us:.2f}; delivered {old_sent:,.0f} of {total:,}"
         )
     if TIMERS and timings.exists():
-        time.sleep(0.2)  # written
         for line in sorted(timings.read_text().splitlines(), key=lambda text: -int(text.split()[-2])):
             timer, ns, calls = line.rsplit(" ", 2)
             per_line, per_second = int(ns) / 1000 / max(lines, 1), int(calls) / WINDOW
