@@ -103,9 +103,8 @@ def main() -> int:
                 lowrate_bench.lowrate(root / f"low{run}{name[0]}", 2000, 1000, tree)
                 for found in collected(probe):
                     print(line(name, found, ""))
-                seconds, _, cpu, sent, _, _ = lowrate_bench.ship_with_hostwatch(
-                    root / f"bulk{run}{name[0]}", path, lines, str(tree)
-                )
+                shipment = lowrate_bench.ship_with_hostwatch(root / f"bulk{run}{name[0]}", path, lines, str(tree))
+                seconds, cpu, sent = shipment.seconds, shipment.cpu, shipment.sent
                 for found in collected(probe):
                     extra = f"; bulk {sent / seconds:,.0f} lines/s, {sent / cpu:,.0f} lines per CPU second"
                     print(line(f"{name}, bulk", found, extra))

@@ -73,6 +73,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import NamedTuple
 
 from tests.bench.bench_agent import byte_compile, export_tree
 from tests.bench.bench_logs import CORPUS, get, metric, pinned, start_agent, start_victoria_logs, stop
@@ -350,14 +351,25 @@ def wait_searchable(vl_url: str, lines: int, deadline: float) -> int:
     return counted
 
 
+class Shipment(NamedTuple):
+    """One bulk shipment by hostwatch; ordered by its wall time first (the median run)."""
+
+    seconds: float  # from exec until /metrics counts every line sent
+    flow_seconds: float  # the same from /metrics answering
+    cpu: float  # the agent's CPU seconds
+    sent: float  # lines sent
+    peer_cpu: float  # VictoriaLogs' CPU seconds
+    flow_cpu: float  # the agent's CPU seconds from /metrics answering
+    peak_rss: float  # the agent's peak RSS, MiB
+    found_seconds: float  # until VictoriaLogs' query API counts every line (0 without until_searchable)
+    found: int  # the lines it counts (0 without until_searchable)
+    first: float  # until /metrics first counts lines sent: the first request answered, seen within a 50 ms poll
+
+
 def ship_with_hostwatch(
     home: Path, path: Path, lines: int, tree: str | None, until_searchable: bool = False
-) -> tuple[float, float, float, float, float, float, float, float, int, float]:
-    """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs:
-    (seconds, seconds from /metrics answering, agent CPU seconds, lines sent, VictoriaLogs CPU seconds,
-    agent CPU seconds from /metrics answering, the agent's peak RSS in MiB, seconds until VictoriaLogs' query
-    API counts every line and the lines it counts: 0 and 0 without ``until_searchable``; seconds until
-    ``/metrics`` first counts lines sent, the first request answered, seen within the 50 ms of a poll)."""
+) -> Shipment:
+    """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs."""
     home.mkdir(parents=True)
     vl, vl_url = start_victoria_logs(home)
     saved = os.environ.get("PYTHONPATH")
@@ -399,7 +411,7 @@ def ship_with_hostwatch(
             stop(agent)
     finally:
         stop(vl)
-    return seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found, first
+    return Shipment(seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found, first)
 
 
 def rsyslog_into_victoria_logs(home: Path, path: Path, lines: int) -> tuple[float, float, int, float, float, int]:
@@ -454,9 +466,7 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     for _, tree in trees:  # as the packages ship them: start-up is part of the figure
         byte_compile(Path(tree) if tree else None)
     into_vl = RSYSLOG_INTO == "victorialogs"
-    shipped: dict[str, list[tuple[float, float, float, float, float, float, float, float, int, float]]] = {
-        name: [] for name, _ in trees
-    }
+    shipped: dict[str, list[Shipment]] = {name: [] for name, _ in trees}
     # rsyslog into VictoriaLogs, alternating with hostwatch
     rsyslog_vl: list[tuple[float, float, int, float, float, int]] = []
     for run in range(BULK_RUNS):
@@ -469,7 +479,8 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
         if into_vl and run % 2 == 0:
             rsyslog_vl.append(rsyslog_into_victoria_logs(home / f"rvl{run}", path, lines))
     # the goal's figures: this tree's median run by wall time
-    agent_seconds, agent_flow, agent_cpu, sent, *_ = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
+    median = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
+    agent_seconds, agent_flow, agent_cpu, sent = median.seconds, median.flow_seconds, median.cpu, median.sent
     # rsyslog: imfile from the beginning of the file (a new file, no state yet) into the sink
     sink = Sink()
     started = time.monotonic()
@@ -504,14 +515,15 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
                 f"second; VictoriaLogs CPU {peer_cpu:.2f} s"
             )
         # like with like: both timed until VictoriaLogs' query API counts every line; each shipper's median run
-        hw = sorted(shipped["hostwatch"], key=lambda r: r[7])[len(shipped["hostwatch"]) // 2]
+        hw = sorted(shipped["hostwatch"], key=lambda r: r.found_seconds)[len(shipped["hostwatch"]) // 2]
         rs = sorted(rsyslog_vl)[len(rsyslog_vl) // 2]
         rs_stream = sorted(r[1] for r in rsyslog_vl)[len(rsyslog_vl) // 2]
-        vl_ratio = (lines / hw[7]) / (lines / rs[0])
-        stream_ratio = (lines / hw[7]) / (lines / rs_stream)  # the goal's figure in this comparison
+        vl_ratio = (lines / hw.found_seconds) / (lines / rs[0])
+        stream_ratio = (lines / hw.found_seconds) / (lines / rs_stream)  # the goal's figure in this comparison
         print(
             f"bulk into VictoriaLogs for both, until searchable (median of {BULK_RUNS}): hostwatch "
-            f"{lines / hw[7]:,.0f} lines/s (VictoriaLogs CPU {hw[4]:.2f} s), rsyslog {lines / rs[0]:,.0f} lines/s "
+            f"{lines / hw.found_seconds:,.0f} lines/s (VictoriaLogs CPU {hw.peer_cpu:.2f} s), "
+            f"rsyslog {lines / rs[0]:,.0f} lines/s "
             f"(VictoriaLogs CPU {rs[4]:.2f} s): {vl_ratio:.2f}x"
         )
         print(
@@ -519,7 +531,7 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
             f"partial block on its periodic flush; a Loki push is searchable when answered): rsyslog "
             f"{lines / rs_stream:,.0f} lines/s: {stream_ratio:.2f}x"
         )
-        every = all(r[8] >= lines for r in shipped["hostwatch"]) and all(r[5] >= lines for r in rsyslog_vl)
+        every = all(r.found >= lines for r in shipped["hostwatch"]) and all(r[5] >= lines for r in rsyslog_vl)
         checks = [
             (
                 f"bulk into VictoriaLogs for both: hostwatch >= {TARGET_BULK_RATIO:g}x rsyslog's lines/s "
