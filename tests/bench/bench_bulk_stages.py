@@ -17,7 +17,9 @@ to the CPU ``bench_logs_lowrate`` pins it to), one request at a time as a Loki o
 them: the wall time from the first request until the last answer, the first request's answer time
 apart (a new store's first insert), and VictoriaLogs' CPU time. It is the floor of the bulk bench's
 hostwatch run, which cannot be faster than its peer takes the batches in, whatever the agent's own
-CPU per line.
+CPU per line. BENCH_BULK_WINDOWS=1,2 ships them once per round with each number of requests in flight
+(each on a connection of its own, the next body to whichever is answered first), alternating, into a
+new VictoriaLogs each time: whether a second request in flight lets the peer take the lines sooner.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import http.client
 import os
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -51,6 +54,7 @@ MIB = float(os.environ.get("BENCH_BULK_MIB", "32"))
 BATCH = int(os.environ.get("BENCH_BULK_BATCH", "10000"))
 ROUNDS = int(os.environ.get("BENCH_BULK_ROUNDS", "3"))
 PEER = os.environ.get("BENCH_BULK_PEER") == "1"
+WINDOWS = [int(n) for n in os.environ.get("BENCH_BULK_WINDOWS", "1").split(",")]
 
 
 def read_all(path: Path, lines: int, redactor: Redactor | None) -> tuple[float, list]:
@@ -119,33 +123,52 @@ def main() -> int:
         print(f"  {'together':32s} {sum(best.values()) * 1e6 / lines:5.2f} us per line")
         if PEER:
             for run in range(ROUNDS):
-                ship_to_peer(Path(tmp) / f"peer{run}", bodies, lines)
+                for window in WINDOWS:
+                    ship_to_peer(Path(tmp) / f"peer{run}-{window}", bodies, lines, window)
     return 0
 
 
-def ship_to_peer(home: Path, bodies: list[bytes], lines: int) -> None:
-    """POST ``bodies`` one after the other into a new VictoriaLogs and print how long it took them in."""
+def ship_to_peer(home: Path, bodies: list[bytes], lines: int, window: int = 1) -> None:
+    """POST ``bodies`` into a new VictoriaLogs, ``window`` requests in flight (in the order given, each
+    connection taking the next body when answered), and print how long it took them in."""
     home.mkdir()
     vl, url = start_victoria_logs(home)
     try:
         host, port = url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
         headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"}
-        cpu_before, started, first = cpu_ns(vl.pid), time.monotonic(), 0.0
-        for body in bodies:
-            conn.request("POST", "/insert/loki/api/v1/push", body, headers)
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status // 100 != 2:
-                sys.exit(f"VictoriaLogs answered {answer.status}")
-            first = first or time.monotonic() - started
+        numbered, lock, answered, failed = iter(enumerate(bodies)), threading.Lock(), [], []
+
+        def send() -> None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            while True:
+                with lock:
+                    body = next(numbered, None)
+                if body is None or failed:
+                    break
+                conn.request("POST", "/insert/loki/api/v1/push", body[1], headers)
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status // 100 != 2:
+                    failed.append(answer.status)
+                answered.append(time.monotonic())
+            conn.close()
+
+        senders = [threading.Thread(target=send) for _ in range(window)]
+        cpu_before, started = cpu_ns(vl.pid), time.monotonic()
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
         seconds, cpu = time.monotonic() - started, (cpu_ns(vl.pid) - cpu_before) / 1e9
-        conn.close()
     finally:
         stop(vl)
+    if failed:
+        sys.exit(f"VictoriaLogs answered {failed[0]}")
+    first = answered[0] - started
     print(
-        f"  VictoriaLogs took {len(bodies)} requests in {seconds:.2f} s ({lines / seconds:,.0f} lines/s; the first "
-        f"answered after {first * 1e3:.0f} ms), {cpu:.2f} s of its CPU ({cpu * 1e6 / lines:.2f} us per line)"
+        f"  VictoriaLogs took {len(bodies)} requests, {window} in flight, in {seconds:.2f} s ({lines / seconds:,.0f}"
+        f" lines/s; the first answered after {first * 1e3:.0f} ms), {cpu:.2f} s of its CPU"
+        f" ({cpu * 1e6 / lines:.2f} us per line)"
     )
 
 
