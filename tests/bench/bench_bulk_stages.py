@@ -8,6 +8,9 @@ them (``BENCH_BULK_BATCH`` records, default 10,000): sizing, the disk buffer's r
 its CRC), reading it back (the CRC check and ``LogRecordsDecoder``: what a batch further behind
 than the buffer's memory cache costs), the Loki encoder and snappy. CPU time
 (``time.process_time``) of each stage per line, the best of ``BENCH_BULK_ROUNDS`` (default 3).
+Then what one batch holds in memory: its records (measured by ``tracemalloc``, and as the disk
+buffer's memory copy counts them against its 16 MiB) beside its snappy request body, and how many
+batches of each a 16 MiB copy would hold: whether a copy of encoded bodies would spare the reads back.
 
 What it leaves out, and ``bench_logs_lowrate`` includes: threads and their hand-offs, the event
 loop, the HTTP request, fsync and the checkpoint writes.
@@ -30,17 +33,19 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import zlib
 from pathlib import Path
 
 import cramjam
 import msgspec
 
+from agent.buffer import _cache_cost
 from agent.config import convert
 from agent.config.schema import RedactionSection
 from agent.pending import item_sizes
 from agent.redact import Redactor
-from agent.segments import HEADER, encode
+from agent.segments import HEADER, Ref, encode
 from agent.stored_records import LogRecordsDecoder
 from collectors.logs.discovery import Patterns
 from collectors.logs.logs import LogsCollector
@@ -121,11 +126,32 @@ def main() -> int:
         for name, seconds in best.items():
             print(f"  {name:32s} {seconds * 1e6 / lines:5.2f} us per line")
         print(f"  {'together':32s} {sum(best.values()) * 1e6 / lines:5.2f} us per line")
+        print_batch_memory(records[:BATCH], encoder, decoder, loki)
         if PEER:
             for run in range(ROUNDS):
                 for window in WINDOWS:
                     ship_to_peer(Path(tmp) / f"peer{run}-{window}", bodies, lines, window)
     return 0
+
+
+def print_batch_memory(
+    batch: list, encoder: msgspec.msgpack.Encoder, decoder: LogRecordsDecoder, loki: PushEncoder
+) -> None:
+    """What one batch's records hold in memory (read back, as the disk buffer's copy holds them after a
+    read or a put) against its encoded request body."""
+    record = encode(encoder.encode(batch), len(batch), 1)
+    tracemalloc.start()
+    back = decoder.decode(memoryview(record)[HEADER.size :])
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    counted = _cache_cost(Ref(0, 0, len(record), len(back), 1))
+    body = len(cramjam.snappy.compress_raw(loki.encode_protobuf(back).payload))
+    copy = 16 * 2**20
+    print(
+        f"a batch of {len(back):,} records in memory: {held / 2**20:.2f} MiB ({counted / 2**20:.2f} MiB as the"
+        f" buffer's copy counts it: {copy // counted} such batches in 16 MiB); its snappy body {body / 2**20:.2f}"
+        f" MiB ({copy // body} in 16 MiB)"
+    )
 
 
 def ship_to_peer(home: Path, bodies: list[bytes], lines: int, window: int = 1) -> None:
