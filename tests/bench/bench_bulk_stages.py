@@ -8,6 +8,9 @@ them (``BENCH_BULK_BATCH`` records, default 10,000): sizing, the disk buffer's r
 its CRC), reading it back (the CRC check and ``LogRecordsDecoder``: what a batch further behind
 than the buffer's memory cache costs), the Loki encoder and snappy. CPU time
 (``time.process_time``) of each stage per line, the best of ``BENCH_BULK_ROUNDS`` (default 3).
+Then what one batch holds in memory: its records (measured by ``tracemalloc``, and as the disk
+buffer's memory copy counts them against its 16 MiB) beside its snappy request body, and how many
+batches of each a 16 MiB copy would hold: whether a copy of encoded bodies would spare the reads back.
 
 What it leaves out, and ``bench_logs_lowrate`` includes: threads and their hand-offs, the event
 loop, the HTTP request, fsync and the checkpoint writes.
@@ -17,7 +20,9 @@ to the CPU ``bench_logs_lowrate`` pins it to), one request at a time as a Loki o
 them: the wall time from the first request until the last answer, the first request's answer time
 apart (a new store's first insert), and VictoriaLogs' CPU time. It is the floor of the bulk bench's
 hostwatch run, which cannot be faster than its peer takes the batches in, whatever the agent's own
-CPU per line.
+CPU per line. BENCH_BULK_WINDOWS=1,2 ships them once per round with each number of requests in flight
+(each on a connection of its own, the next body to whichever is answered first), alternating, into a
+new VictoriaLogs each time: whether a second request in flight lets the peer take the lines sooner.
 """
 
 from __future__ import annotations
@@ -26,18 +31,21 @@ import http.client
 import os
 import sys
 import tempfile
+import threading
 import time
+import tracemalloc
 import zlib
 from pathlib import Path
 
 import cramjam
 import msgspec
 
+from agent.buffer import _cache_cost
 from agent.config import convert
 from agent.config.schema import RedactionSection
 from agent.pending import item_sizes
 from agent.redact import Redactor
-from agent.segments import HEADER, encode
+from agent.segments import HEADER, Ref, encode
 from agent.stored_records import LogRecordsDecoder
 from collectors.logs.discovery import Patterns
 from collectors.logs.logs import LogsCollector
@@ -51,6 +59,7 @@ MIB = float(os.environ.get("BENCH_BULK_MIB", "32"))
 BATCH = int(os.environ.get("BENCH_BULK_BATCH", "10000"))
 ROUNDS = int(os.environ.get("BENCH_BULK_ROUNDS", "3"))
 PEER = os.environ.get("BENCH_BULK_PEER") == "1"
+WINDOWS = [int(n) for n in os.environ.get("BENCH_BULK_WINDOWS", "1").split(",")]
 
 
 def read_all(path: Path, lines: int, redactor: Redactor | None) -> tuple[float, list]:
@@ -117,35 +126,75 @@ def main() -> int:
         for name, seconds in best.items():
             print(f"  {name:32s} {seconds * 1e6 / lines:5.2f} us per line")
         print(f"  {'together':32s} {sum(best.values()) * 1e6 / lines:5.2f} us per line")
+        print_batch_memory(records[:BATCH], encoder, decoder, loki)
         if PEER:
             for run in range(ROUNDS):
-                ship_to_peer(Path(tmp) / f"peer{run}", bodies, lines)
+                for window in WINDOWS:
+                    ship_to_peer(Path(tmp) / f"peer{run}-{window}", bodies, lines, window)
     return 0
 
 
-def ship_to_peer(home: Path, bodies: list[bytes], lines: int) -> None:
-    """POST ``bodies`` one after the other into a new VictoriaLogs and print how long it took them in."""
+def print_batch_memory(
+    batch: list, encoder: msgspec.msgpack.Encoder, decoder: LogRecordsDecoder, loki: PushEncoder
+) -> None:
+    """What one batch's records hold in memory (read back, as the disk buffer's copy holds them after a
+    read or a put) against its encoded request body."""
+    record = encode(encoder.encode(batch), len(batch), 1)
+    tracemalloc.start()
+    back = decoder.decode(memoryview(record)[HEADER.size :])
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    counted = _cache_cost(Ref(0, 0, len(record), len(back), 1))
+    body = len(cramjam.snappy.compress_raw(loki.encode_protobuf(back).payload))
+    copy = 16 * 2**20
+    print(
+        f"a batch of {len(back):,} records in memory: {held / 2**20:.2f} MiB ({counted / 2**20:.2f} MiB as the"
+        f" buffer's copy counts it: {copy // counted} such batches in 16 MiB); its snappy body {body / 2**20:.2f}"
+        f" MiB ({copy // body} in 16 MiB)"
+    )
+
+
+def ship_to_peer(home: Path, bodies: list[bytes], lines: int, window: int = 1) -> None:
+    """POST ``bodies`` into a new VictoriaLogs, ``window`` requests in flight (in the order given, each
+    connection taking the next body when answered), and print how long it took them in."""
     home.mkdir()
     vl, url = start_victoria_logs(home)
     try:
         host, port = url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
         headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"}
-        cpu_before, started, first = cpu_ns(vl.pid), time.monotonic(), 0.0
-        for body in bodies:
-            conn.request("POST", "/insert/loki/api/v1/push", body, headers)
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status // 100 != 2:
-                sys.exit(f"VictoriaLogs answered {answer.status}")
-            first = first or time.monotonic() - started
+        numbered, lock, answered, failed = iter(enumerate(bodies)), threading.Lock(), [], []
+
+        def send() -> None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            while True:
+                with lock:
+                    body = next(numbered, None)
+                if body is None or failed:
+                    break
+                conn.request("POST", "/insert/loki/api/v1/push", body[1], headers)
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status // 100 != 2:
+                    failed.append(answer.status)
+                answered.append(time.monotonic())
+            conn.close()
+
+        senders = [threading.Thread(target=send) for _ in range(window)]
+        cpu_before, started = cpu_ns(vl.pid), time.monotonic()
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
         seconds, cpu = time.monotonic() - started, (cpu_ns(vl.pid) - cpu_before) / 1e9
-        conn.close()
     finally:
         stop(vl)
+    if failed:
+        sys.exit(f"VictoriaLogs answered {failed[0]}")
+    first = answered[0] - started
     print(
-        f"  VictoriaLogs took {len(bodies)} requests in {seconds:.2f} s ({lines / seconds:,.0f} lines/s; the first "
-        f"answered after {first * 1e3:.0f} ms), {cpu:.2f} s of its CPU ({cpu * 1e6 / lines:.2f} us per line)"
+        f"  VictoriaLogs took {len(bodies)} requests, {window} in flight, in {seconds:.2f} s ({lines / seconds:,.0f}"
+        f" lines/s; the first answered after {first * 1e3:.0f} ms), {cpu:.2f} s of its CPU"
+        f" ({cpu * 1e6 / lines:.2f} us per line)"
     )
 
 

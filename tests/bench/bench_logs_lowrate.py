@@ -30,7 +30,8 @@ the 50 ms polling of ``/metrics``).
 
 Environment: BENCH_LOWRATE_SECONDS (window, default 30), BENCH_BULK_MIB (default 64),
 BENCH_LOWRATE_ONLY=1 skips the bulk part, BENCH_LOWRATE_THREADS=1 also prints hostwatch's CPU per line
-by thread, the baseline's too (named by ``py-spy dump`` when py-spy is installed, else by thread id),
+by thread, the baseline's too (named by ``py-spy dump`` when py-spy is installed, else by thread id; in the
+bulk part each shipment's whole run, the main thread as "event loop"),
 BENCH_LOWRATE_FILES=2000 runs only the scenarios with that many files (comma-separated counts).
 For finding where the agent's CPU per line goes: BENCH_LOWRATE_PROFILE=DIR records this tree's agent with
 ``py-spy record`` over the window (non-blocking sampling, by thread, collapsed stacks: DIR/agent-FILES.txt;
@@ -364,6 +365,7 @@ class Shipment(NamedTuple):
     found_seconds: float  # until VictoriaLogs' query API counts every line (0 without until_searchable)
     found: int  # the lines it counts (0 without until_searchable)
     first: float  # until /metrics first counts lines sent: the first request answered, seen within a 50 ms poll
+    threads: tuple[tuple[str, float], ...] = ()  # BENCH_LOWRATE_THREADS=1: CPU seconds by thread, busiest first
 
 
 def ship_with_hostwatch(
@@ -407,11 +409,22 @@ def ship_with_hostwatch(
                 found_seconds = time.monotonic() - started
             peer_cpu = cpu_ns(vl.pid) / 1e9
             peak = peak_rss_mib(agent.pid)
+            threads = bulk_threads(agent.pid) if BY_THREAD else ()  # (its py-spy dump after the timings)
         finally:
             stop(agent)
     finally:
         stop(vl)
-    return Shipment(seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found, first)
+    return Shipment(seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found, first, threads)
+
+
+def bulk_threads(pid: int) -> tuple[tuple[str, float], ...]:
+    """CPU seconds of each thread of the agent over its whole run, busiest first: its main thread (the event
+    loop, start-up included) by that name, the others by their Python names (py-spy) or thread ids."""
+    used, names = thread_cpu_ns(pid), thread_names(pid)
+    named = [
+        ("event loop" if tid == str(pid) else names.get(tid, f"thread {tid}"), ns / 1e9) for tid, ns in used.items()
+    ]
+    return tuple(sorted(named, key=lambda item: -item[1]))
 
 
 def rsyslog_into_victoria_logs(home: Path, path: Path, lines: int) -> tuple[float, float, int, float, float, int]:
@@ -497,15 +510,20 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
     agent_rate, rsyslog_rate = lines / agent_seconds, lines / rsyslog_seconds
     ratio = agent_rate / rsyslog_rate
     for name, results in shipped.items():
-        for seconds, flow_seconds, cpu, _, peer_cpu, flow_cpu, peak, found_seconds, found, first in results:
+        for r in results:
             print(
-                f"  {name}: {lines / seconds:,.0f} lines/s ({lines / seconds / rsyslog_rate:.2f}x rsyslog), "
-                f"{lines / flow_seconds:,.0f} without start-up, {lines / cpu:,.0f} per CPU second "
-                f"({flow_cpu * 1e6 / lines:.2f} us of CPU per line without start-up); "
-                f"VictoriaLogs CPU {peer_cpu:.2f} s of {seconds:.2f} s; peak RSS {peak:.1f} MiB; "
-                f"first lines delivered after {first:.2f} s"
-                + (f"; searchable in VictoriaLogs: {found:,} lines after {found_seconds:.2f} s" if into_vl else "")
+                f"  {name}: {lines / r.seconds:,.0f} lines/s ({lines / r.seconds / rsyslog_rate:.2f}x rsyslog), "
+                f"{lines / r.flow_seconds:,.0f} without start-up, {lines / r.cpu:,.0f} per CPU second "
+                f"({r.flow_cpu * 1e6 / lines:.2f} us of CPU per line without start-up); "
+                f"VictoriaLogs CPU {r.peer_cpu:.2f} s of {r.seconds:.2f} s; peak RSS {r.peak_rss:.1f} MiB; "
+                f"first lines delivered after {r.first:.2f} s; CPU before /metrics answered {r.cpu - r.flow_cpu:.2f} s"
+                + (f"; searchable in VictoriaLogs: {r.found:,} lines after {r.found_seconds:.2f} s" if into_vl else "")
             )
+            if r.threads:
+                print(
+                    "    by thread: "
+                    + ", ".join(f"{n} {sec:.2f} s ({sec * 1e6 / lines:.2f} us/line)" for n, sec in r.threads[:5])
+                )
     checks = []
     if into_vl:
         for seconds, before_last, last, cpu, peer_cpu, found in rsyslog_vl:
