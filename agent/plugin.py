@@ -313,14 +313,58 @@ Part = Callable[["Emitter", Callable[[str], None]], None]
 """One independent part of a collector (a node_exporter sub-collector): ``part(emit, report)``."""
 
 
-def run_parts(parts: Iterable[tuple[str, Part]], emit: Emitter) -> list[str]:
+RECHECK_NOTHING_FOUND = 60.0
+"""Seconds a part that found nothing (its files absent: no such hardware, module not loaded) is left
+out before it looks again; see :class:`IdleParts`."""
+
+
+class IdleParts:
+    """The parts of a collector that found nothing on their last look, and when each looks again.
+
+    node_exporter looks for every sub-collector's files at each scrape; most hosts lack most
+    of them (bonding, InfiniBand, ZFS, NFS, NVMe...), and each such look costs a failed path
+    lookup and the part's Python every run, for nothing. A part that reported no series and
+    no problem is left out for ``recheck`` seconds, then tried again: hardware that appears
+    (a module loaded, a device plugged in) is reported at most ``recheck`` seconds late;
+    series that go away end at once, since only a part that found nothing is left out.
+    Nothing cheaper says reliably that something appeared: procfs leaves a directory's mtime
+    as it is when an entry comes, sysfs changes it only for some directories, and
+    ``/proc/modules`` misses built-in drivers and hotplugged devices; hence a time. ``clock``
+    is in nanoseconds (the collector context's); a clock that steps back by more than
+    ``recheck`` makes the parts look again at once.
+    """
+
+    def __init__(self, clock: Callable[[], int], recheck: float = RECHECK_NOTHING_FOUND) -> None:
+        self.clock = clock
+        self._recheck = int(recheck * 1e9)
+        self._until: dict[str, int] = {}  # part -> clock time it looks again at
+
+    def idle(self, name: str, now: int) -> bool:
+        """True while the part is to be left out at ``now``."""
+        until = self._until.get(name)
+        return until is not None and 0 < until - now <= self._recheck
+
+    def looked(self, name: str, now: int, found: bool) -> None:
+        if found:
+            self._until.pop(name, None)
+        else:
+            self._until[name] = now + self._recheck
+
+
+def run_parts(parts: Iterable[tuple[str, Part]], emit: Emitter, idle: IdleParts | None = None) -> list[str]:
     """Run a collector's parts in turn, on its worker thread; the problems, each prefixed by its part.
 
     A part that reports or raises loses only its own series: the others still export, and
-    the collector hands the list to ``emit.error`` once back on the event loop.
+    the collector hands the list to ``emit.error`` once back on the event loop. With ``idle``,
+    a part that found nothing is left out until it is due to look again (see :class:`IdleParts`).
     """
     errors: list[str] = []
+    samples = getattr(emit, "samples", None) if idle is not None else None
+    now = idle.clock() if idle is not None else 0
     for name, part in parts:
+        if samples is not None and idle.idle(name, now):  # type: ignore[union-attr]
+            continue
+        before, reported = len(samples) if samples is not None else 0, len(errors)
 
         def report(message: str, name: str = name) -> None:
             errors.append(f"{name}: {message}")
@@ -329,6 +373,8 @@ def run_parts(parts: Iterable[tuple[str, Part]], emit: Emitter) -> list[str]:
             part(emit, report)
         except Exception as exc:  # a driver or layout never met: this part fails, the others go on
             report(f"{type(exc).__name__}: {exc}")
+        if samples is not None:
+            idle.looked(name, now, len(samples) > before or len(errors) > reported)  # type: ignore[union-attr]
     return errors
 
 

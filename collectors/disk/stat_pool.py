@@ -16,6 +16,9 @@ go to a few worker threads while the collector waits at most ``timeout``:
   every worker for a few calls cost more than the calls (about 7 µs of CPU per mount
   against 1.5). The others join only when the run is still going after ``HELP_AFTER``,
   so a slow or hung mount delays the rest of the run by that much, no more.
+* Each worker waits on a queue of its own. On one shared queue, the worker that took a run
+  woke a second idle one on its way out (the queue's lock hands over to the next waiter),
+  which found nothing and slept again: a thread wake-up per run for nothing.
 
 Threads alive = ``size`` + the number of stuck mounts, and a mount is never
 submitted while stuck, so the thread count stays bounded.
@@ -34,8 +37,11 @@ _QUEUED, _RUNNING, _DONE, _CANCELLED, _STUCK = range(5)
 HELP_AFTER = 0.05  # seconds a run's calls are left to one worker before the others join in
 
 
+_Inbox = queue.SimpleQueue  # one worker's: batches to help with, None to exit
+
+
 class _Call:
-    __slots__ = ("batch", "error", "key", "path", "result", "state")
+    __slots__ = ("batch", "error", "inbox", "key", "path", "result", "state")
 
     def __init__(self, key: str, path: str, batch: _Batch) -> None:
         self.key = key
@@ -44,6 +50,7 @@ class _Call:
         self.state = _QUEUED
         self.result: Any = None
         self.error: BaseException | None = None
+        self.inbox: _Inbox | None = None  # the worker running it (set with _RUNNING)
 
 
 class _Batch:
@@ -71,9 +78,8 @@ class StatPool:
     def __init__(self, statvfs: Callable[[str], Any], size: int) -> None:
         self._statvfs = statvfs
         self._size = size
-        self._tasks: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()  # a batch: help with its calls
         self._lock = threading.Lock()
-        self._workers = 0  # threads serving the queue; stuck ones are not counted
+        self._inboxes: list[_Inbox] = []  # one per worker; stuck ones are not counted, the first leads
         self._stuck: set[str] = set()
         self._closed = False
 
@@ -89,7 +95,7 @@ class StatPool:
     def threads(self) -> int:
         """Threads alive or owed: workers plus the ones held by stuck calls."""
         with self._lock:
-            return self._workers + len(self._stuck)
+            return len(self._inboxes) + len(self._stuck)
 
     def run(self, jobs: Iterable[tuple[str, str]], timeout: float) -> StatResults:
         """statvfs each ``(key, path)``; return within about ``timeout`` seconds."""
@@ -102,11 +108,12 @@ class StatPool:
             if self._closed:
                 raise RuntimeError("stat pool is closed")
             self._spawn_missing()
+            inboxes = list(self._inboxes)
         if calls:
-            self._tasks.put(batch)
+            inboxes[0].put(batch)
             if not batch.done.wait(min(timeout, HELP_AFTER)):
-                for _ in range(self._size - 1):
-                    self._tasks.put(batch)
+                for inbox in inboxes[1:]:
+                    inbox.put(batch)
                 batch.done.wait(max(0.0, timeout - (time.monotonic() - started)))
         results = StatResults()
         with self._lock:
@@ -119,7 +126,8 @@ class StatPool:
                 elif call.state == _RUNNING:
                     call.state = _STUCK
                     self._stuck.add(call.key)
-                    self._workers -= 1
+                    if call.inbox in self._inboxes:  # its thread is held: no longer a worker
+                        self._inboxes.remove(call.inbox)
                     results.timed_out.append(call.key)
                 else:
                     call.state = _CANCELLED
@@ -133,24 +141,25 @@ class StatPool:
             if self._closed:
                 return
             self._closed = True
-            workers = self._workers
-        for _ in range(workers):
-            self._tasks.put(None)
+            inboxes = list(self._inboxes)
+        for inbox in inboxes:
+            inbox.put(None)
 
     def _spawn_missing(self) -> None:  # holds self._lock
-        while self._workers < self._size:
-            self._workers += 1
-            threading.Thread(target=self._serve, name="hostwatch-statvfs", daemon=True).start()
+        while len(self._inboxes) < self._size:
+            inbox: _Inbox = queue.SimpleQueue()
+            self._inboxes.append(inbox)
+            threading.Thread(target=self._serve, args=(inbox,), name="hostwatch-statvfs", daemon=True).start()
 
-    def _serve(self) -> None:
+    def _serve(self, inbox: _Inbox) -> None:
         while True:
-            batch = self._tasks.get()
+            batch = inbox.get()
             if batch is None:
                 return
-            if not self._work_on(batch):
+            if not self._work_on(batch, inbox):
                 return
 
-    def _work_on(self, batch: _Batch) -> bool:
+    def _work_on(self, batch: _Batch, inbox: _Inbox) -> bool:
         """Run the batch's queued calls in turn; False when this thread is to exit."""
         while True:
             with self._lock:
@@ -163,6 +172,7 @@ class StatPool:
                 if call is None:
                     return True
                 call.state = _RUNNING
+                call.inbox = inbox
             try:
                 call.result = self._statvfs(call.path)
             except BaseException as exc:  # the seam may raise anything; the collector reports it
@@ -174,9 +184,9 @@ class StatPool:
                     # The collector gave up on this call (and the rest of its batch) and started a
                     # replacement thread.
                     self._stuck.discard(call.key)
-                    if self._closed or self._workers >= self._size:
+                    if self._closed or len(self._inboxes) >= self._size:
                         return False
-                    self._workers += 1
+                    self._inboxes.append(inbox)
                     return True
                 batch.remaining -= 1
                 if batch.remaining == 0:

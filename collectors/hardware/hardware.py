@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 
 from agent.model import Labels
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, run_parts
+from agent.plugin import CollectorContext, Emitter, IdleParts, PeriodicCollector, PluginConfig, run_parts
 
 from . import hwmon, inventory, power, thermal
 
@@ -68,9 +68,10 @@ class HardwareCollector(PeriodicCollector):
             "nvme": partial(inventory.nvme, sys),
         }
         self._parts = [(name, part) for name, part in parts.items() if getattr(config, name)]
+        self._idle = IdleParts(context.clock)  # hardware a host lacks: looked for once a minute
 
     async def collect(self, emit: Emitter) -> None:
-        for error in await self.context.run_blocking(run_parts, self._parts, emit):
+        for error in await self.context.run_blocking(run_parts, self._parts, emit, self._idle):
             emit.error(error)
 
     def _emit_dmi(self, emit: Emitter, report) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import msgspec
 
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, run_parts
+from agent.plugin import CollectorContext, Emitter, IdleParts, PeriodicCollector, PluginConfig, run_parts
 from agent.procfiles import KeptFiles
 
 from . import fabric, ipvs, procnet, sysnet, tcpstat
@@ -122,6 +122,7 @@ class NetclassCollector(PeriodicCollector):
             "fibrechannel": partial(fabric.fibrechannel, sys),
         }
         self._parts = [(name, part) for name, part in parts.items() if getattr(config, name)]
+        self._idle = IdleParts(context.clock)  # bonding, IPVS, fabrics a host lacks: looked for once a minute
 
     async def collect(self, emit: Emitter) -> None:
         if self._links is not None:
@@ -130,7 +131,7 @@ class NetclassCollector(PeriodicCollector):
             emit.error(error)
 
     def _run(self, emit: Emitter) -> list[str]:
-        errors = run_parts(self._parts, emit)
+        errors = run_parts(self._parts, emit, self._idle)
         self._files.sweep()
         return errors
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig, run_parts
+from agent.plugin import CollectorContext, Emitter, IdleParts, PeriodicCollector, PluginConfig, run_parts
 
 from . import bcache, btrfs, mdadm, nfs, selinux, tape, xfs, zfs
 
@@ -69,7 +69,8 @@ class StorageCollector(PeriodicCollector):
             "selinux": partial(selinux.selinux, proc, sys, rootfs),
         }
         self._parts = [(name, parts[name]) for name in PARTS if getattr(config, name)]
+        self._idle = IdleParts(context.clock)  # most hosts have none of these: looked for once a minute
 
     async def collect(self, emit: Emitter) -> None:
-        for error in await self.context.run_blocking(run_parts, self._parts, emit):
+        for error in await self.context.run_blocking(run_parts, self._parts, emit, self._idle):
             emit.error(error)

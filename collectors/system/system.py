@@ -25,7 +25,7 @@ from typing import Annotated
 
 import msgspec
 
-from agent.plugin import CollectorContext, Emitter, PeriodicCollector, PluginConfig
+from agent.plugin import CollectorContext, Emitter, IdleParts, PeriodicCollector, PluginConfig
 from agent.procfiles import KeptFiles
 
 from .base import Roots, Unavailable
@@ -81,6 +81,7 @@ class SystemCollector(PeriodicCollector):
         self._parts = [PARTS[name](roots) for name in chosen]
         self._labels = {name: (("collector", name),) for name in chosen}
         self._told: set[str] = set()  # parts whose unavailability was logged
+        self._idle = IdleParts(context.clock)  # a part the host lacks (no schedstat): tried once a minute
 
     async def collect(self, emit: Emitter) -> None:
         await self.context.run_blocking(self._collect, emit)
@@ -96,13 +97,18 @@ class SystemCollector(PeriodicCollector):
         self._files.sweep()
 
     def _collect_parts(self, emit: Emitter) -> None:
+        idle = self._idle
+        now = idle.clock()
         for part in self._parts:
             started = time.perf_counter()
             success = 0.0
             try:
-                part.collect(emit)
-                success = 1.0
+                if not idle.idle(part.name, now):  # else unavailable still: success 0, as when it said so
+                    part.collect(emit)
+                    success = 1.0
+                    idle.looked(part.name, now, True)
             except Unavailable as exc:
+                idle.looked(part.name, now, False)
                 if part.name not in self._told:
                     self._told.add(part.name)
                     log = self.context.logger.warning if exc.warn else self.context.logger.info

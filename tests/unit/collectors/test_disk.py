@@ -511,3 +511,27 @@ def test_one_worker_takes_a_runs_calls_and_the_others_join_when_one_hangs():
     finally:
         release.set()
         pool.close()
+
+
+def test_a_run_wakes_only_the_worker_that_takes_its_calls():
+    """The idle workers are not woken by a run that one worker finishes in time (on a shared queue the
+    worker taking the run woke a second one on its way out, for nothing)."""
+    from collectors.disk.stat_pool import StatPool
+
+    def wake_ups(thread: threading.Thread) -> int:  # times the kernel ran the thread (schedstat's third field)
+        return int(Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text().split()[2])
+
+    pool = StatPool(lambda path: path, 3)
+    try:
+        jobs = [("/a", "/a"), ("/b", "/b")]
+        pool.run(jobs, 5)  # the threads start and settle
+        time.sleep(0.05)
+        workers = [t for t in threading.enumerate() if t.name == "hostwatch-statvfs"]
+        assert len(workers) == 3
+        before = {t: wake_ups(t) for t in workers}
+        for _ in range(20):
+            assert pool.run(jobs, 5).stats == {"/a": "/a", "/b": "/b"}
+        woken = [t for t in workers if wake_ups(t) != before[t]]
+        assert len(woken) == 1, f"{len(woken)} workers ran"
+    finally:
+        pool.close()

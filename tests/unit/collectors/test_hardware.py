@@ -347,3 +347,25 @@ def test_numbered_groups_are_numbered_for_each_prefix(tmp_path):
     assert zones == numbered(str(tmp_path), "thermal_zone") and [n for n, _ in zones] == ["0", "1"]
     assert devices == numbered(str(tmp_path), "cooling_device") and [n for n, _ in devices] == ["3"]
     assert numbered_groups(str(tmp_path / "absent"), "a", "b") == [[], []]
+
+
+async def test_hardware_that_appears_is_looked_for_once_a_minute_and_what_goes_away_ends_at_once(tmp_path):
+    """A part that found nothing looks again only after RECHECK_NOTHING_FOUND (node_exporter looks at each
+    scrape): on a host without most of this hardware, a run costs no failed lookups."""
+    from agent.plugin import RECHECK_NOTHING_FOUND
+
+    now = [10**18]
+    sys = tmp_path / "sys"
+    (sys / "class").mkdir(parents=True)
+    collector = HardwareCollector(
+        convert(only("nvme"), Config), collector_context(tmp_path, sys_root=sys, clock=lambda: now[0])
+    )
+    assert (await collect_once(collector)).samples == []
+    shutil.copytree(FIX / "sys" / "class" / "nvme", sys / "class" / "nvme", symlinks=True)
+    now[0] += int((RECHECK_NOTHING_FOUND - 1) * 1e9)
+    assert (await collect_once(collector)).samples == []  # not looked for yet
+    now[0] += int(1e9)
+    assert [s.name for s in (await collect_once(collector)).samples] == ["node_nvme_info"]
+    shutil.rmtree(sys / "class" / "nvme")
+    now[0] += int(1e9)
+    assert (await collect_once(collector)).samples == []  # gone: its series end with this run

@@ -349,3 +349,33 @@ def test_processes_refuses_to_count_under_hidepid(tmp_path):
         assert "hidepid" not in Path("/proc/self/mountinfo").read_text().split(" /proc ")[1].split("\n")[0]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+async def test_a_part_the_host_lacks_is_tried_again_once_a_minute_and_reports_success_0_meanwhile(tmp_path):
+    """Unavailable (no schedstat) is remembered for RECHECK_NOTHING_FOUND: the runs between say success 0
+    as before, without looking."""
+    from agent.plugin import RECHECK_NOTHING_FOUND
+
+    now = [10**18]
+    calls = []
+    root = TREES / "minimal"
+    context = collector_context(
+        tmp_path, proc_root=root / "proc", sys_root=root / "sys", rootfs=root / "rootfs", clock=lambda: now[0]
+    )
+    collector = SystemCollector(msgspec.convert({"collectors": ["schedstat"]}, SystemCollector.Config), context)
+    look = collector._parts[0].collect
+
+    def counted(emit):
+        calls.append(now[0])
+        return look(emit)
+
+    collector._parts[0].collect = counted
+    for step in (0, RECHECK_NOTHING_FOUND - 1, 1):
+        now[0] += int(step * 1e9)
+        emitter = await collect_once(collector)
+        assert success(emitter.samples) == {"schedstat": 0.0} and emitter.errors == []
+        assert [s.name for s in emitter.samples] == [
+            "node_scrape_collector_duration_seconds",
+            "node_scrape_collector_success",
+        ]
+    assert len(calls) == 2  # the first run and the one a minute later
