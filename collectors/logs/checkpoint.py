@@ -13,9 +13,13 @@ names it as ``pred``: while the predecessor still has records in flight, the
 successor's saved offset is held at the predecessor's, since both offsets
 count the same bytes.
 
-The :class:`Store` writes the ledger to ``checkpoints.json`` in the instance's
-``state_dir`` atomically (temporary file, fsync, rename, fsync of the
-directory). A checkpoint that cannot be used costs duplicates, never loss:
+The :class:`Store` keeps the ledger in the instance's ``state_dir``: a full
+snapshot, ``checkpoints.json``, written atomically (temporary file, fsync,
+rename, fsync of the directory), and between two snapshots a journal of the
+entries that changed, ``checkpoints.journal`` (``checkpoint_journal.py``), one
+appended record (fdatasync) a write. A snapshot is written again once the
+journal outgrows it (:data:`JOURNAL_FACTOR`), and at shutdown. A checkpoint that
+cannot be used costs duplicates, never loss:
 
 * a file that cannot be read or parsed at all is renamed aside and reported,
   and every file the globs find at start-up is read from its beginning,
@@ -25,13 +29,16 @@ directory). A checkpoint that cannot be used costs duplicates, never loss:
   its file, when the entry still names one, is read from its beginning; when
   it names none, every file found at start-up is.
 
-Either case is counted once (``hostwatch_log_checkpoint_corrupt_total``).
+Either case is counted once (``hostwatch_log_checkpoint_corrupt_total``). A torn
+record at the journal's end (a crash or a full disk in the middle of an append)
+is not read: its files resume from what the records before it say, acknowledged
+earlier (counted in ``hostwatch_log_checkpoint_journal_torn_total``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from binascii import hexlify
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +47,17 @@ from typing import NamedTuple
 import msgspec
 
 from agent.statefile import set_aside, write_atomically
+from collectors.logs import checkpoint_journal
+from collectors.logs.checkpoint_journal import JournalFile
 from collectors.logs.identity import MIN_FP_MATCH, RETAIN_SECONDS, FileId, Opened
 
 FORMAT_VERSION = 1
 MAX_CLOSED = 1000
+JOURNAL_FACTOR = 8
+"""A snapshot is written again once the journal holds this many times its bytes (and at least
+:data:`JOURNAL_MIN_BYTES`): at 2,000 files each written a line every two seconds, about every half
+minute; reading that much at start-up takes milliseconds."""
+JOURNAL_MIN_BYTES = 1 << 20
 
 
 class Mark(NamedTuple):
@@ -82,6 +96,8 @@ class Saved(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 class _File(msgspec.Struct):
     version: int
     files: list[Saved]
+    journal: str = ""
+    """The id of the journal that continues this snapshot ("" for none)."""
 
 
 class _Envelope(msgspec.Struct):
@@ -89,17 +105,25 @@ class _Envelope(msgspec.Struct):
 
     version: int
     files: list[msgspec.Raw]
+    journal: str = ""
+
+
+class Changes(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One journal record: what changed since the write before."""
+
+    moved: list[tuple[str, int, bytes]] = []
+    """(key, offset, tail) of entries whose offset moved, all else as last written: most, at low rates."""
+    files: list[Saved] = []
+    """Entries new or changed otherwise (renamed, a longer fingerprint, closed), whole."""
+    gone: list[str] = []
+    """Keys of entries forgotten."""
 
 
 _encode = msgspec.json.Encoder().encode
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _decode_entry = msgspec.json.Decoder(Saved).decode
+_decode_changes = msgspec.json.Decoder(Changes).decode
 _decode_any = msgspec.json.Decoder().decode
-# what an entry's encoding ends with after its head (``"offset":``) at the defaults
-_DEFAULT_REST = b'0,"tail":"","closed":false,"closed_at":0.0}'
-_REST = b'%s%d,"tail":"%s","closed":%s,"closed_at":%s}'
-_OPEN_REST = b'%s%d,"tail":"%s","closed":false,"closed_at":0.0}'  # _REST of an open entry saved at its own offset
-_UNENCODED = msgspec.Raw(b"")  # a new entry's place, encoded before it is written (it is stale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +137,8 @@ class Loaded:
     """The checkpoint was lost: every file found at start-up is read from its beginning."""
     resume_paths: frozenset[str] = frozenset()
     """Files whose entry was damaged: read from their beginning."""
+    torn: int = 0
+    """Bytes of a torn journal tail left unread (0: none): its files resume from earlier entries."""
 
     @property
     def corrupt(self) -> bool:
@@ -132,15 +158,13 @@ class Entry:
     closed: bool = False
     closed_at: float = 0.0
     claimed: bool = False
-    head: bytes = b""  # its encoded form up to the offset, made again only when its identity changes
 
 
 class Ledger:
     """Offsets per file generation; loop thread only.
 
-    Each entry's encoded form is cached and encoded again only when the entry (or the predecessor its
-    saved offset is held at) changed, so writing the checkpoint of 2,000 files after a round that read
-    from 20 of them encodes 20 entries, not 2,000."""
+    It keeps what changed since the last :meth:`changes` or :meth:`snapshot`, so a write after a round
+    that read from 20 of 2,000 files appends 20 entries (:class:`Changes`), not 2,000."""
 
     def __init__(self, saved: list[Saved], now: float) -> None:
         self.entries: dict[str, Entry] = {}
@@ -149,28 +173,24 @@ class Ledger:
                 s.key, s.file_id, s.offset, s.offset, s.tail_bytes, closed=True, closed_at=s.closed_at or now
             )
         self.dirty = False
-        # key -> its entry encoded, in the order of ``entries`` (a key enters and leaves both together),
-        # so the whole list is a copy of its values
-        self._encoded: dict[str, msgspec.Raw] = dict.fromkeys(self.entries, _UNENCODED)
-        self._stale: set[str] = set(self.entries)  # keys whose encoded form may be out of date
+        self._stale: set[str] = set(self.entries)  # keys whose saved form may have changed
+        self._renewed: dict[str, None] = dict.fromkeys(self.entries)  # of them, more than their offset (ordered)
+        self._gone: list[str] = []  # keys forgotten since
         self._closed: set[str] = set(self.entries)
         self._successors: dict[str, set[str]] = {}  # pred key -> keys held at its offset
 
     def opened(self, opened: Opened) -> None:
         self.entries[opened.key] = Entry(opened.key, opened.id, opened.offset, opened.offset, pred=opened.pred)
-        self._encoded.setdefault(opened.key, _UNENCODED)
         if opened.pred:
             self._successors.setdefault(opened.pred, set()).add(opened.key)
-        self._stale.add(opened.key)
-        self.dirty = True
+        self._renew(opened.key)
 
     def closed(self, key: str, now: float) -> None:
         entry = self.entries.get(key)
         if entry is not None:
             entry.closed, entry.closed_at = True, now
             self._closed.add(key)
-            self._stale.add(key)
-            self.dirty = True
+            self._renew(key)
 
     def claimed(self, key: str) -> None:
         """A saved or closed entry now continues as another file's generation."""
@@ -184,9 +204,12 @@ class Ledger:
         entry = self.entries.get(key)
         if entry is not None and entry.id != file:
             entry.id = file
-            entry.head = b""
-            self._stale.add(key)
-            self.dirty = True
+            self._renew(key)
+
+    def _renew(self, key: str) -> None:
+        self._stale.add(key)
+        self._renewed[key] = None
+        self.dirty = True
 
     def sent(self, key: str, end: int) -> None:
         """Records up to ``end`` were handed to the pipeline; an acknowledgement follows."""
@@ -247,47 +270,47 @@ class Ledger:
         return entry.committed
 
     def snapshot(self, now: float) -> list[Saved]:
-        """What to write; forgets closed entries nobody needs any more."""
+        """What to write, every entry; forgets closed entries nobody needs any more."""
         self._forget(now)
         self.dirty = False
         return [self._saved(e) for e in self.entries.values()]
 
-    def encoded(self, now: float) -> list[msgspec.Raw]:
-        """:meth:`snapshot`, each entry already encoded (for :meth:`Store.save`): only the entries that
-        changed since the last call are encoded again."""
+    def restart(self, now: float) -> list[Saved]:
+        """:meth:`snapshot`, for a write that starts a journal: the next :meth:`changes` are those made
+        after it."""
+        saved = self.snapshot(now)
+        self._stale, self._renewed, self._gone = set(), {}, []
+        return saved
+
+    def changes(self, now: float) -> Changes:
+        """What changed since the last call or :meth:`snapshot` (for :meth:`Store.append`); forgets
+        closed entries nobody needs any more."""
         self._forget(now)
         self.dirty = False
-        stale, self._stale = self._stale, set()
-        for key in [k for k in stale if k in self._successors]:
-            stale |= self._successors[key]
-        cache, entries, rest, raw = self._encoded, self.entries, _OPEN_REST, msgspec.Raw
+        stale, renewed, gone = self._stale, self._renewed, self._gone
+        self._stale, self._renewed, self._gone = set(), {}, []
+        successors = self._successors
+        for key in [k for k in stale if k in successors]:
+            stale |= successors[key]  # a copy held at its offset moves with it
+        entries = self.entries
+        moved = []
         for key in stale:
             e = entries.get(key)
-            if e is None:
+            if e is None or key in renewed:
                 continue
-            if e.head and not e.pred and not e.closed:  # most: an open file that continues none
-                cache[key] = raw(rest % (e.head, e.committed, hexlify(e.tail)))
+            if e.pred:
+                offset = self.offset(e)
+                moved.append((key, offset, e.tail if offset == e.committed else b""))
             else:
-                cache[key] = self._encode(e)
-        return list(cache.values())
+                moved.append((key, e.committed, e.tail))
+        files = [self._saved(entries[key]) for key in renewed if key in entries]
+        return Changes(moved, files, gone)
 
     def _saved(self, e: Entry) -> Saved:
         offset = self.offset(e)
         tail = e.tail.hex() if offset == e.committed else ""
         f = e.id
         return Saved(e.key, f.path, f.dev, f.ino, f.fp_len, f.fp, offset, tail, e.closed, e.closed_at)
-
-    def _encode(self, e: Entry) -> msgspec.Raw:
-        """``_encode(self._saved(e))``, made of the entry's encoded head (what changes only with its
-        identity) and its offset and after: about a third of the cost of encoding a :class:`Saved` (one
-        entry per file read at low rates, where each read brings a line)."""
-        if not e.head:
-            whole = _encode(Saved(e.key, e.id.path, e.id.dev, e.id.ino, e.id.fp_len, e.id.fp, 0))
-            e.head = whole[: -len(_DEFAULT_REST)]
-        offset = self.offset(e) if e.pred else e.committed
-        tail = hexlify(e.tail) if offset == e.committed else b""
-        at = _encode(e.closed_at) if e.closed_at else b"0.0"
-        return msgspec.Raw(_REST % (e.head, offset, tail, b"true" if e.closed else b"false", at))
 
     def _forget(self, now: float) -> None:
         """Drop closed entries nobody needs any more: claimed, unmatchable, too old, or too many."""
@@ -306,8 +329,9 @@ class Ledger:
     def _drop(self, key: str) -> None:
         entry = self.entries.pop(key)
         self._closed.discard(key)
-        self._encoded.pop(key, None)
         self._stale.discard(key)
+        self._renewed.pop(key, None)
+        self._gone.append(key)
         self._stale |= self._successors.pop(key, set())  # no longer held at its offset
         if entry.pred in self._successors:
             self._successors[entry.pred].discard(key)
@@ -321,15 +345,27 @@ def _unhex(text: str) -> bytes:
 
 
 class Store:
-    """``checkpoints.json`` in the instance's state directory."""
+    """``checkpoints.json`` and its journal in the instance's state directory."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "checkpoints.json"
-        self._lock = threading.Lock()  # one write at a time: they share the temporary file
+        self.journal_path = state_dir / "checkpoints.journal"
+        self._journal = JournalFile(self.journal_path)
+        self._lock = threading.Lock()  # one write at a time: they share the temporary file and the journal
         self._written = 0  # when the snapshot in the file was taken (see save)
+        self._appending = False  # the journal continues the snapshot written last
+        self._limit = 0  # the journal's bytes that make the next write a snapshot
+
+    @property
+    def appendable(self) -> bool:
+        """Can the next write be :meth:`append` (else :meth:`save`, with ``journal=True``): a journal
+        continues the snapshot written last, no append has failed since, and it is not due to be
+        folded into a snapshot yet."""
+        return self._appending and self._journal.size < self._limit
 
     def load(self) -> Loaded:
-        """The saved entries and what to resume from the start; never raises for a bad file."""
+        """The saved entries (the snapshot with its journal) and what to resume from the start; never
+        raises for a bad file."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -353,56 +389,136 @@ class Store:
                 "files found at start-up are read from their beginning",
                 resume_all=True,
             )
-        files: list[Saved] = []
+        files: dict[str, Saved] = {}
         damaged: set[str] = set()
         nameless = 0
         for raw in envelope.files:
             entry = _entry(raw)
             if entry is not None:
-                files.append(entry)
+                files[entry.key] = entry
                 continue
             path = _path_of(raw)
             if path:
                 damaged.add(path)
             else:
                 nameless += 1
-        if not damaged and not nameless:
-            return Loaded(files)
-        what = f"{len(damaged) + nameless} damaged entries in checkpoint file {self.path} dropped; "
-        if nameless:
-            what += "files found at start-up are read from their beginning"
-        else:
-            what += "read from their beginning: " + ", ".join(sorted(damaged)[:5])
-            what += f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
-        return Loaded(files, what, resume_all=nameless > 0, resume_paths=frozenset(damaged))
+        torn = self._replay(envelope.journal, files) if envelope.journal else 0
+        what = ""
+        if damaged or nameless:
+            what = f"{len(damaged) + nameless} damaged entries in checkpoint file {self.path} dropped; "
+            if nameless:
+                what += "files found at start-up are read from their beginning"
+            else:
+                what += "read from their beginning: " + ", ".join(sorted(damaged)[:5])
+                what += f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        return Loaded(list(files.values()), what, resume_all=nameless > 0, resume_paths=frozenset(damaged), torn=torn)
 
-    def save(self, entries: Sequence[Saved | msgspec.Raw], taken: int = 0) -> None:
-        """Atomically replace the checkpoint file (entries as :class:`Saved`, or already encoded by
-        :meth:`Ledger.encoded`). Raises OSError.
+    def _replay(self, journal_id: str, files: dict[str, Saved]) -> int:
+        """Apply the journal continuing the snapshot to its entries; returns the bytes of a torn tail
+        left unread (a record that does not decode counts as torn, and so does what follows it)."""
+        path = self.journal_path
+        try:
+            bodies, torn = checkpoint_journal.read(path, journal_id)
+        except OSError:
+            return max(1, _size(path))  # the records after the snapshot are lost: their lines sent again
+        for i, body in enumerate(bodies):
+            try:
+                changes = _decode_changes(body)
+            except msgspec.DecodeError:
+                changes = None
+            if changes is None or not all(map(_valid, changes.files)) or any(m[1] < 0 for m in changes.moved):
+                return sum(len(b) + 10 for b in bodies[i:]) + torn  # 10: a line's checksum, space, newline
+            for key in changes.gone:
+                files.pop(key, None)
+            for s in changes.files:
+                files[s.key] = s
+            for key, offset, tail in changes.moved:
+                s = files.get(key)
+                if s is not None:
+                    files[key] = msgspec.structs.replace(s, offset=offset, tail=tail.hex())
+        return torn
+
+    def save(self, entries: Sequence[Saved], taken: int = 0, journal: bool = False) -> None:
+        """Atomically replace the checkpoint file, and with ``journal`` start a journal continuing it
+        (:meth:`append`). Raises OSError.
 
         ``taken``: the order the snapshot was taken in (0: none, always written). At shutdown three
         writers meet, each on a thread of its own: the periodic write (its task cancelled, its thread
         still writing), the shutdown's, and the late acknowledgements'. Writes go one at a time, and a
         snapshot older than the one already written is skipped, so the file never ends behind what
         was acknowledged (which sent those lines again after a clean restart)."""
-        data = _encode(_File(FORMAT_VERSION, entries))
         with self._lock:
             if taken and taken <= self._written:
                 return
+            self._appending = False
+            journal_id = ""
+            if journal:
+                try:
+                    self._journal.open()  # before the snapshot: its directory fsync makes the name durable
+                    journal_id = os.urandom(8).hex()
+                except OSError:
+                    pass  # a snapshot without a journal: the next write is a snapshot again
+            else:
+                self._journal.close()
+            data = _encode(_File(FORMAT_VERSION, entries, journal_id))
             write_atomically(self.path, data)
             self._written = max(self._written, taken)
+            if journal_id:
+                try:
+                    self._journal.restart(journal_id)
+                except OSError:
+                    self._journal.close()
+                    return
+                self._limit = max(JOURNAL_MIN_BYTES, JOURNAL_FACTOR * len(data))
+                self._appending = True
+
+    def append(self, changes: Changes, taken: int = 0) -> None:
+        """Append what changed since the last write to the journal (what :attr:`appendable` allows).
+        Raises OSError, and the next write must be a snapshot then. ``taken``: as for :meth:`save`; a
+        journal a newer snapshot replaced meanwhile is not appended to (that snapshot holds these
+        changes)."""
+        record = checkpoint_journal.record(_encode(changes))
+        with self._lock:
+            if (taken and taken <= self._written) or not self._appending:
+                return
+            try:
+                self._journal.append(record)
+            except OSError:
+                self._appending = False
+                raise
+            self._written = max(self._written, taken)
+
+    def close(self) -> None:
+        """Close the journal (a snapshot written without one needs none)."""
+        with self._lock:
+            self._appending = False
+            self._journal.close()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _entry(raw: msgspec.Raw) -> Saved | None:
     """One entry, or None when it cannot be trusted."""
     try:
         entry = _decode_entry(raw)
-        bytes.fromhex(entry.tail)
-    except (msgspec.DecodeError, ValueError):
+    except msgspec.DecodeError:
         return None
+    return entry if _valid(entry) else None
+
+
+def _valid(entry: Saved) -> bool:
     if min(entry.offset, entry.fp_len, entry.dev, entry.ino) < 0 or not entry.key:
-        return None
-    return entry
+        return False
+    try:
+        bytes.fromhex(entry.tail)
+    except ValueError:
+        return False
+    return True
 
 
 def _path_of(raw: msgspec.Raw) -> str:

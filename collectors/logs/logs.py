@@ -10,8 +10,10 @@ waiting for inotify events or its next timer.
 Checkpoints move only when the pipeline says every log output has durably
 taken a batch (``on_durable``), and are written at most once a second, or as
 soon as ``SAVE_LINES`` lines were acknowledged since the last write, so a crash
-sends again the batches in flight and at most about a round's acknowledged lines. See ``checkpoint.py`` for the
-ledger, ``tailer.py`` for file identity and rotation.
+sends again the batches in flight and at most about a round's acknowledged lines. A write appends
+the entries that changed to the checkpoint journal; a full snapshot is written when the journal has
+outgrown the last one, after a failed write, and at shutdown. See ``checkpoint.py`` for the ledger
+and its files, ``tailer.py`` for file identity and rotation.
 """
 
 from __future__ import annotations
@@ -188,6 +190,15 @@ class LogsCollector(StreamingCollector):
             emit.error(loaded.problem)
         if loaded.corrupt:
             self.stats.checkpoint_corrupt += 1
+        if loaded.torn:
+            self.stats.checkpoint_torn += 1
+            ctx.logger.warning(
+                "%s: checkpoint journal %s: a torn record at its end (%d bytes) not read; its files resume "
+                "from the entries before it (their lines since then are sent again)",
+                ctx.instance,
+                self._store.journal_path,
+                loaded.torn,
+            )
         saved = loaded.files
         now = time.monotonic()
         ledger = self._ledger = Ledger(saved, now)
@@ -361,8 +372,12 @@ class LogsCollector(StreamingCollector):
                 continue
             self._unsaved_lines = 0
             last = time.monotonic()
+            store = self._store
             try:
-                await self.context.run_blocking(self._store.save, ledger.encoded(last), next(self._taken))
+                if store.appendable:  # what changed since the last write, appended
+                    await self.context.run_blocking(store.append, ledger.changes(last), next(self._taken))
+                else:  # a snapshot (the first, or the journal outgrew it, or an append failed)
+                    await self.context.run_blocking(store.save, ledger.restart(last), next(self._taken), True)
             except OSError as exc:
                 self.stats.file_errors["checkpoint"] += 1
                 if self._emit is not None:
@@ -373,7 +388,10 @@ class LogsCollector(StreamingCollector):
         if watcher is not None:
             watcher.stop()
         tailer.close_all()
-        self._store.save(snapshot, taken)
+        try:
+            self._store.save(snapshot, taken)  # a snapshot needing no journal
+        finally:
+            self._store.close()
 
     async def status(self) -> dict[str, Any]:
         """For the status page: each open file's size, read offset and the bytes not read yet.

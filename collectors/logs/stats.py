@@ -48,6 +48,12 @@ _COUNTERS = {
         "Log checkpoint files found unreadable or damaged; their files are read again from the start.",
         "",
     ),
+    "checkpoint_torn": (
+        "hostwatch_log_checkpoint_journal_torn",
+        "Torn records found at the end of a log checkpoint journal at start-up (a crash or a full disk in the"
+        " middle of a write), not read: their files resume from the entries before them.",
+        "",
+    ),
 }
 
 
@@ -62,6 +68,7 @@ class LogStats:
     truncations: int = 0
     parse_failures: int = 0
     checkpoint_corrupt: int = 0
+    checkpoint_torn: int = 0
     rotations: Counter[str] = field(default_factory=Counter)
     """By kind: rename, copytruncate, recreate."""
     file_errors: Counter[str] = field(default_factory=Counter)

@@ -1,13 +1,17 @@
-"""The checkpoint ledger (offsets move only on acknowledgement) and its file (atomic, corrupt set aside)."""
+"""The checkpoint ledger (offsets move only on acknowledgement) and its files (a snapshot replaced atomically,
+a corrupt one set aside; a journal of changes, a torn tail not read)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import msgspec
+import pytest
 
-from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Ledger, Loaded, Saved, Store
+from collectors.logs import checkpoint
+from collectors.logs.checkpoint import MIN_FP_MATCH, RETAIN_SECONDS, Changes, Ledger, Loaded, Saved, Store
 from collectors.logs.identity import FileId, Opened
 
 FP = "0123456789abcdef"
@@ -128,88 +132,187 @@ def test_an_unreadable_checkpoint_resumes_every_file(tmp_path) -> None:
     assert loaded.files == [] and loaded.resume_all and "cannot read" in loaded.problem
 
 
-def test_encoded_entries_match_the_snapshot_and_only_changed_ones_are_encoded_again() -> None:
-    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "", True, 1.0)], 0.0)
-    for key in ("a", "b", "c"):
+def started(tmp_path, *keys: str) -> tuple[Store, Ledger]:
+    """A store whose journal was started by a first write of a ledger holding ``keys`` (or "a")."""
+    store, ledger = Store(tmp_path), Ledger([], 0.0)
+    for key in keys or ("a",):
         open_entry(ledger, key)
-    ledger.sent("a", 100)
-    first = ledger.encoded(0.0)
-    assert [msgspec.json.decode(raw, type=Saved) for raw in first] == ledger.snapshot(0.0)
-    ledger.acked({"a": (100, b"\n")})
-    open_entry(ledger, "copy", offset=30, pred="b")  # held at b's offset while b has records in flight
-    ledger.sent("copy", 80)
-    ledger.acked({"copy": (80, b"")})
-    ledger.sent("b", 40)
-    ledger.claimed("old.1")
-    second = ledger.encoded(0.0)
-    decoded = [msgspec.json.decode(raw, type=Saved) for raw in second]
-    assert decoded == ledger.snapshot(0.0)
-    assert {s.key: s.offset for s in decoded} == {"a": 100, "b": 0, "c": 0, "copy": 0}
-    assert second[2] is first[3], "c did not change: its encoding is reused, not made again"
-    ledger.acked({"b": (40, b"")})
-    third = ledger.encoded(0.0)
-    assert {msgspec.json.decode(raw, type=Saved).key: msgspec.json.decode(raw, type=Saved).offset for raw in third} == {
-        "a": 100,
-        "b": 40,
-        "c": 0,
-        "copy": 80,
-    }, "b's acknowledgement frees its copy's offset"
+    journaled(store, ledger)
+    return store, ledger
 
 
-def test_the_store_writes_encoded_entries_as_the_same_file(tmp_path) -> None:
-    ledger = Ledger([], 0.0)
-    open_entry(ledger, "a", offset=7)
+def acked(ledger: Ledger, key: str, offset: int, tail: bytes = b"") -> None:
+    ledger.sent(key, offset)
+    ledger.acked({key: (offset, tail)})
+
+
+def journaled(store: Store, ledger: Ledger, now: float = 0.0) -> None:
+    """A write as the collector's saver makes it: the changes appended, or a snapshot starting a journal."""
+    if store.appendable:
+        store.append(ledger.changes(now))
+    else:
+        store.save(ledger.restart(now), journal=True)
+
+
+def ledger_script(ledger: Ledger) -> list[Callable[[], object]]:
+    """Steps touching every kind of change: offsets moved (a copy held at its predecessor's and freed),
+    entries opened, renamed, given a longer fingerprint, closed, claimed and forgotten."""
+    return [
+        lambda: [open_entry(ledger, key) for key in ("a", "b", "c")],
+        lambda: (ledger.sent("a", 100), ledger.acked({"a": (100, b"x\n")})),
+        lambda: (open_entry(ledger, "copy", offset=30, pred="b"), ledger.sent("copy", 80), ledger.sent("b", 40)),
+        lambda: ledger.acked({"copy": (80, b"\x00\xff")}),  # held at b's offset while b is in flight
+        lambda: ledger.acked({"b": (40, b"")}),  # which frees it
+        lambda: ledger.identity("a", FileId('/logs/"renamed" ü.log', 1, hash("a") & 0xFFFF, 1024, FP)),
+        lambda: ledger.identity("c", FileId("/logs/c.log", 1, hash("c") & 0xFFFF, 2048, "feedfacefeedface")),
+        lambda: (ledger.closed("b", 12.5), ledger.claimed("old.1")),
+        lambda: (ledger.sent("copy", 200), ledger.acked({"copy": (200, b"y")})),
+        lambda: ledger.claimed("b"),  # forgotten at the next write
+        lambda: None,  # nothing changed: an empty record
+    ]
+
+
+def test_a_journal_of_changes_loads_as_the_snapshot_of_the_same_ledger(tmp_path) -> None:
+    """After every write, appended or a snapshot, the store loads exactly what a snapshot of the ledger
+    holds, in its order, whatever changed (the equivalence of the journal with the full file)."""
     store = Store(tmp_path)
-    store.save(ledger.encoded(0.0))
-    assert store.load() == Loaded(ledger.snapshot(0.0))
+    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "0a", True, 1.0)], 0.0)
+    journaled(store, ledger)
+    assert store.appendable, "the first write is a snapshot and starts a journal"
+    for step in ledger_script(ledger):
+        step()
+        journaled(store, ledger)
+        assert store.appendable
+        assert Store(tmp_path).load() == Loaded(ledger.snapshot(0.0))
+    assert [s.key for s in ledger.snapshot(0.0)] == ["a", "c", "copy"]
+    assert json.loads(store.path.read_text())["files"][0]["key"] == "old.1", "the snapshot was not rewritten"
 
 
-def test_encoded_entries_are_the_bytes_msgspec_writes_for_the_snapshot() -> None:
-    """Entries are encoded from a cached head and their offset on: the bytes are msgspec's own for the
-    same entries, whatever the path holds, closed or not, held at a predecessor's offset or not."""
-    ledger = Ledger([Saved("old.1", '/logs/"quoted" \\ ünï.log', 1, 9, 1024, FP, 50, "0a", True, 12.345)], 0.0)
-    open_entry(ledger, "a")
-    open_entry(ledger, "copy", offset=30, pred="a")
-    ledger.sent("a", 100)
-    ledger.acked({"a": (100, b"line\n")})
-    ledger.sent("a", 200)  # in flight: the copy is held at a's offset
-    ledger.sent("copy", 150)
-    ledger.acked({"copy": (150, b"x\n")})
-    ledger.identity("a", FileId("/logs/renamed.log", 1, hash("a") & 0xFFFF, 1024, FP))
-    ledger.closed("copy", 1.5e9)
-    encoded = [bytes(raw) for raw in ledger.encoded(0.0)]
-    assert encoded == [msgspec.json.encode(s) for s in ledger.snapshot(0.0)]
-    assert len(encoded) == 3 and b"renamed.log" in encoded[1] and b'"closed":true' in encoded[2]
-    assert b'"offset":100,"tail":"",' in encoded[2], "held at a's acknowledged offset, its own tail unknown there"
-
-
-def test_encoded_entries_follow_entries_opened_and_forgotten() -> None:
-    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "", True, 1.0)], 0.0)
+def test_only_the_entries_that_changed_are_appended() -> None:
+    ledger = Ledger([], 0.0)
     for key in ("a", "b", "c"):
         open_entry(ledger, key)
+    ledger.restart(0.0)
+    assert ledger.changes(0.0) == Changes()
+    ledger.sent("a", 100)
+    ledger.acked({"a": (100, b"x\n")})
+    open_entry(ledger, "d", offset=5)
+    changes = ledger.changes(0.0)
+    assert changes.moved == [("a", 100, b"x\n")], "an offset that moved: key, offset and tail only"
+    assert [s.key for s in changes.files] == ["d"], "a new entry: whole"
+    assert ledger.changes(0.0) == Changes()
 
-    def check(now: float) -> list[str]:
-        encoded = [bytes(raw) for raw in ledger.encoded(now)]
-        assert encoded == [msgspec.json.encode(s) for s in ledger.snapshot(now)]
-        return [msgspec.json.decode(raw, type=Saved).key for raw in encoded]
 
-    assert check(0.0) == ["old.1", "a", "b", "c"]
-    ledger.closed("b", 10.0)
-    ledger.claimed("b")  # forgotten at the next write
-    open_entry(ledger, "d")
-    assert check(11.0) == ["old.1", "a", "c", "d"]
-    assert check(2 + RETAIN_SECONDS) == ["a", "c", "d"], "the saved entry expired"
+def test_the_journal_is_folded_into_a_snapshot_once_it_outgrows_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(checkpoint, "JOURNAL_MIN_BYTES", 2000)
+    monkeypatch.setattr(checkpoint, "JOURNAL_FACTOR", 2)  # of a snapshot of one entry, about 300 bytes
+    store, ledger = started(tmp_path)
+    snapshots = 1
+    for n in range(1, 200):
+        acked(ledger, "a", n * 10, b"line\n" * 10)
+        snapshots += not store.appendable
+        journaled(store, ledger)
+        assert os.path.getsize(tmp_path / "checkpoints.journal") < 2000 + 200, "a record past the limit, at most"
+    assert 5 <= snapshots <= 20
+    assert Store(tmp_path).load() == Loaded(ledger.snapshot(0.0))
+
+
+def test_a_journal_another_snapshot_started_is_not_read(tmp_path) -> None:
+    """A crash after a snapshot's rename but before its journal restarted leaves the journal of the
+    snapshot before: read on top of the newer snapshot it would move offsets back (duplicates)."""
+    store, ledger = started(tmp_path)
+    acked(ledger, "a", 100)
+    journaled(store, ledger)
+    old_journal = (tmp_path / "checkpoints.journal").read_bytes()
+    acked(ledger, "a", 900)
+    store.save(ledger.restart(0.0), journal=True)
+    (tmp_path / "checkpoints.journal").write_bytes(old_journal)
+    loaded = Store(tmp_path).load()
+    assert [s.offset for s in loaded.files] == [900] and not loaded.torn
+
+
+def test_a_snapshot_without_a_journal_needs_none_and_closes_it(tmp_path) -> None:
+    """The shutdown's write: the file alone holds every entry, whatever journal is left beside it."""
+    store, ledger = started(tmp_path)
+    acked(ledger, "a", 100)
+    journaled(store, ledger)
+    store.save(ledger.snapshot(0.0))
+    assert not store.appendable
+    assert json.loads(store.path.read_text())["journal"] == ""
+    assert Store(tmp_path).load() == Loaded(ledger.snapshot(0.0))
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_torn_journal_tail_is_not_read_and_counted(tmp_path, damage) -> None:
+    """A crash in the middle of an append (kill -9 can cut a write short) leaves part of a record, or a
+    record whose checksum fails: it is not read, the records before it are, and the tail is counted."""
+    store, ledger = started(tmp_path, "a", "b")
+    acked(ledger, "a", 100)
+    journaled(store, ledger)
+    before = ledger.snapshot(0.0)
+    whole = (tmp_path / "checkpoints.journal").read_bytes()
+    ledger.sent_many({"a": (300, b""), "b": (70, b"")})
+    ledger.acked({"a": (300, b""), "b": (70, b"")})
+    journaled(store, ledger)
+    journal = (tmp_path / "checkpoints.journal").read_bytes()
+    last = journal[len(whole) :]
+    torn = last[: len(last) // 2] if damage == "cut" else last.replace(b'"a"', b'"A"')
+    (tmp_path / "checkpoints.journal").write_bytes(whole + torn)
+    loaded = Store(tmp_path).load()
+    assert loaded.files == before, "the records before the torn one are read, and nothing of it"
+    assert loaded.torn == len(torn) and not loaded.corrupt
+    (tmp_path / "checkpoints.journal").write_bytes(journal)
+    assert Store(tmp_path).load() == Loaded(ledger.snapshot(0.0)), "whole, it is read"
+
+
+def test_a_journal_cut_at_any_byte_resumes_from_a_write_no_later_than_it_holds(tmp_path) -> None:
+    """kill -9 at any moment of an append: whatever part of the last record reached the file, the store
+    loads the state of the last whole write (never a later one, never lines not yet acknowledged), and
+    every whole record before it."""
+    store = Store(tmp_path)
+    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "0a", True, 1.0)], 0.0)
+    journaled(store, ledger)
+    states = [(os.path.getsize(tmp_path / "checkpoints.journal"), ledger.snapshot(0.0))]
+    for step in ledger_script(ledger):
+        step()
+        journaled(store, ledger)
+        states.append((os.path.getsize(tmp_path / "checkpoints.journal"), ledger.snapshot(0.0)))
+    journal = (tmp_path / "checkpoints.journal").read_bytes()
+    for cut in range(states[0][0], len(journal) + 1):
+        (tmp_path / "checkpoints.journal").write_bytes(journal[:cut])
+        loaded = Store(tmp_path).load()
+        size, expected = max(state for state in states if state[0] <= cut)
+        assert loaded.files == expected, f"cut at byte {cut}"
+        assert loaded.torn == cut - size
+
+
+def test_a_failed_append_makes_the_next_write_a_snapshot(tmp_path, monkeypatch) -> None:
+    store, ledger = started(tmp_path)
+    acked(ledger, "a", 100)
+    real = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        real(fd, bytes(data[:10]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError):
+        journaled(store, ledger)
+    monkeypatch.setattr(os, "write", real)
+    assert not store.appendable, "the changes taken for the failed append are in no record"
+    journaled(store, ledger)
+    assert Store(tmp_path).load() == Loaded(ledger.snapshot(0.0))
 
 
 def test_a_rounds_marks_handed_on_in_one_call_do_what_a_call_per_file_does() -> None:
     """``sent_many`` (the collector's call, one per round) against ``sent`` per file: the same offsets
-    saved, the same entries encoded again (a copy held at its predecessor's offset included)."""
+    saved, the same changes journaled (a copy held at its predecessor's offset included)."""
     ledgers = [Ledger([], 0.0), Ledger([], 0.0)]
     for ledger in ledgers:
         for key in ("a", "b", "c"):
             open_entry(ledger, key)
         open_entry(ledger, "copy", offset=30, pred="b")
-        ledger.encoded(0.0)
+        ledger.restart(0.0)
     rounds = [
         {"a": (100, b"1\n"), "b": (40, b"2\n"), "gone": (5, b"")},
         {"a": (90, b"stale\n"), "copy": (80, b"3\n")},
@@ -218,8 +321,8 @@ def test_a_rounds_marks_handed_on_in_one_call_do_what_a_call_per_file_does() -> 
         ledgers[0].sent_many(marks)
         for key, mark in marks.items():
             ledgers[1].sent(key, mark[0])
-        encoded = [[bytes(raw) for raw in ledger.encoded(0.0)] for ledger in ledgers]
-        assert encoded[0] == encoded[1]
+        changes = [ledger.changes(0.0) for ledger in ledgers]
+        assert changes[0].files == changes[1].files and sorted(changes[0].moved) == sorted(changes[1].moved)
         assert [e.emitted for e in ledgers[0].entries.values()] == [e.emitted for e in ledgers[1].entries.values()]
     assert ledgers[0].entries["a"].emitted == 100 and ledgers[0].entries["a"].inflight == 2
     ledgers[0].acked({"a": (100, b"1\n"), "copy": (80, b"3\n")})
@@ -241,20 +344,3 @@ def test_a_snapshot_older_than_the_one_written_is_skipped(tmp_path) -> None:
     assert [e.offset for e in Store(tmp_path).load().files] == [900]
     store.save(older)  # no order given: written, as before
     assert [e.offset for e in Store(tmp_path).load().files] == [100]
-
-
-def test_encoded_entries_make_the_file_a_snapshot_makes_byte_for_byte(tmp_path) -> None:
-    """The file the store writes from Ledger.encoded's entries is, byte for byte, the one a snapshot of the
-    same entries makes (and an empty ledger's too)."""
-    ledger = Ledger([Saved("old.1", "/logs/saved.log", 1, 9, 1024, FP, 50, "0a", True, 12.5)], 0.0)
-    store = Store(tmp_path)
-    for key in ("a", "b"):
-        open_entry(ledger, key)
-    ledger.sent("a", 100)
-    ledger.acked({"a": (100, b"x\n")})
-    for _ in range(2):
-        store.save(ledger.encoded(0.0))
-        joined = store.path.read_bytes()
-        store.save(ledger.snapshot(0.0))
-        assert joined == store.path.read_bytes()
-        ledger = Ledger([], 0.0)

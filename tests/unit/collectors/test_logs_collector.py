@@ -90,8 +90,8 @@ def append(path: Path, lines: list[str]) -> None:
 
 
 def checkpoint(tmp_path: Path) -> dict[str, int]:
-    data = json.loads((tmp_path / "state" / "checkpoints.json").read_text())
-    return {f["path"]: f["offset"] for f in data["files"] if not f["closed"]}
+    """The open files' offsets as a restart would load them (the snapshot and its journal)."""
+    return {f.path: f.offset for f in Store(tmp_path / "state").load().files if not f.closed}
 
 
 @pytest.fixture
@@ -465,10 +465,9 @@ async def test_checkpoint_writes_are_coalesced_at_low_rates(tmp_path, logs, monk
     import collectors.logs.logs as logs_module
 
     writes: list[float] = []
-    save = Store.save
-    monkeypatch.setattr(
-        Store, "save", lambda self, entries, *a: (writes.append(time.monotonic()), save(self, entries, *a))
-    )
+    for name in ("save", "append"):  # a snapshot, or the changes appended to the journal
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, *a, real=real: (writes.append(time.monotonic()), real(self, *a)))
     monkeypatch.setattr(logs_module, "SAVE_INTERVAL", 0.5, raising=False)
     files = [logs / f"app{i}.log" for i in range(20)]
     for path in files:
@@ -490,6 +489,81 @@ async def test_checkpoint_writes_are_coalesced_at_low_rates(tmp_path, logs, monk
     assert all(b - a >= 0.45 for a, b in itertools.pairwise(during)), "at most one write per interval"
 
 
+async def test_writes_while_running_append_the_changes_and_a_crash_resumes_from_them(
+    tmp_path, logs, monkeypatch
+) -> None:
+    """A checkpoint write while running appends the entries that changed to the journal, and the snapshot
+    is written once; the snapshot and the journal as a kill -9 leaves them resume exactly past what was
+    acknowledged (the shutdown's own snapshot is thrown away here)."""
+    import collectors.logs.logs as logs_module
+
+    monkeypatch.setattr(logs_module, "SAVE_INTERVAL", 0.1)
+    calls: list[str] = []
+    for name in ("save", "append"):
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, *a, name=name, real=real: (calls.append(name), real(self, *a)))
+    files = [logs / f"app{i}.log" for i in range(3)]
+    for path in files:
+        path.write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")])
+    for n in range(4):
+        for i, path in enumerate(files):
+            append(path, [f"before {i}.{n}"])
+        await until(lambda n=n: len(sink.records) == 3 * (n + 1))
+        await asyncio.sleep(0.15)
+    await until(lambda: checkpoint(tmp_path) == {str(p): p.stat().st_size for p in files})
+    state = tmp_path / "state"
+    crash = {name: (state / name).read_bytes() for name in ("checkpoints.json", "checkpoints.journal")}
+    snapshot = json.loads(crash["checkpoints.json"])
+    assert {f["offset"] for f in snapshot["files"]} == {0}, "the snapshot is the first write's"
+    assert calls[0] == "save" and calls.count("append") >= 3 and calls.count("save") == 1
+    for i, path in enumerate(files):
+        append(path, [f"after {i}"])
+    await until(lambda: len(sink.records) == 15)
+    await run.stop()
+    for name, data in crash.items():  # as kill -9 would have left them before the lines after
+        (state / name).write_bytes(data)
+
+    again = Sink()
+    run = await start(tmp_path, again, [str(logs / "*.log")])
+    await until(lambda: len(again.records) == 3)
+    await asyncio.sleep(0.3)
+    await run.stop()
+    assert sorted(again.bodies()) == ["after 0", "after 1", "after 2"]
+    assert run.collector.stats["checkpoint_torn"] == 0
+
+
+async def test_a_torn_journal_tail_resumes_from_the_records_before_it_and_is_counted(tmp_path, logs, caplog) -> None:
+    app = logs / "app.log"
+    app.write_text("")
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(app)])
+    append(app, ["one"])
+    await until(lambda: checkpoint(tmp_path).get(str(app)) == app.stat().st_size)
+    acknowledged = (tmp_path / "state" / "checkpoints.journal").read_bytes()
+    append(app, ["two"])
+    await until(lambda: checkpoint(tmp_path).get(str(app)) == app.stat().st_size)
+    state = {name: (tmp_path / "state" / name).read_bytes() for name in ("checkpoints.json", "checkpoints.journal")}
+    await run.stop()
+    append(app, ["three"])
+    torn = state["checkpoints.journal"][len(acknowledged) :]
+    assert torn, "the second line's write is a record of its own"
+    state["checkpoints.journal"] = acknowledged + torn[:-5]  # its append cut short by a crash
+    for name, data in state.items():
+        (tmp_path / "state" / name).write_bytes(data)
+
+    again = Sink()
+    run = await start(tmp_path, again, [str(app)])
+    await until(lambda: len(again.records) == 2)
+    await asyncio.sleep(0.3)
+    await run.stop()
+    assert again.bodies() == ["two", "three"], "from the record before the torn one: 'two' again, nothing lost"
+    assert run.collector.stats["checkpoint_torn"] == 1
+    assert run.emitter.errors == []
+    assert any("torn record" in r.getMessage() for r in caplog.records)
+
+
 async def test_each_round_of_save_lines_is_written_at_once(tmp_path, logs, monkeypatch) -> None:
     """Past ``SAVE_LINES`` acknowledged lines the checkpoint is written at once, every time, whatever the
     interval: what a kill -9 sends again stays about a round (a 0.1 s gap between writes in bulk once let
@@ -508,6 +582,7 @@ async def test_each_round_of_save_lines_is_written_at_once(tmp_path, logs, monke
         await until(lambda n=n: len(sink.records) == n * logs_module.SAVE_LINES)
     # counted, not written: the write's own time (an fsync) must not be what spaces the writes out
     monkeypatch.setattr(Store, "save", lambda self, entries, *taken: writes.append(time.monotonic()))
+    monkeypatch.setattr(Store, "append", lambda self, changes, *taken: writes.append(time.monotonic()))
     callbacks, sink.unacked = sink.unacked, []
     assert len(callbacks) == rounds  # released one at a time
     for callback in callbacks:
