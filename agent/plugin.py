@@ -138,6 +138,10 @@ class Emitter(Protocol):
     #: collector builds itself and hands to :meth:`add`, so they share the run's.
     time_ns: int
 
+    #: The samples this run has emitted so far, in order; collectors only read it
+    #: (:func:`run_parts` tells from its length whether a part found anything).
+    samples: list[Sample]
+
     def gauge(
         self, name: str, value: float, labels: Labels = (), *, unit: str = "", time_ns: int | None = None
     ) -> None: ...
@@ -359,12 +363,12 @@ def run_parts(parts: Iterable[tuple[str, Part]], emit: Emitter, idle: IdleParts 
     a part that found nothing is left out until it is due to look again (see :class:`IdleParts`).
     """
     errors: list[str] = []
-    samples = getattr(emit, "samples", None) if idle is not None else None
+    samples = emit.samples
     now = idle.clock() if idle is not None else 0
     for name, part in parts:
-        if samples is not None and idle.idle(name, now):  # type: ignore[union-attr]
+        if idle is not None and idle.idle(name, now):
             continue
-        before, reported = len(samples) if samples is not None else 0, len(errors)
+        before, reported = len(samples), len(errors)
 
         def report(message: str, name: str = name) -> None:
             errors.append(f"{name}: {message}")
@@ -373,8 +377,8 @@ def run_parts(parts: Iterable[tuple[str, Part]], emit: Emitter, idle: IdleParts 
             part(emit, report)
         except Exception as exc:  # a driver or layout never met: this part fails, the others go on
             report(f"{type(exc).__name__}: {exc}")
-        if samples is not None:
-            idle.looked(name, now, len(samples) > before or len(errors) > reported)  # type: ignore[union-attr]
+        if idle is not None:
+            idle.looked(name, now, len(samples) > before or len(errors) > reported)
     return errors
 
 
