@@ -19,8 +19,24 @@ is taken over a fixed window and divided by the lines written in it. Scenarios: 
 
 Bulk: one file of the corpus repeated (``BENCH_BULK_MIB``) read from its beginning, each shipper
 alone and pinned to one CPU: hostwatch into VictoriaLogs (redaction and disk buffer on), rsyslog
-into the TCP sink. Wall time until the last line arrived. Target: hostwatch >= 0.6x rsyslog's
-lines per second. Beside it, from the same runs: the rate with hostwatch's start-up left out (timed
+into the TCP sink, ``BENCH_BULK_RUNS`` times each, alternating (the medians are compared, and each
+hostwatch run with the rsyslog run next to it). Wall time until the last line arrived. Target:
+hostwatch >= 0.6x rsyslog's lines per second. The receivers' threads in this process are pinned to the
+other CPU, where VictoriaLogs runs: left to the scheduler, rsyslog's counting socket ran on rsyslog's own
+CPU whenever another process kept the other one busy, and rsyslog's figure then fell by up to half (its
+CPU per line up 30-50 %, its involuntary context switches from about 500 to 2,600-19,800 a run); that,
+and not the page cache (``BENCH_BULK_COLD=1``: the same figures) or a core sharing the other's compute (a
+busy loop there leaves a loop here as fast), was most of the 185-371 k lines/s spread earlier rounds
+saw. What is left: the CPUs of this virtual machine run at a speed that moves by up to 1.7x with the
+host's load (the fixed loop each run prints as "CPU probe" took 0.19-0.38 s of CPU within minutes,
+steal 0), which moves every shipper alike; so compare ratios from the same runs, not across runs.
+BENCH_BULK_RSYSLOG_ONLY=1 runs only rsyslog into the socket, ``BENCH_BULK_RUNS`` times in a row, each
+printed with its CPU by thread, context switches, the socket thread's CPU, how busy the other CPU was,
+steal, the load average and the probe. BENCH_BULK_INTO=sink (or ``victorialogs,sink``; the default
+``victorialogs``) ships hostwatch into a Loki push receiver in this process that reads each request's body
+and answers 204 at once (``LokiSink``), the part rsyslog's counting socket plays for rsyslog: like with
+like on the receiving side, so the figure is the agent's alone (delivered lines from its ``/metrics``, and
+checked against the entries the sink decodes after the run). Beside it, from the same runs: the rate with hostwatch's start-up left out (timed
 from its ``/metrics`` answering: its Python start-up is 0.3 s on a quiet machine, rsyslog's a few ms), the
 agent's CPU per line over that same stretch (the flow's own cost, which other processes on a shared machine
 disturb less than its wall time), lines per CPU second of each process (its threads' schedstat; wall time on
@@ -76,8 +92,20 @@ import urllib.parse
 from pathlib import Path
 from typing import NamedTuple
 
+import cramjam
+
 from tests.bench.bench_agent import byte_compile, export_tree
-from tests.bench.bench_logs import CORPUS, get, metric, pinned, start_agent, start_victoria_logs, stop
+from tests.bench.bench_logs import (
+    AGENT_CPU,
+    CORPUS,
+    PEER_CPU,
+    get,
+    metric,
+    pinned,
+    start_agent,
+    start_victoria_logs,
+    stop,
+)
 from tests.support import free_port
 
 WINDOW = float(os.environ.get("BENCH_LOWRATE_SECONDS", "30"))
@@ -90,6 +118,9 @@ SCENARIOS = [(20, 200), (2000, 1000)]  # (files, combined lines per second)
 ONLY_FILES = {int(n) for n in os.environ.get("BENCH_LOWRATE_FILES", "").split(",") if n.strip()}
 BASELINE_REV = os.environ.get("BENCH_BASELINE_REV", "")
 RSYSLOG_INTO = os.environ.get("BENCH_BULK_RSYSLOG_INTO", "socket")  # or "victorialogs": like with like
+COLD = os.environ.get("BENCH_BULK_COLD") == "1"  # each run reads the file from the disk, not the page cache
+RSYSLOG_ONLY = os.environ.get("BENCH_BULK_RSYSLOG_ONLY") == "1"  # only rsyslog into the socket, BULK_RUNS times
+INTO = [n.strip() for n in os.environ.get("BENCH_BULK_INTO", "victorialogs").split(",") if n.strip()]
 TARGET_CPU_RATIO, TARGET_BULK_RATIO = 1.5, 0.6
 PROFILE = os.environ.get("BENCH_LOWRATE_PROFILE", "")
 PROFILE_RATE = os.environ.get("BENCH_LOWRATE_PROFILE_RATE", "200")  # samples a second
@@ -164,13 +195,23 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-class Sink:
-    """A TCP server counting the lines rsyslog forwards (one message per line, LF framed)."""
+def pin_thread() -> None:
+    """Keep the calling thread on the receiver's CPU (where VictoriaLogs runs), off the shipper's: unpinned, a
+    sink's thread ran on the shipper's CPU whenever the other one was busy (another process's load), and the
+    shipper's figure then moved by up to 2x (see the bulk part of the module's docstring)."""
+    if len(pinned(PEER_CPU)):  # taskset and two CPUs: the same condition as the processes' pinning
+        os.sched_setaffinity(0, {int(PEER_CPU)})  # 0: on Linux, the calling thread only
+
+
+class Receiver:
+    """A TCP server on loopback serving each connection on a thread of its own, pinned to the receiver's CPU
+    (``pin_thread``); ``cpu``: its threads' CPU seconds, counted as they go (connections stay open)."""
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.lines = 0
+        self.cpu = 0.0
+        self._thread = threading.local()  # each connection's thread: its CPU time counted so far
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -179,15 +220,86 @@ class Sink:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
-    def _read(self, conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(1 << 20):
-                self.lines += data.count(b"\n")
+    def _run(self, conn: socket.socket) -> None:
+        pin_thread()
+        self._thread.started = time.thread_time()
+        try:
+            with conn:
+                self.serve(conn)
+        except OSError:
+            return
+
+    def _count_cpu(self) -> None:
+        now = time.thread_time()
+        self.cpu, self._thread.started = self.cpu + now - self._thread.started, now
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.server.close()
+
+
+class Sink(Receiver):
+    """Counts the lines rsyslog forwards (one message per line, LF framed)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        super().__init__()
+
+    def serve(self, conn: socket.socket) -> None:
+        while data := conn.recv(1 << 20):
+            self.lines += data.count(b"\n")
+            self._count_cpu()
+
+
+class LokiSink(Receiver):
+    """A Loki push receiver that plays the part rsyslog's counting socket plays: it reads each request's whole
+    body (``Content-Length`` framed, keep-alive) and answers 204 at once, on the same kind of thread. The bodies
+    are kept and their entries counted after the run (``entries``: snappy, then protobuf), so the counting costs
+    the run nothing."""
+
+    ANSWER = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def serve(self, conn: socket.socket) -> None:
+        pending = b""
+        while True:
+            while b"\r\n\r\n" not in pending:
+                data = conn.recv(1 << 20)
+                if not data:
+                    return
+                pending += data
+            head, _, pending = pending.partition(b"\r\n\r\n")
+            found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            length = int(found.group(1)) if found else 0
+            parts, have = [pending[:length]], len(pending[:length])
+            pending = pending[length:]
+            while have < length:
+                data = conn.recv(max(1 << 20, length - have))
+                if not data:
+                    return
+                parts.append(data)
+                have += len(data)
+            self.bodies.append(b"".join(parts))
+            conn.sendall(self.ANSWER)
+            self._count_cpu()
+
+    def entries(self) -> int:
+        """Log entries in the bodies received (snappy-compressed protobuf push requests)."""
+        from tests.unit.outputs.protos import PushRequest  # protobuf: only when the sink is used
+
+        total = 0
+        for body in self.bodies:
+            request = PushRequest.FromString(bytes(cramjam.snappy.decompress_raw(body)))
+            total += sum(len(stream.entries) for stream in request.streams)
+        return total
 
 
 def start_rsyslog(home: Path, glob: str, port: int, extra: str = "", cpu: list[str] | None = None) -> subprocess.Popen:
@@ -366,15 +478,21 @@ class Shipment(NamedTuple):
     found: int  # the lines it counts (0 without until_searchable)
     first: float  # until /metrics first counts lines sent: the first request answered, seen within a 50 ms poll
     threads: tuple[tuple[str, float], ...] = ()  # BENCH_LOWRATE_THREADS=1: CPU seconds by thread, busiest first
+    probe: float = 0.0  # cpu_probe() just before the run
 
 
 def ship_with_hostwatch(
-    home: Path, path: Path, lines: int, tree: str | None, until_searchable: bool = False
+    home: Path, path: Path, lines: int, tree: str | None, until_searchable: bool = False, into: str = "victorialogs"
 ) -> Shipment:
-    """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs."""
+    """hostwatch (of the source tree ``tree``, else this one) ships ``path`` into a new VictoriaLogs, or with
+    ``into="sink"`` into a new :class:`LokiSink` (then ``peer_cpu`` is the sink's, ``found`` the entries it got)."""
     home.mkdir(parents=True)
-    vl, vl_url = start_victoria_logs(home)
+    sink = LokiSink() if into == "sink" else None
+    vl, vl_url = (None, sink.url) if sink is not None else start_victoria_logs(home)
     saved = os.environ.get("PYTHONPATH")
+    if COLD:
+        evict(path)
+    probe = cpu_probe()
     try:
         collector = f'[[collectors.logs]]\npaths = ["{path}"]\nstart_at = "beginning"\n'
         if tree:
@@ -404,17 +522,22 @@ def ship_with_hostwatch(
             cpu_end = cpu_ns(agent.pid)
             cpu, flow_cpu = cpu_end / 1e9, (cpu_end - cpu_up) / 1e9
             found_seconds, found = 0.0, 0
-            if until_searchable:  # as rsyslog's run into VictoriaLogs is timed
+            if until_searchable and vl is not None:  # as rsyslog's run into VictoriaLogs is timed
                 found = wait_searchable(vl_url, lines, started + 600)
                 found_seconds = time.monotonic() - started
-            peer_cpu = cpu_ns(vl.pid) / 1e9
+            peer_cpu = cpu_ns(vl.pid) / 1e9 if vl is not None else 0.0
             peak = peak_rss_mib(agent.pid)
             threads = bulk_threads(agent.pid) if BY_THREAD else ()  # (its py-spy dump after the timings)
         finally:
             stop(agent)
     finally:
-        stop(vl)
-    return Shipment(seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found, first, threads)
+        if vl is not None:
+            stop(vl)
+        if sink is not None:
+            sink.close()
+    if sink is not None:  # its threads' CPU until the agent stopped; the entries counted now, off the clock
+        peer_cpu, found, found_seconds = sink.cpu, sink.entries(), seconds
+    return Shipment(seconds, flow, cpu, sent, peer_cpu, flow_cpu, peak, found_seconds, found, first, threads, probe)
 
 
 def bulk_threads(pid: int) -> tuple[tuple[str, float], ...]:
@@ -464,6 +587,117 @@ def rsyslog_into_victoria_logs(home: Path, path: Path, lines: int) -> tuple[floa
     return seconds, before_last, found - before, rsyslog_cpu, peer_cpu, found
 
 
+PROBE = (
+    "import time\nt = time.thread_time()\nx = 0\nfor i in range(3_000_000):\n    x += i\nprint(time.thread_time() - t)"
+)
+
+
+def cpu_probe() -> float:
+    """CPU seconds a fixed Python loop takes on the shippers' CPU: how fast that (virtual) CPU runs right now."""
+    got = subprocess.run([*pinned(AGENT_CPU), sys.executable, "-c", PROBE], capture_output=True, text=True)
+    return float(got.stdout or 0)
+
+
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache (BENCH_BULK_COLD=1: each run reads it from the disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+class SocketRun(NamedTuple):
+    """One bulk run of rsyslog into the counting socket, with what may explain its spread."""
+
+    seconds: float  # from exec until the socket counted every line
+    cpu: float  # rsyslog's CPU seconds (every thread)
+    sink_cpu: float  # the socket's reading thread, CPU seconds
+    delivered: int  # lines the socket counted
+    steal: float  # CPU seconds the hypervisor took from this machine's CPUs during the run (/proc/stat)
+    other_busy: float  # CPU seconds the other CPU (not rsyslog's) was busy during the run, anyone's
+    load: float  # the one-minute load average when the run started
+    probe: float  # cpu_probe() just before the run
+    switches: tuple[int, int]  # rsyslog's context switches, voluntary and not (every thread)
+    threads: tuple[tuple[str, float], ...]  # rsyslog's CPU seconds by thread name, busiest first
+
+
+def cpu_ticks() -> dict[str, list[int]]:
+    """``/proc/stat``'s per-CPU times (user nice system idle iowait irq softirq steal ...), in clock ticks."""
+    found = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu"):
+            name, *fields = line.split()
+            found[name] = [int(f) for f in fields]
+    return found
+
+
+def switches(pid: int) -> tuple[int, int]:
+    """A process's context switches (voluntary, involuntary), summed over its threads."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        voluntary += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+        involuntary += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+    return voluntary, involuntary
+
+
+def rsyslog_threads(pid: int) -> tuple[tuple[str, float], ...]:
+    """rsyslog's CPU seconds by thread name (``comm``: rsyslogd, in:imfile, rs:main Q:Reg...), busiest first."""
+    named: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        named[name] = named.get(name, 0.0) + ns / 1e9
+    return tuple(sorted(named.items(), key=lambda item: -item[1]))
+
+
+def rsyslog_into_socket(home: Path, path: Path, lines: int) -> SocketRun:
+    """rsyslog (imfile from the file's beginning, a new work directory: no state) forwards ``path`` into a
+    counting :class:`Sink`, pinned like hostwatch; timed until the sink has counted every line."""
+    home.mkdir(parents=True)
+    sink = Sink()
+    other = f"cpu{PEER_CPU}"
+    if COLD:
+        evict(path)
+    probe = cpu_probe()
+    ticks_before, load = cpu_ticks(), os.getloadavg()[0]
+    started = time.monotonic()
+    rsyslog = start_rsyslog(home, str(path), sink.port, 'freshStartTail="off"', pinned(AGENT_CPU))
+    try:
+        while time.monotonic() < started + 600 and sink.lines < lines:
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+        ticks_after = cpu_ticks()
+        cpu, switched, threads = cpu_ns(rsyslog.pid) / 1e9, switches(rsyslog.pid), rsyslog_threads(rsyslog.pid)
+    finally:
+        stop(rsyslog)
+        sink.close()
+    tick = os.sysconf("SC_CLK_TCK")
+    steal = (ticks_after["cpu"][7] - ticks_before["cpu"][7]) / tick if len(ticks_after["cpu"]) > 7 else 0.0
+    busy = [a - b for a, b in zip(ticks_after.get(other, []), ticks_before.get(other, []), strict=False)]
+    other_busy = (sum(busy) - sum(busy[3:5])) / tick if busy else 0.0  # all but idle and iowait
+    return SocketRun(seconds, cpu, sink.cpu, sink.lines, steal, other_busy, load, probe, switched, threads)
+
+
+def socket_line(r: SocketRun, lines: int) -> str:
+    return (
+        f"  rsyslog into the socket: {lines / r.seconds:,.0f} lines/s ({r.seconds:.2f} s, delivered "
+        f"{r.delivered:,}), CPU {r.cpu:.2f} s ({lines / r.cpu:,.0f} lines per CPU second; "
+        + ", ".join(f"{n} {sec:.2f}" for n, sec in r.threads[:3])
+        + f"), context switches {r.switches[0]:,} voluntary, {r.switches[1]:,} not; the socket's thread "
+        f"{r.sink_cpu:.2f} s; the other CPU busy {r.other_busy:.2f} s; steal {r.steal:.2f} s; load {r.load:.2f}; "
+        f"CPU probe {r.probe:.3f} s"
+    )
+
+
 def bulk(home: Path) -> list[tuple[str, bool]]:
     path = home / "bulk" / "access.log"
     path.parent.mkdir(parents=True)
@@ -474,50 +708,54 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
             f.write(chunk)
     lines = repeats * chunk.count(b"\n")
     # hostwatch: redaction (the default sets) and the disk buffer (the default) on; with BASELINE, the
-    # tree before a change runs too, alternating with this one (ABBA...), BULK_RUNS times each
+    # tree before a change runs too, alternating with this one (ABBA...), BULK_RUNS times each, into each
+    # receiver of BENCH_BULK_INTO; rsyslog into the counting socket BULK_RUNS times, between them
+    if RSYSLOG_ONLY:  # why rsyslog's figure moves: its runs one after the other, each with what may explain it
+        alone = [rsyslog_into_socket(home / f"rs{run}", path, lines) for run in range(BULK_RUNS)]
+        for r in alone:
+            print(socket_line(r, lines))
+        rates = sorted(lines / r.seconds for r in alone)
+        print(f"rsyslog alone into the socket, {BULK_RUNS} runs: {rates[0]:,.0f} to {rates[-1]:,.0f} lines/s")
+        return []
     trees = [("hostwatch", None)] + ([("hostwatch before", BASELINE)] if BASELINE else [])
     for _, tree in trees:  # as the packages ship them: start-up is part of the figure
         byte_compile(Path(tree) if tree else None)
     into_vl = RSYSLOG_INTO == "victorialogs"
-    shipped: dict[str, list[Shipment]] = {name: [] for name, _ in trees}
-    # rsyslog into VictoriaLogs, alternating with hostwatch
-    rsyslog_vl: list[tuple[float, float, int, float, float, int]] = []
+    shipped: dict[tuple[str, str], list[Shipment]] = {(name, into): [] for into in INTO for name, _ in trees}
+    rsyslog_vl: list[tuple[float, float, int, float, float, int]] = []  # rsyslog into VictoriaLogs
+    by_socket: list[SocketRun] = []  # rsyslog into the counting socket
     for run in range(BULK_RUNS):
-        if into_vl and run % 2 == 1:
-            rsyslog_vl.append(rsyslog_into_victoria_logs(home / f"rvl{run}", path, lines))
-        for name, tree in trees if run % 2 == 0 else trees[::-1]:
-            shipped[name].append(
-                ship_with_hostwatch(home / f"hw{len(shipped[name])}{name[-1]}", path, lines, tree, into_vl)
-            )
-        if into_vl and run % 2 == 0:
-            rsyslog_vl.append(rsyslog_into_victoria_logs(home / f"rvl{run}", path, lines))
-    # the goal's figures: this tree's median run by wall time
-    median = sorted(shipped["hostwatch"])[len(shipped["hostwatch"]) // 2]
-    agent_seconds, agent_flow, agent_cpu, sent = median.seconds, median.flow_seconds, median.cpu, median.sent
-    # rsyslog: imfile from the beginning of the file (a new file, no state yet) into the sink
-    sink = Sink()
-    started = time.monotonic()
-    rsyslog = start_rsyslog(home, str(path), sink.port, 'freshStartTail="off"', pinned("0"))
-    try:
-        while time.monotonic() < started + 600 and sink.lines < lines:
-            time.sleep(0.05)
-        rsyslog_seconds = time.monotonic() - started
-        rsyslog_flow = rsyslog_seconds  # rsyslog starts in a few milliseconds
-        rsyslog_cpu = cpu_ns(rsyslog.pid) / 1e9
-    finally:
-        stop(rsyslog)
-        sink.close()
-    agent_rate, rsyslog_rate = lines / agent_seconds, lines / rsyslog_seconds
-    ratio = agent_rate / rsyslog_rate
-    for name, results in shipped.items():
+        forward = run % 2 == 0
+        if not forward:
+            by_socket.append(rsyslog_into_socket(home / f"rs{run}", path, lines))
+            if into_vl:
+                rsyslog_vl.append(rsyslog_into_victoria_logs(home / f"rvl{run}", path, lines))
+        for into in INTO if forward else INTO[::-1]:
+            for name, tree in trees if forward else trees[::-1]:
+                done = shipped[(name, into)]
+                searchable_too = into_vl and into == "victorialogs"
+                where = home / f"hw{len(done)}{name[-1]}{into[0]}"
+                done.append(ship_with_hostwatch(where, path, lines, tree, searchable_too, into))
+        if forward:
+            if into_vl:
+                rsyslog_vl.append(rsyslog_into_victoria_logs(home / f"rvl{run}", path, lines))
+            by_socket.append(rsyslog_into_socket(home / f"rs{run}", path, lines))
+    socket_median = sorted(by_socket)[len(by_socket) // 2]
+    rsyslog_seconds, rsyslog_cpu = socket_median.seconds, socket_median.cpu
+    rsyslog_rate = lines / rsyslog_seconds
+    for r in by_socket:
+        print(socket_line(r, lines))
+    for (name, into), results in shipped.items():
         for r in results:
             print(
-                f"  {name}: {lines / r.seconds:,.0f} lines/s ({lines / r.seconds / rsyslog_rate:.2f}x rsyslog), "
-                f"{lines / r.flow_seconds:,.0f} without start-up, {lines / r.cpu:,.0f} per CPU second "
+                f"  {name} into {into}: {lines / r.seconds:,.0f} lines/s ({lines / r.seconds / rsyslog_rate:.2f}x "
+                f"rsyslog), {lines / r.flow_seconds:,.0f} without start-up, {lines / r.cpu:,.0f} per CPU second "
                 f"({r.flow_cpu * 1e6 / lines:.2f} us of CPU per line without start-up); "
-                f"VictoriaLogs CPU {r.peer_cpu:.2f} s of {r.seconds:.2f} s; peak RSS {r.peak_rss:.1f} MiB; "
-                f"first lines delivered after {r.first:.2f} s; CPU before /metrics answered {r.cpu - r.flow_cpu:.2f} s"
+                f"{'VictoriaLogs' if into == 'victorialogs' else 'sink'} CPU {r.peer_cpu:.2f} s of {r.seconds:.2f} s; "
+                f"peak RSS {r.peak_rss:.1f} MiB; first lines delivered after {r.first:.2f} s; CPU before /metrics "
+                f"answered {r.cpu - r.flow_cpu:.2f} s; CPU probe {r.probe:.3f} s"
                 + (f"; searchable in VictoriaLogs: {r.found:,} lines after {r.found_seconds:.2f} s" if into_vl else "")
+                + (f"; entries the sink got: {r.found:,}" if into == "sink" else "")
             )
             if r.threads:
                 print(
@@ -525,7 +763,7 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
                     + ", ".join(f"{n} {sec:.2f} s ({sec * 1e6 / lines:.2f} us/line)" for n, sec in r.threads[:5])
                 )
     checks = []
-    if into_vl:
+    if into_vl and "victorialogs" in INTO:
         for seconds, before_last, last, cpu, peer_cpu, found in rsyslog_vl:
             print(
                 f"  rsyslog into VictoriaLogs: {lines / seconds:,.0f} lines/s until searchable ({found:,} lines after "
@@ -533,7 +771,8 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
                 f"second; VictoriaLogs CPU {peer_cpu:.2f} s"
             )
         # like with like: both timed until VictoriaLogs' query API counts every line; each shipper's median run
-        hw = sorted(shipped["hostwatch"], key=lambda r: r.found_seconds)[len(shipped["hostwatch"]) // 2]
+        ships = shipped[("hostwatch", "victorialogs")]
+        hw = sorted(ships, key=lambda r: r.found_seconds)[len(ships) // 2]
         rs = sorted(rsyslog_vl)[len(rsyslog_vl) // 2]
         rs_stream = sorted(r[1] for r in rsyslog_vl)[len(rsyslog_vl) // 2]
         vl_ratio = (lines / hw.found_seconds) / (lines / rs[0])
@@ -549,7 +788,7 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
             f"partial block on its periodic flush; a Loki push is searchable when answered): rsyslog "
             f"{lines / rs_stream:,.0f} lines/s: {stream_ratio:.2f}x"
         )
-        every = all(r.found >= lines for r in shipped["hostwatch"]) and all(r[5] >= lines for r in rsyslog_vl)
+        every = all(r.found >= lines for r in ships) and all(r[5] >= lines for r in rsyslog_vl)
         checks = [
             (
                 f"bulk into VictoriaLogs for both: hostwatch >= {TARGET_BULK_RATIO:g}x rsyslog's lines/s "
@@ -558,28 +797,45 @@ def bulk(home: Path) -> list[tuple[str, bool]]:
             ),
             ("bulk into VictoriaLogs for both: every line searchable, every run", every),
         ]
-    print(
-        f"bulk, {repeats * len(chunk) / 2**20:.0f} MiB ({lines:,} lines) from the beginning, one CPU each: "
-        f"hostwatch {agent_rate:,.0f} lines/s (delivered {sent:,.0f}), rsyslog {rsyslog_rate:,.0f} lines/s "
-        f"(delivered {sink.lines:,}): {ratio:.2f}x"
-    )
-    # the same runs without hostwatch's start-up (from /metrics answering), and per CPU second (the machine is
-    # shared: wall time includes waiting for the CPU, which CPU time does not)
-    flow, per_cpu = (lines / agent_flow) / (lines / rsyslog_flow), (lines / agent_cpu) / (lines / rsyslog_cpu)
-    print(
-        f"bulk without start-up: hostwatch {lines / agent_flow:,.0f} lines/s, rsyslog {lines / rsyslog_flow:,.0f} "
-        f"({flow:.2f}x); per CPU second: hostwatch {lines / agent_cpu:,.0f} lines, rsyslog "
-        f"{lines / rsyslog_cpu:,.0f} ({per_cpu:.2f}x)"
-    )
-    return [
-        (f"bulk: hostwatch >= {TARGET_BULK_RATIO:g}x rsyslog's lines/s (got {ratio:.2f}x)", ratio >= TARGET_BULK_RATIO),
-        *checks,
-    ]
+    rsyslog_delivered = min(r.delivered for r in by_socket)
+    for into in INTO:
+        ships = shipped[("hostwatch", into)]
+        median = sorted(ships)[len(ships) // 2]  # the goal's figures: this tree's median run by wall time
+        agent_rate, ratio = lines / median.seconds, (lines / median.seconds) / rsyslog_rate
+        paired = ", ".join(f"{r.seconds / s.seconds:.2f}" for s, r in zip(ships, by_socket, strict=True))
+        print(
+            f"bulk, {repeats * len(chunk) / 2**20:.0f} MiB ({lines:,} lines) from the beginning, one CPU each, "
+            f"median of {BULK_RUNS}: hostwatch into {into} {agent_rate:,.0f} lines/s (delivered {median.sent:,.0f}), "
+            f"rsyslog into the socket {rsyslog_rate:,.0f} lines/s (delivered {rsyslog_delivered:,}): {ratio:.2f}x; "
+            f"run by run (each beside the rsyslog run next to it): {paired}"
+        )
+        # the same runs without hostwatch's start-up (from /metrics answering), and per CPU second (the machine
+        # is shared: wall time includes waiting for the CPU, which CPU time does not)
+        flow = (lines / median.flow_seconds) / rsyslog_rate  # rsyslog starts in a few milliseconds
+        per_cpu = (lines / median.cpu) / (lines / rsyslog_cpu)
+        print(
+            f"bulk into {into} without start-up: hostwatch {lines / median.flow_seconds:,.0f} lines/s, rsyslog "
+            f"{rsyslog_rate:,.0f} ({flow:.2f}x); per CPU second: hostwatch {lines / median.cpu:,.0f} lines, "
+            f"rsyslog {lines / rsyslog_cpu:,.0f} ({per_cpu:.2f}x)"
+        )
+        what = "bulk" if into == "victorialogs" else f"bulk into {into} (rsyslog into the socket)"
+        checks.append(
+            (
+                f"{what}: hostwatch >= {TARGET_BULK_RATIO:g}x rsyslog's lines/s (got {ratio:.2f}x)",
+                ratio >= TARGET_BULK_RATIO,
+            )
+        )
+        if into == "sink":
+            got = all(r.found >= lines for r in ships)
+            checks.append(("bulk into the sink: every line received, every run", got))
+    return checks
 
 
 def main() -> int:
     if RSYSLOG_INTO not in ("socket", "victorialogs"):
         sys.exit(f"BENCH_BULK_RSYSLOG_INTO={RSYSLOG_INTO!r}: expected socket or victorialogs")
+    if not INTO or set(INTO) - {"victorialogs", "sink"}:
+        sys.exit(f"BENCH_BULK_INTO={','.join(INTO)!r}: expected victorialogs, sink or both, comma-separated")
     if not os.path.exists(RSYSLOGD):
         sys.exit("rsyslogd is not installed: run tests/peers/install.sh")
     results: list[tuple[str, bool]] = []
