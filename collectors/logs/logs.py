@@ -228,6 +228,7 @@ class LogsCollector(StreamingCollector):
             self.polling = tailer.polling = watcher is None
             next_scan = next_poll = 0.0
             started = time.monotonic()
+            backlog = False  # the last round ran out of budget: a backlog is being read
             while True:
                 now, since = time.monotonic(), started
                 started = now
@@ -243,7 +244,11 @@ class LogsCollector(StreamingCollector):
                         plan = new_plan
                         for text in await run(watcher.sync, plan):
                             emit.error(text)
-                await self._deliver(result, ledger, emit)
+                # the round that reads a backlog to its end asks the outputs to send what is pending now: its
+                # rest is not the start of a low-rate batch (which waits flush_interval for more lines) but
+                # the last of lines a backend could have had already
+                await self._deliver(result, ledger, emit, flush=backlog and not result.more)
+                backlog = result.more
                 if result.more:
                     await asyncio.sleep(0)
                     continue
@@ -297,7 +302,7 @@ class LogsCollector(StreamingCollector):
             return None, plan
         return watcher, plan
 
-    async def _deliver(self, result: StepResult, ledger: Ledger, emit: Emitter) -> None:
+    async def _deliver(self, result: StepResult, ledger: Ledger, emit: Emitter, flush: bool = False) -> None:
         for opened in result.opened:
             ledger.opened(opened)
         for key, file in result.identity.items():
@@ -312,7 +317,8 @@ class LogsCollector(StreamingCollector):
         if result.records:
             marks = result.sent
             ledger.sent_many(marks)
-            await emit.logs(result.records, on_durable=functools.partial(self._acked, marks, len(result.records)))
+            on_durable = functools.partial(self._acked, marks, len(result.records))
+            await emit.logs(result.records, on_durable=on_durable, flush=flush)
         for key, mark in result.skipped.items():
             ledger.skipped(key, mark)
         now = time.monotonic()

@@ -35,11 +35,13 @@ class Sink:
         self.hold_acks = hold_acks
         self.unacked: list[Callable[[], None]] = []
         self.gate: asyncio.Event | None = None  # when set up, emit.logs waits on it (backpressure)
+        self.flushes: list[bool] = []  # each call's flush (the source asks for its batch to go now)
 
-    async def __call__(self, records, on_durable) -> None:
+    async def __call__(self, records, on_durable, flush: bool = False) -> None:
         if self.gate is not None:
             await self.gate.wait()
         self.records.extend(records)
+        self.flushes.append(flush)
         if on_durable is None:
             return
         if self.hold_acks:
@@ -115,6 +117,23 @@ async def test_labels_start_at_end_and_new_files_from_their_beginning(tmp_path, 
     first = next(r for r in sink.records if r.body == "one")
     assert first.labels == (("env", "test"), ("filename", str(app)), ("job", "app"))
     assert run.emitter.errors == []
+
+
+async def test_the_round_that_reads_a_backlog_to_its_end_asks_for_the_batch_to_go_now(tmp_path, logs) -> None:
+    """A file read from its beginning in rounds that run out of their budget: the round that reaches its end
+    hands its lines over with ``flush``, so the outputs send them at once rather than hold the backlog's last
+    lines for flush_interval like the start of a low rate's batch; the rounds before it do not, nor do
+    lines written later at a low rate."""
+    app = logs / "app.log"
+    app.write_text(("x" * 99 + "\n") * 30_000)  # 3 MB: the first round's budget, a full round's, and a rest
+    sink = Sink()
+    run = await start(tmp_path, sink, [str(logs / "*.log")], start_at="beginning")
+    await until(lambda: len(sink.records) == 30_000)
+    append(app, ["later"])
+    await until(lambda: len(sink.records) == 30_001)
+    await run.stop()
+    assert len(sink.flushes) >= 4
+    assert sink.flushes == [False] * (len(sink.flushes) - 2) + [True, False]
 
 
 async def test_start_at_beginning(tmp_path, logs) -> None:
