@@ -25,18 +25,21 @@ hostwatch >= 0.6x rsyslog's lines per second. The receivers' threads in this pro
 other CPU, where VictoriaLogs runs: left to the scheduler, rsyslog's counting socket ran on rsyslog's own
 CPU whenever another process kept the other one busy, and rsyslog's figure then fell by up to half (its
 CPU per line up 30-50 %, its involuntary context switches from about 500 to 2,600-19,800 a run); that,
-and not the page cache (``BENCH_BULK_COLD=1``: the same figures) or a core sharing the other's compute (a
-busy loop there leaves a loop here as fast), was most of the 185-371 k lines/s spread earlier rounds
-saw. What is left: the CPUs of this virtual machine run at a speed that moves by up to 1.7x with the
-host's load (the fixed loop each run prints as "CPU probe" took 0.19-0.38 s of CPU within minutes,
-steal 0), which moves every shipper alike; so compare ratios from the same runs, not across runs.
+and not the page cache (``BENCH_BULK_COLD=1``: the same spread) or a core sharing the other's compute (a
+busy loop there leaves a loop here as fast), was one cause of the 185-371 k lines/s spread earlier rounds
+saw. The other, left: rsyslog's own CPU for the same lines moved 0.64-1.39 s between runs seconds apart
+with the same context switches and read sizes (4 KiB, strace), in streaks, with steal at 0, while the
+fixed Python loop each run prints as "CPU probe" moved less (0.21-0.30 s in those runs) and a
+memory-bound loop up to 1.35x: the virtual machine's speed moves with its host, for every shipper;
+so compare ratios from the same runs, not across runs.
 BENCH_BULK_RSYSLOG_ONLY=1 runs only rsyslog into the socket, ``BENCH_BULK_RUNS`` times in a row, each
 printed with its CPU by thread, context switches, the socket thread's CPU, how busy the other CPU was,
 steal, the load average and the probe. BENCH_BULK_INTO=sink (or ``victorialogs,sink``; the default
 ``victorialogs``) ships hostwatch into a Loki push receiver in this process that reads each request's body
 and answers 204 at once (``LokiSink``), the part rsyslog's counting socket plays for rsyslog: like with
 like on the receiving side, so the figure is the agent's alone (delivered lines from its ``/metrics``, and
-checked against the entries the sink decodes after the run). Beside it, from the same runs: the rate with hostwatch's start-up left out (timed
+checked against the entries the sink decodes after the run).
+Beside the bulk figures, from the same runs: the rate with hostwatch's start-up left out (timed
 from its ``/metrics`` answering: its Python start-up is 0.3 s on a quiet machine, rsyslog's a few ms), the
 agent's CPU per line over that same stretch (the flow's own cost, which other processes on a shared machine
 disturb less than its wall time), lines per CPU second of each process (its threads' schedstat; wall time on
