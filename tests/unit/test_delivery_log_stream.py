@@ -193,21 +193,44 @@ async def test_a_backlog_of_half_a_batch_goes_as_soon_as_nothing_is_in_flight(tm
     await runner.close(1.0)
 
 
-async def test_once_its_backlog_is_taken_up_a_log_lane_waits_for_full_batches_again(tmp_path) -> None:
-    """Half batches go at once only while an idle lane takes up a backlog (until its first full batch): a
-    steady stream slower than the backend takes it in afterwards still fills full batches, not half ones."""
-    output = ScriptedOutput(delay=0.05)
+async def past_its_backlog(output: ScriptedOutput, tmp_path) -> tuple:
+    """A started runner (batches of 1,000, flush_interval 5 s) and its log lane, which has taken an idle
+    lane's first lines (sent at once) and then a full batch: the backlog is taken up."""
     runner = runner_for(output, tmp_path, buffer="disk", batch_max_items=1000, flush_interval=5.0)
     await runner.start()
     lane = runner.lanes[Signal.LOGS]
     await lane.accept(lines(0, 100), None)  # an idle lane: at once
     await wait_for(lambda: len(output.received) == 1)
     await lane.accept(lines(100, 1000), None)  # a full batch: the backlog is taken up
+    return runner, lane
+
+
+async def test_once_its_backlog_is_taken_up_a_log_lane_waits_for_full_batches_again(tmp_path) -> None:
+    """Half batches go at once only while an idle lane takes up a backlog (until its first full batch): a
+    steady stream slower than the backend takes it in afterwards still fills full batches, not half ones."""
+    output = ScriptedOutput(delay=0.05)
+    runner, lane = await past_its_backlog(output, tmp_path)
     for k in range(30):  # then 2,500 lines/s, slower than the backend takes them (1,000 in 50 ms)
         await lane.accept(lines(1100 + k * 100, 100), None)
         await asyncio.sleep(0.04)
     await wait_for(lambda: sum(map(len, output.received)) == 4100, timeout=2.0)
     assert [len(b) for b in output.received] == [100, 1000, 1000, 1000, 1000]
+    await runner.close(1.0)
+
+
+async def test_lines_handed_over_with_flush_go_at_once_after_the_backlog_is_taken_up(tmp_path) -> None:
+    """The logs collector hands the round that reads a backlog to its end over with ``flush``: its lines,
+    fewer than half a batch, go at once, not after flush_interval, also once the lane waits for full
+    batches again (a full batch went before them); without the flush the same lines wait."""
+    output = ScriptedOutput()
+    runner, lane = await past_its_backlog(output, tmp_path)
+    await wait_for(lambda: len(output.received) == 2)
+    await lane.accept(lines(1100, 300), None)  # less than half a batch: waits for more
+    await asyncio.sleep(0.5)
+    assert len(output.received) == 2
+    await lane.accept(lines(1400, 100), None, flush=True)  # the end of the backlog: everything pending goes
+    await wait_for(lambda: len(output.received) == 3, timeout=1.0)
+    assert [len(b) for b in output.received] == [100, 1000, 400]
     await runner.close(1.0)
 
 
