@@ -76,19 +76,14 @@ def build_records(
 def _plain(plain: Plain, now_ns: int, redact: Redact | None, parser: Parser) -> list[LogRecord]:
     files, groups = plain.files, plain.groups
     lines = list(itertools.chain.from_iterable(groups))
-    if len(lines) > len(files) or max(map(_last_ns, files)) >= now_ns:  # as other reads are
+    if len(lines) > len(files) or max([t.last_ns for t in files]) >= now_ns:  # as other reads are
         return _batch(list(map(Pending, files, groups, ([block] for block in plain.blocks))), now_ns, redact, parser)
     # a line of each file, whose last record's time is before now_ns (the usual): each takes now_ns, as
     # _batch would give it, without its steps per file
     for t in files:
         t.last_ns = now_ns
-    labels = list(map(_labels, files))
+    labels = [t.labels for t in files]
     return _finish(lines, labels, [now_ns] * len(lines), groups, files, plain.blocks, redact, parser)
-
-
-_last_ns = operator.attrgetter("last_ns")
-_labels = operator.attrgetter("labels")
-_key = operator.attrgetter("key")
 
 
 def _batch(batch: list[Pending], now_ns: int, redact: Redact | None, parser: Parser) -> list[LogRecord]:
@@ -132,7 +127,7 @@ def _finish(
     ``blocks``: the bytes they were framed from, or None when not all known."""
     changed = None
     if redact is not None:
-        redacted = redact(groups, list(map(_key, files)))
+        redacted = redact(groups, [t.key for t in files])
         if blocks is not None:
             # the lines redaction rewrote (new objects) no longer match the bytes read
             changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
