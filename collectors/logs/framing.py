@@ -208,6 +208,9 @@ class Framer:
             return None
         if "\r" in text:
             text = text.replace("\r\n", "\n")
+        line, _, rest = text.partition("\n")
+        if not rest:  # one line, as most reads at low rates bring: split's loop over every character is not needed
+            return [line]
         lines = text.split("\n")
         lines.pop()  # the empty string after the final newline
         return lines

@@ -34,21 +34,56 @@ class Pending:
         self.blocks = blocks
 
 
+class Plain:
+    """The round's plain reads (see ``Tailer._read``): whole lines of files that held nothing, each file at most
+    once and before any other read of it this round, side by side in lists: a round at low rates reads a line
+    from each of hundreds of files, and an object per file costs more than the rest of its record."""
+
+    __slots__ = ("blocks", "files", "groups")
+
+    def __init__(self) -> None:
+        self.files: list[Tracker] = []
+        self.groups: list[list[str]] = []  # the lines of files[i]
+        self.blocks: list[bytes] = []  # the bytes groups[i] was framed from
+
+
 def build_records(
-    pending: Iterable[Pending], now_ns: int, redact: Redact | None, parser: Parser, stats: LogStats
+    pending: Iterable[Pending],
+    now_ns: int,
+    redact: Redact | None,
+    parser: Parser,
+    stats: LogStats,
+    plain: Plain | None = None,
 ) -> list[LogRecord]:
     """Every file's lines as records; lines without a time of their own get their file's next
-    nanoseconds from ``now_ns`` on (so a file's order is kept)."""
+    nanoseconds from ``now_ns`` on (so a file's order is kept). ``plain``'s lines come first: a file
+    read there may have been read again after it (a timer's read), into ``pending``."""
+    records: list[LogRecord] = []
+    if plain is not None and plain.files:
+        records += _plain(plain, now_ns, redact, parser)
+        stats.lines_read += len(records)
     framed: list[Pending] = []
     other: list[Pending] = []
     for got in pending:
         (framed if got.blocks is not None else other).append(got)
-    records: list[LogRecord] = []
     for batch in (other, framed):  # level words are searched in bytes only where all bytes are known
         if batch:
             records += _batch(batch, now_ns, redact, parser)
             stats.lines_read += sum(len(got.lines) for got in batch)
     return records
+
+
+def _plain(plain: Plain, now_ns: int, redact: Redact | None, parser: Parser) -> list[LogRecord]:
+    files, groups = plain.files, plain.groups
+    lines = list(itertools.chain.from_iterable(groups))
+    if len(lines) > len(files) or max([t.last_ns for t in files]) >= now_ns:  # as other reads are
+        return _batch(list(map(Pending, files, groups, ([block] for block in plain.blocks))), now_ns, redact, parser)
+    # a line of each file, whose last record's time is before now_ns (the usual): each takes now_ns, as
+    # _batch would give it, without its steps per file
+    for t in files:
+        t.last_ns = now_ns
+    labels = [t.labels for t in files]
+    return _finish(lines, labels, [now_ns] * len(lines), groups, files, plain.blocks, redact, parser)
 
 
 def _batch(batch: list[Pending], now_ns: int, redact: Redact | None, parser: Parser) -> list[LogRecord]:
@@ -74,9 +109,25 @@ def _batch(batch: list[Pending], now_ns: int, redact: Redact | None, parser: Par
             times += range(base, base + count)
         if blocks is not None and got.blocks is not None:
             blocks += got.blocks
+    files = [got.file for got in batch]
+    return _finish(lines, labels, times, [got.lines for got in batch], files, blocks, redact, parser)
+
+
+def _finish(
+    lines: list[str],
+    labels: list[Labels],
+    times: list[int],
+    groups: list[list[str]],
+    files: list[Tracker],
+    blocks: list[bytes] | None,
+    redact: Redact | None,
+    parser: Parser,
+) -> list[LogRecord]:
+    """The records of ``lines`` (``groups``, the lines of each of ``files``, together), redacted and parsed;
+    ``blocks``: the bytes they were framed from, or None when not all known."""
     changed = None
     if redact is not None:
-        redacted = redact([got.lines for got in batch], [got.file.key for got in batch])
+        redacted = redact(groups, [t.key for t in files])
         if blocks is not None:
             # the lines redaction rewrote (new objects) no longer match the bytes read
             changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))

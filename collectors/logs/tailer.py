@@ -28,12 +28,17 @@ from collectors.logs.discovery import Patterns
 from collectors.logs.identity import FP_BYTES, MIN_FP_MATCH, Opened
 from collectors.logs.opening import OpenFiles, StepResult
 from collectors.logs.parse import Parser
-from collectors.logs.records import Pending, Redact, build_records
+from collectors.logs.records import Pending, Plain, Redact, build_records
 from collectors.logs.stats import LogStats
 from collectors.logs.tracker import Tracker, tracker_resume, waits
 from collectors.logs.truncation import replaced, restart, same_start
 
 __all__ = ["StepResult", "Tailer"]
+
+_First = tuple[bytes | None, bytes, int, bool | None]
+"""A file's first read of a round, made before :meth:`Tailer._pump` was called: (its first bytes and the new
+ones, or None; the new bytes; how many the read could bring; whether the file was found rewritten, or None
+when not checked yet)."""
 
 _mark = tuple.__new__
 CHUNK = 1 << 20  # bytes per read call
@@ -99,23 +104,15 @@ class Tailer(OpenFiles):
         now_ns = self.clock()
         pending: dict[str, Pending] = {}
         looked = dict.fromkeys(targets)
-        order = list(looked)
-        for i, tracker in enumerate(order):
-            if tracker.fd < 0:
-                continue
-            budget -= self._pump(tracker, now, res, pending, budget)
-            if budget <= 0:
-                res.more = True
-                for rest in order[i + 1 :]:
-                    rest.more = True  # its event is taken: read it next round, not at its next event
-                break
-        if budget < self._budget:
+        plain = Plain()
+        left, settled = self._read(list(looked), budget, now, res, pending, plain)
+        if left < budget:
             self._budget = STEP_BYTES
         looked.update(self.attention)
         # only a file that waits can have a timer due; most were read to their end and hold nothing
-        waiting = [t for t in looked if t.fd >= 0 and waits(t)]
+        waiting = [t for t in looked if t not in settled and t.fd >= 0 and waits(t)]
         self._timers(now, res, pending, waiting)
-        res.records = build_records(pending.values(), now_ns, self.redact, self.parser, self.stats)
+        res.records = build_records(pending.values(), now_ns, self.redact, self.parser, self.stats, plain)
         # what waits now, and what the timers' reads added (the copies of a file found truncated)
         added = [t for t in self.attention if t not in looked]
         self.attention = dict.fromkeys([t for t in waiting if t.fd >= 0 and waits(t)] + added)
@@ -125,8 +122,90 @@ class Tailer(OpenFiles):
 
     # ------------------------------------------------------------------ reading
 
-    def _pump(self, t: Tracker, now: float, res: StepResult, pending: dict[str, Pending], budget: int) -> int:
-        """Read what is new in one file; returns the bytes read."""
+    def _read(
+        self,
+        order: list[Tracker],
+        budget: int,
+        now: float,
+        res: StepResult,
+        pending: dict[str, Pending],
+        plain: Plain,
+    ) -> tuple[int, set[Tracker]]:
+        """Read the round's files in turn until ``budget`` bytes were read; returns the bytes left of it and
+        the files read that wait for nothing (no timer of theirs can be due this round).
+
+        Most reads at low rates are alike: a line or a few, whole, of a file looked at before that holds
+        nothing (no partial line, no multiline record, not a copy of another). Those are read, checked and
+        framed in this one loop, which does what :meth:`_pump` would, without its general path's calls and
+        checks: a round reads a line from each of hundreds of files, and those calls cost more than the
+        work. Any other file, and any read that turns out otherwise (nothing new, a partial line, a full
+        buffer, a rewrite, an error), goes to :meth:`_pump`, with the bytes already read."""
+        pread = os.pread  # looked up at each round, not at import: tests count reads
+        settled: set[Tracker] = set()
+        sent = res.sent
+        add_file, add_lines, add_block = plain.files.append, plain.groups.append, plain.blocks.append
+        took = 0
+        for i, t in enumerate(order):
+            if t.fd < 0:
+                continue
+            first: _First | None = None
+            plain = False
+            if budget >= FIRST_CHUNK and t.twin is None and t.last_stat[0] >= 0:
+                pos = t.pos
+                try:  # as _read_new: within the file's first page from offset 0, its first bytes come too
+                    if pos <= HEAD_READ_MAX:
+                        whole: bytes | None = pread(t.fd, FIRST_CHUNK, 0)
+                        data, want = whole[pos:], FIRST_CHUNK - pos
+                    else:
+                        whole, data, want = None, pread(t.fd, FIRST_CHUNK, pos), FIRST_CHUNK
+                except OSError:
+                    pass  # _pump reads it again, and reports the error
+                else:
+                    n = len(data)
+                    gone = None
+                    if 0 < n < want and data[-1] == 10:  # whole lines, and all there was
+                        gone = not same_start(t) if whole is None else not whole.startswith(t.head)
+                        framer = t.framer
+                        lines = None if gone or t.key in pending else framer.plain_lines(data)
+                        if lines is not None:  # what _pump's general path would make of it, in short
+                            plain = True
+                            t.pos = pos + n
+                            add_file(t)
+                            add_lines(lines)
+                            add_block(data)
+                            sent[t.key] = _mark(Mark, (framer.pending_at, framer.tail))
+                            t.more = False
+                            t.last_data = now
+                            took += n
+                            budget -= n
+                            fid = t.id  # as _took: the fingerprint grows in steps
+                            if fid.fp_len < FP_BYTES and t.pos >= min(FP_BYTES, max(2 * fid.fp_len, MIN_FP_MATCH)):
+                                self._grow_fingerprint(t, res, whole)  # whole: all the file held
+                            if t.orphan_since is None and not t.polled and t.multiline is None:
+                                settled.add(t)  # nothing held, no timer: see waits()
+                    if not plain:
+                        first = (whole, data, want, gone)
+            if not plain:
+                budget -= self._pump(t, now, res, pending, budget, first)
+            if budget <= 0:
+                res.more = True
+                for rest in order[i + 1 :]:
+                    rest.more = True  # its event is taken: read it next round, not at its next event
+                break
+        self.stats.bytes_read += took
+        return budget, settled
+
+    def _pump(
+        self,
+        t: Tracker,
+        now: float,
+        res: StepResult,
+        pending: dict[str, Pending],
+        budget: int,
+        first: _First | None = None,
+    ) -> int:
+        """Read what is new in one file; returns the bytes read. ``first``: the round's first read of it,
+        already made (by :meth:`_read`), when ``t`` was looked at before and is no copy."""
         looked = t.twin is not None or t.last_stat[0] < 0  # a copy, or a first look: its size first
         if looked:
             try:
@@ -140,30 +219,6 @@ class Tailer(OpenFiles):
                 return 0  # a copy of a live file: its original reads these bytes
             if replaced(t, st):
                 self._truncated(t, now, res, pending)
-        first: tuple[bytes | None, bytes, int, bool | None] | None = None  # the first read, when done below
-        if not looked and budget >= FIRST_CHUNK:
-            # the usual read at low rates, one line or a few of a file already looked at: read, checked
-            # and framed here, without the general loop below and its checks (one file of hundreds a
-            # round); anything else (nothing new, a partial line, more than one read, a rewrite) goes on
-            # there with what this read brought
-            try:
-                whole, data, want = _read_new(t, FIRST_CHUNK, with_head=True)
-            except OSError:
-                pass  # read again below, and reported
-            else:
-                n = len(data)
-                gone = None
-                if 0 < n < want and data[-1:] == b"\n":
-                    gone = _rewritten(t, whole)
-                    framer = t.framer
-                    lines = None if gone else framer.plain_lines(data)
-                    if lines is not None:
-                        t.pos += n
-                        self._add(t, lines, framer.pending_at, framer.tail, res, pending, data)
-                        t.more = False
-                        self._took(t, n, now, res, whole)
-                        return n
-                first = (whole, data, want, gone)
         read = 0
         head: bytes | None = None  # the file's first bytes, when this round's first read brought them
         while read < budget:

@@ -15,6 +15,9 @@ a ``Tailer`` with the default redaction; CPU time (``time.process_time``) of:
   appended to the journal, a snapshot of all 2,000 entries when the journal outgrows the last one;
   one write per round, as ``SAVE_LINES`` asks at this rate).
 
+The lines are those ``bench_logs_lowrate``'s writer appends (the Apache corpus, ``bench_logs.CORPUS``: 232 bytes on
+average, a few holding what redaction looks at), or one fixed line of 105 bytes without the corpus.
+
 Environment: BENCH_ROUNDS (rounds of 250 lines, default 200). To compare with an older tree, copy
 this file into it (``git archive REV | tar -x -C DIR``) and run it there the same way, alternately.
 """
@@ -36,10 +39,18 @@ from collectors.logs.discovery import Patterns
 from collectors.logs.logs import LogsCollector
 from collectors.logs.stats import LogStats
 from collectors.logs.tailer import Tailer
+from tests.bench.bench_logs import CORPUS
 
 FILES, PER_ROUND = 2000, 250
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))
 LINE = b'127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326 "-" "Mozilla/4.08"\n'
+
+
+def corpus_lines() -> list[bytes]:
+    """The lines bench_logs_lowrate's writer appends, or :data:`LINE` without the corpus."""
+    if not CORPUS.exists():
+        return [LINE]
+    return [line for line in CORPUS.read_bytes().splitlines(keepends=True) if line.strip()][:5000]
 
 
 def main() -> int:
@@ -61,19 +72,20 @@ def main() -> int:
         store = Store(Path(tmp))
         for opened in tailer.step(now, True, set(), True).opened:
             ledger.opened(opened)
-        next_file = 0
+        next_file = next_line = 0
+        lines_written = corpus_lines()
         checkpoint = [0.0, 0.0]  # CPU seconds: the ledger, the writes
 
         def rounds(n: int) -> tuple[float, int]:
-            nonlocal now, next_file
+            nonlocal now, next_file, next_line
             spent, lines = 0.0, 0
             checkpoint[:] = [0.0, 0.0]
             for _ in range(n):
                 dirty = set()
                 for _ in range(PER_ROUND):
-                    os.write(fds[next_file], LINE)
+                    os.write(fds[next_file], lines_written[next_line % len(lines_written)])
                     dirty.add(paths[next_file])
-                    next_file = (next_file + 1) % FILES
+                    next_file, next_line = (next_file + 1) % FILES, next_line + 1
                 now += 0.25
                 started = time.process_time()
                 res = tailer.step(now, False, dirty, False)

@@ -355,15 +355,21 @@ def test_a_round_looking_at_every_file_after_reads_checks_each_read_file_without
     rig.close()
 
 
-def test_a_plain_read_of_a_file_looked_at_before_skips_the_general_framing(tmp_path, monkeypatch) -> None:
-    """A round at low rates reads a line or two of each of many files: whole lines, nothing held, of a file
-    looked at before, are framed without the general path (``Framer.feed``); a partial line, or a file
-    past its first 4 KiB, still reads and frames as before."""
-    rig = Rig(tmp_path, pattern="*.log")
+def ten_files_read(tmp: Path) -> tuple[Rig, list[Path]]:
+    """A rig on ten files of two lines each, read once."""
+    rig = Rig(tmp, pattern="*.log")
     paths = [rig.dir / f"f{i:02d}.log" for i in range(10)]
     for i, path in enumerate(paths):
         write(path, block(f"f{i}", 2))
     rig.step()
+    return rig, paths
+
+
+def test_a_plain_read_of_a_file_looked_at_before_skips_the_general_framing(tmp_path, monkeypatch) -> None:
+    """A round at low rates reads a line or two of each of many files: whole lines, nothing held, of a file
+    looked at before, are framed without the general path (``Framer.feed``); a partial line, or a file
+    past its first 4 KiB, still reads and frames as before."""
+    rig, paths = ten_files_read(tmp_path)
     fed: list[bytes] = []
     real = Framer.feed
     monkeypatch.setattr(Framer, "feed", lambda self, data: fed.append(data) or real(self, data))
@@ -387,6 +393,41 @@ def test_a_plain_read_of_a_file_looked_at_before_skips_the_general_framing(tmp_p
     rig.bodies.clear()
     rig.step(scan=False)
     assert rig.bodies == ["last"] and fed == []
+    rig.close()
+
+
+def test_a_round_of_plain_reads_makes_their_records_without_a_step_per_file(tmp_path, monkeypatch) -> None:
+    """At low rates a round reads a line or two of each of many files: those reads are checked, framed and
+    made records in one loop and one batch, without the general path's step per file (``_pump``); the records,
+    their times (in each file's order) and the checkpoint marks are those the general path makes, and a read
+    that is anything else (here a partial line) takes the general path in the same round."""
+    rig, paths = ten_files_read(tmp_path)
+    pumped: list[str] = []
+    real = Tailer._pump
+    monkeypatch.setattr(Tailer, "_pump", lambda self, t, *a, **k: pumped.append(t.name) or real(self, t, *a, **k))
+    for i, path in enumerate(paths):
+        write(path, [f"one {i}"])
+    res = rig.tailer.step(rig.now + 0.1, False, {str(p) for p in paths}, False)
+    assert pumped == []
+    assert sorted(r.body for r in res.records) == sorted(f"one {i}" for i in range(10))
+    assert {dict(r.labels)["filename"] for r in res.records} == {str(p) for p in paths}
+    first = res.records[0].time_ns
+    assert all(r.time_ns == first for r in res.records)  # one time for a round's single lines, as before
+    sizes = {str(p): p.stat().st_size for p in paths}
+    assert {t.name: res.sent[t.key][0] for t in rig.tailer.trackers.values()} == sizes
+    write(paths[1], ["two 1", "three 1"])  # two lines: each its own time, in order
+    with open(paths[2], "a") as f:
+        f.write("part")  # a partial line: the general path
+    write(paths[3], ["two 3"])
+    res = rig.tailer.step(rig.now + 0.2, False, {str(p) for p in paths[1:4]}, False)
+    assert pumped == [str(paths[2])]
+    by_file = collections.defaultdict(list)
+    for r in res.records:
+        by_file[dict(r.labels)["filename"]].append((r.time_ns, r.body))
+    assert [body for _, body in by_file[str(paths[1])]] == ["two 1", "three 1"]
+    assert by_file[str(paths[1])][0][0] < by_file[str(paths[1])][1][0]
+    assert all(time_ns > first for time_ns, _ in by_file[str(paths[3])])
+    assert str(paths[2]) not in by_file and rig.tailer.by_path[str(paths[2])].framer.pending == b"part"
     rig.close()
 
 
