@@ -149,7 +149,7 @@ class Tailer(OpenFiles):
             if t.fd < 0:
                 continue
             first: _First | None = None
-            plain = False
+            taken = False  # read, framed and handed on here
             if budget >= FIRST_CHUNK and t.twin is None and t.last_stat[0] >= 0:
                 pos = t.pos
                 try:  # as _read_new: within the file's first page from offset 0, its first bytes come too
@@ -168,7 +168,7 @@ class Tailer(OpenFiles):
                         framer = t.framer
                         lines = None if gone or t.key in pending else framer.plain_lines(data)
                         if lines is not None:  # what _pump's general path would make of it, in short
-                            plain = True
+                            taken = True
                             t.pos = pos + n
                             add_file(t)
                             add_lines(lines)
@@ -183,9 +183,9 @@ class Tailer(OpenFiles):
                                 self._grow_fingerprint(t, res, whole)  # whole: all the file held
                             if t.orphan_since is None and not t.polled and t.multiline is None:
                                 settled.add(t)  # nothing held, no timer: see waits()
-                    if not plain:
+                    if not taken:
                         first = (whole, data, want, gone)
-            if not plain:
+            if not taken:
                 budget -= self._pump(t, now, res, pending, budget, first)
             if budget <= 0:
                 res.more = True
