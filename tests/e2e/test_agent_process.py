@@ -49,7 +49,11 @@ def test_serves_every_endpoint_then_stops_cleanly_on_sigterm(agent: AgentProcess
     assert agent.get("/live")[0] == 200
     assert json.loads(agent.get("/ready")[1]) == {"status": "ready"}
 
-    detailed = agent.wait(lambda: (d := agent.detailed())["collectors"]["cpu"]["runs"] and d, 10)
+    # last_success, not runs: a run is counted when it starts, and its samples are published when it ends
+    detailed = agent.wait(
+        lambda: all((d := agent.detailed())["collectors"][name]["last_success"] for name in ("cpu", "memory")) and d,
+        10,
+    )
     assert set(detailed["collectors"]) == {"cpu", "memory"}
     assert detailed["version"] and detailed["uptime_seconds"] > 0
     assert detailed["collectors"]["memory"]["last_error"] is None
