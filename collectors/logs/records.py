@@ -61,7 +61,7 @@ def build_records(
     records: list[LogRecord] = []
     if plain is not None and plain.files:
         records += _plain(plain, now_ns, redact, parser)
-        stats.lines_read += len(records)
+        stats.lines_read += sum(map(len, plain.groups))  # lines, as below
     framed: list[Pending] = []
     other: list[Pending] = []
     for got in pending:
