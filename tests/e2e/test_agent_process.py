@@ -50,10 +50,10 @@ def test_serves_every_endpoint_then_stops_cleanly_on_sigterm(agent: AgentProcess
     assert json.loads(agent.get("/ready")[1]) == {"status": "ready"}
 
     # last_success, not runs: a run is counted when it starts, and its samples are published when it ends
-    detailed = agent.wait(
-        lambda: all((d := agent.detailed())["collectors"][name]["last_success"] for name in ("cpu", "memory")) and d,
-        10,
-    )
+    def published(details: dict) -> bool:
+        return all(details["collectors"][name]["last_success"] for name in ("cpu", "memory"))
+
+    detailed = agent.wait(lambda: published(d := agent.detailed()) and d, 10)
     assert set(detailed["collectors"]) == {"cpu", "memory"}
     assert detailed["version"] and detailed["uptime_seconds"] > 0
     assert detailed["collectors"]["memory"]["last_error"] is None
