@@ -94,6 +94,13 @@ class StreamRedactor(Protocol):
         flat list: as a call per stream, in one pass where no stream is inside a key block."""
         ...
 
+    def many_finding(self, groups: list[list[str]], keys: list[str], find: str) -> tuple[list[str], list[int] | None]:
+        """:meth:`many`, and the indices (in the flat list, ascending) of the lines where the RE2
+        pattern ``find`` may match: every line it matches in, perhaps others. None when not known;
+        the caller then searches every line itself. The engine's finds them in its own pass over
+        the text, so that a collector looking for ``find`` too need not make another."""
+        ...
+
 
 @runtime_checkable
 class Redactor(Protocol):

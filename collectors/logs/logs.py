@@ -413,7 +413,7 @@ class LogsCollector(StreamingCollector):
     def _redactor(self) -> Redact | None:
         redactor: Redactor | None = self.context.redactor
         # per file: a private key spread over lines is masked across reads; a round's files in one call
-        return None if redactor is None else redactor.streams().many
+        return None if redactor is None else redactor.streams()
 
     def _push_metrics(self, files: int) -> None:
         if self._metrics is not None:

@@ -54,9 +54,9 @@ _RAW_LEVEL = re.compile(
 )
 RAW_LEVEL_WITHIN = 200  # characters (bytes) from the start of a line where a level word counts
 # the same on bytes, with RE2: one linear pass over a whole chunk, no Python code per line
-_RAW_LEVEL_BYTES = re2.compile(
-    _RAW_LEVEL.pattern.replace("(?<![A-Za-z0-9_])", r"\b").replace("(?![A-Za-z0-9_])", r"\b").encode()
-)
+LEVEL_WORDS = _RAW_LEVEL.pattern.replace("(?<![A-Za-z0-9_])", r"\b").replace("(?![A-Za-z0-9_])", r"\b")
+"""The level words as an RE2 pattern (for a redaction pass that finds them too, see ``records.py``)."""
+_RAW_LEVEL_BYTES = re2.compile(LEVEL_WORDS.encode())
 
 
 def severity_of(value: object) -> tuple[str, int]:
@@ -118,6 +118,11 @@ class Parser:
             "logfmt": logfmt_fields,
         }.get(fmt)
 
+    @property
+    def raw_levels(self) -> bool:
+        """Level words are searched in the raw lines (the raw format, with ``detect_severity``)."""
+        return self._detect and self._fields is None
+
     def records(
         self,
         lines: list[str],
@@ -143,16 +148,20 @@ class Parser:
         times: Sequence[int],
         blocks: list[tuple[int, bytes]] | None = None,
         changed: list[int] | None = None,
+        candidates: list[int] | None = None,
     ) -> list[LogRecord]:
         """:meth:`records` for the lines of many files in one pass: ``labels[i]`` and ``times[i]``
-        (the time when the line has none) are line ``i``'s."""
+        (the time when the line has none) are line ``i``'s. ``candidates``: the only lines that may
+        hold a level word (every one that does, perhaps others), in order; they alone are searched."""
         if not lines:
             return []
         if self._fields is not None:
             return list(map(self._structured, lines, labels, times))
         records = list(map(LogRecord, times, lines, labels))
         if self._detect:
-            if blocks is None:
+            if candidates is not None:
+                found = _rewritten_severities(lines, candidates) if candidates else []
+            elif blocks is None:
                 found = raw_severities(lines)
             else:
                 found = raw_severities_bytes(blocks)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from agent.model import Labels, LogRecord
-from collectors.logs.parse import Parser
+from agent.plugin import StreamRedactor
+from collectors.logs.parse import LEVEL_WORDS, Parser
 from collectors.logs.stats import LogStats
 from collectors.logs.tracker import Tracker
 
-Redact = Callable[[list[list[str]], list[str]], list[str]]
-"""(each file's lines, their files' keys) -> every line redacted, in one list; one key-block state per key."""
+Redact = StreamRedactor
+"""The redaction of a round: each file's lines with one key-block state per file key (``many``); where level
+words are searched in the bytes read, the same pass finds the lines that may hold one (``many_finding``)."""
 
 
 class Pending:
@@ -125,13 +127,21 @@ def _finish(
 ) -> list[LogRecord]:
     """The records of ``lines`` (``groups``, the lines of each of ``files``, together), redacted and parsed;
     ``blocks``: the bytes they were framed from, or None when not all known."""
-    changed = None
+    changed = candidates = None
     if redact is not None:
-        redacted = redact(groups, [t.key for t in files])
+        keys = [t.key for t in files]
+        if blocks is not None and parser.raw_levels:
+            # one pass of RE2 over the round for the rules and the level words: the lines it stopped at
+            # are the only ones that may hold a level word (None: it could not tell)
+            redacted, candidates = redact.many_finding(groups, keys, LEVEL_WORDS)
+        else:
+            redacted = redact.many(groups, keys)
         if blocks is not None:
             # the lines redaction rewrote (new objects) no longer match the bytes read
             changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
         lines = redacted
+    if candidates is not None:
+        return parser.batch(lines, labels, times, None, changed, candidates)
     # each block holds whole lines, one newline each, and together they hold every line of the batch:
     # level words are searched in one piece
     pieces = None if blocks is None else [(0, b"".join(blocks))]

@@ -66,7 +66,7 @@ def read_all(path: Path, lines: int, redactor: Redactor | None) -> tuple[float, 
     """CPU seconds for a Tailer to read ``path`` from its beginning, and the records."""
     config = convert({"paths": [str(path)], "start_at": "beginning"}, LogsCollector.Config)
     patterns = Patterns(config.paths, config.exclude, config.include_compressed)
-    redact = None if redactor is None else redactor.streams().many
+    redact = None if redactor is None else redactor.streams()
     tailer = Tailer(config, patterns, (("job", "bench"),), LogStats(), time.time_ns, redact, [], 0.0, "b")
     started = time.process_time()
     records = tailer.step(1.0, True, set(), True).records  # the scan that finds the file, and a first round

@@ -65,7 +65,7 @@ def main() -> int:
         patterns = Patterns(config.paths, config.exclude, config.include_compressed)
         redactor = Redactor.from_config(convert({}, RedactionSection), state_dir=Path(tmp))
         tailer = Tailer(
-            config, patterns, (("job", "bench"),), LogStats(), time.time_ns, redactor.streams().many, [], 0.0, "b"
+            config, patterns, (("job", "bench"),), LogStats(), time.time_ns, redactor.streams(), [], 0.0, "b"
         )
         now = 1.0
         ledger = Ledger([], now)

@@ -252,3 +252,63 @@ def test_many_streams_in_one_call_redact_as_stream_by_stream(redactor):
     assert batched.many([[RSA[1]], [RSA[1]]], ["b", "a"]) == [MARK, RSA[1]], "b is still inside its key block"
     plain = [["password=a"], ["user=b"], ["nothing"]]
     assert batched.many(plain, ["x", "y", "z"]) == [redactor.redact(line) for lines in plain for line in lines]
+
+
+LEVEL = r"\b(ERROR|WARN|INFO)\b"
+REAL_LOGS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "real"
+
+
+def finding_cases() -> dict[str, list[list[str]]]:
+    """Rounds as the tailer hands them on: the lines of a few files each."""
+    cases: dict[str, list[list[str]]] = {}
+    for path in sorted(REAL_LOGS.glob("*.log")) if REAL_LOGS.is_dir() else ():
+        lines = path.read_text(errors="replace").split("\n")[:3000]
+        cases[path.name] = [lines[i : i + 700] for i in range(0, len(lines), 700)]
+    cases["sparse, secrets and levels"] = [
+        [f"GET /item/{i} 200" for i in range(100)] + ["ERROR disk full", "login password=hunter2", "WARN x"],
+        ["a@example.com wrote", *(f"user {i} ok" for i in range(100)), "INFO-like INFOS not a word"],
+    ]
+    return cases
+
+
+def test_a_round_redacted_with_a_pattern_found_in_the_same_pass_is_the_round_redacted(redactor):
+    """Streams.many_finding (the tailer's round, with level words searched in the same RE2 pass): the
+    lines of Streams.many, and every line the pattern matches in, or every line a rule rewrote, named;
+    on real logs and on rounds where most lines stop the scan, a line holds a newline or a key block
+    begins (then nothing is named, and the caller searches)."""
+    import re
+
+    cases = finding_cases()
+    cases["a level word on every line"] = [[f"INFO request {i} password=p{i}" for i in range(200)]]
+    cases["a record holding a newline"] = [["first", "INFO two\nlines", "last"], ["other"]]
+    cases["a key block begins"] = [["ERROR before", "-----BEGIN PRIVATE KEY-----", *RSA[:3]], ["x"]]
+    # where most lines stop the scan for the rules alone (sshd's "Failed password for", a W3C or JSON
+    # log's many candidates the rules then reject), the rules' own scan gives up too: nothing is named
+    falls_back = {"a level word on every line", "a record holding a newline", "a key block begins"}
+    falls_back |= {"iis_w3c.log", "linux_auth_sshd.log", "nginxplus_status_json.log"}
+    for name, groups in cases.items():
+        keys = [f"{name}:{i}" for i in range(len(groups))]
+        lines, found = redactor.streams().many_finding(groups, keys, LEVEL)
+        assert lines == redactor.streams().many(groups, keys), name
+        assert (found is None) == (name in falls_back), name
+        if found is None:
+            continue
+        flat = [line for group in groups for line in group]
+        assert found == sorted(set(found)), name
+        matched = {i for i, line in enumerate(flat) if re.search(LEVEL, line)}
+        rewritten = {i for i, (a, b) in enumerate(zip(flat, lines, strict=True)) if a is not b}
+        assert matched | rewritten <= set(found), name
+        assert len(found) < len(flat) / 4, name  # one pass: few lines stopped it
+    if REAL_LOGS.is_dir():  # those with level words and those the rules rewrite are among them
+        assert {"apache_access_semicomplete.log", "laravel_php.log"} <= cases.keys()
+
+
+def test_a_stream_inside_a_key_block_is_redacted_stream_by_stream_when_finding(redactor):
+    opened = ["-----BEGIN PRIVATE KEY-----", RSA[0]]
+    streams, reference = redactor.streams(), redactor.streams()
+    assert streams(opened, "k")[1] == reference(opened, "k")[1] == MARK
+    groups = [[RSA[1], "ERROR after"], ["plain"]]
+    lines, found = streams.many_finding(groups, ["k", "other"], LEVEL)
+    assert found is None
+    assert lines == reference.many(groups, ["k", "other"])
+    assert lines[0] == MARK, "k is still inside its key block"

@@ -419,6 +419,9 @@ async def test_redaction_and_multiline_on_the_laravel_corpus(tmp_path, logs) -> 
                 def many(self, groups: list[list[str]], _keys: list[str]) -> list[str]:
                     return redactor.redact_lines([line for lines in groups for line in lines])
 
+                def many_finding(self, groups: list[list[str]], keys: list[str], _find: str) -> tuple[list[str], None]:
+                    return self.many(groups, keys), None
+
             return Streams()
 
     source = CORPUS / "laravel_php.log"
@@ -625,6 +628,9 @@ async def test_a_round_redacts_the_lines_of_all_its_files_in_one_call(tmp_path, 
 
         def many(self, groups: list[list[str]], _keys: list[str]) -> list[str]:
             return redact_lines([line for lines in groups for line in lines])
+
+        def many_finding(self, groups: list[list[str]], keys: list[str], _find: str) -> tuple[list[str], None]:
+            return self.many(groups, keys), None
 
     class Redactor:
         def redact_lines(self, lines: list[str]) -> list[str]:

@@ -520,3 +520,55 @@ def test_a_first_round_with_nothing_to_read_leaves_the_next_one_short(tmp_path) 
     assert rig.step().more
     assert rig.stats.bytes_read == 256 * 1024
     rig.close()
+
+
+def test_level_words_found_in_the_redaction_pass_give_the_records_of_a_search_of_their_own(tmp_path) -> None:
+    """A round of raw lines with redaction: the level words are looked for only in the lines the redaction's
+    RE2 pass stopped at (``many_finding``). The records, their bodies, levels and times, are those of the
+    round where the redactor names no lines and every line is searched (real logs, several files a round,
+    read in pieces); and the one pass was taken."""
+    from agent.config import RedactionSection
+    from agent.redact import Redactor
+
+    corpus = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "real"
+    names = ["laravel_php.log", "apache_access_semicomplete.log", "nginx_access_zanbil.log", "zeek_http.log"]
+    sources = [(corpus / name).read_bytes() for name in names if (corpus / name).exists()]
+    sources.append(b"ERROR one password=hunter2\nplain line\nmail a@example.com INFO\n" * 40)
+    redactor = Redactor.from_config(RedactionSection(), state_dir=tmp_path / "state")
+    named: list[int] = []
+
+    class Counted:  # the engine's streams, counting the rounds where it named the lines
+        def __init__(self, name_lines: bool) -> None:
+            self.streams, self.name_lines = redactor.streams(), name_lines
+
+        def many(self, groups: list[list[str]], keys: list[str]) -> list[str]:
+            return self.streams.many(groups, keys)
+
+        def many_finding(
+            self, groups: list[list[str]], keys: list[str], find: str
+        ) -> tuple[list[str], list[int] | None]:
+            if not self.name_lines:
+                return self.streams.many(groups, keys), None
+            lines, found = self.streams.many_finding(groups, keys, find)
+            named.append(found is not None)
+            return lines, found
+
+    results = []
+    for name_lines in (True, False):
+        (tmp_path / str(name_lines)).mkdir()
+        rig = Rig(tmp_path / str(name_lines), pattern="*.log")
+        rig.tailer.redact = Counted(name_lines)
+        records = []
+        pieces = [source[i : i + 30_000] for source in sources for i in range(0, len(source), 30_000)]
+        for step, piece in enumerate(pieces):  # each file grows by a piece a round, the others meanwhile
+            with open(rig.dir / f"f{step % len(sources)}.log", "ab") as out:
+                out.write(piece)
+            records += rig.step().records
+        records += rig.step().records
+        results.append(
+            [(r.body, r.severity, r.severity_number, Path(dict(r.labels)["filename"]).name) for r in records]
+        )
+    assert results[0] == results[1]
+    assert sum(1 for _, severity, _, _ in results[0] if severity) > 80
+    assert any(body.startswith("mail [REDACTED:email]") for body, *_ in results[0])
+    assert named and all(named[:3]), "the rounds' lines were named by the redaction's pass"
