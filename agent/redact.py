@@ -140,7 +140,7 @@ class _Programs:
         self.value_groups: list[tuple[int, ...]] = [()] * len(patterns)
         self.set_match: Callable[[bytes], list[int] | None] = self._first_set_match
         self.scan_from: Callable[[bytes, int], int] = self._first_scan
-        self._finding: dict[str, Callable[[bytes, int], int]] = {}  # scan_finding's programs, by pattern
+        self._finding: dict[str, Callable[[bytes, int], int] | None] = {}  # scan_finding's programs, by pattern
 
     def compile_all(self) -> None:
         """Every program now (the configuration check)."""
@@ -188,14 +188,21 @@ class _Programs:
     def _union(self) -> str:
         return "|".join(f"(?:{pattern})" for pattern in self.patterns) or r"[^\x00-\x{10FFFF}]"
 
-    def scan_finding(self, find: str) -> Callable[[bytes, int], int]:
+    def scan_finding(self, find: str) -> Callable[[bytes, int], int] | None:
         """``scan_from`` of the rules' union and ``find`` together: where the next match of either
-        begins. One pass of RE2 costs about the same for the union with ``find`` as without it."""
-        scan = self._finding.get(find)
-        if scan is None:
-            pattern = f"(?m){self._union()}|(?:{find})"
-            scan = self._finding[find] = _starter(re2.compile(pattern, _options(capture=False)))
-        return scan
+        begins. One pass of RE2 costs about the same for the union with ``find`` as without it.
+
+        None when that program does not compile: the configuration check compiled the union alone,
+        and rules near RE2's memory budget may leave no room for ``find`` (the caller then scans for
+        the rules and ``find`` apart, as it would without this)."""
+        if find not in self._finding:
+            try:
+                regex = re2.compile(f"(?m){self._union()}|(?:{find})", _options(capture=False))
+            except re2.error:
+                self._finding[find] = None
+            else:
+                self._finding[find] = _starter(regex)
+        return self._finding[find]
 
 
 class _Compiled:
@@ -430,6 +437,8 @@ class Redactor:
             return self._redact_joined(lines, joined, data), None
         programs = compiled.programs(joined)
         scan = programs.scan_finding(find)
+        if scan is None:
+            return self._redact_joined(lines, joined, data), None
         count, size = len(lines), len(data)
         hits: list[tuple[int, int, int]] = []  # (record, its start, its end) in data
         at, index, counted = scan(data, 0), 0, 0

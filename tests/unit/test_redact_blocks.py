@@ -312,3 +312,24 @@ def test_a_stream_inside_a_key_block_is_redacted_stream_by_stream_when_finding(r
     assert found is None
     assert lines == reference.many(groups, ["k", "other"])
     assert lines[0] == MARK, "k is still inside its key block"
+
+
+def test_a_pattern_that_cannot_join_the_rules_program_leaves_the_round_to_two_passes(redactor, monkeypatch):
+    """Rules near RE2's memory budget may leave no room for ``find`` in their program (it then does not
+    compile): the round is redacted as by ``many``, and nothing is named, so the caller searches."""
+    import re2
+
+    compile_ = re2.compile
+
+    def too_large(pattern, options=None):
+        if LEVEL in str(pattern):
+            raise re2.error(b"pattern too large - compile failed")
+        return compile_(pattern, options)
+
+    monkeypatch.setattr(re2, "compile", too_large)
+    fresh = Redactor.from_config(RedactionSection(), state_dir=Path("/nonexistent"))
+    groups = [["ERROR disk full", "login password=hunter2"], ["a@example.com wrote", "plain"]]
+    lines, found = fresh.streams().many_finding(groups, ["a", "b"], LEVEL)
+    assert found is None
+    assert lines == redactor.streams().many(groups, ["a", "b"])
+    assert lines[1] != groups[0][1] and lines[2] != groups[1][0], "the password and the address are masked"
