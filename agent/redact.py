@@ -386,35 +386,17 @@ class Redactor:
         if at < 0:
             return out
         count = len(lines)
-        # a record's index is the number of newlines before it: counted up to each candidate, and the
-        # total checked at the end, as a record holding a newline (multiline) would shift the rest
-        hits: list[tuple[int, int, int]] = []  # (record, its start, its end) in data
-        first, index, counted, rest_from = at, 0, 0, -1
-        while True:
-            index += data.count(b"\n", counted, at)
-            counted = at
-            end = data.find(b"\n", at)
-            if end < 0:
-                end = len(data)
-            hits.append((index, data.rfind(b"\n", 0, at) + 1, end))
-            if end >= len(data):
-                break
-            if len(hits) >= 16 and len(hits) * 4 > index:
-                # most records match (IP addresses in an access log): a Set match per
-                # record is cheaper than a batch search plus one per record
-                rest_from = end + 1
-                break
-            # the match may belong to a later record or to none: resume at the next record
-            at = programs.scan_from(data, end + 1)
-            if at < 0:
-                break
-        rest = data[rest_from:].split(b"\n") if rest_from >= 0 else []
-        if rest_from >= 0:
+        hits, counted, most = _stops(programs.scan_from, data, at)
+        index = hits[-1][0]
+        if most:  # (IP addresses in an access log): a Set match per record after them is cheaper than a
+            # batch search plus one per record
+            rest = data[hits[-1][2] + 1 :].split(b"\n")
             one_line_each = index + 1 + len(rest) == count
         else:
+            rest = []
             one_line_each = index + data.count(b"\n", counted) == count - 1
         if not one_line_each:
-            return self._redact_by_starts(programs, lines, joined, data, first, out)
+            return self._redact_by_starts(programs, lines, joined, data, at, out)
         for i, start, end in hits:
             self._redact_at(programs, data[start:end], i, out)
         for i, record in enumerate(rest, index + 1):
@@ -429,7 +411,7 @@ class Redactor:
 
         Taken where few records stop the scan (an access log: the odd address), which is where the
         second pass a caller would make for ``find`` costs most for what it finds. Where many do
-        (a level word on every line), or a record holds a newline, it gives up after a few stops and
+        (a level word on every line: see :func:`_stops`), or a record holds a newline, it gives up and
         redacts as :meth:`_redact_joined` does, with None for the records: the caller searches them.
         """
         compiled = self._compiled
@@ -439,22 +421,11 @@ class Redactor:
         scan = programs.scan_finding(find)
         if scan is None:
             return self._redact_joined(lines, joined, data), None
-        count, size = len(lines), len(data)
-        hits: list[tuple[int, int, int]] = []  # (record, its start, its end) in data
-        at, index, counted = scan(data, 0), 0, 0
-        while at >= 0:
-            index += data.count(b"\n", counted, at)
-            counted = at
-            end = data.find(b"\n", at)
-            if end < 0:
-                end = size
-            hits.append((index, data.rfind(b"\n", 0, at) + 1, end))
-            if len(hits) >= 16 and len(hits) * 4 > index:
-                return self._redact_joined(lines, joined, data), None  # most records stop it
-            if end >= size:
-                break
-            at = scan(data, end + 1)  # the record is taken whole: resume at the next one
-        if index + data.count(b"\n", counted) != count - 1:
+        at = scan(data, 0)
+        hits, counted, most = _stops(scan, data, at) if at >= 0 else ([], 0, False)
+        if most:
+            return self._redact_joined(lines, joined, data), None
+        if (hits[-1][0] if hits else 0) + data.count(b"\n", counted) != len(lines) - 1:
             return self._redact_joined(lines, joined, data), None  # a record holds a newline
         out = list(lines)
         for i, start, end in hits:
@@ -622,6 +593,32 @@ class Streams:
             if engine._block is None or not HINT_SEARCH.search(data):
                 return engine._redact_joined_finding(lines, joined, data, find)
         return self.many(groups, keys), None
+
+
+def _stops(scan: Callable[[bytes, int], int], data: bytes, at: int) -> tuple[list[tuple[int, int, int]], int, bool]:
+    """The records of ``data`` (one a line) where ``scan`` stops, from its first stop ``at`` on, each taken
+    whole: ``(record, its start, its end)`` in ``data`` each; the offset up to which newlines were
+    counted; and whether it gave up early because most records stop it (16 stops or more, over a
+    quarter of the records passed). A record's index is the number of newlines before it, counted up to
+    each stop: the caller checks the total, as a record holding a newline (multiline) shifts the rest."""
+    size = len(data)
+    hits: list[tuple[int, int, int]] = []
+    index = counted = 0
+    while True:
+        index += data.count(b"\n", counted, at)
+        counted = at
+        end = data.find(b"\n", at)
+        if end < 0:
+            end = size
+        hits.append((index, data.rfind(b"\n", 0, at) + 1, end))
+        if end >= size:
+            return hits, counted, False
+        if len(hits) >= 16 and len(hits) * 4 > index:
+            return hits, counted, True
+        # the match may belong to a later record or to none: resume at the next record
+        at = scan(data, end + 1)
+        if at < 0:
+            return hits, counted, False
 
 
 def _decode(data: bytes) -> str:
