@@ -571,28 +571,33 @@ class Streams:
         tailer's round at low rates holds a line or two of each of many files, and a call per file
         would cost more than the redaction itself. Otherwise stream by stream, as :meth:`__call__`."""
         engine = self._redactor  # this module's RE2 engine itself, not the protocol: its internals are ours
-        if len(groups) > 1 and (not self._inside or self._inside.keys().isdisjoint(keys)):
-            lines = list(chain.from_iterable(groups))
-            joined = "\n".join(lines)
-            data = joined.encode("utf-8", "surrogatepass")
-            if engine._block is None or not HINT_SEARCH.search(data):
-                return engine._redact_joined(lines, joined, data)
+        if len(groups) > 1 and (joined := self._one_search(groups, keys)) is not None:
+            return engine._redact_joined(*joined)
         return list(chain.from_iterable(map(self, groups, keys)))
 
     def many_finding(self, groups: list[list[str]], keys: list[str], find: str) -> tuple[list[str], list[int] | None]:
         """:meth:`many`, and the indices of the lines (in the flat list) where the RE2 pattern ``find``
         may match, found in the same pass over the text (see :meth:`Redactor._redact_joined_finding`):
         every line it matches in is there, and perhaps others. None when that pass was not taken."""
-        engine = self._redactor
-        if not self._inside or self._inside.keys().isdisjoint(keys):
-            lines = list(chain.from_iterable(groups))
-            if not lines:
-                return [], []
-            joined = "\n".join(lines)
-            data = joined.encode("utf-8", "surrogatepass")
-            if engine._block is None or not HINT_SEARCH.search(data):
-                return engine._redact_joined_finding(lines, joined, data, find)
+        if not any(groups):
+            return [], []
+        engine = self._redactor  # (as in many)
+        if (joined := self._one_search(groups, keys)) is not None:
+            return engine._redact_joined_finding(*joined, find)
         return self.many(groups, keys), None
+
+    def _one_search(self, groups: list[list[str]], keys: list[str]) -> tuple[list[str], str, bytes] | None:
+        """(the lines, joined, as bytes) when one search can take them all: no stream is inside a key
+        block, and none begins one; else None (stream by stream)."""
+        engine = self._redactor  # (as in many)
+        if self._inside and not self._inside.keys().isdisjoint(keys):
+            return None
+        lines = list(chain.from_iterable(groups))
+        joined = "\n".join(lines)
+        data = joined.encode("utf-8", "surrogatepass")
+        if engine._block is not None and HINT_SEARCH.search(data):
+            return None
+        return lines, joined, data
 
 
 def _stops(scan: Callable[[bytes, int], int], data: bytes, at: int) -> tuple[list[tuple[int, int, int]], int, bool]:
