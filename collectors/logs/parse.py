@@ -160,7 +160,7 @@ class Parser:
         records = list(map(LogRecord, times, lines, labels))
         if self._detect:
             if candidates is not None:
-                found = _rewritten_severities(lines, candidates) if candidates else []
+                found = _severities_at(lines, candidates) if candidates else []
             elif blocks is None:
                 found = raw_severities(lines)
             else:
@@ -168,7 +168,7 @@ class Parser:
                 if changed:
                     rewritten = set(changed)
                     found = [hit for hit in found if hit[0] not in rewritten]
-                    found += _rewritten_severities(lines, changed)
+                    found += _severities_at(lines, changed)
             for index, text, number in found:
                 records[index] = LogRecord(times[index], lines[index], labels[index], text, (), number)
         return records
@@ -232,7 +232,7 @@ def raw_severities(lines: list[str]) -> list[tuple[int, str, int]]:
     return _severities_of(lines, sorted({bisect.bisect_right(starts, pos) - 1 for pos in positions}))
 
 
-def _rewritten_severities(lines: list[str], indices: list[int]) -> list[tuple[int, str, int]]:
+def _severities_at(lines: list[str], indices: list[int]) -> list[tuple[int, str, int]]:
     """Level words of the lines at ``indices``, searched as :func:`raw_severities_bytes` does."""
     block = "\n".join([lines[i] for i in indices]).encode("utf-8", "surrogatepass") + b"\n"
     if block.count(b"\n") != len(indices):  # a line holding a newline: the indices would not map

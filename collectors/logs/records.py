@@ -127,21 +127,22 @@ def _finish(
 ) -> list[LogRecord]:
     """The records of ``lines`` (``groups``, the lines of each of ``files``, together), redacted and parsed;
     ``blocks``: the bytes they were framed from, or None when not all known."""
-    changed = candidates = None
+    changed = None
     if redact is not None:
         keys = [t.key for t in files]
         if blocks is not None and parser.raw_levels:
             # one pass of RE2 over the round for the rules and the level words: the lines it stopped at
-            # are the only ones that may hold a level word (None: it could not tell)
+            # are the only ones that may hold a level word, the lines it rewrote among them (None: it
+            # could not tell)
             redacted, candidates = redact.many_finding(groups, keys, LEVEL_WORDS)
+            if candidates is not None:
+                return parser.batch(redacted, labels, times, candidates=candidates)
         else:
             redacted = redact.many(groups, keys)
         if blocks is not None:
             # the lines redaction rewrote (new objects) no longer match the bytes read
             changed = list(itertools.compress(range(len(lines)), map(operator.is_not, redacted, lines)))
         lines = redacted
-    if candidates is not None:
-        return parser.batch(lines, labels, times, None, changed, candidates)
     # each block holds whole lines, one newline each, and together they hold every line of the batch:
     # level words are searched in one piece
     pieces = None if blocks is None else [(0, b"".join(blocks))]
