@@ -6,8 +6,8 @@ A :class:`Batcher` takes items from the pipeline (it is the lane's
 waiting source asks for it (``flush``), then seals them into :class:`QueuedBatch`
 es and puts those in the queue: waiting for room (``when_full = "block"``, which
 pauses the sources) or dropping the oldest batch (``"drop_oldest"``, counted).
-Sources are acknowledged as soon as their items are in a durable queue; for a
-memory queue, when the batch leaves it (:meth:`Batcher.finish`).
+A durable queue acknowledges the sources once their items are on disk or delivered
+(``agent.buffer``); a memory queue's, when the batch leaves it (:meth:`Batcher.finish`).
 
 Log lines adapt the batch to the backlog: the first lines into a lane that was idle
 (nothing queued or in flight) for ``flush_interval`` are sealed at once, and what comes
@@ -54,6 +54,9 @@ class Batcher:
         self._last_intake = 0.0
         self._rest = False  # what is pending is the rest of a full batch sealed before it
         self._flush = False  # a source waits on its acknowledgement: seal without waiting for more
+        # a source waits on its acknowledgement (flush=True): the batch is written at once, not held in
+        # memory until delivered (see agent.buffer: the wait would be the backend's, up to write_delay)
+        self._waiting = False
         # when the lane last became quiet: nothing being written to the queue, queued or in flight
         self._idle_since = -math.inf
         # batches sealed and not in the queue yet (a disk append): lines that come meanwhile do not
@@ -79,6 +82,7 @@ class Batcher:
         pending.add(items, item_sizes(items), token)
         if flush or pending.full(self.max_items, self.max_bytes):
             self._flush = self._flush or flush
+            self._waiting = self._waiting or flush
             self._seal_now.set()
         limit = 4 * self.max_bytes
         if pending.nbytes > limit:  # the queue is stalled (disk): keep memory bounded
@@ -113,6 +117,7 @@ class Batcher:
         backlog = self._ramp and self._backlog() and self._idle(now, 0.0)
         if flush or first or backlog or pending.full(self.max_items, self.max_bytes):
             self._flush = self._flush or flush or first or backlog
+            self._waiting = self._waiting or flush
             self._seal_now.set()
 
     def _idle(self, now: float, since: float | None = None) -> bool:
@@ -158,22 +163,26 @@ class Batcher:
                     or (self._rest and now >= self._last_intake + _REST_LINGER)
                 )
                 self._flush = False  # what arrives while sealing is sealed by this round too
-                await self.seal(full_only=self.signal is Signal.LOGS and not due)
+                waiting, self._waiting = self._waiting, False
+                await self.seal(full_only=self.signal is Signal.LOGS and not due, hold=not waiting)
                 self._rest = bool(self.pending)
 
-    async def seal(self, *, full_only: bool = False) -> None:
+    async def seal(self, *, full_only: bool = False, hold: bool = True) -> None:
         """Move everything pending into the queue, in batches of at most max items / bytes;
-        with ``full_only``, only full batches (a partial rest stays pending)."""
+        with ``full_only``, only full batches (a partial rest stays pending); ``hold=False``: none
+        of them may wait in memory (``QueuedBatch.replayable``: a source waits for them)."""
         pending = self.pending
         while pending:
             if full_only and not pending.full(self.max_items, self.max_bytes):
                 break
-            items, size, tokens = pending.cut(self.max_items, self.max_bytes)
+            items, size, tokens, replayable = pending.cut(self.max_items, self.max_bytes)
             if len(items) >= self.max_items or pending:  # a full batch (a bound cut it)
                 self._ramp = False  # the backlog is taken up: batches wait to be full again
             self._writing += 1
             try:
-                queued = await self._enqueue(QueuedBatch(self.signal, items, size, self.owner.clock(), tokens))
+                clock = self.owner.clock()
+                batch = QueuedBatch(self.signal, items, size, clock, tokens, replayable=replayable and hold)
+                queued = await self._enqueue(batch)
             finally:
                 self._writing -= 1
             if not queued:
@@ -228,16 +237,12 @@ class Batcher:
         return True
 
     def _queued(self, batch: QueuedBatch) -> None:
-        """A batch is in the queue: a durable queue's sources are acknowledged now."""
-        if self.queue.durable:
-            for token in batch.tokens:
-                token.done()
-            batch.tokens = []
+        """A batch is in the queue (a durable one tells its sources itself, see ``Queue.durable``)."""
         self.owner.update_gauges()
 
     def _unseal(self, batch: QueuedBatch) -> None:
         """Put a batch that could not be queued back in front of what is pending."""
-        self.pending.put_back(batch.items, batch.nbytes, batch.tokens)
+        self.pending.put_back(batch.items, batch.nbytes, batch.tokens, batch.replayable)
         batch.tokens = []
 
     def finish(self, batch: QueuedBatch | Dropped, *, dropped: str | None = None, why: str = "") -> None:

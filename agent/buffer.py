@@ -11,6 +11,16 @@ written too, when a write fails while everything in it is delivered: on a full
 disk that segment is the space the next write needs. All file I/O runs on the
 queue's own worker thread, never on the event loop.
 
+A batch whose sources can send it again (``QueuedBatch.replayable``: log lines, whose files
+keep them until their checkpoint moves) is held in memory, unwritten, for ``write_delay``:
+delivered by then it never reaches the disk, which at a backend that keeps up is most of the
+buffer's cost (the record's encoding, the write and its fsync, the read position saved after
+it). One that is not is written when due, the one in flight first, so the records keep their
+order; so is every held batch as soon as a batch that must be written comes, or one that no
+longer fits the memory bound, and at close. Whatever happens to a batch, its sources are
+told in the order the batches were put, once it and every batch before it are on disk,
+delivered or dropped, so a source's checkpoint never passes lines that are only in memory.
+
 The queue also keeps the batches it wrote last in memory (bounded by ``cache_bytes`` of
 the memory their items hold, estimated from their records' sizes and item counts), so
 a sender that keeps up hands out what was just written without reading and decoding
@@ -31,6 +41,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +50,7 @@ import msgspec
 
 from agent.model import LogRecord, Sample, Signal, Span
 from agent.queue import Dropped, MemoryQueue, Queue, QueuedBatch
+from agent.release import InOrderRelease
 from agent.segment_files import recover
 from agent.segment_store import BufferUnavailable, SegmentStore
 from agent.segments import Ref
@@ -65,12 +77,20 @@ def _cache_cost(ref: Ref) -> int:
     return ref.length + _ITEM_OVERHEAD * ref.items
 
 
+def _memory_cost(batch: QueuedBatch) -> int:
+    """:func:`_cache_cost` of a batch not written yet (its estimated size for the record's)."""
+    return batch.nbytes + _ITEM_OVERHEAD * len(batch.items)
+
+
 class DiskQueue(SegmentStore):
     """Durable queue under ``directory``; see the module docstring.
 
     ``on_corrupt(records, items)`` is told of damaged records skipped and the items
     lost in them (for records whose header is damaged too, an estimate: their bytes
     at the average size per item of the intact records, at least one item each).
+    ``on_write_error(exc)`` is told when batches held in memory cannot be written when due
+    (they stay held, sent from there if the backend takes them, and are tried again a
+    second later).
     """
 
     durable = True
@@ -84,7 +104,9 @@ class DiskQueue(SegmentStore):
         fsync: str = "batch",
         segment_bytes: int | None = None,
         on_corrupt: Callable[[int, int], None] | None = None,
+        on_write_error: Callable[[OSError], None] | None = None,
         cache_bytes: int | None = None,
+        write_delay: float = 0.0,
     ) -> None:
         item = {Signal.METRICS: Sample, Signal.LOGS: LogRecord, Signal.TRACES: Span}[signal]
         super().__init__(
@@ -96,10 +118,11 @@ class DiskQueue(SegmentStore):
         self.capacity = capacity
         self.signal = signal
         self.on_corrupt = on_corrupt or (lambda records, items: None)
+        self.on_write_error = on_write_error or self._write_error
         self._encoder = msgspec.msgpack.Encoder()
         self._worker = Worker(f"buffer:{directory.name}")
         self._index: collections.deque[Ref] = collections.deque()
-        self._inflight: Ref | None = None
+        self._inflight: Ref | QueuedBatch | None = None  # a QueuedBatch: handed out unwritten
         self._available = asyncio.Event()
         self._put_lock = asyncio.Lock()  # one append at a time: the reclaim in put() relies on it
         self._busy = 0  # appends and reads running on the worker (see ack)
@@ -109,6 +132,14 @@ class DiskQueue(SegmentStore):
         self.cache_max = min(capacity // 8, 16 * 1024 * 1024) if cache_bytes is None else cache_bytes
         self._retired_until = (0, 0)
         self._commit_failed = False
+        self.write_delay = write_delay
+        # replayable batches put and not written (each with the loop time it must be on disk by), oldest
+        # first, all after the records of _index; their memory counts in _cache_bytes
+        self._unwritten: collections.deque[tuple[QueuedBatch, float]] = collections.deque()
+        self._release = InOrderRelease()  # every batch's sources are told through it
+        self._timer: asyncio.TimerHandle | None = None
+        self._spilling: asyncio.Future | None = None
+        self._closed = False
         self.items = 0
         self.bytes = 0
         self.corrupt_records = 0
@@ -147,18 +178,11 @@ class DiskQueue(SegmentStore):
         return self.bytes + nbytes <= self.capacity
 
     async def put(self, batch: QueuedBatch) -> None:
-        payload = self._encoder.encode(batch.items)
-        args = (payload, len(batch.items), batch.created_ns)
-        async with self._put_lock:
-            try:
-                ref = await self._on_worker(self._append_sync, *args)
-            except OSError as exc:
-                self._short_of_space = True
-                if self._index or self._inflight is not None:
-                    raise
-                # every record written is retired: the segment being written can go, and on a
-                # full disk that is the space this write needs
-                ref = await self._on_worker(self._reclaim_and_append_sync, exc, *args)
+        async with self._put_lock:  # after any write under way: a batch never overtakes one put before it
+            if self._hold(batch):
+                return
+            await self._spill_locked()  # what is held goes first: the records keep their order
+            ref = await self._append(batch)
         self._index.append(ref)
         self.items += ref.items
         self.bytes += ref.length
@@ -167,6 +191,92 @@ class DiskQueue(SegmentStore):
             self._cache[(ref.segment, ref.offset)] = self._batch(ref, batch.items)
             self._cache_bytes += cost
         self._available.set()
+        self._release.put(batch, safe=True)
+
+    def _hold(self, batch: QueuedBatch) -> bool:
+        """Keep a replayable batch in memory, unwritten, if there is room: it reaches the disk only if it
+        is not delivered within ``write_delay`` (its sources keep its items until then)."""
+        cost = _memory_cost(batch)
+        if not (self.write_delay and batch.replayable and self._cache_bytes + cost <= self.cache_max):
+            return False
+        if self._closed:
+            return False
+        self._unwritten.append((batch, asyncio.get_running_loop().time() + self.write_delay))
+        self._release.put(batch, safe=False)
+        self._cache_bytes += cost
+        self.items += len(batch.items)
+        self.bytes += batch.nbytes
+        self._arm()
+        self._available.set()
+        return True
+
+    async def _append(self, batch: QueuedBatch) -> Ref:
+        """Write ``batch``'s record (under ``_put_lock``)."""
+        payload = self._encoder.encode(batch.items)
+        args = (payload, len(batch.items), batch.created_ns)
+        try:
+            return await self._on_worker(self._append_sync, *args)
+        except OSError as exc:
+            self._short_of_space = True
+            if self._index or self._inflight is not None:
+                raise
+            # every record written is retired: the segment being written can go, and on a
+            # full disk that is the space this write needs
+            return await self._on_worker(self._reclaim_and_append_sync, exc, *args)
+
+    # ------------------------------------------------------- held in memory
+
+    def _write_error(self, exc: OSError) -> None:
+        self._say(f"spill:{exc.errno}", "cannot write held batches yet (%s); trying again", exc.strerror or exc)
+
+    def _arm(self) -> None:
+        """Wake at the oldest unwritten batch's deadline (one timer at a time)."""
+        if self._timer is None and self._unwritten and not self._closed:
+            self._timer = asyncio.get_running_loop().call_at(self._unwritten[0][1], self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._spilling is None or self._spilling.done():
+            self._spilling = asyncio.ensure_future(self._spill_due())
+
+    async def _spill_due(self) -> None:
+        try:
+            async with self._put_lock:
+                await self._spill_locked(until=asyncio.get_running_loop().time())
+        except OSError as exc:  # they stay in memory (sent from there if the backend takes them): try again
+            self.on_write_error(exc)
+            await asyncio.sleep(1.0)
+        except Exception:  # a bug: said, and the next deadline tries again
+            log.exception("buffer %s: writing held batches failed", self.directory)
+            await asyncio.sleep(1.0)
+        finally:
+            self._arm()
+
+    async def _spill_locked(self, until: float = math.inf) -> None:
+        """Write the batches held unwritten whose deadline is before ``until``, oldest first: the one
+        in flight, if it is one of them, then the queued ones (under ``_put_lock``)."""
+        while True:
+            batch = self._inflight
+            if not isinstance(batch, QueuedBatch):
+                if not self._unwritten or self._unwritten[0][1] > until:
+                    return
+                batch = self._unwritten[0][0]
+            ref = await self._append(batch)
+            if self._inflight is batch:  # handed out: its ack retires the record
+                self._inflight = ref
+                self.bytes += ref.length - batch.nbytes
+                self._cache_bytes -= _memory_cost(batch)
+            elif self._unwritten and self._unwritten[0][0] is batch:
+                self._unwritten.popleft()
+                self._cache_bytes -= _memory_cost(batch)
+                self._index.append(ref)
+                self.bytes += ref.length - batch.nbytes
+                self._cache[(ref.segment, ref.offset)] = batch
+                self._cache_bytes += _cache_cost(ref)
+            else:  # delivered or dropped while it was written (nothing queued is older): nothing to replay
+                self._retire(ref)
+                await self._commit()
+            self._release.safe(batch)
 
     # ---------------------------------------------------------------- read
 
@@ -176,7 +286,14 @@ class DiskQueue(SegmentStore):
     def drop_oldest(self) -> Dropped | None:
         """The oldest record not handed out goes unread: only its item count is known (and needed)."""
         if not self._index:
-            return None
+            if not self._unwritten:
+                return None
+            batch = self._unwritten.popleft()[0]
+            self._cache_bytes -= _memory_cost(batch)
+            self.items -= len(batch.items)
+            self.bytes -= batch.nbytes
+            self._release.safe(batch)  # its sources are told in order, not by the lane
+            return Dropped(len(batch.items))
         ref = self._index.popleft()
         self._uncache(ref)
         self.items -= ref.items
@@ -186,9 +303,12 @@ class DiskQueue(SegmentStore):
 
     async def take(self) -> QueuedBatch:
         while True:
-            while not self._index:
+            while not self._index and not self._unwritten:
                 self._available.clear()
                 await self._available.wait()
+            if not self._index:
+                batch = self._inflight = self._unwritten.popleft()[0]
+                return batch
             ref = self._index[0]
             batch = self._cache.get((ref.segment, ref.offset))
             if batch is None:
@@ -237,9 +357,11 @@ class DiskQueue(SegmentStore):
         this same batch without reading it again; None when it cannot be read (``take``
         deals with that).
         """
-        while not self._index:
+        while not self._index and not self._unwritten:
             self._available.clear()
             await self._available.wait()
+        if not self._index:
+            return self._unwritten[0][0]
         ref = self._index[0]
         key = (ref.segment, ref.offset)
         batch = self._cache.get(key)
@@ -262,9 +384,19 @@ class DiskQueue(SegmentStore):
         ref, self._inflight = self._inflight, None
         if ref is None:
             return
+        if isinstance(ref, QueuedBatch):  # delivered before it was written: nothing on disk to retire
+            self.items -= len(ref.items)
+            self.bytes -= ref.nbytes
+            self._cache_bytes -= _memory_cost(ref)
+            self._release.safe(ref)
+            return
         self.items -= ref.items
         self.bytes -= ref.length
         self._retire(ref)
+        await self._commit()
+
+    async def _commit(self) -> None:
+        """Save the read position past what is retired, on the worker, in order with the writes."""
         # the first record not yet retired; never the write end, which an append running
         # on the worker thread right now may already have moved past a record not yet indexed
         head = self._index[0] if self._index else None
@@ -320,12 +452,28 @@ class DiskQueue(SegmentStore):
 
     def oldest_ns(self) -> int | None:
         head = self._inflight or (self._index[0] if self._index else None)
+        if head is None and self._unwritten:
+            head = self._unwritten[0][0]
         return head.created_ns if head else None
 
     def pending(self) -> list[QueuedBatch]:
         return []  # durable: what is left stays on disk for the next start
 
     async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:  # what is held unwritten (and what was in flight unwritten) stays, on disk, for the next start
+            async with self._put_lock:
+                await self._spill_locked()
+        except OSError as exc:  # their sources were not told: they send those items again
+            log.error(
+                "buffer %s: cannot write %d held batch(es) at close (%s); their sources send them again",
+                self.directory,
+                len(self._unwritten) + isinstance(self._inflight, QueuedBatch),
+                exc.strerror or exc,
+            )
         await self._worker.run(self._close_files_sync)
         self._worker.close()
         self._cache.clear()

@@ -67,6 +67,8 @@ class OutputRunner:
                     signal=signal,
                     fsync=self.common.fsync,
                     on_corrupt=self._corrupt,
+                    write_delay=self.common.buffer_write_delay,
+                    on_write_error=self._write_error,
                 )
             else:
                 queue = MemoryQueue(self.common.buffer_max_bytes)
@@ -153,6 +155,9 @@ class OutputRunner:
 
     def retried(self) -> None:
         self.telemetry.output_retries.labels(self.name).inc()
+
+    def _write_error(self, exc: OSError) -> None:
+        self.note_error(f"buffer write failed: {exc.strerror or exc}")
 
     def note_error(self, reason: str) -> None:
         self.consecutive_failures += 1

@@ -94,7 +94,7 @@ class PendingItems:
     (queued durably, delivered, or counted as dropped).
     """
 
-    __slots__ = ("items", "nbytes", "since", "sizes", "tokens")
+    __slots__ = ("bare_end", "items", "nbytes", "since", "sizes", "tokens")
 
     def __init__(self) -> None:
         self.items: list[Any] = []
@@ -102,6 +102,8 @@ class PendingItems:
         self.nbytes = 0
         self.tokens: list[tuple[int, AckToken]] = []
         self.since = 0.0  # when the oldest pending item arrived (monotonic)
+        # the items before this mark may hold some added without a token: no source can send those again
+        self.bare_end = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -117,6 +119,8 @@ class PendingItems:
         self.nbytes += sum(sizes)
         if token is not None:
             self.tokens.append((len(self.items), token))
+        elif items:
+            self.bare_end = len(self.items)
 
     def full(self, max_items: int, max_bytes: int) -> bool:
         return len(self.items) >= max_items or self.nbytes >= max_bytes
@@ -134,11 +138,13 @@ class PendingItems:
             freed += size
         del self.items[:shed], self.sizes[:shed]
         self.nbytes -= freed
+        self.bare_end = max(0, self.bare_end - shed)
         self.tokens = [(max(0, end - shed), token) for end, token in self.tokens]
         return shed
 
-    def cut(self, max_items: int, max_bytes: int) -> tuple[list[Any], int, list[AckToken]]:
-        """Take the oldest batch's worth: (items, their bytes, the tokens it releases).
+    def cut(self, max_items: int, max_bytes: int) -> tuple[list[Any], int, list[AckToken], bool]:
+        """Take the oldest batch's worth: (items, their bytes, the tokens it releases, whether every
+        item came with a token: its sources send it again until their tokens are done).
 
         At most ``max_items``; the byte bound cuts after the last item that still fits,
         but a batch always takes at least one item.
@@ -156,10 +162,14 @@ class PendingItems:
         tokens = [token for end, token in self.tokens if end <= count]
         self.tokens = [(end - count, token) for end, token in self.tokens if end > count]
         self.since = time.monotonic()
-        return items, size, tokens
+        replayable = self.bare_end == 0
+        self.bare_end = max(0, self.bare_end - count)
+        return items, size, tokens, replayable
 
-    def put_back(self, items: list[Any], nbytes: int, tokens: list[AckToken]) -> None:
+    def put_back(self, items: list[Any], nbytes: int, tokens: list[AckToken], replayable: bool = False) -> None:
         """Return a cut batch that could not be queued, in front of what is pending."""
+        if self.bare_end or not replayable:
+            self.bare_end += len(items)
         self.items[:0] = items
         self.sizes[:0] = item_sizes(items)
         self.nbytes += nbytes
@@ -167,4 +177,4 @@ class PendingItems:
         self.tokens = [(count, t) for t in tokens] + [(end + count, t) for end, t in self.tokens]
 
     def clear(self) -> None:
-        self.items, self.sizes, self.nbytes, self.tokens = [], [], 0, []
+        self.items, self.sizes, self.nbytes, self.tokens, self.bare_end = [], [], 0, [], 0

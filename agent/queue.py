@@ -24,7 +24,10 @@ class QueuedBatch:
     Not the plugin contract's ``Batch`` (what an output is handed): this one also
     carries what the engine needs on the way. ``tokens`` are the acknowledgement
     tokens of the sources whose items it holds (never persisted); ``prepared`` is
-    what the output's ``prepare`` returned for it, handed back to its ``export``.
+    what the output's ``prepare`` returned for it, handed back to its ``export``;
+    ``replayable``: every item came with a token, so its sources send it again
+    until those are done (a durable queue may then hold it in memory for a while,
+    see ``agent.buffer``).
     """
 
     signal: Signal
@@ -33,6 +36,7 @@ class QueuedBatch:
     created_ns: int
     tokens: list[Any] = field(default_factory=list)
     prepared: Any = None
+    replayable: bool = False
 
     @property
     def count(self) -> int:
@@ -51,7 +55,8 @@ class Queue(Protocol):
     """A lane's bounded queue of sealed batches (see the module docstring)."""
 
     durable: bool
-    """True: a batch put is on disk, so its sources may be acknowledged at once."""
+    """True: the queue tells a batch's sources (its tokens) itself, once the batch and every batch put
+    before it are on disk or delivered; False: the lane tells them when the batch leaves."""
     capacity: int
     items: int
     bytes: int

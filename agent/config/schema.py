@@ -127,6 +127,13 @@ class OutputCommon(Section):
     when_full: Annotated[
         Literal["block", "drop_oldest", ""], Desc(description="Empty: drop_oldest for metrics, block for logs.")
     ] = ""
+    buffer_write_delay: Annotated[
+        DurationOrZero,
+        Desc(
+            description="A disk buffer holds a batch whose sources can send it again (log files, journald) in memory"
+            " this long: delivered by then, it is never written; 0: every batch is written before it is sent."
+        ),
+    ] = DurationOrZero(1)
     fsync: Annotated[
         Literal["batch", "interval", "never"],
         Desc(description="When the disk buffer syncs to disk: every batch, about once a second, or never."),

@@ -77,6 +77,7 @@ url = "{victoria_metrics.remote_write_url}"
 flush_interval = "100ms"
 retry_initial = "100ms"
 retry_max = "300ms"
+buffer_write_delay = "0s"
 """,
     )
     small_disk(agent)
@@ -106,7 +107,9 @@ retry_max = "300ms"
     assert log.count("(buffer_write_error)") == 1, "the drop is logged once, then only counted"
 
 
-def logs_agent(tmp_path, victoria_logs, count: int) -> AgentProcess:
+def logs_agent(tmp_path, victoria_logs, count: int, write_delay: str = "0s") -> AgentProcess:
+    """``write_delay``: the output's ``buffer_write_delay`` (the tests of a full disk's writes set 0s: every
+    batch is written before it is sent)."""
     return AgentProcess(
         tmp_path,
         f"""
@@ -120,6 +123,7 @@ flush_interval = "100ms"
 batch_max_items = 1000
 retry_initial = "100ms"
 retry_max = "300ms"
+buffer_write_delay = "{write_delay}"
 """,
     )
 
@@ -171,6 +175,28 @@ def test_logs_resume_after_a_restart_on_a_full_disk(victoria_logs, tmp_path, sma
     assert stopped_at < count - 10_000, "most of the sequence is written after the restart"
     assert lost == 0
     assert duplicated <= 2000, "at most the batches not yet acknowledged at the stop are sent twice"
+
+
+@pytest.mark.peers
+def test_held_log_batches_a_full_disk_refuses_stay_in_memory_until_sent(victoria_logs, tmp_path, small_disk) -> None:
+    """buffer_write_delay (1 s): batches not delivered in time are written; when the disk refuses them
+    they stay held in memory (bounded, said once) and go out once the backend is back: none dropped."""
+    count = 9000
+    agent = logs_agent(tmp_path, victoria_logs, count, write_delay="1s")
+    small_disk(agent)
+    try:
+        victoria_logs.server.stop()
+        agent.start(wait_ready=False)
+        agent.wait(lambda: "No space left" in write_error(agent), 30, "the held batches' write refused")
+        restart(victoria_logs)
+        agent.wait(lambda: acked_next(agent) == count and queued(agent) == 0, 60, "sequence done")
+        dropped = agent.metric('hostwatch_output_dropped_items_total{output="loki",reason="buffer_write_error"}')
+        assert agent.stop() == 0
+    finally:
+        agent.close()
+    lost, duplicated = report("held logs on a full disk", count, _numbers(victoria_logs, count))
+    assert dropped == 0
+    assert lost == 0 and duplicated == 0
 
 
 def _numbers(victoria_logs, expected: int) -> list[int]:
