@@ -1,6 +1,7 @@
-"""The disk buffer on a hostile file system, with the agent as a process: a full ``state_dir``
-(a 256 KiB tmpfs) that must not stall delivery, with and without a restart, a read-only one,
-and damage (the items lost counted exactly, a segment replaced by a directory).
+"""The disk buffer with the agent as a process: a full ``state_dir`` (a 256 KiB tmpfs) that must not
+stall delivery, with and without a restart, a read-only one, and damage (the items lost counted
+exactly, a segment replaced by a directory); log batches held in memory (``buffer_write_delay``),
+never written when delivered at once, written during an outage, lost by no kill -9.
 
 The source is the ``sequence`` collector (numbers 0, 1, 2, … resumed after a restart from the
 last number every output took durably), so a receiver holding every number lost nothing.
@@ -197,6 +198,37 @@ def test_held_log_batches_a_full_disk_refuses_stay_in_memory_until_sent(victoria
     lost, duplicated = report("held logs on a full disk", count, _numbers(victoria_logs, count))
     assert dropped == 0
     assert lost == 0 and duplicated == 0
+
+
+@pytest.mark.peers
+def test_log_batches_are_written_only_when_not_delivered_within_the_delay(victoria_logs, tmp_path) -> None:
+    """buffer_write_delay (1 s by default): batches its sources can send again are held in memory.
+    Delivered at once, they never reach the disk; during an outage they are written after the delay
+    (the source moves on), and a kill -9 then loses none of them."""
+    count = 24000
+    agent = logs_agent(tmp_path, victoria_logs, count, write_delay="1s")
+
+    def written() -> int:
+        return sum(p.stat().st_size for p in segments(agent, "loki", "logs"))
+
+    try:
+        agent.start()
+        agent.wait(lambda: acked_next(agent) >= 4000, 30, "4,000 numbers delivered")
+        assert written() == 0, "batches delivered within the delay were written to the disk buffer"
+        victoria_logs.server.stop()
+        outage = acked_next(agent)
+        time.sleep(3)
+        assert written() > 0, "nothing reached the disk buffer during an outage"
+        assert acked_next(agent) - outage >= 3000, "the source did not move on once its lines were written"
+        agent.kill()
+        restart(victoria_logs)
+        agent.start()
+        agent.wait(lambda: acked_next(agent) == count and queued(agent) == 0, 60, "sequence delivered")
+        assert agent.stop() == 0
+    finally:
+        agent.close()
+    lost, _ = report("held batches, outage and kill -9", count, _numbers(victoria_logs, count))
+    assert lost == 0
 
 
 def _numbers(victoria_logs, expected: int) -> list[int]:

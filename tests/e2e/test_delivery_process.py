@@ -226,51 +226,6 @@ retry_max = "500ms"
     assert "dropped" not in log
 
 
-def test_log_batches_are_written_only_when_not_delivered_within_the_delay(victoria_logs, tmp_path) -> None:
-    """buffer_write_delay (1 s by default): batches its sources can send again are held in memory.
-    Delivered at once, they never reach the disk; during an outage they are written after the delay
-    (the source moves on), and a kill -9 then loses none of them."""
-    count = 24000
-    agent = AgentProcess(
-        tmp_path,
-        f"""
-[[collectors.sequence]]
-signal = "logs"
-rate = 2000
-count = {count}
-[[outputs.loki]]
-url = "{victoria_logs.loki_push_url}"
-flush_interval = "200ms"
-batch_max_items = 1000
-retry_initial = "200ms"
-retry_max = "500ms"
-""",
-    )
-
-    def written() -> int:
-        return sum(p.stat().st_size for p in segments(agent, "loki", "logs"))
-
-    try:
-        agent.start()
-        agent.wait(lambda: acked_next(agent) >= 4000, 30, "4,000 numbers delivered")
-        assert written() == 0, "batches delivered within the delay were written to the disk buffer"
-        victoria_logs.server.stop()
-        outage = acked_next(agent)
-        time.sleep(3)
-        assert written() > 0, "nothing reached the disk buffer during an outage"
-        assert acked_next(agent) - outage >= 2000, "the source did not move on once its lines were written"
-        agent.kill()
-        restart(victoria_logs)
-        agent.start()
-        agent.wait(lambda: acked_next(agent) == count and queued(agent) == 0, 60, "sequence delivered")
-        assert agent.stop() == 0
-    finally:
-        agent.close()
-    values = [int(r["_msg"].split()[1]) for r in _all_rows(victoria_logs, count)]
-    lost, _ = report("held batches, outage and kill -9", count, values)
-    assert lost == 0
-
-
 def _all_rows(victoria_logs, expected: int) -> list[dict]:
     deadline = time.monotonic() + 20
     while True:

@@ -59,6 +59,15 @@ async def replayed(path) -> list[int]:
     return times
 
 
+async def one_in_flight(path, told: Told) -> DiskQueue:
+    """A queue (write_delay 5 s) whose batch "a" (times 0-4) is handed out and in flight, unwritten."""
+    queue = queue_at(path, write_delay=5.0)
+    await queue.open()
+    await queue.put(batch(0, told, "a"))
+    await queue.take()
+    return queue
+
+
 def written_bytes(path) -> int:
     return sum(p.stat().st_size for p in path.glob("*.seg"))
 
@@ -114,10 +123,7 @@ async def test_a_batch_in_flight_past_the_delay_is_written_first_and_its_ack_ret
 
 async def test_a_batch_that_must_be_written_goes_after_the_held_ones(tmp_path) -> None:
     told = Told()
-    queue = queue_at(tmp_path, write_delay=5.0)
-    await queue.open()
-    await queue.put(batch(0, told, "a"))
-    await queue.take()  # in flight, unwritten
+    queue = await one_in_flight(tmp_path, told)
     await queue.put(batch(10, told, "b"))
     assert told.order == []
     await queue.put(batch(20, told, "c", replayable=False))  # no source could send it again
@@ -154,10 +160,7 @@ async def test_a_batch_that_does_not_fit_the_memory_bound_is_written_after_the_h
 
 async def test_close_writes_what_is_held_and_what_was_in_flight(tmp_path) -> None:
     told = Told()
-    queue = queue_at(tmp_path, write_delay=5.0)
-    await queue.open()
-    await queue.put(batch(0, told, "a"))
-    await queue.take()  # shutdown cut its request short
+    queue = await one_in_flight(tmp_path, told)  # shutdown cuts its request short
     await queue.put(batch(10, told, "b"))
     await queue.close()
     assert told.order == ["a", "b"]
@@ -166,10 +169,7 @@ async def test_close_writes_what_is_held_and_what_was_in_flight(tmp_path) -> Non
 
 async def test_a_held_batch_dropped_for_room_tells_its_sources_after_the_one_in_flight(tmp_path) -> None:
     told = Told()
-    queue = queue_at(tmp_path, write_delay=5.0)
-    await queue.open()
-    await queue.put(batch(0, told, "a"))
-    await queue.take()
+    queue = await one_in_flight(tmp_path, told)
     await queue.put(batch(10, told, "b"))
     dropped = queue.drop_oldest()
     assert dropped is not None and dropped.count == 5 and dropped.tokens == []
@@ -184,10 +184,7 @@ async def test_a_held_batch_dropped_for_room_tells_its_sources_after_the_one_in_
 
 async def test_a_batch_delivered_while_it_is_being_written_is_not_sent_again(tmp_path) -> None:
     told = Told()
-    queue = queue_at(tmp_path, write_delay=5.0)
-    await queue.open()
-    await queue.put(batch(0, told, "a"))
-    await queue.take()
+    queue = await one_in_flight(tmp_path, told)
     gate = threading.Event()
     blocked = asyncio.ensure_future(queue._worker.run(gate.wait))  # the disk is slow: the write waits
     await asyncio.sleep(0.05)
