@@ -137,6 +137,7 @@ class DiskQueue(SegmentStore):
         # first, all after the records of _index; their memory counts in _cache_bytes
         self._unwritten: collections.deque[tuple[QueuedBatch, float]] = collections.deque()
         self._release = InOrderRelease()  # every batch's sources are told through it
+        self._inflight_due = 0.0  # when the batch in flight must be on disk, if it is held unwritten
         self._timer: asyncio.TimerHandle | None = None
         self._spilling: asyncio.Future | None = None
         self._closed = False
@@ -230,9 +231,16 @@ class DiskQueue(SegmentStore):
         self._say(f"spill:{exc.errno}", "cannot write held batches yet (%s); trying again", exc.strerror or exc)
 
     def _arm(self) -> None:
-        """Wake at the oldest unwritten batch's deadline (one timer at a time)."""
-        if self._timer is None and self._unwritten and not self._closed:
-            self._timer = asyncio.get_running_loop().call_at(self._unwritten[0][1], self._due)
+        """Wake at the oldest unwritten batch's deadline, in flight or queued (one timer at a time)."""
+        if self._timer is not None or self._closed:
+            return
+        if isinstance(self._inflight, QueuedBatch):
+            due = self._inflight_due
+        elif self._unwritten:
+            due = self._unwritten[0][1]
+        else:
+            return
+        self._timer = asyncio.get_running_loop().call_at(due, self._due)
 
     def _due(self) -> None:
         self._timer = None
@@ -257,9 +265,12 @@ class DiskQueue(SegmentStore):
         in flight, if it is one of them, then the queued ones (under ``_put_lock``)."""
         while True:
             batch = self._inflight
-            if not isinstance(batch, QueuedBatch):
-                if not self._unwritten or self._unwritten[0][1] > until:
-                    return
+            if isinstance(batch, QueuedBatch):
+                if self._inflight_due > until:
+                    return  # the queued ones are younger still
+            elif not self._unwritten or self._unwritten[0][1] > until:
+                return
+            else:
                 batch = self._unwritten[0][0]
             ref = await self._append(batch)
             if self._inflight is batch:  # handed out: its ack retires the record
@@ -307,7 +318,8 @@ class DiskQueue(SegmentStore):
                 self._available.clear()
                 await self._available.wait()
             if not self._index:
-                batch = self._inflight = self._unwritten.popleft()[0]
+                batch, self._inflight_due = self._unwritten.popleft()
+                self._inflight = batch
                 return batch
             ref = self._index[0]
             batch = self._cache.get((ref.segment, ref.offset))

@@ -121,6 +121,25 @@ async def test_a_batch_in_flight_past_the_delay_is_written_first_and_its_ack_ret
     assert await replayed(tmp_path) == [10, 11, 12, 13, 14]
 
 
+async def test_a_batch_in_flight_is_written_at_its_own_deadline_not_at_an_older_ones(tmp_path) -> None:
+    told, delay = Told(), 0.5
+    queue = queue_at(tmp_path, write_delay=delay)
+    await queue.open()
+    await queue.put(batch(0, told, "a"))  # the timer is set for a's deadline
+    await asyncio.sleep(delay * 0.6)
+    await queue.put(batch(10, told, "b"))
+    await queue.take()
+    await queue.ack()
+    await queue.take()  # b in flight, due 0.6 delays after a
+    await asyncio.sleep(delay * 0.7)  # a's deadline passed
+    assert told.order == ["a"] and written_bytes(tmp_path) == 0
+    await asyncio.sleep(delay * 0.8)  # b's passed
+    assert told.order == ["a", "b"] and written_bytes(tmp_path) > 0
+    await queue.ack()
+    await queue.close()
+    assert await replayed(tmp_path) == []
+
+
 async def test_a_batch_that_must_be_written_goes_after_the_held_ones(tmp_path) -> None:
     told = Told()
     queue = await one_in_flight(tmp_path, told)
