@@ -141,6 +141,7 @@ class DiskQueue(SegmentStore):
         self._timer: asyncio.TimerHandle | None = None
         self._spilling: asyncio.Future | None = None
         self._closed = False
+        self._left: list[QueuedBatch] = []  # held batches close could not write
         self.items = 0
         self.bytes = 0
         self.corrupt_records = 0
@@ -469,7 +470,9 @@ class DiskQueue(SegmentStore):
         return head.created_ns if head else None
 
     def pending(self) -> list[QueuedBatch]:
-        return []  # durable: what is left stays on disk for the next start
+        """Durable: what is left stays on disk for the next start; after :meth:`close`, the held
+        batches it could not write (a full disk), which end with the process."""
+        return self._left
 
     async def close(self) -> None:
         self._closed = True
@@ -479,11 +482,18 @@ class DiskQueue(SegmentStore):
         try:  # what is held unwritten (and what was in flight unwritten) stays, on disk, for the next start
             async with self._put_lock:
                 await self._spill_locked()
-        except OSError as exc:  # their sources were not told: they send those items again
+        except OSError as exc:  # the lane counts them as dropped (pending)
+            inflight = [self._inflight] if isinstance(self._inflight, QueuedBatch) else []
+            self._left = inflight + [batch for batch, _ in self._unwritten]
+            self._inflight = None
+            self._unwritten.clear()
+            for batch in self._left:
+                self.items -= len(batch.items)
+                self.bytes -= batch.nbytes
             log.error(
-                "buffer %s: cannot write %d held batch(es) at close (%s); their sources send them again",
+                "buffer %s: cannot write %d batch(es) held in memory at close (%s)",
                 self.directory,
-                len(self._unwritten) + isinstance(self._inflight, QueuedBatch),
+                len(self._left),
                 exc.strerror or exc,
             )
         await self._worker.run(self._close_files_sync)

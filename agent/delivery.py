@@ -237,17 +237,18 @@ class Lane:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.queue.close()
         leftovers = self.queue.pending()
-        if leftovers:  # memory queue: these items end with the process
+        if leftovers:  # memory queue (or batches a disk buffer held and could not write): these end here
+            why = "memory buffer not delivered before shutdown_timeout"
+            if self.queue.durable:
+                why = "held in memory, not delivered before shutdown_timeout, and the disk buffer refused it"
             for batch in leftovers:
-                self.batcher.finish(
-                    batch, dropped="shutdown", why="memory buffer not delivered before shutdown_timeout"
-                )
+                self.batcher.finish(batch, dropped="shutdown", why=why)
         if self.pending:  # a full buffer at shutdown ("block"): never queued, so their sources were not
             # acknowledged either; log files send these lines again after the restart
             self.owner.dropped(len(self.pending), "shutdown", "not buffered before shutdown: the buffer was full")
             self.batcher.pending.clear()
-        await self.queue.close()
         if self.queue.items and self.queue.durable:
             log.info(
                 "output %s: %d %s item(s) stay in the disk buffer for the next start",

@@ -85,7 +85,8 @@ class Queue(Protocol):
     def oldest_ns(self) -> int | None: ...
 
     def pending(self) -> list[QueuedBatch]:
-        """The batches that end with the queue when it closes: a memory queue's; none for a durable one."""
+        """The batches that end with the queue, asked after :meth:`close`: a memory queue's; a durable
+        one's only if it could not write them (``agent.buffer``: batches held in memory)."""
 
     async def close(self) -> None: ...
 

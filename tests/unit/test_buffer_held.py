@@ -9,6 +9,7 @@ only once it is on disk, delivered or dropped, so no checkpoint passes lines tha
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import shutil
 import threading
@@ -17,7 +18,7 @@ from agent.buffer import DiskQueue, QueuedBatch
 from agent.model import LogRecord, Signal
 from agent.pending import AckToken, PendingItems
 from agent.plugin import ExportResult
-from tests.unit.test_delivery import ScriptedOutput, runner_for, wait_for
+from tests.unit.test_delivery import ScriptedOutput, dropped, runner_for, wait_for
 
 DELAY = 0.2
 _copies = itertools.count()
@@ -299,3 +300,24 @@ async def test_a_source_waiting_for_its_answer_has_its_batch_written_at_once(tmp
     await runner.lanes[Signal.LOGS].accept([LogRecord(1, "x")], told.token("a"), flush=True)
     await wait_for(lambda: told.order == ["a"], timeout=0.4)
     await runner.close(1.0)
+
+
+async def test_held_lines_the_disk_refuses_at_shutdown_are_counted_as_dropped(tmp_path) -> None:
+    output = ScriptedOutput([ExportResult.retry("down")] * 1000)
+    runner = runner_for(output, tmp_path, buffer="disk", buffer_write_delay=5.0)
+    await runner.start()
+    told = Told()
+    lane = runner.lanes[Signal.LOGS]
+    await lane.accept([LogRecord(i, "x") for i in range(10)], told.token("a"))
+    await wait_for(lambda: output.attempts > 0)  # in flight, held
+    await lane.accept([LogRecord(10 + i, "y") for i in range(5)], told.token("b"))
+    await wait_for(lambda: lane.queue.items == 15)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    lane.queue._append_sync = full
+    await runner.close(0.1)
+    assert dropped(runner, "shutdown") == 15
+    assert told.order == ["a", "b"]  # counted, so their sources move on
+    assert lane.queue.items == 0
