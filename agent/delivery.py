@@ -20,7 +20,8 @@ Drop reasons: ``buffer_full`` (drop_oldest), ``rejected`` (a 4xx), ``too_large``
 refused in an accepted request), ``retry_expired`` (``retry_max_elapsed``),
 ``buffer_write_error`` (a metrics batch the disk refused), ``error`` (the
 output's export, or the sender itself, raised ``ERROR_ATTEMPTS`` times for
-the batch: a bug), ``shutdown`` (a memory buffer's leftovers at exit),
+the batch: a bug), ``shutdown`` (a memory buffer's leftovers at exit, and
+batches a disk buffer held in memory and could not write then),
 ``corrupt`` (items of disk-buffer records found damaged, counted from their
 headers or estimated).
 """
