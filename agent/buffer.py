@@ -220,7 +220,7 @@ class DiskQueue(SegmentStore):
             return await self._on_worker(self._append_sync, *args)
         except OSError as exc:
             self._short_of_space = True
-            if self._index or self._inflight is not None:
+            if self._index or isinstance(self._inflight, Ref):  # (a held batch in flight is not on disk)
                 raise
             # every record written is retired: the segment being written can go, and on a
             # full disk that is the space this write needs

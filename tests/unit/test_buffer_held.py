@@ -321,3 +321,31 @@ async def test_held_lines_the_disk_refuses_at_shutdown_are_counted_as_dropped(tm
     assert dropped(runner, "shutdown") == 15
     assert told.order == ["a", "b"]  # counted, so their sources move on
     assert lane.queue.items == 0
+
+
+async def test_a_held_batch_in_flight_on_a_full_disk_takes_the_space_of_what_was_delivered(tmp_path) -> None:
+    """A write that fails while every record on disk is delivered deletes the delivered segment and
+    tries again: a held batch in flight is not on disk, so it does not stand in the way."""
+    told, errors = Told(), []
+    queue = queue_at(tmp_path, write_delay=DELAY, on_write_error=errors.append)
+    await queue.open()
+    await queue.put(batch(0, told, "a", replayable=False))
+    await queue.take()
+    await queue.ack()  # delivered: its segment holds nothing to send
+    await queue.put(batch(10, told, "b"))
+    await queue.take()  # in flight, held
+    append, refused = queue._append_sync, []
+
+    def full_once(*args):
+        if not refused:
+            refused.append(True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(*args)
+
+    queue._append_sync = full_once
+    await asyncio.sleep(DELAY * 2.5)
+    assert refused and errors == []
+    assert told.order == ["a", "b"]
+    assert await replayed(tmp_path) == [10, 11, 12, 13, 14]
+    await queue.ack()
+    await queue.close()
