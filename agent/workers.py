@@ -63,9 +63,9 @@ class Worker:
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the awaiting coroutine
-                loop.call_soon_threadsafe(_set_exception, future, exc)
+                _hand_back(loop, _set_exception, future, exc)
             else:
-                loop.call_soon_threadsafe(_set_result, future, result)
+                _hand_back(loop, _set_result, future, result)
 
     def close(self) -> None:
         """Let the thread end after its current job; never waits for it."""
@@ -73,6 +73,17 @@ class Worker:
             if self._thread is not None:
                 self._jobs.put(None)
                 self._thread = None
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """``callback(*args)`` on ``loop``; nothing when the loop closed while the call ran (the agent
+    stopped, or a reload's test ended): nobody awaits the result, and a daemon thread must not die
+    with a traceback on the way out."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 def _set_result(future: asyncio.Future, result: Any) -> None:
@@ -228,11 +239,11 @@ class _Lane:
                     done.append((future, False, exc))
                 self.owner = None
                 if time.monotonic() - since > SLOW_CALL:
-                    loop.call_soon_threadsafe(_settle, done)
+                    _hand_back(loop, _settle, done)
                     done, since = [], time.monotonic()
             self._finished += 1  # before the results: a caller woken by them may queue the next batch
             if done:
-                loop.call_soon_threadsafe(_settle, done)
+                _hand_back(loop, _settle, done)
 
 
 def _settle(done: list[tuple[asyncio.Future, bool, Any]]) -> None:
