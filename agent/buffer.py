@@ -199,9 +199,7 @@ class DiskQueue(SegmentStore):
         """Keep a replayable batch in memory, unwritten, if there is room: it reaches the disk only if it
         is not delivered within ``write_delay`` (its sources keep its items until then)."""
         cost = _memory_cost(batch)
-        if not (self.write_delay and batch.replayable and self._cache_bytes + cost <= self.cache_max):
-            return False
-        if self._closed:
+        if self._closed or not (self.write_delay and batch.replayable and self._cache_bytes + cost <= self.cache_max):
             return False
         self._unwritten.append((batch, asyncio.get_running_loop().time() + self.write_delay))
         self._release.put(batch, safe=False)
@@ -496,6 +494,8 @@ class DiskQueue(SegmentStore):
                 len(self._left),
                 exc.strerror or exc,
             )
+        if self._spilling is not None:  # a timer's write that failed and waits to try again: nothing is left
+            self._spilling.cancel()
         await self._worker.run(self._close_files_sync)
         self._worker.close()
         self._cache.clear()

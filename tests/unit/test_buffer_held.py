@@ -349,3 +349,21 @@ async def test_a_held_batch_in_flight_on_a_full_disk_takes_the_space_of_what_was
     assert await replayed(tmp_path) == [10, 11, 12, 13, 14]
     await queue.ack()
     await queue.close()
+
+
+async def test_close_ends_the_retry_of_a_write_the_disk_refused(tmp_path) -> None:
+    told, errors = Told(), []
+    queue = queue_at(tmp_path, write_delay=0.05, on_write_error=errors.append)
+    await queue.open()
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    queue._append_sync = full
+    await queue.put(batch(0, told, "a"))
+    await asyncio.sleep(0.2)  # due, refused: the write is tried again a second later
+    assert [e.errno for e in errors] == [errno.ENOSPC]
+    await queue.close()
+    assert [b.items[0].time_ns for b in queue.pending()] == [0]  # the lane counts it as dropped
+    await asyncio.sleep(0)
+    assert queue._spilling.done(), "the retry outlives the queue (a pending task at exit)"
