@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -38,11 +37,13 @@ def test_a_call_that_ends_after_its_loop_closed_ends_quietly(kind: str) -> None:
             return future
 
         loop.run_until_complete(begin())
+        threads = [t for t in threading.enumerate() if t.name == "hw-test"]
+        assert len(threads) == 1
         loop.close()  # the agent stopped while the call ran
+        worker.close()  # the thread ends once the call is over and its result handed back
         gate.set()
-        assert returned.wait(5)
-        time.sleep(0.1)  # the thread hands the result back now
-        worker.close()
+        threads[0].join(5)
+        assert returned.is_set() and not threads[0].is_alive()
     finally:
         threading.excepthook = previous
     assert failures == []
